@@ -1,0 +1,44 @@
+package blk
+
+// Stats is one disk's entry in the --stats JSON document. Field names are a
+// contract with tools that read the file: add fields, never rename them.
+type Stats struct {
+	Path  string    `json:"path"`
+	Cache CacheMode `json:"cache"`
+	// WCE is the write cache state the guest currently sees (true: write
+	// back).
+	WCE bool `json:"wce"`
+
+	Reads       uint64 `json:"reads"`
+	Writes      uint64 `json:"writes"`
+	Flushes     uint64 `json:"flushes"`
+	Discards    uint64 `json:"discards"`
+	WriteZeroes uint64 `json:"write_zeroes"`
+	GetIDs      uint64 `json:"get_ids"`
+	Unsupported uint64 `json:"unsupported"`
+
+	BytesRead    uint64 `json:"bytes_read"`
+	BytesWritten uint64 `json:"bytes_written"`
+
+	// Errors counts requests completed with VIRTIO_BLK_S_IOERR, guest- or
+	// host-caused; InvalidRequests counts the guest-caused ones among them
+	// and malformed chains.
+	Errors          uint64 `json:"errors"`
+	InvalidRequests uint64 `json:"invalid_requests"`
+
+	// WCEChanges counts guest writes to the config writeback field that
+	// changed it.
+	WCEChanges uint64 `json:"wce_changes"`
+	// HostSyncs counts fdatasync/fsync calls issued to the host file.
+	HostSyncs uint64 `json:"host_syncs"`
+	// FlushesElided counts guest FLUSHes answered without a host sync because
+	// nothing was written since the last one; FlushesMerged those that shared
+	// a host sync with another FLUSH.
+	FlushesElided uint64 `json:"flushes_elided"`
+	FlushesMerged uint64 `json:"flushes_merged"`
+}
+
+// StatsFile is the whole --stats JSON document.
+type StatsFile struct {
+	Disks []Stats `json:"disks"`
+}
