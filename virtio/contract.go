@@ -39,6 +39,8 @@ type QueueBinding struct {
 	Queue *Queue
 	// Kick is an eventfd the driver's notifications for this queue arrive
 	// on. The device reads it; the transport owns and closes it, after Reset.
+	// It is non-blocking (EFD_NONBLOCK): wait for it with poll/epoll, not a
+	// blocking read.
 	Kick int
 	// Interrupt signals used buffers on this queue to the driver.
 	Interrupt Notifier
@@ -51,7 +53,8 @@ type Activation struct {
 	// Features are the features the driver accepted (a subset of
 	// Device.Features).
 	Features uint64
-	// Queues are the enabled queues, indexed by queue number.
+	// Queues are the enabled queues, indexed by queue number. A queue the
+	// driver left disabled has a zero QueueBinding (Queue nil, Kick -1).
 	Queues []QueueBinding
 	// ConfigInterrupt signals a configuration change to the driver.
 	ConfigInterrupt Notifier

@@ -46,6 +46,14 @@ type MSIRoute interface {
 //	func (t *Transport) ReadBAR(bar int, offset uint64, data []byte)
 //	func (t *Transport) WriteBAR(bar int, offset uint64, data []byte)
 //	func (t *Transport) Close() error                             // Reset the device, release fds
+//	func (t *Transport) SetMemory(m *guestmem.Memory)             // guest memory for Activation; call before the guest runs
+//	func (t *Transport) HandleMMIO(addr uint64, data []byte, write bool) bool // dispatch by guest address; no allocation
+//	func (t *Transport) LastError() error                         // last host/activation fault (guest accesses cannot return errors)
 //
 // BAR is {Index int; Addr, Size uint64}. The bus dispatches an MMIO access
 // at addr to the function whose BAR contains it, with offset = addr-BAR.Addr.
+//
+// BARs allocates; call it after PCI config writes (the only way BARs move),
+// not on every access. It lists nothing while the guest has memory decoding
+// off (command register bit 1), e.g. during BAR sizing. New starts with
+// memory decoding on and the BARs at bar0/bar2, as firmware would leave them.

@@ -1,0 +1,62 @@
+# flushvm: build, run and test. Guest artifacts (Debian kernel, initramfs
+# images, static binaries) are cached under build/cache ($FLUSHVM_CACHE).
+
+GO          ?= go
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# Seconds each Fuzz target runs in `make test` and in `make fuzz`.
+FUZZ_SMOKE  ?= 3s
+FUZZTIME    ?= 60s
+# Extra flags for `make run` (flushvm-guest demo): e.g. DEMO="--disk --cache unsafe".
+DEMO        ?=
+# Bound on one `make run` (it must finish in < 3 minutes from a warm cache).
+RUN_TIMEOUT ?= 170s
+INTEGRATION_TIMEOUT ?= 40m
+
+UNIT_PKGS = $(shell $(GO) list ./... | grep -v '/integration')
+
+.PHONY: all build run run-disk test unit fuzz-smoke fuzz integration lint artifacts clean
+
+all: build
+
+## build: the flushvm binary (static, so the nested harness can use it) and the guest tool.
+build:
+	mkdir -p build/bin
+	CGO_ENABLED=0 $(GO) build -trimpath -o build/bin/flushvm ./cmd/flushvm
+	$(GO) build -o build/bin/flushvm-guest ./guest/cmd/flushvm-guest
+
+## artifacts: fetch the kernel and build the guest initramfs (cached).
+artifacts:
+	$(GO) run ./guest/cmd/flushvm-guest artifacts
+
+## run: boot a test guest with flushvm (nested on hosts without usable KVM).
+run:
+	$(GO) run ./guest/cmd/flushvm-guest --timeout $(RUN_TIMEOUT) demo $(DEMO)
+
+## run-disk: boot with a fresh sparse ext4 disk and run fsyncstress on it.
+run-disk:
+	$(GO) run ./guest/cmd/flushvm-guest --timeout $(RUN_TIMEOUT) demo --disk $(DEMO)
+
+## test: unit tests, a short fuzz of every Fuzz target, then the Linux-guest integration tests.
+test: unit fuzz-smoke integration
+
+unit:
+	$(GO) test -count=1 -timeout 15m $(UNIT_PKGS)
+
+fuzz-smoke:
+	FUZZTIME=$(FUZZ_SMOKE) scripts/fuzz.sh
+
+fuzz:
+	FUZZTIME=$(FUZZTIME) scripts/fuzz.sh
+
+integration:
+	$(GO) test -count=1 -v -timeout $(INTEGRATION_TIMEOUT) ./integration/...
+
+## lint: formatting, vet and staticcheck (pinned).
+lint:
+	@out=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+clean:
+	rm -rf build/bin build/cache/jobs

@@ -1,0 +1,192 @@
+package main
+
+// The `flushvm vhost-user-blk` subcommand: serve one disk to one vhost-user
+// frontend (QEMU's vhost-user-blk-pci, Cloud Hypervisor, crosvm).
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+
+	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
+
+	"github.com/flushvm/flushvm/blk"
+	"github.com/flushvm/flushvm/virtio/vhostuser"
+)
+
+// vhostUserBlkUsage is the subcommand's synopsis.
+const vhostUserBlkUsage = `usage: flushvm vhost-user-blk --socket PATH --disk SPEC [--queues N] [--stats FILE]
+
+Serves the disk SPEC (as in flushvm run: path=FILE[,cache=MODE][,readonly=on|off][,serial=S])
+to one vhost-user frontend connecting to the unix socket PATH. When the frontend
+disconnects, or on SIGINT/SIGTERM, writes --stats and exits 0. A frontend that
+breaks the protocol ends the session: the reason is logged, --stats written, exit 1.
+A crashed frontend is not served again (no inflight tracking): start a new backend.
+`
+
+func init() {
+	registerCommand(command{
+		name:    "vhost-user-blk",
+		summary: "serve a disk to QEMU (or another VMM) as a vhost-user-blk backend",
+		run: func(args []string, _, stderr io.Writer) int {
+			return runVhostUserBlk(args, stderr)
+		},
+		usage: func(w io.Writer) { fmt.Fprint(w, vhostUserBlkUsage) },
+	})
+}
+
+// errVhostUsage marks command-line mistakes (exit status 2).
+var errVhostUsage = errors.New("usage")
+
+// runVhostUserBlk runs `flushvm vhost-user-blk args...` and returns the
+// process exit status: 0 after a clean session, 1 when the frontend broke
+// the protocol or the stats could not be written, 2 on a usage error.
+func runVhostUserBlk(args []string, stderr io.Writer) int {
+	logger := log.New(stderr, "flushvm vhost-user-blk: ", 0)
+	err := vhostUserBlk(args, logger)
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, pflag.ErrHelp):
+		fmt.Fprint(stderr, vhostUserBlkUsage)
+		return exitOK
+	case errors.Is(err, errVhostUsage):
+		logger.Print(oneLine(err))
+		return exitUsage
+	default:
+		logger.Print(oneLine(err))
+		return exitFailure
+	}
+}
+
+func vhostUserBlk(args []string, logger *log.Logger) error {
+	fs := pflag.NewFlagSet("vhost-user-blk", pflag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	socket := fs.String("socket", "", "unix socket PATH to listen on")
+	disk := fs.String("disk", "", "disk SPEC: path=FILE[,cache=MODE][,readonly=on|off][,serial=S]")
+	queues := fs.Int("queues", 1, fmt.Sprintf("number of request queues (1..%d)", blk.MaxQueues))
+	statsPath := fs.String("stats", "", "write the statistics JSON document to FILE at exit")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %v (see flushvm help vhost-user-blk)", errVhostUsage, err)
+	}
+	switch {
+	case fs.NArg() > 0:
+		return fmt.Errorf("%w: unexpected argument %q (see --help)", errVhostUsage, fs.Arg(0))
+	case *socket == "":
+		return fmt.Errorf("%w: --socket PATH is required", errVhostUsage)
+	case *disk == "":
+		return fmt.Errorf("%w: --disk SPEC is required", errVhostUsage)
+	case *queues < 1 || *queues > blk.MaxQueues:
+		return fmt.Errorf("%w: --queues %d: want 1..%d", errVhostUsage, *queues, blk.MaxQueues)
+	}
+	spec, err := blk.ParseSpec(*disk)
+	if err != nil {
+		return fmt.Errorf("%w: --disk: %v", errVhostUsage, err)
+	}
+	if *statsPath != "" {
+		if st, err := os.Stat(filepath.Dir(*statsPath)); err != nil || !st.IsDir() {
+			return fmt.Errorf("%w: --stats %s: directory does not exist", errVhostUsage, *statsPath)
+		}
+	}
+	dev, err := blk.Open(spec, blk.Options{Queues: *queues})
+	if err != nil {
+		return fmt.Errorf("%w: --disk: %v", errVhostUsage, err)
+	}
+	defer dev.Close()
+	l, err := vhostuser.Listen(*socket)
+	if err != nil {
+		return fmt.Errorf("%w: --socket: %v", errVhostUsage, err)
+	}
+	defer l.Release()
+
+	// SIGINT/SIGTERM: stop accepting, and shut the frontend's connection
+	// down so Serve returns after resetting the device (requests in flight
+	// complete first).
+	var (
+		mu       sync.Mutex
+		conn     = -1
+		stopping bool
+	)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	go func() {
+		for s := range sigs {
+			logger.Printf("%v: ending the session", s)
+			mu.Lock()
+			stopping = true
+			if conn >= 0 {
+				unix.Shutdown(conn, unix.SHUT_RDWR)
+			}
+			mu.Unlock()
+			l.Close()
+		}
+	}()
+
+	logger.Printf("serving %s (cache=%s, %d queue(s)) on %s", spec.Path, spec.Cache, *queues, *socket)
+	var sessionErr error
+	fd, err := l.Accept()
+	switch {
+	case errors.Is(err, vhostuser.ErrListenerClosed):
+		// Signalled before a frontend came.
+	case err != nil:
+		sessionErr = err
+	default:
+		l.Close() // one frontend per process
+		mu.Lock()
+		if stopping {
+			unix.Shutdown(fd, unix.SHUT_RDWR)
+		}
+		conn = fd
+		mu.Unlock()
+		logger.Printf("frontend connected")
+		sessionErr = vhostuser.Serve(fd, dev, vhostuser.Options{Log: logger})
+		mu.Lock()
+		conn = -1
+		mu.Unlock()
+		unix.Close(fd)
+		if sessionErr == nil {
+			logger.Printf("frontend disconnected")
+		} else {
+			sessionErr = fmt.Errorf("session ended: %w", sessionErr)
+		}
+	}
+	if *statsPath != "" {
+		if err := writeVhostStats(*statsPath, blk.StatsFile{Disks: []blk.Stats{dev.Stats()}}); err != nil {
+			if sessionErr != nil {
+				logger.Print(sessionErr)
+			}
+			return err
+		}
+	}
+	return sessionErr
+}
+
+// writeVhostStats writes the --stats document atomically (a reader never
+// sees half of it).
+func writeVhostStats(path string, doc blk.StatsFile) error {
+	b, err := json.MarshalIndent(doc, "", "  ")
+	if err != nil {
+		return fmt.Errorf("stats: %w", err)
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("stats: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("stats: %w", err)
+	}
+	return nil
+}

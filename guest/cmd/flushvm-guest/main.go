@@ -1,0 +1,180 @@
+// Command flushvm-guest runs flushvm where it can boot Linux and prepares
+// the guest artifacts it boots.
+//
+//	flushvm-guest [--mode auto|direct|nested] [--timeout 10m] run FLUSHVM-RUN-ARGS...
+//	    flushvm run with host paths: directly on a host with hardware
+//	    virtualization, else nested inside a QEMU TCG L1 guest.
+//	flushvm-guest [--timeout D] l1 CMD ARGS...
+//	    run a command inside the nested L1 guest (flushvm is /job/flushvm).
+//	flushvm-guest artifacts
+//	    fetch the kernel, build the test initramfs, print their paths.
+//	flushvm-guest [--timeout D] qemu FLUSHVM-RUN-ARGS...
+//	    boot the same guest under plain QEMU TCG (a stand-in for flushvm).
+//	flushvm-guest demo [--cpus N] [--mem SIZE] [--disk] [--cache MODE]
+//	    what `make run` does: boot the test guest with sensible defaults.
+//
+// The exit status is that of flushvm (or the command); 2 means a usage
+// error, 3 a harness failure.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/flushvm/flushvm/guest/harness"
+	"github.com/spf13/pflag"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func usage() {
+	fmt.Fprint(os.Stderr, `usage: flushvm-guest [--mode auto|direct|nested] [--timeout 10m] [--flushvm BIN] COMMAND ARGS...
+commands:
+  run ARGS...      flushvm run ARGS (host paths) directly or nested in a QEMU L1 guest
+                   e.g. flushvm-guest run --kernel vmlinuz --initrd initrd.gz --append "console=ttyS0"
+  l1 CMD ARGS...   run CMD inside the nested L1 guest (flushvm is /job/flushvm)
+                   e.g. flushvm-guest l1 /bin/sh -c 'ls -l /dev/kvm'
+  artifacts        fetch the kernel, build the test initramfs, print their paths
+  qemu ARGS...     boot what flushvm run ARGS would, under plain QEMU TCG
+  demo [--cpus N] [--mem SIZE] [--disk] [--cache MODE]
+                   boot the test guest with sensible defaults (make run)
+`)
+}
+
+func run(args []string) int {
+	fs := pflag.NewFlagSet("flushvm-guest", pflag.ContinueOnError)
+	fs.SetInterspersed(false)
+	fs.Usage = usage
+	modeName := fs.String("mode", "auto", "where flushvm runs: auto, direct or nested")
+	timeout := fs.Duration("timeout", harness.DefaultTimeout, "bound on the whole run")
+	flushvm := fs.String("flushvm", "", "flushvm binary to run (default: build ./cmd/flushvm, static)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	mode, err := harness.ParseMode(*modeName)
+	if err != nil || fs.NArg() == 0 {
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "flushvm-guest: %v\n", err)
+		}
+		usage()
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	opts := harness.Options{Mode: mode, Stdout: os.Stdout, Log: os.Stderr, Timeout: *timeout, Flushvm: *flushvm}
+	cmd, rest := fs.Arg(0), fs.Args()[1:]
+	switch cmd {
+	case "run":
+		return session(ctx, opts, harness.Run{Args: rest})
+	case "l1":
+		if len(rest) == 0 {
+			usage()
+			return 2
+		}
+		opts.Mode = harness.Nested
+		return session(ctx, opts, harness.Run{Command: rest})
+	case "artifacts":
+		a, err := harness.Prepare(ctx)
+		if err != nil {
+			return fail(err)
+		}
+		fmt.Printf("kernel %s %s\nbzImage %s\ninitramfs %s\n", a.Kernel.Package, a.Kernel.Version, a.Kernel.BzImage, a.Initramfs)
+		return 0
+	case "qemu":
+		st, _, err := harness.QEMU(ctx, os.Stdout, rest)
+		if err != nil {
+			return fail(err)
+		}
+		return st
+	case "demo":
+		return demo(ctx, opts, rest)
+	}
+	fmt.Fprintf(os.Stderr, "flushvm-guest: unknown command %q\n", cmd)
+	usage()
+	return 2
+}
+
+func session(ctx context.Context, opts harness.Options, r harness.Run) int {
+	s, err := harness.Execute(ctx, opts, r)
+	if err != nil {
+		return fail(err)
+	}
+	if s.Mode == harness.Nested {
+		res := s.Results[0]
+		fmt.Fprintf(os.Stderr, "flushvm-harness: L1 reached /init after %.1f s wall (L1 uptime %s); job started at %.1f s, ran %.1f s; exit status %d\n",
+			s.L1Boot.Seconds(), s.L1Uptime, res.Start.Seconds(), res.Duration.Seconds(), res.Status)
+	}
+	return s.Results[0].Status
+}
+
+func fail(err error) int {
+	fmt.Fprintf(os.Stderr, "flushvm-guest: %v\n", err)
+	return 3
+}
+
+// demo boots the test guest with defaults: it prints the machine line
+// from /init and, with --disk, runs fsyncstress on a fresh sparse ext4
+// disk.
+func demo(ctx context.Context, opts harness.Options, args []string) int {
+	fs := pflag.NewFlagSet("demo", pflag.ContinueOnError)
+	cpus := fs.Int("cpus", 2, "guest CPUs")
+	mem := fs.String("mem", "512M", "guest memory")
+	withDisk := fs.Bool("disk", false, "attach a fresh sparse ext4 disk and run fsyncstress on it")
+	cache := fs.String("cache", "writeback", "the disk's cache mode")
+	size := fs.String("disk-size", "1G", "the fresh disk's size")
+	qemu := fs.Bool("qemu", false, "boot under plain QEMU TCG instead of flushvm")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	a, err := harness.Prepare(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	fmt.Fprintf(os.Stderr, "flushvm-guest: kernel %s (%s), initramfs %s\n", a.Kernel.Release, a.Kernel.Version, a.Initramfs)
+	run := []string{"--kernel", a.Kernel.BzImage, "--mem", *mem, "--cpus", fmt.Sprint(*cpus)}
+	cmdline := "console=ttyS0 panic=-1 quiet"
+	initrd := a.Initramfs
+	if *withDisk {
+		dir, err := os.MkdirTemp(a.Cache, "demo-disk-")
+		if err != nil {
+			return fail(err)
+		}
+		defer os.RemoveAll(dir)
+		img := filepath.Join(dir, "disk.img")
+		if err := harness.FreshExt4(ctx, img, *size); err != nil {
+			return fail(err)
+		}
+		initrd, err = harness.WithScript(a.Cache, a.Initramfs, harness.FsyncstressScript)
+		if err != nil {
+			return fail(err)
+		}
+		run = append(run, "--disk", "path="+img+",cache="+*cache)
+		cmdline += " flushvm.run=script"
+		fmt.Fprintf(os.Stderr, "flushvm-guest: disk %s (%s sparse, ext4, cache=%s)\n", img, *size, *cache)
+	}
+	run = append(run, "--initrd", initrd, "--append", cmdline)
+	if *qemu {
+		st, _, err := harness.QEMU(ctx, os.Stdout, run)
+		if err != nil {
+			return fail(err)
+		}
+		return st
+	}
+	fmt.Fprintf(os.Stderr, "flushvm-guest: flushvm run %s\n", strings.Join(run, " "))
+	st := session(ctx, opts, harness.Run{Args: run})
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		fmt.Fprintf(os.Stderr, "flushvm-guest: timed out after %v\n", time.Duration(0))
+	}
+	return st
+}

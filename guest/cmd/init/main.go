@@ -1,0 +1,120 @@
+// Command init is /init of flushvm's Linux test guests (the "L2" guest when
+// run nested). It runs as process 1: it mounts proc, sys and devtmpfs,
+// loads the image's modules in dependency order, prints one line describing
+// the machine, runs the workload the kernel command line names, and ends
+// the VM with the workload's exit status through flushvm's debug-exit port
+// (I/O port 0xf4), falling back to reboot(2).
+//
+// Kernel command line convention:
+//
+//	flushvm.run=info          print the machine line and exit 0 (default)
+//	flushvm.run=exit:N        print the machine line and exit with status N
+//	flushvm.run=script        run /run.sh with busybox sh (appended per test)
+//	flushvm.run=shell         interactive busybox sh on the console
+//	flushvm.run=fsyncstress   run /bin/fsyncstress
+//	flushvm.args=A,B,C        arguments for the workload, comma separated
+//
+// Before ending the VM it prints "flushvm-init: exit status N", so a
+// runner without the debug-exit port (plain QEMU) can still recover N.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+
+	"github.com/flushvm/flushvm/guest/internal/pid1"
+	"golang.org/x/sys/unix"
+)
+
+const prefix = "flushvm-init"
+
+func main() {
+	status := run()
+	end(status)
+}
+
+func run() int {
+	if err := pid1.MountBasics(); err != nil {
+		pid1.Logf(prefix, "%v", err)
+		return 120
+	}
+	if _, err := pid1.LoadModules(pid1.ModuleList); err != nil {
+		pid1.Logf(prefix, "%v", err)
+		return 121
+	}
+	m, err := pid1.Describe()
+	if err != nil {
+		pid1.Logf(prefix, "%v", err)
+		return 122
+	}
+	pid1.Logf(prefix, "%v", m)
+	cmdline, err := pid1.Cmdline()
+	if err != nil {
+		pid1.Logf(prefix, "%v", err)
+		return 123
+	}
+	var args []string
+	if a := cmdline["flushvm.args"]; a != "" {
+		args = strings.Split(a, ",")
+	}
+	status, err := workload(cmdline["flushvm.run"], args)
+	if err != nil {
+		pid1.Logf(prefix, "%v", err)
+	}
+	return status
+}
+
+// workload runs the named workload and returns its exit status.
+func workload(name string, args []string) (int, error) {
+	switch {
+	case name == "" || name == "info":
+		return 0, nil
+	case strings.HasPrefix(name, "exit:"):
+		n, err := strconv.Atoi(strings.TrimPrefix(name, "exit:"))
+		if err != nil || n < 0 || n > 255 {
+			return 124, fmt.Errorf("flushvm.run=%s: want exit:N with N in 0..255", name)
+		}
+		return n, nil
+	case name == "script":
+		return command("/bin/sh", append([]string{"/run.sh"}, args...)...)
+	case name == "shell":
+		return command("/bin/sh", args...)
+	case name == "fsyncstress":
+		return command("/bin/fsyncstress", args...)
+	}
+	return 124, fmt.Errorf("flushvm.run=%s: unknown workload (want info, exit:N, script, shell or fsyncstress)", name)
+}
+
+// command runs a program on the console and returns its exit status.
+func command(name string, args ...string) (int, error) {
+	cmd := exec.Command(name, args...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.Env = append(os.Environ(), "HOME=/root", "TERM=linux")
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0, nil
+	case errors.As(err, &ee):
+		if ws, ok := ee.Sys().(unix.WaitStatus); ok && ws.Signaled() {
+			return 128 + int(ws.Signal()), fmt.Errorf("%s: %v", name, ws.Signal())
+		}
+		return ee.ExitCode(), nil
+	default:
+		return 125, fmt.Errorf("run %s: %w", name, err)
+	}
+}
+
+// end ends the VM with status; init must never return.
+func end(status int) {
+	pid1.Logf(prefix, "exit status %d", status)
+	if err := pid1.DebugExit(uint8(status)); err != nil {
+		pid1.Logf(prefix, "%v; rebooting instead", err)
+	}
+	pid1.Reboot()
+	select {}
+}

@@ -1,0 +1,125 @@
+// Command l1init is /init of the nested harness's L1 guest: a QEMU TCG
+// `-cpu max` machine whose KVM (kvm-amd) can run Linux when the host's
+// cannot. It loads KVM, virtio and 9p modules, mounts the host's job
+// directory over 9p, runs the job's commands (normally `flushvm run ...`)
+// with their output on the console and in the job directory, records each
+// exit status there, and powers off.
+//
+// It prints "flushvm-l1: ..." lines the host harness reads for timing:
+// "flushvm-l1: kernel ..." when L1 reaches /init and
+// "flushvm-l1: start run N" before and "flushvm-l1: end run N" after each
+// command.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/flushvm/flushvm/guest/internal/job"
+	"github.com/flushvm/flushvm/guest/internal/pid1"
+	"golang.org/x/sys/unix"
+)
+
+const prefix = "flushvm-l1"
+
+func main() {
+	if err := run(); err != nil {
+		pid1.Logf(prefix, "%v", err)
+	}
+	pid1.PowerOff()
+	select {}
+}
+
+func run() error {
+	if err := pid1.MountBasics(); err != nil {
+		return err
+	}
+	if _, err := pid1.LoadModules(pid1.ModuleList); err != nil {
+		return err
+	}
+	m, err := pid1.Describe()
+	if err != nil {
+		return err
+	}
+	pid1.Logf(prefix, "%v", m)
+	if err := os.MkdirAll(job.Mount, 0o755); err != nil {
+		return fmt.Errorf("mkdir %s: %w", job.Mount, err)
+	}
+	if err := unix.Mount(job.Tag, job.Mount, "9p", 0, "trans=virtio,version=9p2000.L,msize=262144,access=any"); err != nil {
+		return fmt.Errorf("mount 9p %s on %s: %w", job.Tag, job.Mount, err)
+	}
+	defer unix.Sync()
+	j, err := job.Read(job.Mount)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat("/dev/kvm"); err != nil {
+		pid1.Logf(prefix, "no /dev/kvm in L1 (%v): KVM will fail", err)
+	}
+	if err := pid1.WaitForFiles(j.WaitFor, 10*time.Second); err != nil {
+		return err
+	}
+	for i, r := range j.Runs {
+		up, _ := pid1.Uptime()
+		pid1.Logf(prefix, "start run %d at uptime %.2f s", i, up.Seconds())
+		status, err := runOne(i, r)
+		var rec string
+		pid1.Logf(prefix, "end run %d", i)
+		if err != nil {
+			pid1.Logf(prefix, "run %d: %v", i, err)
+			rec = "error: " + err.Error()
+		} else {
+			rec = strconv.Itoa(status)
+		}
+		if werr := os.WriteFile(job.StatusFile(job.Mount, i), []byte(rec+"\n"), 0o644); werr != nil {
+			return fmt.Errorf("record run %d: %w", i, werr)
+		}
+	}
+	return nil
+}
+
+// runOne runs one command with its output on the console and in its log
+// file and returns its exit status.
+func runOne(i int, r job.Run) (int, error) {
+	if len(r.Argv) == 0 {
+		return 0, errors.New("empty command")
+	}
+	log, err := os.Create(job.LogFile(job.Mount, i))
+	if err != nil {
+		return 0, fmt.Errorf("log: %w", err)
+	}
+	defer log.Close()
+	ctx := context.Background()
+	if r.TimeoutSec > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(r.TimeoutSec)*time.Second)
+		defer cancel()
+	}
+	out := io.MultiWriter(os.Stdout, log)
+	cmd := exec.CommandContext(ctx, r.Argv[0], r.Argv[1:]...)
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.Dir = job.Mount
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case ctx.Err() != nil:
+		return 0, fmt.Errorf("%s: timed out after %d s", r.Argv[0], r.TimeoutSec)
+	case err == nil:
+		return 0, nil
+	case errors.As(err, &ee):
+		if ws, ok := ee.Sys().(unix.WaitStatus); ok && ws.Signaled() {
+			return 128 + int(ws.Signal()), nil
+		}
+		return ee.ExitCode(), nil
+	default:
+		return 0, fmt.Errorf("start %s: %w", r.Argv[0], err)
+	}
+}

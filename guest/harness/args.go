@@ -1,0 +1,196 @@
+package harness
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/flushvm/flushvm/guest/internal/job"
+)
+
+// ErrTooManyDisks reports more distinct disks than L1 has virtio-blk names
+// for.
+var ErrTooManyDisks = errors.New("too many disks for the nested harness")
+
+// valueFlags are flushvm run flags that take a value; the harness maps the
+// ones naming host files and passes the others through untouched.
+var valueFlags = map[string]bool{"kernel": true, "initrd": true, "append": true, "mem": true, "cpus": true, "disk": true, "stats": true}
+
+// disk is one host file or device attached to L1 as a virtio-blk drive.
+type disk struct {
+	host     string
+	readonly bool
+	l1       string // /dev/vdX
+}
+
+// statsCopy is a --stats file L1 writes into the job directory and the
+// harness copies back to the host path the caller asked for.
+type statsCopy struct {
+	l1   string // path inside the job directory (host view)
+	host string
+}
+
+// mapper rewrites flushvm run arguments from host paths to L1 paths for
+// one nested session.
+type mapper struct {
+	jobDir string
+	inputs map[string]string // host path -> L1 path
+	disks  []*disk
+	stats  map[int][]statsCopy
+	n      int
+}
+
+func newMapper(jobDir string) *mapper {
+	return &mapper{jobDir: jobDir, inputs: map[string]string{}, stats: map[int][]statsCopy{}}
+}
+
+// rewrite maps run i's arguments.
+func (m *mapper) rewrite(i int, args []string) ([]string, error) {
+	out := make([]string, 0, len(args))
+	for k := 0; k < len(args); k++ {
+		a := args[k]
+		name, val, hasVal := "", "", false
+		if strings.HasPrefix(a, "--") {
+			name, val, hasVal = strings.Cut(a[2:], "=")
+		}
+		if !valueFlags[name] {
+			out = append(out, a)
+			continue
+		}
+		if !hasVal {
+			if k+1 >= len(args) {
+				out = append(out, a) // flushvm reports the missing value
+				continue
+			}
+			k++
+			val = args[k]
+		}
+		var err error
+		switch name {
+		case "kernel", "initrd":
+			val, err = m.input(val)
+		case "disk":
+			val, err = m.disk(val)
+		case "stats":
+			val = m.statsFile(i, val)
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, "--"+name+"="+val)
+	}
+	return out, nil
+}
+
+// input makes a host file visible in the job directory (hard link, or copy
+// across file systems) and returns its L1 path. A missing file maps to a
+// missing L1 path so flushvm reports it in its own words.
+func (m *mapper) input(host string) (string, error) {
+	abs, err := filepath.Abs(host)
+	if err != nil {
+		return "", fmt.Errorf("map %s: %w", host, err)
+	}
+	if p, ok := m.inputs[abs]; ok {
+		return p, nil
+	}
+	m.n++
+	name := strconv.Itoa(m.n) + "-" + filepath.Base(abs)
+	l1 := job.Mount + "/in/" + name
+	if fi, err := os.Stat(abs); err != nil || !fi.Mode().IsRegular() {
+		l1 = job.Mount + "/missing/" + filepath.Base(abs)
+	} else if err := linkOrCopy(abs, filepath.Join(m.jobDir, "in", name)); err != nil {
+		return "", fmt.Errorf("map %s into L1: %w", host, err)
+	}
+	m.inputs[abs] = l1
+	return l1, nil
+}
+
+// disk maps a --disk SPEC's path= to the L1 virtio-blk device that carries
+// the host file, leaving every other key as given.
+func (m *mapper) disk(spec string) (string, error) {
+	parts := strings.Split(spec, ",")
+	readonly := false
+	for _, p := range parts {
+		if p == "readonly=on" {
+			readonly = true
+		}
+	}
+	for idx, p := range parts {
+		host, ok := strings.CutPrefix(p, "path=")
+		if !ok {
+			continue
+		}
+		abs, err := filepath.Abs(host)
+		if err != nil {
+			return "", fmt.Errorf("map disk %s: %w", host, err)
+		}
+		if real, err := filepath.EvalSymlinks(abs); err == nil {
+			abs = real
+		}
+		if _, err := os.Stat(abs); err != nil {
+			parts[idx] = "path=" + job.Mount + "/missing/" + filepath.Base(abs)
+			continue
+		}
+		var d *disk
+		for _, e := range m.disks {
+			if e.host == abs {
+				d = e
+			}
+		}
+		if d == nil {
+			if len(m.disks) >= 26 {
+				return "", ErrTooManyDisks
+			}
+			d = &disk{host: abs, readonly: readonly, l1: "/dev/vd" + string(rune('a'+len(m.disks)))}
+			m.disks = append(m.disks, d)
+		}
+		if !readonly {
+			d.readonly = false
+		}
+		parts[idx] = "path=" + d.l1
+	}
+	return strings.Join(parts, ","), nil
+}
+
+func (m *mapper) statsFile(i int, host string) string {
+	name := fmt.Sprintf("stats-%d-%d.json", i, len(m.stats[i]))
+	m.stats[i] = append(m.stats[i], statsCopy{l1: filepath.Join(m.jobDir, job.OutDir, name), host: host})
+	return job.Mount + "/" + job.OutDir + "/" + name
+}
+
+// hostPath maps an L1 disk path back to the host file.
+func (m *mapper) hostPath(l1 string) (string, bool) {
+	for _, d := range m.disks {
+		if d.l1 == l1 {
+			return d.host, true
+		}
+	}
+	return "", false
+}
+
+func linkOrCopy(src, dst string) error {
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	if err := os.Link(src, dst); err == nil {
+		return nil
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}

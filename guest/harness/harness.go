@@ -1,0 +1,457 @@
+// Package harness runs `flushvm run` where it can boot Linux: directly on a
+// host with hardware virtualization, or nested inside a QEMU TCG `-cpu max`
+// L1 guest whose KVM works where the host's (PVM) does not.
+//
+// Nested, the harness builds a static flushvm, writes a job directory that
+// L1 mounts over 9p (the flushvm binary, hard links of --kernel/--initrd,
+// the job file, an out directory), attaches each --disk host file to L1 as
+// a raw virtio-blk drive and rewrites it to /dev/vdX, boots L1 with the
+// Debian kernel and guest/cmd/l1init, streams the console (which carries
+// L2's serial output) and returns flushvm's exit status. --stats files are
+// written in the out directory and copied back.
+package harness
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/flushvm/flushvm/guest"
+	"github.com/flushvm/flushvm/guest/initramfs"
+	"github.com/flushvm/flushvm/guest/internal/job"
+	"github.com/flushvm/flushvm/guest/kernel"
+)
+
+// DefaultTimeout bounds a whole session when Options.Timeout is zero.
+const DefaultTimeout = 10 * time.Minute
+
+// ErrNoStatus reports a run whose exit status never came back from L1
+// (L1 crashed, timed out, or flushvm could not be started).
+var ErrNoStatus = errors.New("no exit status from L1")
+
+// ErrTimeout reports a session that hit its time bound.
+var ErrTimeout = errors.New("harness timed out")
+
+// Run is one command of a session.
+type Run struct {
+	// Args are the `flushvm run` arguments, with host paths.
+	Args []string
+	// Command, when set, runs this command inside L1 instead of flushvm
+	// (nested only; L1 paths; flushvm is /job/flushvm). It is for
+	// checking the harness itself.
+	Command []string
+	// Timeout bounds this run inside L1; zero means only the session
+	// bound applies.
+	Timeout time.Duration
+}
+
+// Result is what one run did.
+type Result struct {
+	// Status is the exit status of flushvm (or Command).
+	Status int
+	// Output is the run's combined stdout and stderr (with nested runs,
+	// the L2 serial console as flushvm printed it).
+	Output []byte
+	// Start is the wall time from the session's start to the run's start.
+	Start time.Duration
+	// Duration is the run's wall time.
+	Duration time.Duration
+}
+
+// Options configure a session.
+type Options struct {
+	// Mode picks direct or nested; Auto detects.
+	Mode Mode
+	// Stdout receives the streamed output (nil discards it).
+	Stdout io.Writer
+	// Log receives the harness's own one-line notes (nil discards them).
+	Log io.Writer
+	// Timeout bounds the whole session (DefaultTimeout if zero).
+	Timeout time.Duration
+	// Flushvm is the flushvm binary to run; empty builds ./cmd/flushvm
+	// (static) from the repository.
+	Flushvm string
+	// L1Mem and L1CPUs size the nested L1 guest (2048 MiB and 2 if zero).
+	L1Mem, L1CPUs int
+}
+
+// Session is what a call to Execute did.
+type Session struct {
+	// Mode is where flushvm ran and Reason why.
+	Mode   Mode
+	Reason string
+	// L1Boot is the wall time from starting QEMU to L1's /init (nested).
+	L1Boot time.Duration
+	// L1Uptime is L1's own uptime at /init (nested).
+	L1Uptime string
+	// Wall is the whole session's wall time.
+	Wall time.Duration
+	// Results has one entry per run, in order.
+	Results []Result
+}
+
+// Execute runs the runs in one session: one L1 boot when nested.
+func Execute(ctx context.Context, opts Options, runs ...Run) (*Session, error) {
+	if opts.Timeout == 0 {
+		opts.Timeout = DefaultTimeout
+	}
+	if opts.Stdout == nil {
+		opts.Stdout = io.Discard
+	}
+	if opts.Log == nil {
+		opts.Log = io.Discard
+	}
+	s := &Session{Mode: opts.Mode, Reason: "requested"}
+	if s.Mode == Auto {
+		s.Mode, s.Reason = Detect()
+	}
+	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
+	defer cancel()
+	start := time.Now()
+	var err error
+	if s.Mode == Direct {
+		fmt.Fprintf(opts.Log, "flushvm-harness: running flushvm directly (%s)\n", s.Reason)
+		err = direct(ctx, opts, s, runs)
+	} else {
+		fmt.Fprintf(opts.Log, "flushvm-harness: running flushvm nested in a QEMU TCG L1 guest (%s)\n", s.Reason)
+		err = nested(ctx, opts, s, runs)
+	}
+	s.Wall = time.Since(start)
+	if err != nil && ctx.Err() == context.DeadlineExceeded {
+		return s, fmt.Errorf("%w after %v: %v", ErrTimeout, opts.Timeout, err)
+	}
+	return s, err
+}
+
+func flushvmBinary(ctx context.Context, opts Options) (string, error) {
+	if opts.Flushvm != "" {
+		return opts.Flushvm, nil
+	}
+	return initramfs.BuildGo(ctx, "./cmd/flushvm")
+}
+
+func direct(ctx context.Context, opts Options, s *Session, runs []Run) error {
+	bin, err := flushvmBinary(ctx, opts)
+	if err != nil {
+		return err
+	}
+	t0 := time.Now()
+	for _, r := range runs {
+		if r.Command != nil {
+			return errors.New("Run.Command needs the nested harness")
+		}
+		rctx := ctx
+		if r.Timeout > 0 {
+			var cancel context.CancelFunc
+			rctx, cancel = context.WithTimeout(ctx, r.Timeout)
+			defer cancel()
+		}
+		var buf bytes.Buffer
+		cmd := exec.CommandContext(rctx, bin, append([]string{"run"}, r.Args...)...)
+		w := io.MultiWriter(opts.Stdout, &buf)
+		cmd.Stdout, cmd.Stderr = w, w
+		res := Result{Start: time.Since(t0)}
+		err := cmd.Run()
+		res.Duration = time.Since(t0) - res.Start
+		res.Output = buf.Bytes()
+		var ee *exec.ExitError
+		switch {
+		case rctx.Err() != nil:
+			return fmt.Errorf("flushvm run: %w", rctx.Err())
+		case err == nil:
+		case errors.As(err, &ee):
+			res.Status = ee.ExitCode()
+		default:
+			return fmt.Errorf("flushvm run: %w", err)
+		}
+		s.Results = append(s.Results, res)
+	}
+	return nil
+}
+
+func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
+	cache, err := guest.CacheDir()
+	if err != nil {
+		return err
+	}
+	k, err := kernel.Fetch(ctx, cache)
+	if err != nil {
+		return err
+	}
+	l1img, err := L1Initramfs(ctx, cache, k)
+	if err != nil {
+		return err
+	}
+	bin, err := flushvmBinary(ctx, opts)
+	if err != nil {
+		if !commandsOnly(runs) {
+			return err
+		}
+		// Checking the harness itself must not wait for a buildable VMM.
+		fmt.Fprintf(opts.Log, "flushvm-harness: no /job/flushvm in L1: %v\n", err)
+		bin = ""
+	}
+	if bin != "" {
+		if err := initramfs.CheckStatic(bin); err != nil {
+			return fmt.Errorf("flushvm for L1: %w", err)
+		}
+	}
+	jobs := filepath.Join(cache, "jobs")
+	if err := os.MkdirAll(jobs, 0o755); err != nil {
+		return fmt.Errorf("job dir: %w", err)
+	}
+	dir, err := os.MkdirTemp(jobs, "job-")
+	if err != nil {
+		return fmt.Errorf("job dir: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	if bin != "" {
+		if err := linkOrCopy(bin, filepath.Join(dir, "flushvm")); err != nil {
+			return fmt.Errorf("job dir: %w", err)
+		}
+	}
+	m := newMapper(dir)
+	j := &job.Job{}
+	for i, r := range runs {
+		argv := r.Command
+		if argv == nil {
+			args, err := m.rewrite(i, r.Args)
+			if err != nil {
+				return err
+			}
+			argv = append([]string{job.Mount + "/flushvm", "run"}, args...)
+		}
+		j.Runs = append(j.Runs, job.Run{Argv: argv, TimeoutSec: int(r.Timeout.Seconds())})
+	}
+	for _, d := range m.disks {
+		j.WaitFor = append(j.WaitFor, d.l1)
+	}
+	if err := job.Write(dir, j); err != nil {
+		return err
+	}
+	mem, cpus := opts.L1Mem, opts.L1CPUs
+	if mem == 0 {
+		mem = 2048
+	}
+	if cpus == 0 {
+		cpus = 2
+	}
+	qargs := []string{"-n", "5", "qemu-system-x86_64",
+		"-accel", "tcg,thread=multi", "-cpu", "max", "-m", strconv.Itoa(mem), "-smp", strconv.Itoa(cpus),
+		"-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio", "-bios", firmware(),
+		"-kernel", k.BzImage, "-initrd", l1img,
+		"-append", "console=ttyS0 panic=-1 quiet loglevel=3 mitigations=off",
+		"-virtfs", "local,path=" + qemuEscape(dir) + ",mount_tag=" + job.Tag + ",security_model=none,id=" + job.Tag,
+	}
+	for _, d := range m.disks {
+		drive := "file=" + qemuEscape(d.host) + ",if=virtio,format=raw,cache=writeback,aio=threads"
+		if d.readonly {
+			drive += ",readonly=on"
+		}
+		qargs = append(qargs, "-drive", drive)
+	}
+	t0 := time.Now()
+	watch := newConsole(opts.Stdout, t0)
+	cmd := exec.CommandContext(ctx, "nice", qargs...)
+	cmd.Stdout, cmd.Stderr = watch, watch
+	cmd.WaitDelay = 5 * time.Second
+	qerr := cmd.Run()
+	watch.flush()
+	s.L1Boot, s.L1Uptime = watch.l1Boot()
+	if ctx.Err() != nil {
+		return fmt.Errorf("QEMU L1 killed: %w", ctx.Err())
+	}
+	if qerr != nil {
+		return fmt.Errorf("QEMU L1: %w: %s", qerr, watch.tail())
+	}
+	for i := range runs {
+		res, err := collect(dir, i, watch)
+		if err != nil {
+			return err
+		}
+		s.Results = append(s.Results, res)
+		if err := m.copyStats(i); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func commandsOnly(runs []Run) bool {
+	for _, r := range runs {
+		if r.Command == nil {
+			return false
+		}
+	}
+	return true
+}
+
+// collect reads run i's status and log from the job directory.
+func collect(dir string, i int, watch *console) (Result, error) {
+	res := Result{}
+	res.Start, res.Duration = watch.runTimes(i)
+	b, err := os.ReadFile(job.StatusFile(dir, i))
+	if err != nil {
+		return res, fmt.Errorf("run %d: %w (last console line: %s)", i, ErrNoStatus, watch.tail())
+	}
+	st := strings.TrimSpace(string(b))
+	if msg, ok := strings.CutPrefix(st, "error: "); ok {
+		return res, fmt.Errorf("run %d in L1: %s", i, msg)
+	}
+	if res.Status, err = strconv.Atoi(st); err != nil {
+		return res, fmt.Errorf("run %d: bad status %q: %w", i, st, err)
+	}
+	res.Output, _ = os.ReadFile(job.LogFile(dir, i))
+	return res, nil
+}
+
+// copyStats copies run i's --stats files back to the host paths asked
+// for, naming each disk by its host file instead of its L1 device.
+func (m *mapper) copyStats(i int) error {
+	for _, sc := range m.stats[i] {
+		b, err := os.ReadFile(sc.l1)
+		if errors.Is(err, os.ErrNotExist) {
+			continue // flushvm wrote none (it failed before exiting normally)
+		}
+		if err != nil {
+			return fmt.Errorf("stats: %w", err)
+		}
+		var doc map[string]any
+		if json.Unmarshal(b, &doc) == nil {
+			if disks, ok := doc["disks"].([]any); ok {
+				for _, d := range disks {
+					if dm, ok := d.(map[string]any); ok {
+						if p, ok := dm["path"].(string); ok {
+							if host, ok := m.hostPath(p); ok {
+								dm["path"] = host
+							}
+						}
+					}
+				}
+				if nb, err := json.MarshalIndent(doc, "", "  "); err == nil {
+					b = append(nb, '\n')
+				}
+			}
+		}
+		if err := os.WriteFile(sc.host, b, 0o644); err != nil {
+			return fmt.Errorf("stats: %w", err)
+		}
+	}
+	return nil
+}
+
+// firmware picks qboot, a minimal firmware that boots -kernel directly,
+// quicker and quieter than SeaBIOS; SeaBIOS if qboot is not installed.
+func firmware() string {
+	const qboot = "/usr/share/qemu/qboot.rom"
+	if _, err := os.Stat(qboot); err == nil {
+		return qboot
+	}
+	return "bios.bin"
+}
+
+func qemuEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+
+// console streams QEMU's output without carriage returns and notes when
+// L1's init reports progress.
+type console struct {
+	mu     sync.Mutex
+	out    io.Writer
+	t0     time.Time
+	line   []byte
+	last   string
+	boot   time.Duration
+	uptime string
+	starts []time.Duration
+	ends   []time.Duration
+}
+
+func newConsole(out io.Writer, t0 time.Time) *console { return &console{out: out, t0: t0} }
+
+func (c *console) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clean := bytes.ReplaceAll(p, []byte{'\r'}, nil)
+	if _, err := c.out.Write(clean); err != nil {
+		return 0, err
+	}
+	for _, b := range clean {
+		if b != '\n' {
+			if len(c.line) < 4096 {
+				c.line = append(c.line, b)
+			}
+			continue
+		}
+		c.observe(string(c.line))
+		c.line = c.line[:0]
+	}
+	return len(p), nil
+}
+
+func (c *console) flush() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.line) > 0 {
+		c.observe(string(c.line))
+		c.line = c.line[:0]
+	}
+}
+
+func (c *console) observe(line string) {
+	if strings.TrimSpace(line) != "" {
+		c.last = line
+	}
+	now := time.Since(c.t0)
+	// Firmware clears the screen without a newline, so markers may
+	// follow escape sequences on their line.
+	if i := strings.Index(line, "flushvm-l1: "); i > 0 {
+		line = line[i:]
+	}
+	if rest, ok := strings.CutPrefix(line, "flushvm-l1: kernel "); ok && c.boot == 0 {
+		c.boot = now
+		if i := strings.Index(rest, "uptime "); i >= 0 {
+			c.uptime = strings.TrimSuffix(rest[i+len("uptime "):], " at /init")
+		}
+	}
+	if strings.HasPrefix(line, "flushvm-l1: start run ") {
+		c.starts = append(c.starts, now)
+	}
+	if strings.HasPrefix(line, "flushvm-l1: end run ") {
+		c.ends = append(c.ends, now)
+	}
+}
+
+func (c *console) l1Boot() (time.Duration, string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.boot, c.uptime
+}
+
+func (c *console) runTimes(i int) (start, dur time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if i >= len(c.starts) {
+		return 0, 0
+	}
+	end := time.Since(c.t0)
+	if i < len(c.ends) {
+		end = c.ends[i]
+	}
+	return c.starts[i], end - c.starts[i]
+}
+
+func (c *console) tail() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.last
+}

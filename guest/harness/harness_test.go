@@ -1,0 +1,113 @@
+package harness
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestDecide(t *testing.T) {
+	const svm = "processor : 0\nflags : fpu vme svm lm\n"
+	const none = "processor : 0\nflags : fpu vme lm\n"
+	tests := []struct {
+		name     string
+		cpuinfo  string
+		modules  string
+		kvm, pvm bool
+		want     Mode
+		why      string
+	}{
+		{"hardware", svm, "kvm_amd 1 0 - Live\nkvm 2 1 kvm_amd, Live\n", true, false, Direct, "hardware"},
+		{"vmx", strings.Replace(svm, "svm", "vmx", 1), "", true, false, Direct, "hardware"},
+		{"no virt flags", none, "", true, false, Nested, "vmx/svm"},
+		{"no /dev/kvm", svm, "", false, false, Nested, "/dev/kvm"},
+		{"pvm in sysfs", svm, "", true, true, Nested, "PVM"},
+		{"pvm in modules", svm, "kvm_pvm 1 0 - Live\n", true, false, Nested, "PVM"},
+	}
+	for _, tt := range tests {
+		got, why := decide(tt.cpuinfo, tt.modules, tt.kvm, tt.pvm)
+		if got != tt.want || !strings.Contains(why, tt.why) {
+			t.Errorf("%s: decide = %v (%s), want %v (%s)", tt.name, got, why, tt.want, tt.why)
+		}
+	}
+}
+
+func TestRewrite(t *testing.T) {
+	host := t.TempDir()
+	job := t.TempDir()
+	kern := filepath.Join(host, "vmlinuz")
+	d1 := filepath.Join(host, "a.img")
+	d2 := filepath.Join(host, "b.img")
+	for _, p := range []string{kern, d1, d2} {
+		if err := os.WriteFile(p, []byte(p), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := newMapper(job)
+	tests := []struct {
+		run  int
+		in   []string
+		want []string
+	}{
+		{0, []string{"--kernel", kern, "--append", "--kernel x", "--cpus=2"},
+			[]string{"--kernel=/job/in/1-vmlinuz", "--append=--kernel x", "--cpus=2"}},
+		{0, []string{"--disk", "path=" + d1 + ",cache=none", "--disk=serial=s,path=" + d2 + ",readonly=on"},
+			[]string{"--disk=path=/dev/vda,cache=none", "--disk=serial=s,path=/dev/vdb,readonly=on"}},
+		{1, []string{"--kernel=" + kern, "--disk", "path=" + d2, "--stats", "/tmp/s.json"},
+			[]string{"--kernel=/job/in/1-vmlinuz", "--disk=path=/dev/vdb", "--stats=/job/out/stats-1-0.json"}},
+		{1, []string{"--kernel", filepath.Join(host, "missing"), "--disk", "path=/nonexistent/x.img"},
+			[]string{"--kernel=/job/missing/missing", "--disk=path=/job/missing/x.img"}},
+		{2, []string{"--unknown-future-flag", "--kernel"}, []string{"--unknown-future-flag", "--kernel"}},
+	}
+	for i, tt := range tests {
+		got, err := m.rewrite(tt.run, tt.in)
+		if err != nil {
+			t.Fatalf("case %d: %v", i, err)
+		}
+		if !slices.Equal(got, tt.want) {
+			t.Errorf("case %d: rewrite(%q)\n got %q\nwant %q", i, tt.in, got, tt.want)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(job, "in", "1-vmlinuz")); err != nil || string(b) != kern {
+		t.Errorf("kernel not linked into the job dir: %q, %v", b, err)
+	}
+	if len(m.disks) != 2 || m.disks[0].host != d1 || m.disks[1].host != d2 || m.disks[1].readonly {
+		t.Errorf("disks %+v: want a.img, b.img (b.img writable: one run opens it read-write)", m.disks)
+	}
+	if h, ok := m.hostPath("/dev/vdb"); !ok || h != d2 {
+		t.Errorf("hostPath(/dev/vdb) = %s, %v", h, ok)
+	}
+}
+
+func TestQEMUDrive(t *testing.T) {
+	tests := []struct {
+		spec, want string
+		wantErr    bool
+	}{
+		{"path=/x.img", "file=/x.img,if=virtio,format=raw,cache=writeback", false},
+		{"path=/a,b.img,cache=unsafe", "", true},
+		{"path=/x.img,cache=none,readonly=on,serial=abc", "file=/x.img,if=virtio,format=raw,cache=none,readonly=on,serial=abc", false},
+		{"cache=none", "", true},
+		{"path=/x,cache=bogus", "", true},
+	}
+	for _, tt := range tests {
+		got, err := qemuDrive(tt.spec)
+		if (err != nil) != tt.wantErr || got != tt.want {
+			t.Errorf("qemuDrive(%q) = %q, %v; want %q, err %v", tt.spec, got, err, tt.want, tt.wantErr)
+		}
+	}
+}
+
+func TestParseMode(t *testing.T) {
+	for _, s := range []string{"auto", "direct", "nested"} {
+		m, err := ParseMode(s)
+		if err != nil || m.String() != s {
+			t.Errorf("ParseMode(%q) = %v, %v", s, m, err)
+		}
+	}
+	if _, err := ParseMode("sideways"); err == nil {
+		t.Error("ParseMode accepted sideways")
+	}
+}

@@ -1,0 +1,80 @@
+// Package job is the contract between the nested harness on the host and
+// the L1 guest's init: the job file the host writes into the shared job
+// directory, and the files L1 writes back.
+package job
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+)
+
+// Tag is the 9p mount tag of the shared job directory; L1 mounts it at
+// Mount.
+const (
+	Tag   = "flushvmjob"
+	Mount = "/job"
+	// File is the job description inside the job directory.
+	File = "job.json"
+	// OutDir is where L1 writes results, inside the job directory.
+	OutDir = "out"
+)
+
+// Job is what the L1 guest runs, in order.
+type Job struct {
+	// Runs are the commands to run one after the other.
+	Runs []Run `json:"runs"`
+	// WaitFor lists device nodes (the job's disks) that must exist before
+	// the first run.
+	WaitFor []string `json:"wait_for,omitempty"`
+}
+
+// Run is one command in L1.
+type Run struct {
+	// Argv is the command and its arguments, with L1 paths.
+	Argv []string `json:"argv"`
+	// TimeoutSec bounds the command; 0 means no bound inside L1 (the host
+	// still bounds the whole QEMU run).
+	TimeoutSec int `json:"timeout_sec,omitempty"`
+}
+
+// StatusFile is where L1 records run i's exit status (a decimal number, or
+// "error: ..." when the command could not be started).
+func StatusFile(dir string, i int) string {
+	return filepath.Join(dir, OutDir, "run-"+strconv.Itoa(i)+".status")
+}
+
+// LogFile is where L1 records run i's combined output.
+func LogFile(dir string, i int) string {
+	return filepath.Join(dir, OutDir, "run-"+strconv.Itoa(i)+".log")
+}
+
+// Read reads the job file in dir.
+func Read(dir string) (*Job, error) {
+	b, err := os.ReadFile(filepath.Join(dir, File))
+	if err != nil {
+		return nil, fmt.Errorf("job: %w", err)
+	}
+	var j Job
+	if err := json.Unmarshal(b, &j); err != nil {
+		return nil, fmt.Errorf("job %s: %w", filepath.Join(dir, File), err)
+	}
+	return &j, nil
+}
+
+// Write writes the job file into dir and creates the out directory.
+func Write(dir string, j *Job) error {
+	b, err := json.MarshalIndent(j, "", "  ")
+	if err != nil {
+		return fmt.Errorf("job: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, OutDir), 0o777); err != nil {
+		return fmt.Errorf("job: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, File), b, 0o644); err != nil {
+		return fmt.Errorf("job: %w", err)
+	}
+	return nil
+}

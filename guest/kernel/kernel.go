@@ -1,0 +1,241 @@
+// Package kernel fetches Debian's generic amd64 kernel package with apt,
+// unpacks it into the artifact cache (one directory per package version)
+// and resolves the modules a guest needs in load order.
+//
+// It never installs anything on the host: `apt-get download` fetches the
+// .deb into the cache and `dpkg -x` unpacks it there.
+package kernel
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+)
+
+// MetaPackage is the Debian package that always depends on the current
+// generic kernel image.
+const MetaPackage = "linux-image-amd64"
+
+// GuestModules are the modules every flushvm test guest loads for its
+// virtio-blk disks, in load order (see each .ko's depends= field).
+var GuestModules = []string{"virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "virtio_blk"}
+
+// Ext4Modules mount an ext4 file system; Debian 6.1 builds ext4 as a module
+// and its checksums need the crc32c crypto driver, which nothing would load
+// on demand without modprobe.
+var Ext4Modules = []string{"crc32c_generic", "crc16", "mbcache", "jbd2", "ext4"}
+
+// L1Modules are the modules the nested L1 guest loads: KVM for AMD SVM
+// (QEMU TCG's -cpu max offers svm), virtio-blk for the job's disks and the
+// 9p stack for the host shares.
+var L1Modules = []string{
+	"virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "virtio_blk",
+	"irqbypass", "ccp", "kvm", "kvm_amd",
+	"netfs", "fscache", "9pnet", "9pnet_virtio", "9p",
+}
+
+// Kernel is one unpacked kernel package.
+type Kernel struct {
+	// Package is the Debian package name, e.g. linux-image-6.1.0-56-amd64.
+	Package string
+	// Version is the Debian package version, e.g. 6.1.192-2.
+	Version string
+	// Release is the kernel release (uname -r), e.g. 6.1.0-56-amd64.
+	Release string
+	// Dir is the unpacked package root.
+	Dir string
+	// BzImage is the path of the bzImage (boot/vmlinuz-RELEASE).
+	BzImage string
+	// ModulesDir is lib/modules/RELEASE inside Dir.
+	ModulesDir string
+}
+
+// Module is one loadable kernel module file.
+type Module struct {
+	// Name is the module name with '-' folded to '_', as the kernel names it.
+	Name string
+	// Path is the uncompressed .ko file.
+	Path string
+	// Depends lists the modules Name needs loaded first.
+	Depends []string
+}
+
+// ErrNoModule reports a module the kernel package does not contain.
+var ErrNoModule = errors.New("module not found in kernel package")
+
+// Fetch resolves the current generic kernel package, downloads and unpacks
+// it under cacheDir/kernel unless that version is already there, and
+// returns it. When apt cannot answer (no network, no Debian) an already
+// unpacked kernel in the cache is used instead.
+func Fetch(ctx context.Context, cacheDir string) (*Kernel, error) {
+	pkg, ver, err := resolve(ctx)
+	if err != nil {
+		if k, cerr := newestCached(cacheDir); cerr == nil {
+			return k, nil
+		}
+		return nil, err
+	}
+	return fetchVersion(ctx, cacheDir, pkg, ver)
+}
+
+// resolve asks apt which kernel image linux-image-amd64 points at and that
+// package's candidate version, running `apt-get update` once if apt has no
+// package lists yet.
+func resolve(ctx context.Context) (pkg, ver string, err error) {
+	pkg, err = dependsOf(ctx, MetaPackage)
+	if err != nil {
+		if uerr := run(ctx, "apt-get", "update", "-qq"); uerr != nil {
+			return "", "", fmt.Errorf("resolve %s: %w (apt-get update: %v)", MetaPackage, err, uerr)
+		}
+		if pkg, err = dependsOf(ctx, MetaPackage); err != nil {
+			return "", "", fmt.Errorf("resolve %s: %w", MetaPackage, err)
+		}
+	}
+	out, err := output(ctx, "apt-cache", "policy", pkg)
+	if err != nil {
+		return "", "", fmt.Errorf("version of %s: %w", pkg, err)
+	}
+	m := regexp.MustCompile(`(?m)^\s*Candidate:\s*(\S+)`).FindSubmatch(out)
+	if m == nil || string(m[1]) == "(none)" {
+		return "", "", fmt.Errorf("version of %s: apt has no candidate", pkg)
+	}
+	return pkg, string(m[1]), nil
+}
+
+var dependsRE = regexp.MustCompile(`(?m)^\s*Depends:\s*(linux-image-[0-9]\S*)`)
+
+func dependsOf(ctx context.Context, meta string) (string, error) {
+	out, err := output(ctx, "apt-cache", "depends", meta)
+	if err != nil {
+		return "", err
+	}
+	m := dependsRE.FindSubmatch(out)
+	if m == nil {
+		return "", fmt.Errorf("apt-cache depends %s names no kernel image", meta)
+	}
+	return string(m[1]), nil
+}
+
+func fetchVersion(ctx context.Context, cacheDir, pkg, ver string) (*Kernel, error) {
+	base := filepath.Join(cacheDir, "kernel")
+	dir := filepath.Join(base, pkg+"_"+ver)
+	if k, err := open(dir, pkg, ver); err == nil {
+		return k, nil
+	}
+	if err := os.MkdirAll(base, 0o755); err != nil {
+		return nil, fmt.Errorf("kernel cache: %w", err)
+	}
+	tmp, err := os.MkdirTemp(base, ".fetch-")
+	if err != nil {
+		return nil, fmt.Errorf("kernel cache: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	// apt drops privileges to _apt for downloads; a cache dir that user
+	// cannot write makes apt warn, so make it writable.
+	_ = os.Chmod(tmp, 0o777)
+	cmd := exec.CommandContext(ctx, "apt-get", "download", "-q", pkg+"="+ver)
+	cmd.Dir = tmp
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("apt-get download %s=%s: %w: %s", pkg, ver, err, lastLine(out))
+	}
+	debs, _ := filepath.Glob(filepath.Join(tmp, "*.deb"))
+	if len(debs) != 1 {
+		return nil, fmt.Errorf("apt-get download %s=%s: got %d .deb files", pkg, ver, len(debs))
+	}
+	root := filepath.Join(tmp, "root")
+	if err := run(ctx, "dpkg", "-x", debs[0], root); err != nil {
+		return nil, fmt.Errorf("unpack %s: %w", debs[0], err)
+	}
+	if _, err := open(root, pkg, ver); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(root, ".flushvm-package"), []byte(pkg+" "+ver+"\n"), 0o644); err != nil {
+		return nil, fmt.Errorf("kernel cache: %w", err)
+	}
+	// Another process may have unpacked the same version meanwhile; either
+	// copy is complete, so losing the race is fine.
+	if err := os.Rename(root, dir); err != nil {
+		if _, oerr := open(dir, pkg, ver); oerr != nil {
+			return nil, fmt.Errorf("kernel cache: %w", err)
+		}
+	}
+	return open(dir, pkg, ver)
+}
+
+// open describes an unpacked kernel package rooted at dir.
+func open(dir, pkg, ver string) (*Kernel, error) {
+	imgs, _ := filepath.Glob(filepath.Join(dir, "boot", "vmlinuz-*"))
+	if len(imgs) != 1 {
+		return nil, fmt.Errorf("kernel package in %s: want one boot/vmlinuz-*, found %d", dir, len(imgs))
+	}
+	release := strings.TrimPrefix(filepath.Base(imgs[0]), "vmlinuz-")
+	mods := filepath.Join(dir, "lib", "modules", release)
+	if fi, err := os.Stat(mods); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("kernel package in %s: no lib/modules/%s", dir, release)
+	}
+	return &Kernel{Package: pkg, Version: ver, Release: release, Dir: dir, BzImage: imgs[0], ModulesDir: mods}, nil
+}
+
+// newestCached returns the most recently unpacked kernel in the cache.
+func newestCached(cacheDir string) (*Kernel, error) {
+	marks, _ := filepath.Glob(filepath.Join(cacheDir, "kernel", "*", ".flushvm-package"))
+	if len(marks) == 0 {
+		return nil, errors.New("no kernel in cache")
+	}
+	sort.Slice(marks, func(i, j int) bool { return modTime(marks[i]) > modTime(marks[j]) })
+	b, err := os.ReadFile(marks[0])
+	if err != nil {
+		return nil, err
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return nil, fmt.Errorf("%s: malformed", marks[0])
+	}
+	return open(filepath.Dir(marks[0]), f[0], f[1])
+}
+
+func modTime(p string) int64 {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return 0
+	}
+	return fi.ModTime().UnixNano()
+}
+
+func run(ctx context.Context, name string, args ...string) error {
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s: %w: %s", name, err, lastLine(out))
+	}
+	return nil
+}
+
+func output(ctx context.Context, name string, args ...string) ([]byte, error) {
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, lastLine(stderr.Bytes()))
+	}
+	return out, nil
+}
+
+func lastLine(b []byte) string {
+	var last string
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		if s := strings.TrimSpace(sc.Text()); s != "" {
+			last = s
+		}
+	}
+	return last
+}

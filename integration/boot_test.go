@@ -1,0 +1,82 @@
+package integration
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/flushvm/flushvm/guest/harness"
+)
+
+// TestDebianLinuxBoot boots Debian's generic kernel with the test
+// initramfs under flushvm three ways in one session: to /init ending with a
+// chosen status through the debug-exit port, with --cpus 2, and with a bad
+// --kernel file that flushvm must reject in one clear line with status 2.
+func TestDebianLinuxBoot(t *testing.T) {
+	a := prepare(t)
+	badKernel := filepath.Join(t.TempDir(), "not-a-bzImage")
+	if err := os.WriteFile(badKernel, bytes.Repeat([]byte("not a kernel\n"), 400), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	session(t, []boot{
+		{
+			name: "exit_status_7",
+			args: []string{"--kernel", a.Kernel.BzImage, "--initrd", a.Initramfs, "--mem", "256M", "--append", cmdline("exit:7")},
+			check: func(t *testing.T, r harness.Result) {
+				rel, cpus, mem := machine(t, r.Output)
+				if rel != a.Kernel.Release {
+					t.Errorf("guest kernel %s, want %s", rel, a.Kernel.Release)
+				}
+				if cpus != 1 {
+					t.Errorf("guest saw %d CPUs, want 1 (the default)", cpus)
+				}
+				if mem < 128 || mem > 256 {
+					t.Errorf("guest saw %d MiB with --mem 256M, want 128..256", mem)
+				}
+				if r.Status != 7 {
+					t.Errorf("flushvm exit status %d, want 7 (written to port 0xf4); console:\n%s", r.Status, r.Output)
+				}
+			},
+		},
+		{
+			name: "two_cpus",
+			args: []string{"--kernel", a.Kernel.BzImage, "--initrd", a.Initramfs, "--cpus", "2", "--append", cmdline("info")},
+			check: func(t *testing.T, r harness.Result) {
+				if _, cpus, _ := machine(t, r.Output); cpus != 2 {
+					t.Errorf("guest saw %d CPUs with --cpus 2", cpus)
+				}
+				if r.Status != 0 {
+					t.Errorf("flushvm exit status %d, want 0", r.Status)
+				}
+			},
+		},
+		{
+			name: "bad_kernel_file",
+			args: []string{"--kernel", badKernel, "--initrd", a.Initramfs, "--append", cmdline("info")},
+			check: func(t *testing.T, r harness.Result) {
+				if r.Status != 2 {
+					t.Errorf("flushvm exit status %d for a bad --kernel, want 2", r.Status)
+				}
+				lines := nonEmptyLines(r.Output)
+				if len(lines) != 1 {
+					t.Fatalf("want exactly one error line, got %d:\n%s", len(lines), r.Output)
+				}
+				if strings.Contains(lines[0], "panic") || !strings.Contains(strings.ToLower(lines[0]), "kernel") {
+					t.Errorf("error line %q should name the kernel problem", lines[0])
+				}
+			},
+		},
+	})
+}
+
+func nonEmptyLines(b []byte) []string {
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.TrimSpace(l) != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}

@@ -1,0 +1,120 @@
+package integration
+
+import (
+	"context"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/flushvm/flushvm/guest/harness"
+)
+
+var (
+	artifactsOnce sync.Once
+	artifacts     *harness.Artifacts
+	artifactsErr  error
+)
+
+// prepare fetches the kernel and builds the test initramfs once per test
+// binary.
+func prepare(t *testing.T) *harness.Artifacts {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("boots Linux guests; skipped with -short")
+	}
+	artifactsOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		artifacts, artifactsErr = harness.Prepare(ctx)
+	})
+	if artifactsErr != nil {
+		t.Fatalf("guest artifacts: %v", artifactsErr)
+	}
+	return artifacts
+}
+
+// boot is one flushvm run in a session, with the checks on its result.
+type boot struct {
+	name  string
+	args  []string
+	check func(t *testing.T, r harness.Result)
+}
+
+// session runs every boot in one harness session (one L1 boot when
+// nested), names each guest boot in the log, then runs each boot's checks
+// as a subtest.
+func session(t *testing.T, boots []boot) {
+	t.Helper()
+	runs := make([]harness.Run, len(boots))
+	for i, b := range boots {
+		runs[i] = harness.Run{Args: b.args, Timeout: 4 * time.Minute}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	s, err := harness.Execute(ctx, harness.Options{Stdout: consoleWriter{}, Timeout: 20 * time.Minute}, runs...)
+	if s != nil {
+		t.Logf("session: flushvm ran %s (%s); wall %.1f s", s.Mode, s.Reason, s.Wall.Seconds())
+		if s.Mode == harness.Nested {
+			t.Logf("session: one QEMU TCG L1 boot reached /init after %.1f s wall (L1 uptime %s)", s.L1Boot.Seconds(), s.L1Uptime)
+		}
+	}
+	if err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	for i, b := range boots {
+		r := s.Results[i]
+		where := "directly"
+		if s.Mode == harness.Nested {
+			where = "nested in L1"
+		}
+		t.Logf("guest boot %d/%d %q: flushvm run %s (%s): exit status %d after %.1f s%s",
+			i+1, len(boots), b.name, strings.Join(b.args, " "), where, r.Status, r.Duration.Seconds(), initUptime(r.Output))
+		t.Run(b.name, func(t *testing.T) { b.check(t, r) })
+	}
+}
+
+var uptimeRE = regexp.MustCompile(`uptime ([0-9.]+) s at /init`)
+
+// initUptime extracts the guest's uptime at /init from its console.
+func initUptime(out []byte) string {
+	m := uptimeRE.FindSubmatch(out)
+	if m == nil {
+		return ""
+	}
+	return "; guest uptime at /init " + string(m[1]) + " s"
+}
+
+var machineRE = regexp.MustCompile(`flushvm-init: kernel (\S+), (\d+) CPUs, (\d+) MiB memory`)
+
+// machine parses the /init machine line: kernel release, CPUs, MiB.
+func machine(t *testing.T, out []byte) (string, int, int) {
+	t.Helper()
+	m := machineRE.FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("guest never printed its machine line; console:\n%s", out)
+	}
+	cpus, _ := strconv.Atoi(string(m[2]))
+	mem, _ := strconv.Atoi(string(m[3]))
+	return string(m[1]), cpus, mem
+}
+
+// cmdline is the guest kernel command line for a workload.
+func cmdline(workload string) string {
+	return "console=ttyS0 panic=-1 quiet flushvm.run=" + workload
+}
+
+// consoleWriter shows the guests' consoles on stderr when
+// FLUSHVM_TEST_CONSOLE is set; each run's output is kept in its Result
+// either way and printed when a check fails.
+type consoleWriter struct{}
+
+func (consoleWriter) Write(p []byte) (int, error) {
+	if os.Getenv("FLUSHVM_TEST_CONSOLE") != "" {
+		os.Stderr.Write(p)
+	}
+	return len(p), nil
+}

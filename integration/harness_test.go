@@ -1,0 +1,99 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flushvm/flushvm/guest/harness"
+	"github.com/flushvm/flushvm/guest/initramfs"
+)
+
+// TestNestedL1Harness boots the nested harness's QEMU TCG L1 guest once
+// (no VMM involved) and checks what flushvm relies on there: /dev/kvm
+// exists (kvm_amd loaded on the emulated SVM CPU), and a stand-in flushvm
+// gets --kernel through 9p byte-exact, --disk as an L1 block device whose
+// O_DIRECT writes land in the host file, and --stats copied back with the
+// host path.
+func TestNestedL1Harness(t *testing.T) {
+	a := prepare(t)
+	if m, why := harness.Detect(); m == harness.Direct {
+		t.Skipf("this host runs flushvm directly (%s); no L1 to check", why)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	fake, err := initramfs.BuildGo(ctx, "./integration/testdata/fakeflushvm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	disk := filepath.Join(dir, "disk.img")
+	if err := os.WriteFile(disk, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(disk, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	stats := filepath.Join(dir, "stats.json")
+	kern, err := os.ReadFile(a.Kernel.BzImage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := harness.Execute(ctx, harness.Options{Mode: harness.Nested, Flushvm: fake, Stdout: consoleWriter{}},
+		harness.Run{Command: []string{"/bin/sh", "-c", "test -c /dev/kvm && grep -qw svm /proc/cpuinfo && lsmod | grep -q kvm_amd"}},
+		harness.Run{Args: []string{"--kernel", a.Kernel.BzImage, "--disk", "path=" + disk + ",cache=none", "--stats", stats}},
+	)
+	if err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	t.Logf("guest boot 1/1: QEMU TCG L1 (Debian %s, l1init) reached /init after %.1f s wall (L1 uptime %s); 2 runs; wall %.1f s",
+		a.Kernel.Release, s.L1Boot.Seconds(), s.L1Uptime, s.Wall.Seconds())
+	t.Run("dev_kvm_in_L1", func(t *testing.T) {
+		if st := s.Results[0].Status; st != 0 {
+			t.Errorf("L1 lacks /dev/kvm, svm or kvm_amd (status %d): %s", st, s.Results[0].Output)
+		}
+	})
+	r := s.Results[1]
+	t.Run("kernel_via_9p", func(t *testing.T) {
+		want := fmt.Sprintf("%d bytes sha256 %x", len(kern), sha256.Sum256(kern))
+		if r.Status != 0 || !bytes.Contains(r.Output, []byte(want)) {
+			t.Errorf("status %d, output %q; want the kernel's %s", r.Status, r.Output, want)
+		}
+	})
+	t.Run("disk_bytes_in_host_file", func(t *testing.T) {
+		b, err := os.ReadFile(disk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := b[4096:8192], []byte(strings.Repeat("flushvm!", 512)); !bytes.Equal(got, want) {
+			t.Errorf("host disk bytes 4096..8192 = %q..., want the pattern", got[:16])
+		}
+		if !bytes.Contains(r.Output, []byte("disk /dev/vda pattern written")) {
+			t.Errorf("disk not mapped to /dev/vda: %s", r.Output)
+		}
+	})
+	t.Run("stats_copied_back", func(t *testing.T) {
+		b, err := os.ReadFile(stats)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var doc struct {
+			Disks []struct {
+				Path string `json:"path"`
+			} `json:"disks"`
+		}
+		if err := json.Unmarshal(b, &doc); err != nil {
+			t.Fatalf("stats: %v: %s", err, b)
+		}
+		if len(doc.Disks) != 1 || doc.Disks[0].Path != disk {
+			t.Errorf("stats disks %+v, want one with path %s", doc.Disks, disk)
+		}
+	})
+}

@@ -1,0 +1,22 @@
+// Package vmm is a minimal x86-64 KVM machine that boots an unmodified Linux
+// bzImage through the 64-bit boot protocol.
+//
+// The machine has RAM (split around a hole below 4 GiB), an MP table
+// announcing its vCPUs, the IOAPIC and how ISA and PCI interrupts reach it,
+// KVM's in-kernel PIC/IOAPIC/LAPIC and PIT, a CMOS clock, a 16550A serial
+// port on 0x3f8 (IRQ 4) connected to the console, and a PCI bus (configuration
+// mechanism #1) whose devices' 64-bit BARs lie above RAM.
+//
+// The guest ends the machine in one of these ways:
+//
+//   - reboot: a keyboard-controller reset (0xfe written to port 0x64), a
+//     reset through port 0xcf9, a triple fault or a KVM system event end Run
+//     with status 0;
+//   - debug exit: a one-byte write of v to I/O port 0xf4 ends Run with exit
+//     status v (0-255), so test guests can report a result;
+//   - Ctrl-A x on a terminal console ends Run with status 0.
+//
+// I/O ports nothing emulates read as 0xff and ignore writes. vmm must never
+// turn a guest address into a host pointer except through
+// virtio/guestmem.Memory, and never let a guest action panic the VMM.
+package vmm

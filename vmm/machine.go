@@ -1,0 +1,412 @@
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/flushvm/flushvm/kvm"
+	"github.com/flushvm/flushvm/virtio"
+	"github.com/flushvm/flushvm/virtio/guestmem"
+)
+
+// DebugExitPort is the I/O port a guest writes one byte v to, to end the
+// machine with exit status v.
+const DebugExitPort = portDebugExit
+
+// MaxCPUs is the largest vCPU count the machine supports (MP table APIC IDs).
+const MaxCPUs = 64
+
+// Config describes a machine.
+type Config struct {
+	// Kernel is the bzImage; Initrd (optional) the initial ramdisk.
+	Kernel []byte
+	Initrd []byte
+	// Cmdline is the kernel command line.
+	Cmdline string
+	// MemSize is the guest RAM size in bytes.
+	MemSize uint64
+	// CPUs is the number of vCPUs (1-MaxCPUs).
+	CPUs int
+	// Devices are attached as PCI functions at devices 1, 2, ... in order.
+	Devices []virtio.Device
+	// Console is the input for the serial port (nil: none). A terminal is
+	// put in raw mode while the machine runs.
+	Console *os.File
+	// Output receives the serial port's output (nil: discarded).
+	Output io.Writer
+	// Diag receives diagnostics about fatal guest exits (nil: os.Stderr).
+	Diag io.Writer
+	// Debug makes the machine log why it stops to Diag.
+	Debug bool
+}
+
+// ExitKind tells why a machine stopped.
+type ExitKind int
+
+// The ways a machine stops.
+const (
+	// ExitReboot: the guest rebooted or reset the machine (status 0).
+	ExitReboot ExitKind = iota
+	// ExitDebugPort: the guest wrote its status to DebugExitPort.
+	ExitDebugPort
+	// ExitQuit: the console user typed Ctrl-A x, or Stop was called.
+	ExitQuit
+	// ExitError: a vCPU hit an exit the machine cannot continue from.
+	ExitError
+)
+
+// Result is how a machine ended.
+type Result struct {
+	Kind   ExitKind
+	Status int
+	// Err is set for ExitError.
+	Err error
+}
+
+// Machine is a configured virtual machine. Create with New, run once with
+// Run, release with Close.
+type Machine struct {
+	sys    *kvm.System
+	vm     *kvm.VM
+	ram    *guestRAM
+	vcpus  []*kvm.VCPU
+	bus    *pciBus
+	router *irqRouter
+	serial *serial
+	cmos   *cmos
+	cons   *console
+	diag   io.Writer
+	debug  bool
+
+	start    time.Time
+	tids     []atomic.Int32
+	stopping atomic.Bool
+	stopOnce sync.Once
+	result   Result
+	ran      bool
+}
+
+// New builds the machine: memory, interrupt controllers, vCPUs in their boot
+// state, the loaded kernel, and the PCI functions of the devices.
+func New(cfg Config) (m *Machine, err error) {
+	if cfg.CPUs < 1 || cfg.CPUs > MaxCPUs {
+		return nil, fmt.Errorf("%d vCPUs: between 1 and %d supported", cfg.CPUs, MaxCPUs)
+	}
+	m = &Machine{diag: cfg.Diag, debug: cfg.Debug, bus: newPCIBus(), cmos: newCMOS()}
+	if m.diag == nil {
+		m.diag = os.Stderr
+	}
+	defer func() {
+		if err != nil {
+			m.Close()
+			m = nil
+		}
+	}()
+	if m.sys, err = kvm.Open(); err != nil {
+		return nil, err
+	}
+	for _, c := range []kvm.Cap{kvm.CapIRQChip, kvm.CapUserMemory, kvm.CapPIT2, kvm.CapIRQRouting,
+		kvm.CapIRQFD, kvm.CapIOEventFD, kvm.CapImmediateExit, kvm.CapExtCPUID} {
+		if m.sys.CheckExtension(c) <= 0 {
+			return nil, fmt.Errorf("host KVM lacks capability %d", c)
+		}
+	}
+	if max := m.sys.CheckExtension(kvm.CapMaxVCPUs); max > 0 && cfg.CPUs > max {
+		return nil, fmt.Errorf("%d vCPUs: host KVM allows at most %d", cfg.CPUs, max)
+	}
+	if m.vm, err = m.sys.CreateVM(); err != nil {
+		return nil, err
+	}
+	if err = m.vm.SetTSSAddr(tssAddr); err != nil {
+		return nil, err
+	}
+	if err = m.vm.SetIdentityMapAddr(identityAddr); err != nil {
+		return nil, err
+	}
+	if err = m.vm.CreateIRQChip(); err != nil {
+		return nil, err
+	}
+	if err = m.vm.CreatePIT2(); err != nil {
+		return nil, err
+	}
+	m.router = newIRQRouter(m.vm)
+	if m.ram, err = newGuestRAM(cfg.MemSize); err != nil {
+		return nil, err
+	}
+	if err = m.ram.register(m.vm); err != nil {
+		return nil, err
+	}
+	m.serial = newSerial(writerOrDiscard(cfg.Output), func(level bool) {
+		// An IRQ line error means the VM is gone; nothing to tell the guest.
+		_ = m.vm.IRQLine(irqCOM1, level)
+	})
+
+	tscDeadline := m.sys.CheckExtension(kvm.CapTSCDeadlineTimer) > 0
+	supported, err := m.sys.SupportedCPUID()
+	if err != nil {
+		return nil, err
+	}
+	for i := 0; i < cfg.CPUs; i++ {
+		c, err := m.vm.CreateVCPU(i)
+		if err != nil {
+			return nil, err
+		}
+		m.vcpus = append(m.vcpus, c)
+		if err := c.SetCPUID2(cpuidFor(supported, i, cfg.CPUs, tscDeadline)); err != nil {
+			return nil, fmt.Errorf("vCPU %d: %w", i, err)
+		}
+	}
+	m.tids = make([]atomic.Int32, cfg.CPUs)
+
+	mem := m.ram.mem
+	if err = loadKernel(mem, m.ram.layout, cfg.Kernel, cfg.Initrd, cfg.Cmdline); err != nil {
+		return nil, err
+	}
+	if err = writeBootTables(mem); err != nil {
+		return nil, err
+	}
+	if err = setupBootCPU(m.vcpus[0]); err != nil {
+		return nil, err
+	}
+
+	var slots []int
+	base := m.ram.layout.mmioBase()
+	for i, d := range cfg.Devices {
+		slot := i + 1
+		p := &slotPlatform{vm: m.vm, router: m.router, pin: pciPin(slot)}
+		bar0 := base + uint64(i)*2*barWindow
+		f, err := newVirtioFunction(d, p, bar0, bar0+barWindow)
+		if err != nil {
+			return nil, fmt.Errorf("virtio device %d (PCI slot %d): %w", i, slot, err)
+		}
+		if err := m.bus.attach(slot, f); err != nil {
+			f.Close()
+			return nil, err
+		}
+		slots = append(slots, slot)
+	}
+	sig, feat := cpuLeaf1(cpuidFor(supported, 0, cfg.CPUs, tscDeadline))
+	mp, err := buildMPTable(mpConfig{cpus: cfg.CPUs, cpuSig: sig, cpuFeature: feat, pciSlots: slots}, mpTableAddr)
+	if err != nil {
+		return nil, err
+	}
+	if err = mem.WriteAt(mp, mpTableAddr); err != nil {
+		return nil, fmt.Errorf("writing MP table: %w", err)
+	}
+	if m.cons, err = newConsole(cfg.Console); err != nil {
+		return nil, fmt.Errorf("console: %w", err)
+	}
+	return m, nil
+}
+
+// barWindow is the guest address space reserved for each BAR of a function.
+const barWindow = 1 << 24
+
+// Memory returns guest memory.
+func (m *Machine) Memory() *guestmem.Memory { return m.ram.mem }
+
+// Run runs the machine until the guest ends it, Stop is called, or a vCPU
+// fails; it returns how the machine ended. All vCPU goroutines and the
+// console reader have returned when Run returns.
+func (m *Machine) Run() Result {
+	if m.ran {
+		return Result{Kind: ExitError, Status: 1, Err: errors.New("machine already ran")}
+	}
+	m.ran = true
+	m.start = time.Now()
+	m.cons.start(m.serial.Receive, func() { m.stop(Result{Kind: ExitQuit}) })
+	var wg sync.WaitGroup
+	for i := range m.vcpus {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			m.runVCPU(i)
+		}(i)
+	}
+	wg.Wait()
+	m.cons.stop()
+	m.debugf("all vCPUs stopped; serial: %s", m.serial.debugString())
+	if m.debug {
+		m.dumpVCPUs()
+	}
+	return m.result
+}
+
+// Stop ends Run with ExitQuit (status 0) unless the machine already ended.
+// It is safe to call from any goroutine, e.g. a signal handler.
+func (m *Machine) Stop(status int) { m.stop(Result{Kind: ExitQuit, Status: status}) }
+
+// stop records the first result and kicks every vCPU out of KVM_RUN.
+func (m *Machine) stop(r Result) {
+	m.stopOnce.Do(func() {
+		m.result = r
+		m.stopping.Store(true)
+		for i, c := range m.vcpus {
+			c.SetImmediateExit(true)
+			if tid := m.tids[i].Load(); tid != 0 {
+				// SIGURG is the Go runtime's own preemption signal, so its
+				// handler is harmless; its arrival makes KVM_RUN return EINTR.
+				_ = unix.Tgkill(unix.Getpid(), int(tid), unix.SIGURG)
+			}
+		}
+	})
+}
+
+// runVCPU is the loop of one vCPU on its own locked OS thread.
+func (m *Machine) runVCPU(i int) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	c := m.vcpus[i]
+	m.tids[i].Store(int32(unix.Gettid()))
+	defer m.tids[i].Store(0)
+	for !m.stopping.Load() {
+		reason, err := c.Run()
+		if errors.Is(err, kvm.ErrInterrupted) {
+			continue
+		}
+		if err != nil {
+			m.stop(Result{Kind: ExitError, Status: 1, Err: err})
+			return
+		}
+		if err := m.handleExit(c, reason); err != nil {
+			m.stop(Result{Kind: ExitError, Status: 1, Err: err})
+			return
+		}
+	}
+}
+
+func (m *Machine) handleExit(c *kvm.VCPU, reason kvm.ExitReason) error {
+	switch reason {
+	case kvm.ExitIO:
+		io, err := c.IO()
+		if err != nil {
+			return err
+		}
+		for i := 0; i < io.Count; i++ {
+			d := io.Data[i*io.Size : (i+1)*io.Size]
+			if io.Out {
+				m.portOut(io.Port, d)
+			} else {
+				m.portIn(io.Port, d)
+			}
+		}
+		return nil
+	case kvm.ExitMMIO:
+		e := c.MMIO()
+		if !m.bus.mmio(e.Addr, e.Data, e.Write) && !e.Write {
+			fill(e.Data, 0xff)
+		}
+		return nil
+	case kvm.ExitShutdown:
+		// A triple fault: what Linux ends with when other reboot methods
+		// fail, and what reboot=t asks for.
+		m.debugf("vCPU %d: triple fault (KVM_EXIT_SHUTDOWN): reboot", c.ID())
+		m.stop(Result{Kind: ExitReboot})
+		return nil
+	case kvm.ExitSystemEvent:
+		m.debugf("vCPU %d: system event %d: reboot", c.ID(), c.SystemEvent())
+		m.stop(Result{Kind: ExitReboot})
+		return nil
+	case kvm.ExitHLT:
+		// Only without an in-kernel LAPIC; treat a halted CPU as idle.
+		return nil
+	default:
+		return m.fatalExit(c, reason)
+	}
+}
+
+// portOut handles a guest OUT of len(data) bytes.
+func (m *Machine) portOut(port uint16, data []byte) {
+	switch {
+	case port >= portCOM1 && port < portCOM1+8:
+		m.serial.Out(port-portCOM1, data[0])
+	case port == portDebugExit:
+		if len(data) == 1 {
+			m.debugf("debug exit port: status %d", data[0])
+			m.stop(Result{Kind: ExitDebugPort, Status: int(data[0])})
+		}
+	case port == portKbdStatus:
+		if data[0] == kbdResetCommand {
+			m.debugf("keyboard controller reset: reboot")
+			m.stop(Result{Kind: ExitReboot})
+		}
+	case port == portResetCtl && len(data) == 1:
+		// Reset control register: bit 2 starts the reset.
+		if data[0]&0x4 != 0 {
+			m.debugf("reset control register (0xcf9) reset: reboot")
+			m.stop(Result{Kind: ExitReboot})
+		}
+	case port >= portPCIAddress && port < portPCIData+4:
+		m.bus.ioOut(port, data)
+	case port == portCMOSIndex || port == portCMOSData:
+		m.cmos.Out(port, data[0])
+	}
+}
+
+// portIn handles a guest IN of len(data) bytes.
+func (m *Machine) portIn(port uint16, data []byte) {
+	switch {
+	case port >= portCOM1 && port < portCOM1+8:
+		fill(data, 0)
+		data[0] = m.serial.In(port - portCOM1)
+	case port == portKbdStatus:
+		// There is no keyboard controller, only its reset line. Status
+		// "output full, input empty" makes Linux's i8042 probe give up at
+		// once (its flush never drains) while the reboot path, which waits
+		// for "input empty", writes the reset command without delay.
+		fill(data, 0)
+		data[0] = kbdStatusOBF
+	case port == portKbdData:
+		fill(data, 0)
+	case port >= portPCIAddress && port < portPCIData+4 && !(port == portResetCtl && len(data) == 1):
+		m.bus.ioIn(port, data)
+	case port == portCMOSIndex || port == portCMOSData:
+		fill(data, 0xff)
+		data[0] = m.cmos.In(port)
+	default:
+		fill(data, 0xff)
+	}
+}
+
+// Close releases everything: devices, vCPUs, memory, VM and /dev/kvm. Run
+// must have returned.
+func (m *Machine) Close() error {
+	var errs []error
+	if m.cons != nil && !m.ran {
+		m.cons.stop()
+	}
+	if m.bus != nil {
+		errs = append(errs, m.bus.close())
+	}
+	for _, c := range m.vcpus {
+		errs = append(errs, c.Close())
+	}
+	m.vcpus = nil
+	if m.vm != nil {
+		errs = append(errs, m.vm.Close())
+		m.vm = nil
+	}
+	if m.ram != nil {
+		errs = append(errs, m.ram.close())
+		m.ram = nil
+	}
+	if m.sys != nil {
+		errs = append(errs, m.sys.Close())
+		m.sys = nil
+	}
+	return errors.Join(errs...)
+}
+
+func (m *Machine) debugf(format string, a ...any) {
+	if m.debug {
+		fmt.Fprintf(m.diag, "flushvm: [%.3f s] "+format+"\n", append([]any{time.Since(m.start).Seconds()}, a...)...)
+	}
+}

@@ -1,0 +1,204 @@
+package vmm
+
+import (
+	"fmt"
+	"io"
+	"sync"
+)
+
+// 16550A UART registers (offsets from the base port) and bits.
+const (
+	uartRBR = 0 // receive buffer (read), THR transmit (write), DLL with DLAB
+	uartIER = 1 // interrupt enable, DLM with DLAB
+	uartIIR = 2 // interrupt identification (read), FCR (write)
+	uartLCR = 3
+	uartMCR = 4
+	uartLSR = 5
+	uartMSR = 6
+	uartSCR = 7
+
+	ierRDI  = 0x01 // received data available
+	ierTHRI = 0x02 // transmitter holding register empty
+
+	iirNone     = 0x01
+	iirTHRI     = 0x02
+	iirRDI      = 0x04
+	iirFIFOsOn  = 0xc0
+	fcrEnable   = 0x01
+	fcrClearRX  = 0x02
+	lcrDLAB     = 0x80
+	lsrDR       = 0x01
+	lsrTHRE     = 0x20
+	lsrTEMT     = 0x40
+	mcrLoop     = 0x10
+	msrDefault  = 0xb0 // DCD, DSR, CTS: a cable that is always ready
+	rxBufferMax = 1 << 16
+)
+
+// serial is a 16550A UART with a FIFO: what the guest transmits goes to out
+// unbuffered, what the host receives queues for the guest. It raises its
+// interrupt line through irq whenever an enabled condition is pending.
+type serial struct {
+	mu     sync.Mutex
+	out    io.Writer
+	irq    func(level bool)
+	ier    uint8
+	lcr    uint8
+	mcr    uint8
+	scr    uint8
+	fcr    uint8
+	dll    uint8
+	dlm    uint8
+	rx     []byte
+	thri   bool // THR-empty interrupt pending
+	level  bool // last level given to irq
+	outBuf [1]byte
+	raises int // interrupt line raises, for debugging
+	outN   int // bytes transmitted
+}
+
+func newSerial(out io.Writer, irq func(level bool)) *serial {
+	return &serial{out: out, irq: irq, dll: 12}
+}
+
+// Receive queues input for the guest; bytes beyond a 64 KiB backlog are
+// dropped, as a real UART overruns.
+func (s *serial) Receive(p []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	room := rxBufferMax - len(s.rx)
+	if len(p) > room {
+		p = p[:room]
+	}
+	s.rx = append(s.rx, p...)
+	s.update()
+}
+
+func (s *serial) iir() uint8 {
+	id := uint8(iirNone)
+	switch {
+	case s.ier&ierRDI != 0 && len(s.rx) > 0:
+		id = iirRDI
+	case s.ier&ierTHRI != 0 && s.thri:
+		id = iirTHRI
+	}
+	if s.fcr&fcrEnable != 0 {
+		id |= iirFIFOsOn
+	}
+	return id
+}
+
+// update recomputes the interrupt line; the caller holds mu.
+func (s *serial) update() {
+	level := s.iir()&iirNone == 0
+	if level != s.level {
+		s.level = level
+		if level {
+			s.raises++
+		}
+		if s.irq != nil {
+			s.irq(level)
+		}
+	}
+}
+
+// In is a guest read of register off.
+func (s *serial) In(off uint16) uint8 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var v uint8
+	switch off {
+	case uartRBR:
+		if s.lcr&lcrDLAB != 0 {
+			return s.dll
+		}
+		if len(s.rx) > 0 {
+			v = s.rx[0]
+			s.rx = s.rx[1:]
+			if len(s.rx) == 0 {
+				s.rx = s.rx[:0:0]
+			}
+		}
+	case uartIER:
+		if s.lcr&lcrDLAB != 0 {
+			return s.dlm
+		}
+		v = s.ier
+	case uartIIR:
+		v = s.iir()
+		if v&0x0f == iirTHRI {
+			s.thri = false // reading IIR acknowledges THRE
+		}
+	case uartLCR:
+		v = s.lcr
+	case uartMCR:
+		v = s.mcr
+	case uartLSR:
+		v = lsrTHRE | lsrTEMT
+		if len(s.rx) > 0 {
+			v |= lsrDR
+		}
+	case uartMSR:
+		if s.mcr&mcrLoop != 0 {
+			// Loopback: DTR->DSR, RTS->CTS, OUT1->RI, OUT2->DCD.
+			m := s.mcr
+			v = (m&1)<<5 | (m&2)<<3 | (m&4)<<4 | (m&8)<<4
+		} else {
+			v = msrDefault
+		}
+	case uartSCR:
+		v = s.scr
+	}
+	s.update()
+	return v
+}
+
+// Out is a guest write of v to register off.
+func (s *serial) Out(off uint16, v uint8) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch off {
+	case uartRBR:
+		if s.lcr&lcrDLAB != 0 {
+			s.dll = v
+			break
+		}
+		if s.mcr&mcrLoop != 0 {
+			if len(s.rx) < rxBufferMax {
+				s.rx = append(s.rx, v)
+			}
+		} else if s.out != nil {
+			s.outN++
+			s.outBuf[0] = v
+			s.out.Write(s.outBuf[:]) // console output loss is not the guest's concern
+		}
+		s.thri = true
+	case uartIER:
+		if s.lcr&lcrDLAB != 0 {
+			s.dlm = v
+			break
+		}
+		if v&ierTHRI != 0 && s.ier&ierTHRI == 0 {
+			s.thri = true // enabling THRI with an empty THR interrupts at once
+		}
+		s.ier = v & 0x0f
+	case uartIIR:
+		s.fcr = v
+		if v&fcrClearRX != 0 {
+			s.rx = s.rx[:0]
+		}
+	case uartLCR:
+		s.lcr = v
+	case uartMCR:
+		s.mcr = v & 0x1f
+	case uartSCR:
+		s.scr = v
+	}
+	s.update()
+}
+
+func (s *serial) debugString() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return fmt.Sprintf("%d bytes out, %d interrupts, IER %#x, THRE pending %v, line %v", s.outN, s.raises, s.ier, s.thri, s.level)
+}
