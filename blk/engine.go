@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -52,10 +53,14 @@ type queueRunner struct {
 	pfds  []unix.PollFd
 	kbuf  [8]byte
 	free  chan *slot
+	// spare is a free slot the loop holds between passes.
+	spare *slot
 	// broken is set when the ring itself is unusable (avail index moved
 	// too far); the queue then waits for a reset.
 	broken bool
 
+	// npending mirrors len(pending), so publishing nothing costs no lock.
+	npending   atomic.Int32
 	cmu        sync.Mutex
 	pending    []*slot // completed, not yet added to the used ring
 	batch      []*slot // the batch being published
@@ -223,9 +228,12 @@ func (q *queueRunner) drain() bool {
 // many it popped; ok is false when the device is stopping.
 func (q *queueRunner) popAll() (n int, ok bool) {
 	for {
-		s := q.getSlot()
+		s := q.spare
+		q.spare = nil
 		if s == nil {
-			return n, false
+			if s = q.getSlot(); s == nil {
+				return n, false
+			}
 		}
 		got, err := q.queue.Pop(&s.chain)
 		if err != nil && !got {
@@ -236,7 +244,9 @@ func (q *queueRunner) popAll() (n int, ok bool) {
 			return n, true
 		}
 		if !got {
-			q.free <- s
+			// Keep the slot for the next pass: polling an empty ring
+			// then costs no channel operations.
+			q.spare = s
 			return n, true
 		}
 		n++
@@ -281,6 +291,7 @@ func (q *queueRunner) getSlot() *slot {
 func (q *queueRunner) addDone(s *slot) {
 	q.cmu.Lock()
 	q.pending = append(q.pending, s)
+	q.npending.Add(1)
 	q.cmu.Unlock()
 }
 
@@ -289,6 +300,9 @@ func (q *queueRunner) addDone(s *slot) {
 // to be). Concurrent callers combine: one publishes, the others return at
 // once and their requests go out in its next round.
 func (q *queueRunner) publish() {
+	if q.npending.Load() == 0 {
+		return
+	}
 	q.cmu.Lock()
 	if q.publishing || len(q.pending) == 0 {
 		q.cmu.Unlock()
@@ -297,6 +311,7 @@ func (q *queueRunner) publish() {
 	q.publishing = true
 	for len(q.pending) > 0 {
 		q.pending, q.batch = q.batch[:0], q.pending
+		q.npending.Store(0)
 		q.cmu.Unlock()
 		for _, s := range q.batch {
 			// AddUsed fails only on a used ring outside guest memory,

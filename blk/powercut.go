@@ -122,9 +122,11 @@ type VolatileCache struct {
 
 	mu      sync.Mutex
 	cond    sync.Cond
-	frozen  bool
-	active  int // calls into lower in progress
-	waiters int // goroutines in cond.Wait
+	frozen  bool          // no call completes any more
+	cut     bool          // PowerCut has run (or is running)
+	frozenC chan struct{} // closed when frozen
+	active  int           // calls into lower in progress
+	waiters int           // goroutines in cond.Wait
 
 	// recs are the writes not yet dropped, in sequence order: recs[i] has
 	// sequence number first+i. Stable records are dropped from the front.
@@ -190,7 +192,7 @@ func NewVolatileCache(lower Backend, o VolatileCacheOptions) (*VolatileCache, er
 	if o.MaxUnstableBytes == 0 {
 		o.MaxUnstableBytes = DefaultMaxUnstableBytes
 	}
-	c := &VolatileCache{lower: lower, max: o.MaxUnstableBytes, first: 1}
+	c := &VolatileCache{lower: lower, max: o.MaxUnstableBytes, first: 1, frozenC: make(chan struct{})}
 	c.cond.L = &c.mu
 	return c, nil
 }
@@ -277,26 +279,51 @@ func (c *VolatileCache) Stats() VolatileCacheStats {
 	return s
 }
 
-// PowerCut cuts the power: it stops the cache (no call in progress or
-// later completes; they all return ErrPowerLost), waits for the calls in
-// progress on the lower Backend to return, then lets p decide, drawing from
-// seed, which unstable writes the lower Backend keeps, restores the old
-// contents under the rest, and syncs the lower Backend so the crash image
-// is durable. The report lists every unstable write and its fate. The
-// cache refuses everything afterwards; only Close remains useful. On an
-// error restoring, the report is returned with the error and the lower
-// Backend holds a partially restored image.
+// Freeze is the instant of a power cut: from now on no call completes (calls
+// in progress and later ones return ErrPowerLost), and what the unstable
+// writes become is left to PowerCut. A trigger that must stop the disk at
+// an exact point (the N-th write, the N-th flush) calls Freeze there, and
+// PowerCut once the machine has stopped. It returns false if the cache was
+// already frozen.
+func (c *VolatileCache) Freeze() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.freeze()
+}
+
+// Frozen returns a channel closed when the cache freezes.
+func (c *VolatileCache) Frozen() <-chan struct{} { return c.frozenC }
+
+func (c *VolatileCache) freeze() bool {
+	if c.frozen {
+		return false
+	}
+	c.frozen = true
+	close(c.frozenC)
+	c.cond.Broadcast()
+	return true
+}
+
+// PowerCut cuts the power: it freezes the cache (if Freeze has not), waits
+// for the calls in progress on the lower Backend to return, then lets p
+// decide, drawing from seed, which unstable writes the lower Backend keeps,
+// restores the old contents under the rest, and syncs the lower Backend so
+// the crash image is durable. The report lists every unstable write and its
+// fate. The cache refuses everything afterwards; only Close remains useful.
+// On an error restoring, the report is returned with the error and the
+// lower Backend holds a partially restored image. A second PowerCut returns
+// ErrPowerLost.
 func (c *VolatileCache) PowerCut(p PowerCutPolicy, seed uint64) (*PowerCutReport, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.frozen {
+	if c.cut {
 		return nil, fmt.Errorf("%w: the power was already cut", ErrPowerLost)
 	}
-	c.frozen = true
-	c.cond.Broadcast()
+	c.cut = true
+	c.freeze()
 	for c.active > 0 {
 		c.wait()
 	}

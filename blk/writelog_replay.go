@@ -139,6 +139,11 @@ type ReplayOptions struct {
 	Policy PowerCutPolicy
 	// Seed is the policy's seed.
 	Seed uint64
+	// ToEnd makes every write after flush Flush unstable, up to the end of
+	// the log, treating later FLUSH entries as flushes that never
+	// completed: the state of a cut while flush Flush+1 was in progress,
+	// which is what VolatileCache.PowerCut sees when a Sync is in flight.
+	ToEnd bool
 }
 
 // ReplayWriteLog builds a crash image on dst (which holds the base image
@@ -169,14 +174,19 @@ func ReplayWriteLog(lr *WriteLogReader, dst Backend, o ReplayOptions) (*PowerCut
 			return nil, err
 		}
 		if e.IsFlush() {
-			if unstable {
+			if unstable && !o.ToEnd {
 				break // the next flush ends the window
 			}
-			flushes++
-			unstable = flushes == o.Flush
+			if !unstable {
+				flushes++
+				unstable = flushes == o.Flush
+			}
 		}
 		if !e.HasData() && !e.IsDiscard() || e.Length == 0 {
 			continue
+		}
+		if e.Offset+e.Length > dst.Size() {
+			return nil, fmt.Errorf("%w: entry %d covers [%d, +%d), past the %d-byte image", ErrBadWriteLog, e.Index, e.Offset, e.Length, dst.Size())
 		}
 		if !unstable {
 			if err := rp.apply(e, Extent{e.Offset, e.Length}); err != nil {

@@ -257,6 +257,16 @@ if [ "$FULL" = 1 ]; then
 		--ioengine=libaio --iodepth=16 --direct=1 --verify=crc32c --do_verify=1 \
 		--verify_fatal=1 --randrepeat=1 --output-format=terse --terse-version=3 >/tmp/fio.out
 	echo "VHU fio=ok"
+	# Large O_DIRECT writes, each read back from the device.
+	want=$(md5sum </pattern.bin)
+	i=0
+	while [ $i -lt 16 ]; do
+		dd if=/pattern.bin of=/dev/vda bs=1M seek=$((80 + i)) oflag=direct 2>/dev/null
+		got=$(dd if=/dev/vda bs=1M skip=$((80 + i)) count=1 iflag=direct 2>/dev/null | md5sum)
+		[ "$got" = "$want" ] || { echo "VHU readback $i differs"; exit 1; }
+		i=$((i + 1))
+	done
+	echo "VHU readback=ok"
 fi
 dd if=/pattern.bin of=/dev/vda bs=1M seek=64 oflag=direct conv=fsync 2>/dev/null
 echo "VHU pattern=written"

@@ -183,7 +183,7 @@ func New(cfg Config) (m *Machine, err error) {
 		slot := i + 1
 		p := &slotPlatform{vm: m.vm, router: m.router, pin: pciPin(slot)}
 		bar0 := base + uint64(i)*2*barWindow
-		f, err := newVirtioFunction(d, p, bar0, bar0+barWindow)
+		f, err := newVirtioFunction(d, p, mem, bar0, bar0+barWindow)
 		if err != nil {
 			return nil, fmt.Errorf("virtio device %d (PCI slot %d): %w", i, slot, err)
 		}
@@ -222,6 +222,9 @@ func (m *Machine) Run() Result {
 	}
 	m.ran = true
 	m.start = time.Now()
+	if m.debug {
+		m.serial.first = func() { m.debugf("first serial output") }
+	}
 	m.cons.start(m.serial.Receive, func() { m.stop(Result{Kind: ExitQuit}) })
 	var wg sync.WaitGroup
 	for i := range m.vcpus {

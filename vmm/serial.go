@@ -53,8 +53,9 @@ type serial struct {
 	thri   bool // THR-empty interrupt pending
 	level  bool // last level given to irq
 	outBuf [1]byte
-	raises int // interrupt line raises, for debugging
-	outN   int // bytes transmitted
+	raises int    // interrupt line raises, for debugging
+	outN   int    // bytes transmitted
+	first  func() // called at the first transmitted byte (debugging)
 }
 
 func newSerial(out io.Writer, irq func(level bool)) *serial {
@@ -168,6 +169,9 @@ func (s *serial) Out(off uint16, v uint8) {
 				s.rx = append(s.rx, v)
 			}
 		} else if s.out != nil {
+			if s.outN == 0 && s.first != nil {
+				s.first()
+			}
 			s.outN++
 			s.outBuf[0] = v
 			s.out.Write(s.outBuf[:]) // console output loss is not the guest's concern

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -30,6 +31,12 @@ to one vhost-user frontend connecting to the unix socket PATH. When the frontend
 disconnects, or on SIGINT/SIGTERM, writes --stats and exits 0. A frontend that
 breaks the protocol ends the session: the reason is logged, --stats written, exit 1.
 A crashed frontend is not served again (no inflight tracking): start a new backend.
+FLUSHVM_VHOST_TRACE=1 in the environment logs every protocol message.
+
+Example:
+  flushvm vhost-user-blk --socket /tmp/vhu.sock --disk path=disk.img,cache=writeback --stats stats.json &
+  qemu-system-x86_64 ... -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
+      -chardev socket,id=vhu,path=/tmp/vhu.sock -device vhost-user-blk-pci,chardev=vhu,num-queues=1
 `
 
 func init() {
@@ -43,8 +50,14 @@ func init() {
 	})
 }
 
-// errVhostUsage marks command-line mistakes (exit status 2).
+// errVhostUsage marks command-line mistakes (exit status 2); its text is
+// not shown.
 var errVhostUsage = errors.New("usage")
+
+// usageMessage strips errVhostUsage's "usage: " prefix.
+func usageMessage(err error) string {
+	return strings.TrimPrefix(oneLine(err), errVhostUsage.Error()+": ")
+}
 
 // runVhostUserBlk runs `flushvm vhost-user-blk args...` and returns the
 // process exit status: 0 after a clean session, 1 when the frontend broke
@@ -59,7 +72,7 @@ func runVhostUserBlk(args []string, stderr io.Writer) int {
 		fmt.Fprint(stderr, vhostUserBlkUsage)
 		return exitOK
 	case errors.Is(err, errVhostUsage):
-		logger.Print(oneLine(err))
+		logger.Print(usageMessage(err))
 		return exitUsage
 	default:
 		logger.Print(oneLine(err))
@@ -151,7 +164,7 @@ func vhostUserBlk(args []string, logger *log.Logger) error {
 		conn = fd
 		mu.Unlock()
 		logger.Printf("frontend connected")
-		sessionErr = vhostuser.Serve(fd, dev, vhostuser.Options{Log: logger})
+		sessionErr = vhostuser.Serve(fd, dev, vhostuser.Options{Log: logger, Trace: os.Getenv("FLUSHVM_VHOST_TRACE") != ""})
 		mu.Lock()
 		conn = -1
 		mu.Unlock()

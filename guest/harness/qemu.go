@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
 )
 
 // QEMU boots what `flushvm run ARGS` would boot under plain QEMU TCG with

@@ -18,6 +18,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 )
 
 // MetaPackage is the Debian package that always depends on the current
@@ -56,6 +57,9 @@ type Kernel struct {
 	BzImage string
 	// ModulesDir is lib/modules/RELEASE inside Dir.
 	ModulesDir string
+
+	mu  sync.Mutex
+	idx map[string]string // module name -> file, built on first use
 }
 
 // Module is one loadable kernel module file.
@@ -76,7 +80,7 @@ var ErrNoModule = errors.New("module not found in kernel package")
 // returns it. When apt cannot answer (no network, no Debian) an already
 // unpacked kernel in the cache is used instead.
 func Fetch(ctx context.Context, cacheDir string) (*Kernel, error) {
-	pkg, ver, err := resolve(ctx)
+	pkg, ver, err := resolveCached(ctx, cacheDir)
 	if err != nil {
 		if k, cerr := newestCached(cacheDir); cerr == nil {
 			return k, nil
@@ -84,6 +88,40 @@ func Fetch(ctx context.Context, cacheDir string) (*Kernel, error) {
 		return nil, err
 	}
 	return fetchVersion(ctx, cacheDir, pkg, ver)
+}
+
+// resolveCached answers like resolve, but reuses the last answer while
+// apt's package lists are unchanged: apt-cache takes seconds to load them,
+// and every harness run asks.
+func resolveCached(ctx context.Context, cacheDir string) (string, string, error) {
+	stamp := aptStamp()
+	memo := filepath.Join(cacheDir, "kernel", "resolved")
+	if b, err := os.ReadFile(memo); err == nil && stamp != "" {
+		if f := strings.Fields(string(b)); len(f) == 3 && f[0] == stamp {
+			return f[1], f[2], nil
+		}
+	}
+	pkg, ver, err := resolve(ctx)
+	if err != nil {
+		return "", "", err
+	}
+	if stamp = aptStamp(); stamp != "" && os.MkdirAll(filepath.Dir(memo), 0o755) == nil {
+		// Best effort: without the memo the next run asks apt again.
+		_ = os.WriteFile(memo, []byte(stamp+" "+pkg+" "+ver+"\n"), 0o644)
+	}
+	return pkg, ver, nil
+}
+
+// aptStamp identifies the state of apt's package lists, or is empty if
+// they cannot be found.
+func aptStamp() string {
+	// apt-get update renames fresh lists into this directory, which
+	// changes its modification time.
+	fi, err := os.Stat("/var/lib/apt/lists")
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprint(fi.ModTime().UnixNano())
 }
 
 // resolve asks apt which kernel image linux-image-amd64 points at and that

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os/exec"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,20 +15,31 @@ import (
 // fetch unpacks (or reuses) the Debian kernel in the artifact cache.
 func fetch(t *testing.T) *Kernel {
 	t.Helper()
+	fetchOnce.Do(func() { fetched, fetchErr = fetchNow(t) })
+	if fetchErr != nil {
+		t.Fatal(fetchErr)
+	}
+	return fetched
+}
+
+var (
+	fetchOnce sync.Once
+	fetched   *Kernel
+	fetchErr  error
+)
+
+func fetchNow(t *testing.T) (*Kernel, error) {
+	t.Helper()
 	if _, err := exec.LookPath("apt-get"); err != nil {
 		t.Skip("needs Debian's apt to fetch the kernel package")
 	}
 	cache, err := guest.CacheDir()
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	k, err := Fetch(ctx, cache)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
+	return Fetch(ctx, cache)
 }
 
 func TestModulesLoadOrder(t *testing.T) {
@@ -85,7 +97,10 @@ func TestModulesMissing(t *testing.T) {
 
 func TestFetchIsCached(t *testing.T) {
 	k := fetch(t)
-	again := fetch(t)
+	again, err := fetchNow(t)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if k.Dir != again.Dir || k.BzImage != again.BzImage {
 		t.Errorf("second fetch gave %s, first %s", again.Dir, k.Dir)
 	}

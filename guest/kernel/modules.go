@@ -71,6 +71,11 @@ func canonical(name string) string { return strings.ReplaceAll(name, "-", "_") }
 
 // index maps module names to their files under ModulesDir/kernel.
 func (k *Kernel) index() (map[string]string, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.idx != nil {
+		return k.idx, nil
+	}
 	idx := map[string]string{}
 	root := filepath.Join(k.ModulesDir, "kernel")
 	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
@@ -91,6 +96,7 @@ func (k *Kernel) index() (map[string]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("index modules of %s: %w", k.Package, err)
 	}
+	k.idx = idx
 	return idx, nil
 }
 

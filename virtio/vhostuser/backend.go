@@ -25,7 +25,6 @@ import (
 	"errors"
 	"fmt"
 	"log"
-	"os"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -38,6 +37,9 @@ type Options struct {
 	// Log receives one line per noteworthy event (session start and end,
 	// refused requests). Nil means log.Default().
 	Log *log.Logger
+	// Trace logs every message received (request, flags, payload, number
+	// of descriptors): for debugging a frontend.
+	Trace bool
 }
 
 // vring is the backend's view of one virtqueue.
@@ -56,10 +58,11 @@ type vring struct {
 
 // session is one frontend connection.
 type session struct {
-	dev  virtio.Device
-	c    *conn
-	log  *log.Logger
-	msgs uint64
+	dev   virtio.Device
+	c     *conn
+	log   *log.Logger
+	trace bool
+	msgs  uint64
 
 	offered     uint64
 	acked       uint64
@@ -88,7 +91,7 @@ type session struct {
 // caller owns it (shutting it down from another goroutine makes Serve
 // return nil).
 func Serve(fd int, dev virtio.Device, opts Options) error {
-	s := &session{dev: dev, c: newConn(fd), log: opts.Log, cfg: &configNotifier{fd: -1}}
+	s := &session{dev: dev, c: newConn(fd), log: opts.Log, trace: opts.Trace, cfg: &configNotifier{fd: -1}}
 	if s.log == nil {
 		s.log = log.Default()
 	}
@@ -107,7 +110,7 @@ func Serve(fd int, dev virtio.Device, opts Options) error {
 			return err
 		}
 		s.msgs++
-		if debugTrace {
+		if s.trace {
 			s.log.Printf("trace: %s flags %#x payload %x fds %d", reqName(m.Request), m.Flags, m.Payload, len(m.FDs))
 		}
 		if err := s.handle(m); err != nil {
@@ -115,8 +118,6 @@ func Serve(fd int, dev virtio.Device, opts Options) error {
 		}
 	}
 }
-
-var debugTrace = os.Getenv("FLUSHVM_VHOST_TRACE") != ""
 
 // hasReply lists requests whose answer is a payload rather than a
 // reply-ack.

@@ -35,7 +35,6 @@ type testFrontend struct {
 	mem   *guestmem.Memory // the frontend's own mapping of guest memory
 	raw   []byte
 	done  chan error
-	dev   *fakeDevice
 	logs  *syncBuffer
 }
 
@@ -71,13 +70,13 @@ func newMemfd(t *testing.T, size uint64) int {
 }
 
 // startFrontend connects a fresh backend serving dev.
-func startFrontend(t *testing.T, dev *fakeDevice) *testFrontend {
+func startFrontend(t *testing.T, dev virtio.Device) *testFrontend {
 	t.Helper()
 	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatalf("socketpair: %v", err)
 	}
-	f := &testFrontend{t: t, fd: sp[0], done: make(chan error, 1), dev: dev, logs: &syncBuffer{}}
+	f := &testFrontend{t: t, fd: sp[0], done: make(chan error, 1), logs: &syncBuffer{}}
 	f.memfd = newMemfd(t, memSize)
 	f.raw, err = unix.Mmap(f.memfd, 0, int(memSize), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {

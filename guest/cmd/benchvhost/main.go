@@ -151,12 +151,13 @@ func run(c config) error {
 			selected = append(selected, b)
 		}
 	}
-	res := results{iops: map[string]map[string][]float64{}, wc: map[string]string{}, syncs: map[string]syncCount{}}
+	res := results{iops: map[string]map[string][]float64{}, wc: map[string]string{},
+		syncs: map[string]map[string]syncCount{}, cpu: map[string][]float64{}}
 	for rep := 1; rep <= c.reps; rep++ {
 		for _, b := range selected {
 			fmt.Fprintf(os.Stderr, "rep %d/%d: %s ...", rep, c.reps, b.Name)
 			t0 := time.Now()
-			r, err := e.boot(ctx, b, false)
+			r, err := e.boot(ctx, b, "")
 			if err != nil {
 				return fmt.Errorf("%s rep %d: %w", b.Name, rep, err)
 			}
@@ -166,13 +167,19 @@ func run(c config) error {
 	}
 	if !c.noStrace {
 		for _, b := range selected {
-			fmt.Fprintf(os.Stderr, "sync counting boot: %s ...", b.Name)
-			r, err := e.boot(ctx, b, true)
-			if err != nil {
-				return fmt.Errorf("%s strace boot: %w", b.Name, err)
+			res.syncs[b.Short] = map[string]syncCount{}
+			for _, j := range jobs {
+				if !j.Sync {
+					continue
+				}
+				fmt.Fprintf(os.Stderr, "sync counting boot: %s, %s ...", b.Name, j.Name)
+				r, err := e.boot(ctx, b, j.Name)
+				if err != nil {
+					return fmt.Errorf("%s strace boot: %w", b.Name, err)
+				}
+				fmt.Fprintf(os.Stderr, " done\n")
+				res.syncs[b.Short][j.Name] = r.syncs
 			}
-			fmt.Fprintf(os.Stderr, " done\n")
-			res.syncs[b.Short] = r.syncs
 		}
 	}
 	return res.report(os.Stdout, c, selected)
@@ -255,25 +262,21 @@ func addDynamic(b *initramfs.Builder, prog string) error {
 	return b.Err()
 }
 
-// script is the guest's /run.sh: every job, or with argument "sync" only
-// the fdatasync ones, each framed by markers and the disk's stat line
-// (field 16 counts the flushes the guest sent).
+// script is the guest's /run.sh: every job (argument "all") or the one job
+// named, each framed by markers and the disk's stat line (field 16 counts
+// the flushes the guest sent).
 func script(runtime int) string {
 	var s strings.Builder
 	s.WriteString("echo \"BENCH write_cache=$(cat /sys/block/vda/queue/write_cache)\"\n")
 	common := fmt.Sprintf("--filename=/dev/vda --direct=1 --time_based --runtime=%d --ramp_time=1 --size=192M --group_reporting --output-format=json", runtime)
 	for _, j := range jobs {
-		if !j.Sync {
-			s.WriteString("if [ \"$1\" != sync ]; then\n")
-		}
+		fmt.Fprintf(&s, "if [ \"$1\" = all ] || [ \"$1\" = %s ]; then\n", j.Name)
 		fmt.Fprintf(&s, "echo \"BENCH-STAT %s before $(cat /sys/block/vda/stat)\"\n", j.Name)
 		fmt.Fprintf(&s, "echo BENCH-BEGIN %s\n", j.Name)
 		fmt.Fprintf(&s, "/usr/bin/fio --name=%s %s %s\n", j.Name, common, j.Args)
 		fmt.Fprintf(&s, "echo BENCH-END %s\n", j.Name)
 		fmt.Fprintf(&s, "echo \"BENCH-STAT %s after $(cat /sys/block/vda/stat)\"\n", j.Name)
-		if !j.Sync {
-			s.WriteString("fi\n")
-		}
+		s.WriteString("fi\n")
 	}
 	return s.String()
 }
@@ -283,17 +286,23 @@ type bootResult struct {
 	values     map[string]float64 // job -> iops or MiB/s
 	writeCache string
 	syncs      syncCount
+	// cpu is the host CPU time of the backend process (for QEMU's
+	// built-in device, of QEMU itself, vCPUs included).
+	cpu time.Duration
 }
 
 // syncCount compares the guest's flushes with the backend's host syncs
-// during the fdatasync jobs.
+// during one fdatasync job.
 type syncCount struct {
-	GuestFlushes map[string]uint64
-	HostSyncs    uint64
+	GuestFlushes map[string]uint64 // job -> flushes the guest sent
+	HostSyncs    uint64            // fdatasync+fsync calls of the backend
 	Measured     bool
 }
 
-func (e *env) boot(ctx context.Context, b backend, syncCounting bool) (bootResult, error) {
+// boot runs the guest once against b: every job, or with syncJob set only
+// that job, with the backend under strace to count its host syncs.
+func (e *env) boot(ctx context.Context, b backend, syncJob string) (bootResult, error) {
+	syncCounting := syncJob != ""
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Minute)
 	defer cancel()
 	dir, err := os.MkdirTemp("", "benchvhost-")
@@ -311,7 +320,7 @@ func (e *env) boot(ctx context.Context, b backend, syncCounting bool) (bootResul
 	}
 	runArg := "all"
 	if syncCounting {
-		runArg = "sync"
+		runArg = syncJob
 	}
 	qemu := []string{"qemu-system-x86_64",
 		"-accel", "tcg,thread=multi", "-cpu", "max", "-m", "512", "-smp", "2",
@@ -392,6 +401,11 @@ func (e *env) boot(ctx context.Context, b backend, syncCounting bool) (bootResul
 			return r, err
 		}
 		r.syncs.HostSyncs, r.syncs.Measured = n, true
+	}
+	if daemon != nil && daemon.ProcessState != nil {
+		r.cpu = daemon.ProcessState.UserTime() + daemon.ProcessState.SystemTime()
+	} else if q.ProcessState != nil {
+		r.cpu = q.ProcessState.UserTime() + q.ProcessState.SystemTime()
 	}
 	return r, nil
 }
@@ -510,7 +524,8 @@ func parseStrace(path string) (uint64, error) {
 type results struct {
 	iops  map[string]map[string][]float64 // backend -> job -> values
 	wc    map[string]string
-	syncs map[string]syncCount
+	syncs map[string]map[string]syncCount // backend -> job -> counts
+	cpu   map[string][]float64            // backend -> CPU seconds per timed boot
 }
 
 func (r *results) add(b backend, br bootResult) {
@@ -521,6 +536,7 @@ func (r *results) add(b backend, br bootResult) {
 		r.iops[b.Short][j] = append(r.iops[b.Short][j], v)
 	}
 	r.wc[b.Short] = br.writeCache
+	r.cpu[b.Short] = append(r.cpu[b.Short], br.cpu.Seconds())
 }
 
 // stat is a median with its range.
@@ -595,15 +611,23 @@ func (r *results) report(w io.Writer, c config, sel []backend) error {
 		fmt.Fprintln(w)
 		rows = append(rows, row)
 	}
-	fmt.Fprintf(w, "\n%-36s %-14s %-22s %-22s %s\n", "backend", "write_cache", "guest flushes (1 job)", "guest flushes (8 jobs)", "host fdatasync+fsync (both sync jobs)")
+	fmt.Fprintf(w, "\n%-36s %-13s %-10s %-26s %-14s %-11s %s\n", "backend", "write_cache", "CPU s/run", "fdatasync job", "guest flushes", "host syncs", "syncs/flush")
 	for _, b := range sel {
-		sc := r.syncs[b.Short]
-		host := "not measured"
-		if sc.Measured {
-			host = strconv.FormatUint(sc.HostSyncs, 10)
+		cpu, _ := summarize(r.cpu[b.Short])
+		for _, j := range jobs {
+			if !j.Sync {
+				continue
+			}
+			sc := r.syncs[b.Short][j.Name]
+			host, per := "not measured", ""
+			if sc.Measured {
+				host = strconv.FormatUint(sc.HostSyncs, 10)
+				if g := sc.GuestFlushes[j.Name]; g > 0 {
+					per = fmt.Sprintf("%.2f", float64(sc.HostSyncs)/float64(g))
+				}
+			}
+			fmt.Fprintf(w, "%-36s %-13s %-10.1f %-26s %-14d %-11s %s\n", b.Name, r.wc[b.Short], cpu.med, j.Name, sc.GuestFlushes[j.Name], host, per)
 		}
-		fmt.Fprintf(w, "%-36s %-14s %-22d %-22d %s\n", b.Name, r.wc[b.Short],
-			sc.GuestFlushes["write-4k-fdatasync-1job"], sc.GuestFlushes["write-4k-fdatasync-8jobs"], host)
 	}
 	if err := writeCSV(filepath.Join(c.out, "bench-vhost.csv"), header, rows, r, sel); err != nil {
 		return err
@@ -627,16 +651,20 @@ func writeCSV(path string, header []string, rows [][]string, r *results, sel []b
 	cw.Write(header)
 	cw.WriteAll(rows)
 	cw.Write(nil)
-	cw.Write([]string{"backend", "write_cache", "guest_flushes_1job", "guest_flushes_8jobs", "host_syncs"})
+	cw.Write([]string{"backend", "write_cache", "cpu_seconds_median", "job", "guest_flushes", "host_syncs"})
 	for _, b := range sel {
-		sc := r.syncs[b.Short]
-		host := ""
-		if sc.Measured {
-			host = strconv.FormatUint(sc.HostSyncs, 10)
+		cpu, _ := summarize(r.cpu[b.Short])
+		for _, j := range jobs {
+			if !j.Sync {
+				continue
+			}
+			sc := r.syncs[b.Short][j.Name]
+			host := ""
+			if sc.Measured {
+				host = strconv.FormatUint(sc.HostSyncs, 10)
+			}
+			cw.Write([]string{b.Short, r.wc[b.Short], f1(cpu.med), j.Name, strconv.FormatUint(sc.GuestFlushes[j.Name], 10), host})
 		}
-		cw.Write([]string{b.Short, r.wc[b.Short],
-			strconv.FormatUint(sc.GuestFlushes["write-4k-fdatasync-1job"], 10),
-			strconv.FormatUint(sc.GuestFlushes["write-4k-fdatasync-8jobs"], 10), host})
 	}
 	cw.Flush()
 	return cw.Error()

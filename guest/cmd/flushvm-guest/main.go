@@ -19,14 +19,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/flushvm/flushvm/guest/harness"
 	"github.com/spf13/pflag"
@@ -172,9 +170,5 @@ func demo(ctx context.Context, opts harness.Options, args []string) int {
 		return st
 	}
 	fmt.Fprintf(os.Stderr, "flushvm-guest: flushvm run %s\n", strings.Join(run, " "))
-	st := session(ctx, opts, harness.Run{Args: run})
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		fmt.Fprintf(os.Stderr, "flushvm-guest: timed out after %v\n", time.Duration(0))
-	}
-	return st
+	return session(ctx, opts, harness.Run{Args: run})
 }

@@ -233,6 +233,9 @@ func WaitForFiles(paths []string, timeout time.Duration) error {
 // debug-exit port through /dev/port. It returns only if the write failed
 // or the VMM ignored it.
 func DebugExit(v uint8) error {
+	// The VMM stops at the port write; anything still queued in the
+	// console's tty buffer would be lost, so wait until it is sent.
+	Drain()
 	f, err := os.OpenFile("/dev/port", os.O_WRONLY, 0)
 	if err != nil {
 		return fmt.Errorf("debug exit: %w", err)
@@ -247,15 +250,25 @@ func DebugExit(v uint8) error {
 	return errors.New("debug exit: the VMM ignored port 0xf4")
 }
 
+// Drain waits until the console has transmitted what was written to it
+// (tcdrain on stdout and stderr).
+func Drain() {
+	for _, fd := range []int{1, 2} {
+		_ = unix.IoctlSetInt(fd, unix.TCSBRK, 1)
+	}
+}
+
 // Reboot syncs and reboots; flushvm (and QEMU with -no-reboot) treat a
 // guest reboot as the end of the VM.
 func Reboot() {
+	Drain()
 	unix.Sync()
 	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
 }
 
 // PowerOff syncs and powers the machine off, rebooting if that fails.
 func PowerOff() {
+	Drain()
 	unix.Sync()
 	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
 	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)

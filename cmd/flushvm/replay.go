@@ -1,0 +1,196 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/spf13/pflag"
+
+	"github.com/flushvm/flushvm/blk"
+)
+
+func init() {
+	registerCommand(command{
+		name:    "replay",
+		summary: "build a crash image from a write log, a base image, a flush index and a power-cut policy",
+		run:     replayCommand,
+		usage:   func(w io.Writer) { newReplayFlags().usage(w) },
+	})
+}
+
+// replayFlags are the flags of `flushvm replay` (a contract: crash-test
+// scripts call it).
+type replayFlags struct {
+	fs     *pflag.FlagSet
+	log    string
+	base   string
+	out    string
+	flush  uint64
+	policy string
+	seed   uint64
+	toEnd  bool
+	report string
+}
+
+func newReplayFlags() *replayFlags {
+	f := &replayFlags{fs: pflag.NewFlagSet("replay", pflag.ContinueOnError)}
+	fs := f.fs
+	fs.SortFlags = false
+	fs.StringVar(&f.log, "log", "", "write log in dm-log-writes format (from --write-log or Linux's dm-log-writes) (required)\n  e.g. --log run.wlog")
+	fs.StringVar(&f.base, "base", "", "the disk image as it was when the log started (required; not modified)\n  e.g. --base disk-before.img")
+	fs.StringVar(&f.out, "out", "", "crash image to write: a copy of --base with the log applied (required; replaced)\n  e.g. --out crash.img")
+	fs.Uint64Var(&f.flush, "flush", 0, "number of flushes that completed before the cut: writes logged before flush N are\n"+
+		"  durable; the writes between flush N and flush N+1 are unstable (required; 0 = no flush completed)\n  e.g. --flush 12")
+	fs.StringVar(&f.policy, "policy", "lose-all", "which unstable writes survive: lose-all, keep-all, random-subset,\n"+
+		"  random-sectors[:512|:4k] (torn at that atomic unit) or prefix\n  e.g. --policy random-sectors:4k")
+	fs.Uint64Var(&f.seed, "seed", 0, "seed of the policy's random choices (same seed, same image)\n  e.g. --seed 42")
+	fs.BoolVar(&f.toEnd, "to-end", false, "make every write after flush N unstable, to the end of the log (a cut while\n"+
+		"  flush N+1 was still in progress: later FLUSH entries never completed)")
+	fs.StringVar(&f.report, "report", "", "write the cut's report (each unstable write: kept, torn or lost) as JSON to FILE\n  e.g. --report cut.json")
+	fs.Usage = func() {}
+	return f
+}
+
+func (f *replayFlags) usage(w io.Writer) {
+	fmt.Fprintln(w, "Usage: flushvm replay --log FILE --base IMAGE --out IMAGE --flush N")
+	fmt.Fprintln(w, "                      [--policy POLICY] [--seed S] [--to-end] [--report FILE]")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Builds the disk image a power cut could leave: --out becomes a copy of --base")
+	fmt.Fprintln(w, "with every write logged before flush N applied, plus those unstable writes that")
+	fmt.Fprintln(w, "--policy keeps, applied in log order. The unstable writes are the ones between")
+	fmt.Fprintln(w, "flush N and flush N+1 (or the end of the log); with --to-end, all writes after")
+	fmt.Fprintln(w, "flush N. Discards are applied as zeroes. With the same policy and seed it decides")
+	fmt.Fprintln(w, "as flushvm's power-cut model (blk.VolatileCache) does.")
+	fmt.Fprintln(w, "Prints a one-line summary of what was kept and lost.")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Flags:")
+	fmt.Fprint(w, f.fs.FlagUsagesWrapped(0))
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Exit status: 0 image written, 1 the log is damaged or I/O failed,")
+	fmt.Fprintln(w, "2 usage error (bad flag, missing file, no such flush).")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Example:")
+	fmt.Fprintln(w, "  flushvm replay --log run.wlog --base empty.img --out crash.img --flush 3 \\")
+	fmt.Fprintln(w, "      --policy random-subset --seed 7 --report cut.json")
+}
+
+// replayUsageError is an error the user can fix (exit status 2).
+type replayUsageError struct{ err error }
+
+func (e replayUsageError) Error() string { return e.err.Error() }
+func (e replayUsageError) Unwrap() error { return e.err }
+
+func replayUsagef(format string, a ...any) error {
+	return replayUsageError{fmt.Errorf(format, a...)}
+}
+
+func replayCommand(args []string, stdout, stderr io.Writer) int {
+	f := newReplayFlags()
+	if err := f.fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			f.usage(stdout)
+			return exitOK
+		}
+		fmt.Fprintf(stderr, "flushvm replay: %s (see flushvm replay --help)\n", oneLine(err))
+		return exitUsage
+	}
+	if f.fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "flushvm replay: unexpected argument %q (see flushvm replay --help)\n", f.fs.Arg(0))
+		return exitUsage
+	}
+	if err := f.run(stdout); err != nil {
+		fmt.Fprintf(stderr, "flushvm replay: %s\n", oneLine(err))
+		var ue replayUsageError
+		if errors.As(err, &ue) {
+			return exitUsage
+		}
+		return exitFailure
+	}
+	return exitOK
+}
+
+func (f *replayFlags) run(stdout io.Writer) error {
+	for _, req := range []struct{ name, val string }{{"log", f.log}, {"base", f.base}, {"out", f.out}} {
+		if req.val == "" {
+			return replayUsagef("--%s is required", req.name)
+		}
+	}
+	if !f.fs.Changed("flush") {
+		return replayUsagef("--flush N is required (0: no flush completed)")
+	}
+	pol, err := blk.ParsePowerCutPolicy(f.policy)
+	if err != nil {
+		return replayUsagef("--policy: %v", err)
+	}
+	logf, err := os.Open(f.log)
+	if err != nil {
+		return replayUsagef("--log: %v", err)
+	}
+	defer logf.Close()
+	lr, err := blk.NewWriteLogReader(logf)
+	if err != nil {
+		return fmt.Errorf("--log %s: %w", f.log, err)
+	}
+	if err := copyImage(f.base, f.out); err != nil {
+		return err
+	}
+	img, err := blk.OpenFile(f.out, blk.FileOptions{})
+	if err != nil {
+		return err
+	}
+	rep, err := blk.ReplayWriteLog(lr, img, blk.ReplayOptions{Flush: f.flush, Policy: pol, Seed: f.seed, ToEnd: f.toEnd})
+	if cerr := img.Close(); cerr != nil && err == nil {
+		err = cerr
+	}
+	if err != nil {
+		if errors.Is(err, blk.ErrNoSuchFlush) {
+			return replayUsageError{err}
+		}
+		return err
+	}
+	if f.report != "" {
+		j, err := json.MarshalIndent(rep, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(f.report, append(j, '\n'), 0o644); err != nil {
+			return fmt.Errorf("--report: %w", err)
+		}
+	}
+	fmt.Fprintf(stdout, "flushvm replay: %s at flush %d: %s\n", f.out, f.flush, rep.Summary())
+	return nil
+}
+
+// copyImage makes out a copy of base (refusing to copy a file onto itself).
+func copyImage(base, out string) error {
+	src, err := os.Open(base)
+	if err != nil {
+		return replayUsagef("--base: %v", err)
+	}
+	defer src.Close()
+	si, err := src.Stat()
+	if err != nil {
+		return fmt.Errorf("--base: %w", err)
+	}
+	if !si.Mode().IsRegular() {
+		return replayUsagef("--base %s: not a regular file", base)
+	}
+	if oi, err := os.Stat(out); err == nil && os.SameFile(si, oi) {
+		return replayUsagef("--out %s is the --base image; the base must stay intact", out)
+	}
+	dst, err := os.OpenFile(out, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return replayUsagef("--out: %v", err)
+	}
+	if _, err := io.Copy(dst, src); err != nil {
+		dst.Close()
+		return fmt.Errorf("copy --base to --out: %w", err)
+	}
+	if err := dst.Close(); err != nil {
+		return fmt.Errorf("--out: %w", err)
+	}
+	return nil
+}

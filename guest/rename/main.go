@@ -1,0 +1,206 @@
+// Command rename is flushvm's atomic-replace guest workload: the classic
+// way to replace a file durably. For each version it writes a temporary
+// file, fsyncs it, renames it over the target, fsyncs the directory, and
+// only then prints an acknowledgement line on stdout (the serial console):
+//
+//	ACK rename <version>
+//
+// A crash-test campaign records the last acknowledgement it saw before the
+// power cut; after the cut, the checker mode verifies that the target file
+// is a whole, undamaged version not older than that acknowledgement — the
+// guarantee the sequence above is meant to give on a disk that honours
+// flushes.
+//
+// Usage:
+//
+//	rename -dir /mnt/disk [-versions 200] [-size 16384]
+//	rename -check -dir /mnt/disk [-acked N]
+//
+// Each version is a header line "flushvm-rename version=V size=S\n"
+// followed by S bytes generated from V, so the checker can tell a torn or
+// mixed file from a whole one without trusting anything on the disk.
+//
+// Exit status: 0 done (workload) or the file is a valid version at least
+// as new as -acked (check), 1 the check found a violation, 2 bad usage or
+// an I/O error.
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// target and tmpName are the file names the workload uses in -dir.
+const (
+	target  = "rename-target"
+	tmpName = "rename-target.tmp"
+	magic   = "flushvm-rename"
+)
+
+// Exit statuses.
+const (
+	exitOK        = 0
+	exitViolation = 1
+	exitError     = 2
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout))
+}
+
+type config struct {
+	dir      string
+	versions int
+	size     int
+	check    bool
+	acked    int
+}
+
+func run(args []string, out io.Writer) int {
+	fl := flag.NewFlagSet("rename", flag.ContinueOnError)
+	fl.SetOutput(out)
+	var c config
+	fl.StringVar(&c.dir, "dir", "", "directory on the file system under test")
+	fl.IntVar(&c.versions, "versions", 200, "versions to write (workload)")
+	fl.IntVar(&c.size, "size", 16384, "payload bytes per version (workload)")
+	fl.BoolVar(&c.check, "check", false, "check the target file instead of writing")
+	fl.IntVar(&c.acked, "acked", 0, "last version acknowledged before the cut (check)")
+	if err := fl.Parse(args); err != nil {
+		return exitError
+	}
+	switch {
+	case c.dir == "":
+		fmt.Fprintln(out, "rename: -dir is required")
+		return exitError
+	case c.versions < 1 || c.size < 0 || c.size > 64<<20 || c.acked < 0:
+		fmt.Fprintln(out, "rename: -versions must be at least 1, -size 0..64 MiB, -acked at least 0")
+		return exitError
+	case fl.NArg() > 0:
+		fmt.Fprintf(out, "rename: unexpected argument %q\n", fl.Arg(0))
+		return exitError
+	}
+	if c.check {
+		return check(c, out)
+	}
+	if err := workload(c, out); err != nil {
+		fmt.Fprintf(out, "rename: %v\n", err)
+		return exitError
+	}
+	return exitOK
+}
+
+// content returns version v of the file.
+func content(v, size int) []byte {
+	b := make([]byte, 0, 64+size)
+	b = fmt.Appendf(b, "%s version=%d size=%d\n", magic, v, size)
+	r := rand.New(rand.NewPCG(uint64(v), 0x72656e616d65))
+	for i := 0; i < size; i += 8 {
+		x := r.Uint64()
+		for j := 0; j < 8 && i+j < size; j++ {
+			b = append(b, byte(x>>(8*j)))
+		}
+	}
+	return b
+}
+
+func workload(c config, out io.Writer) error {
+	dir, err := os.Open(c.dir)
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	tmp, dst := filepath.Join(c.dir, tmpName), filepath.Join(c.dir, target)
+	for v := 1; v <= c.versions; v++ {
+		if err := writeSynced(tmp, content(v, c.size)); err != nil {
+			return fmt.Errorf("version %d: %w", v, err)
+		}
+		if err := os.Rename(tmp, dst); err != nil {
+			return fmt.Errorf("version %d: %w", v, err)
+		}
+		if err := dir.Sync(); err != nil {
+			return fmt.Errorf("version %d: fsync %s: %w", v, c.dir, err)
+		}
+		// Only now is the replace durable: acknowledge it.
+		if _, err := fmt.Fprintf(out, "ACK rename %d\n", v); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(out, "rename: %d versions replaced\n", c.versions)
+	return nil
+}
+
+func writeSynced(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("fsync %s: %w", path, err)
+	}
+	return f.Close()
+}
+
+// errDamaged reports a target file that is no whole version.
+var errDamaged = errors.New("not a whole version")
+
+// parse returns the version the file b holds, or errDamaged.
+func parse(b []byte) (int, error) {
+	nl := bytes.IndexByte(b, '\n')
+	if nl < 0 {
+		return 0, fmt.Errorf("%w: no header line", errDamaged)
+	}
+	f := strings.Fields(string(b[:nl]))
+	if len(f) != 3 || f[0] != magic || !strings.HasPrefix(f[1], "version=") || !strings.HasPrefix(f[2], "size=") {
+		return 0, fmt.Errorf("%w: header %q", errDamaged, b[:min(nl, 80)])
+	}
+	v, err1 := strconv.Atoi(strings.TrimPrefix(f[1], "version="))
+	size, err2 := strconv.Atoi(strings.TrimPrefix(f[2], "size="))
+	if err1 != nil || err2 != nil || v < 1 || size < 0 || size > 64<<20 {
+		return 0, fmt.Errorf("%w: header %q", errDamaged, b[:nl])
+	}
+	if !bytes.Equal(b, content(v, size)) {
+		return v, fmt.Errorf("%w: version %d header, but %d bytes that are not its contents", errDamaged, v, len(b))
+	}
+	return v, nil
+}
+
+func check(c config, out io.Writer) int {
+	b, err := os.ReadFile(filepath.Join(c.dir, target))
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if c.acked > 0 {
+			fmt.Fprintf(out, "rename-check: VIOLATION: %s missing, but version %d was acknowledged\n", target, c.acked)
+			return exitViolation
+		}
+		fmt.Fprintln(out, "rename-check: ok: no version yet, none acknowledged")
+		return exitOK
+	case err != nil:
+		fmt.Fprintf(out, "rename-check: %v\n", err)
+		return exitError
+	}
+	v, err := parse(b)
+	if err != nil {
+		fmt.Fprintf(out, "rename-check: VIOLATION: %s: %v\n", target, err)
+		return exitViolation
+	}
+	if v < c.acked {
+		fmt.Fprintf(out, "rename-check: VIOLATION: %s holds version %d, older than acknowledged version %d\n", target, v, c.acked)
+		return exitViolation
+	}
+	fmt.Fprintf(out, "rename-check: ok: version %d (last acknowledged %d)\n", v, c.acked)
+	return exitOK
+}
