@@ -20,11 +20,9 @@ const (
 	MaxQueueSizeLimit = 1024
 	// MaxQueues bounds Options.Queues.
 	MaxQueues = 64
-	// DefaultWorkers is the I/O worker count when Options leaves it 0. A
-	// FLUSH waiting for a host sync holds its worker, so there are enough
-	// for a burst of fdatasync-ing writers (8 writes and 8 flushes in
-	// flight) without reads and writes queueing behind them.
-	DefaultWorkers = 16
+	// DefaultWorkers is the I/O worker count when Options leaves it 0.
+	// FLUSHes do not use workers (see flusher).
+	DefaultWorkers = 8
 	// DefaultPollInterval is the adaptive polling interval when Options
 	// leaves it 0.
 	DefaultPollInterval = 50 * time.Microsecond

@@ -408,7 +408,7 @@ func TestHostErrors(t *testing.T) {
 // before a FLUSH is durable when the FLUSH completes, and concurrent
 // FLUSHes while a sync is in flight cost at most two host syncs.
 func TestFlushThroughDevice(t *testing.T) {
-	const n = 6 // flushes in flight at once (fewer than the workers)
+	const n = 40 // flushes in flight at once (more than the workers)
 	m := gatedBackend()
 	h := newHarness(t, harnessConfig{backend: m})
 	data := pattern(512, 5)
@@ -422,7 +422,7 @@ func TestFlushThroughDevice(t *testing.T) {
 		subs = append(subs, h.submit(flushReq()))
 	}
 	h.kick()
-	waitFor(t, "flushes to queue up", func() bool { return h.dev.syncer.waitingForTest() == n })
+	waitFor(t, "flushes to queue up", func() bool { return len(h.dev.run.flushes) == n })
 	m.gate <- struct{}{}
 	<-m.entered // sync 2
 	m.gate <- struct{}{}
@@ -557,5 +557,32 @@ func TestOpenErrors(t *testing.T) {
 				t.Fatalf("err %q does not mention %q", err, tc.wantMsg)
 			}
 		})
+	}
+}
+
+// TestReadsPassBlockedFlushes: FLUSHes waiting for a slow host sync do not
+// hold up reads and writes, however many there are.
+func TestReadsPassBlockedFlushes(t *testing.T) {
+	m := gatedBackend()
+	h := newHarness(t, harnessConfig{backend: m, opts: Options{Workers: 2}})
+	mustStatus(t, "write", h.do(writeReq(0, pattern(512, 1))), StatusOK)
+	for range 10 {
+		h.submit(flushReq())
+	}
+	h.kick()
+	<-m.entered // a sync is in flight and will stay so
+	data := pattern(1024, 7)
+	mustStatus(t, "write during sync", h.do(writeReq(4, data)), StatusOK)
+	r := h.do(readReq(4, 1024))
+	mustStatus(t, "read during sync", r, StatusOK)
+	if !bytes.Equal(r.in[0], data) {
+		t.Fatal("read during sync returned other bytes")
+	}
+	m.gate <- struct{}{}
+	<-m.entered // the flushes behind it share one more sync
+	m.gate <- struct{}{}
+	h.waitUsed(10)
+	if s := h.dev.Stats(); s.HostSyncs != 2 || s.Flushes != 10 {
+		t.Fatalf("stats %+v", s)
 	}
 }

@@ -69,14 +69,18 @@ type queueRunner struct {
 
 // activeState is everything that exists between Activate and Reset.
 type activeState struct {
-	d        *Device
-	queues   []*queueRunner // indexed by queue number; nil when not enabled
-	work     chan *slot
-	stop     chan struct{}
-	stopFD   int
-	loops    sync.WaitGroup
-	workers  sync.WaitGroup
-	inflight sync.WaitGroup
+	d      *Device
+	queues []*queueRunner // indexed by queue number; nil when not enabled
+	work   chan *slot
+	// flushes feeds the flusher; flushBatch is its preallocated batch.
+	flushes    chan *slot
+	flushBatch []*slot
+	flusherWG  sync.WaitGroup
+	stop       chan struct{}
+	stopFD     int
+	loops      sync.WaitGroup
+	workers    sync.WaitGroup
+	inflight   sync.WaitGroup
 }
 
 // start builds the runners and starts the workers and, with loops, one
@@ -119,6 +123,10 @@ func (d *Device) start(a virtio.Activation, loops bool) (*activeState, error) {
 		return nil, fmt.Errorf("%w: no enabled queue", ErrActivation)
 	}
 	st.work = make(chan *slot, total)
+	st.flushes = make(chan *slot, total)
+	st.flushBatch = make([]*slot, 0, total)
+	st.flusherWG.Add(1)
+	go st.flusher()
 	for range d.workers {
 		st.workers.Add(1)
 		go st.worker()
@@ -142,7 +150,9 @@ func (st *activeState) stopAll() {
 	st.loops.Wait()
 	st.inflight.Wait()
 	close(st.work)
+	close(st.flushes)
 	st.workers.Wait()
+	st.flusherWG.Wait()
 	unix.Close(st.stopFD)
 }
 
@@ -350,6 +360,59 @@ func (st *activeState) worker() {
 	}
 }
 
+// flusher serves every FLUSH of the device that needs a host sync. It
+// takes the FLUSHes queued so far as one batch and makes durable the writes
+// the newest of them covers (the others cover no more) with one sync, or
+// none if nothing was written since the last: FLUSHes that arrive while a
+// sync is in flight wait in the channel and share the next one. Keeping
+// FLUSHes off the worker pool means a burst of them never leaves reads and
+// writes waiting for a worker. Write-through writes sync from the workers;
+// the syncer merges those with the flusher's syncs.
+func (st *activeState) flusher() {
+	defer st.flusherWG.Done()
+	d := st.d
+	for s := range st.flushes {
+		batch := append(st.flushBatch[:0], s)
+	more:
+		for {
+			select {
+			case s, ok := <-st.flushes:
+				if !ok {
+					break more
+				}
+				batch = append(batch, s)
+			default:
+				break more
+			}
+		}
+		var target uint64
+		for _, s := range batch {
+			target = max(target, s.mark)
+		}
+		out, err := d.syncer.syncTo(target)
+		for i, s := range batch {
+			if err != nil {
+				d.c.errors.Add(1)
+				d.complete(s, StatusIOErr, 1)
+			} else {
+				switch {
+				case out == syncElided:
+					d.c.flushesElided.Add(1)
+				case out == syncMerged || i > 0:
+					d.c.flushesMerged.Add(1)
+				}
+				d.c.flushes.Add(1)
+				d.complete(s, StatusOK, 1)
+			}
+			s.q.addDone(s)
+		}
+		for i, s := range batch {
+			s.q.publish()
+			batch[i] = nil
+		}
+	}
+}
+
 // badChain completes a chain Pop could not walk: with IOERR when a status
 // byte can be located (the last descriptor walked is device-writable), else
 // unused (length 0).
@@ -398,6 +461,10 @@ func (d *Device) submit(s *slot) {
 			q.addDone(s)
 			return
 		}
+	}
+	if r.typ == TypeFlush {
+		q.st.flushes <- s
+		return
 	}
 	q.st.work <- s
 }
@@ -450,19 +517,6 @@ func (d *Device) execute(s *slot) {
 				d.complete(s, StatusOK, 1)
 				return
 			}
-		}
-	case TypeFlush:
-		var out syncOutcome
-		if out, err = d.syncer.syncTo(s.mark); err == nil {
-			switch out {
-			case syncElided:
-				d.c.flushesElided.Add(1)
-			case syncMerged:
-				d.c.flushesMerged.Add(1)
-			}
-			d.c.flushes.Add(1)
-			d.complete(s, StatusOK, 1)
-			return
 		}
 	case TypeDiscard, TypeWriteZeroes:
 		for _, sg := range r.segs {

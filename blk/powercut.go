@@ -41,7 +41,7 @@ type VolatileCacheStats struct {
 	// WrittenThrough counts writes larger than the bound, which were
 	// stable at completion.
 	WrittenThrough uint64 `json:"written_through"`
-	// PowerCut is true once the power was cut.
+	// PowerCut is true once the power was cut (the cache is frozen).
 	PowerCut bool `json:"power_cut"`
 }
 

@@ -325,8 +325,8 @@ func TestVhostUserBlkQEMU(t *testing.T) {
 			if s.WCEChanges != 2 {
 				t.Errorf("wce_changes = %d, want 2 (the guest toggled the cache and back)", s.WCEChanges)
 			}
-			if s.Cache != tc.mode || s.Writes == 0 || s.Errors != 0 {
-				t.Errorf("stats: cache %s writes %d errors %d", s.Cache, s.Writes, s.Errors)
+			if s.Cache != tc.mode || s.Writes == 0 || s.Errors != 0 || s.InvalidRequests != 0 {
+				t.Errorf("stats: cache %s writes %d errors %d invalid requests %d", s.Cache, s.Writes, s.Errors, s.InvalidRequests)
 			}
 			switch tc.mode {
 			case blk.CacheWriteback:

@@ -32,12 +32,13 @@ var (
 	kvmSetTSSAddr          = io(0x47)
 	kvmSetIdentityMapAddr  = iow(0x48, 8) // __u64
 	kvmCreateIRQChip       = io(0x60)
-	kvmIRQLine             = iow(0x61, 8)  // struct kvm_irq_level
-	kvmSetGSIRouting       = iow(0x6a, 8)  // struct kvm_irq_routing header
-	kvmIRQFD               = iow(0x76, 32) // struct kvm_irqfd
-	kvmCreatePIT2          = iow(0x77, 64) // struct kvm_pit_config
-	kvmIOEventFD           = iow(0x79, 64) // struct kvm_ioeventfd
-	kvmSignalMSI           = iow(0xa5, 32) // struct kvm_msi
+	kvmIRQLine             = iow(0x61, 8)    // struct kvm_irq_level
+	kvmSetGSIRouting       = iow(0x6a, 8)    // struct kvm_irq_routing header
+	kvmIRQFD               = iow(0x76, 32)   // struct kvm_irqfd
+	kvmCreatePIT2          = iow(0x77, 64)   // struct kvm_pit_config
+	kvmIOEventFD           = iow(0x79, 64)   // struct kvm_ioeventfd
+	kvmSignalMSI           = iow(0xa5, 32)   // struct kvm_msi
+	kvmGetIRQChip          = iowr(0x62, 520) // struct kvm_irqchip
 	kvmRun                 = io(0x80)
 	kvmGetRegs             = ior(0x81, 144) // struct kvm_regs
 	kvmSetRegs             = iow(0x82, 144)
@@ -326,4 +327,19 @@ type msi struct {
 	Flags     uint32
 	DevID     uint32
 	_         [12]uint8
+}
+
+// irqchipState is struct kvm_irqchip: a chip id and 512 bytes of state.
+type irqchipState struct {
+	ChipID uint32
+	_      uint32
+	Chip   [512]byte
+}
+
+// IOAPICState is the in-kernel IOAPIC's state (struct kvm_ioapic_state).
+type IOAPICState struct {
+	// IRR has a bit set for every pin whose interrupt is pending.
+	IRR uint32
+	// Redirection are the 24 redirection table entries.
+	Redirection [24]uint64
 }

@@ -20,4 +20,5 @@ var (
 	_ [32]byte   = [unsafe.Sizeof(irqfd{})]byte{}
 	_ [48]byte   = [unsafe.Sizeof(RoutingEntry{})]byte{}
 	_ [32]byte   = [unsafe.Sizeof(msi{})]byte{}
+	_ [520]byte  = [unsafe.Sizeof(irqchipState{})]byte{}
 )

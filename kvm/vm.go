@@ -169,3 +169,19 @@ func (v *VM) CreateVCPU(id int) (*VCPU, error) {
 	}
 	return &VCPU{id: id, fd: fd, run: run}, nil
 }
+
+// IOAPICState reads the in-kernel IOAPIC's pending interrupts and
+// redirection table (KVM_GET_IRQCHIP), for diagnostics.
+func (v *VM) IOAPICState() (IOAPICState, error) {
+	c := irqchipState{ChipID: IRQChipIOAPIC}
+	var st IOAPICState
+	if err := ioctlPtr(v.fd, kvmGetIRQChip, &c); err != nil {
+		return st, fmt.Errorf("KVM_GET_IRQCHIP: %w", err)
+	}
+	// base_address u64, ioregsel u32, id u32, irr u32, pad u32, redirtbl.
+	st.IRR = binary.LittleEndian.Uint32(c.Chip[16:])
+	for i := range st.Redirection {
+		st.Redirection[i] = binary.LittleEndian.Uint64(c.Chip[24+8*i:])
+	}
+	return st, nil
+}

@@ -129,12 +129,17 @@ func parseBzImage(img []byte) (*bzImage, error) {
 }
 
 // loadKernel places kernel, initrd and command line in guest memory and
-// writes boot_params at zeroPageAddr. It returns nothing to run: the entry
-// point is fixed (kernelAddr + 0x200) by the 64-bit boot protocol.
-func loadKernel(mem *guestmem.Memory, l memLayout, img []byte, initrd []byte, cmdline string) error {
+// writes boot_params at zeroPageAddr. img is a bzImage (the 64-bit entry
+// point is then fixed by the boot protocol at kernelAddr + 0x200) or an
+// uncompressed ELF vmlinux, which skips the in-guest decompression. It
+// returns the guest physical entry point.
+func loadKernel(mem *guestmem.Memory, l memLayout, img []byte, initrd []byte, cmdline string) (uint64, error) {
+	if isELF(img) {
+		return loadVmlinux(mem, l, img, initrd, cmdline)
+	}
 	bz, err := parseBzImage(img)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	footprint := uint64(len(bz.kernel))
 	if bz.initSize > footprint {
@@ -144,22 +149,31 @@ func loadKernel(mem *guestmem.Memory, l memLayout, img []byte, initrd []byte, cm
 	// (16 MiB for Debian) or above, needing init_size bytes there.
 	kernelEnd := uint64(16<<20) + footprint
 	if kernelEnd > l.lowSize {
-		return fmt.Errorf("kernel needs %d MiB of memory below %#x; give the guest more memory", kernelEnd>>20, l.lowSize)
+		return 0, fmt.Errorf("kernel needs %d MiB of memory below %#x; give the guest more memory", kernelEnd>>20, l.lowSize)
 	}
 	if err := mem.WriteAt(bz.kernel, kernelAddr); err != nil {
-		return fmt.Errorf("loading kernel: %w", err)
+		return 0, fmt.Errorf("loading kernel: %w", err)
 	}
-
 	zp := make([]byte, pageSize)
 	copy(zp[hdrStart:], bz.setup)
+	if err := finishBootParams(mem, l, zp, kernelEnd, bz.initrdMax, bz.cmdlineMax, initrd, cmdline); err != nil {
+		return 0, err
+	}
+	return kernelAddr + 0x200, nil
+}
+
+// finishBootParams fills the loader's part of boot_params (zp, with the
+// kernel's setup header already in place), loads the command line and the
+// initrd (above kernelEnd, below initrdMax) and writes zp to zeroPageAddr.
+func finishBootParams(mem *guestmem.Memory, l memLayout, zp []byte, kernelEnd, initrdMax, cmdlineSize uint64, initrd []byte, cmdline string) error {
 	le := binary.LittleEndian
 	zp[hdrTypeOfLoader] = loaderUndefined
 	zp[hdrLoadFlags] |= canUseHeap
 	le.PutUint16(zp[hdrHeapEndPtr:], 0xfe00)
 	le.PutUint16(zp[hdrVidMode:], 0xffff)
 
-	if uint64(len(cmdline)) >= bz.cmdlineMax || len(cmdline) >= cmdlineMax {
-		return fmt.Errorf("kernel command line is %d bytes; this kernel takes at most %d", len(cmdline), bz.cmdlineMax-1)
+	if uint64(len(cmdline)) >= cmdlineSize || len(cmdline) >= cmdlineMax {
+		return fmt.Errorf("kernel command line is %d bytes; this kernel takes at most %d", len(cmdline), cmdlineSize-1)
 	}
 	cl := append([]byte(cmdline), 0)
 	if err := mem.WriteAt(cl, cmdlineAddr); err != nil {
@@ -170,8 +184,8 @@ func loadKernel(mem *guestmem.Memory, l memLayout, img []byte, initrd []byte, cm
 
 	if len(initrd) > 0 {
 		top := l.lowSize
-		if bz.initrdMax+1 < top {
-			top = bz.initrdMax + 1
+		if initrdMax+1 < top {
+			top = initrdMax + 1
 		}
 		size := uint64(len(initrd))
 		if size > top {
@@ -179,7 +193,7 @@ func loadKernel(mem *guestmem.Memory, l memLayout, img []byte, initrd []byte, cm
 		}
 		addr := (top - size) &^ (pageSize - 1)
 		if addr < kernelEnd {
-			return fmt.Errorf("initrd of %d MiB and kernel (%d MiB) do not fit below %#x; give the guest more memory", size>>20, footprint>>20, top)
+			return fmt.Errorf("initrd of %d MiB and kernel (up to %d MiB) do not fit below %#x; give the guest more memory", size>>20, kernelEnd>>20, top)
 		}
 		if err := mem.WriteAt(initrd, addr); err != nil {
 			return fmt.Errorf("loading initrd: %w", err)
@@ -279,7 +293,7 @@ const (
 
 // setupBootCPU puts the boot vCPU in 64-bit mode at the kernel's 64-bit
 // entry point with RSI pointing at boot_params.
-func setupBootCPU(c *kvm.VCPU) error {
+func setupBootCPU(c *kvm.VCPU, entry uint64) error {
 	s, err := c.Sregs()
 	if err != nil {
 		return err
@@ -304,7 +318,7 @@ func setupBootCPU(c *kvm.VCPU) error {
 		return err
 	}
 	return c.SetRegs(kvm.Regs{
-		RIP:    kernelAddr + 0x200,
+		RIP:    entry,
 		RSI:    zeroPageAddr,
 		RSP:    bootStackTop,
 		RFLAGS: rflagsRS,

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
+	"strings"
 
 	"github.com/flushvm/flushvm/kvm"
 	"github.com/flushvm/flushvm/virtio/guestmem"
@@ -137,6 +139,9 @@ func translate(mem *guestmem.Memory, s kvm.Sregs, lin uint64) (uint64, error) {
 // dumpVCPUs logs each vCPU's RIP, RFLAGS and local APIC interrupt state
 // (debug mode). The vCPUs must be stopped.
 func (m *Machine) dumpVCPUs() {
+	if st, err := m.vm.IOAPICState(); err == nil {
+		m.debugf("IOAPIC IRR %#x, pin 4 %#x, pin 16 %#x", st.IRR, st.Redirection[4], st.Redirection[16])
+	}
 	for _, c := range m.vcpus {
 		r, err := c.Regs()
 		if err != nil {
@@ -162,8 +167,32 @@ func (m *Machine) dumpVCPUs() {
 			}
 			return v
 		}
-		m.debugf("vCPU %d: RIP %#x RFLAGS %#x (IF %v), LAPIC ID %#x TPR %#x, ISR %v IRR %v",
+		code := "unreadable"
+		if s, err := c.Sregs(); err == nil {
+			r2 := r
+			r2.RIP -= 8
+			if b, err := instructionBytes(m.ram.mem, r2, s, 16); err == nil {
+				code = fmt.Sprintf("% x", b)
+			}
+		}
+		m.debugf("vCPU %d: RIP %#x RFLAGS %#x (IF %v), LAPIC ID %#x TPR %#x, ISR %v IRR %v, code at RIP-8: %s",
 			c.ID(), r.RIP, r.RFLAGS, r.RFLAGS&0x200 != 0, binary.LittleEndian.Uint32(l.Regs[0x20:]),
-			binary.LittleEndian.Uint32(l.Regs[0x80:]), vecs(0x100), vecs(0x200))
+			binary.LittleEndian.Uint32(l.Regs[0x80:]), vecs(0x100), vecs(0x200), code)
 	}
+}
+
+// memoryUsage returns the VMM's resident set size and its peak, from
+// /proc/self/status, for diagnostics.
+func memoryUsage() string {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return err.Error()
+	}
+	var parts []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") || strings.HasPrefix(line, "VmHWM:") {
+			parts = append(parts, strings.Join(strings.Fields(line), " "))
+		}
+	}
+	return strings.Join(parts, ", ")
 }

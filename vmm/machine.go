@@ -100,14 +100,15 @@ func New(cfg Config) (m *Machine, err error) {
 	if cfg.CPUs < 1 || cfg.CPUs > MaxCPUs {
 		return nil, fmt.Errorf("%d vCPUs: between 1 and %d supported", cfg.CPUs, MaxCPUs)
 	}
-	m = &Machine{diag: cfg.Diag, debug: cfg.Debug, bus: newPCIBus(), cmos: newCMOS()}
+	m = &Machine{diag: cfg.Diag, debug: cfg.Debug, bus: newPCIBus(), cmos: newCMOS(), start: time.Now()}
 	if m.diag == nil {
 		m.diag = os.Stderr
 	}
+	// The returns below set m to nil; keep the half-built machine to undo.
+	built := m
 	defer func() {
 		if err != nil {
-			m.Close()
-			m = nil
+			built.Close()
 		}
 	}()
 	if m.sys, err = kvm.Open(); err != nil {
@@ -167,13 +168,14 @@ func New(cfg Config) (m *Machine, err error) {
 	m.tids = make([]atomic.Int32, cfg.CPUs)
 
 	mem := m.ram.mem
-	if err = loadKernel(mem, m.ram.layout, cfg.Kernel, cfg.Initrd, cfg.Cmdline); err != nil {
+	entry, err := loadKernel(mem, m.ram.layout, cfg.Kernel, cfg.Initrd, cfg.Cmdline)
+	if err != nil {
 		return nil, err
 	}
 	if err = writeBootTables(mem); err != nil {
 		return nil, err
 	}
-	if err = setupBootCPU(m.vcpus[0]); err != nil {
+	if err = setupBootCPU(m.vcpus[0], entry); err != nil {
 		return nil, err
 	}
 
@@ -221,7 +223,16 @@ func (m *Machine) Run() Result {
 		return Result{Kind: ExitError, Status: 1, Err: errors.New("machine already ran")}
 	}
 	m.ran = true
-	m.start = time.Now()
+	// Every vCPU goroutine is locked to its thread and spends its life in
+	// KVM_RUN; when it comes back with an exit to handle it needs a P at
+	// once. With no more Ps than vCPUs (a 2-CPU host running a 2-vCPU
+	// guest) a returning vCPU can wait for the scheduler to hand it one,
+	// which stalls the guest inside its interrupt handlers. Spare Ps cost
+	// nothing while idle.
+	if want := len(m.vcpus) + 2; runtime.GOMAXPROCS(0) < want {
+		runtime.GOMAXPROCS(want)
+	}
+	m.debugf("machine built; starting %d vCPUs (GOMAXPROCS %d)", len(m.vcpus), runtime.GOMAXPROCS(0))
 	if m.debug {
 		m.serial.first = func() { m.debugf("first serial output") }
 	}
@@ -239,6 +250,7 @@ func (m *Machine) Run() Result {
 	m.debugf("all vCPUs stopped; serial: %s", m.serial.debugString())
 	if m.debug {
 		m.dumpVCPUs()
+		m.debugf("VMM memory: %s", memoryUsage())
 	}
 	return m.result
 }

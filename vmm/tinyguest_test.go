@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -272,5 +273,93 @@ func TestFatalExitDiagnostics(t *testing.T) {
 		if !strings.Contains(d, want) {
 			t.Errorf("diagnostics lack %q:\n%s", want, d)
 		}
+	}
+}
+
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("cannot count fds: %v", err)
+	}
+	return len(ents)
+}
+
+// TestCloseReleasesEverything checks that a machine that ran, and one whose
+// construction failed half-way, leave no file descriptor behind.
+func TestCloseReleasesEverything(t *testing.T) {
+	skipWithoutKVM(t)
+	before := openFDs(t)
+	for i := 0; i < 3; i++ {
+		runTiny(t, codeBootCheck, 2, nil)
+	}
+	if _, err := New(Config{Kernel: []byte("garbage"), MemSize: 64 << 20, CPUs: 2}); !errors.Is(err, ErrBadKernel) {
+		t.Errorf("New with a bad kernel: %v, want ErrBadKernel", err)
+	}
+	if after := openFDs(t); after != before {
+		t.Errorf("%d fds open before, %d after", before, after)
+	}
+}
+
+// makeVmlinux wraps 64-bit code in a minimal x86-64 ELF executable whose one
+// segment loads at physical 2 MiB, entry point at the code.
+func makeVmlinux(code []byte) []byte {
+	const base, ehsize, phsize = 0x200000, 64, 56
+	img := make([]byte, ehsize+phsize+len(code))
+	le := binary.LittleEndian
+	copy(img, []byte{0x7f, 'E', 'L', 'F', 2, 1, 1})
+	le.PutUint16(img[16:], 2)  // ET_EXEC
+	le.PutUint16(img[18:], 62) // EM_X86_64
+	le.PutUint32(img[20:], 1)
+	le.PutUint64(img[24:], base+ehsize+phsize) // entry
+	le.PutUint64(img[32:], ehsize)             // phoff
+	le.PutUint16(img[52:], ehsize)
+	le.PutUint16(img[54:], phsize)
+	le.PutUint16(img[56:], 1) // phnum
+	ph := img[ehsize:]
+	le.PutUint32(ph[0:], 1) // PT_LOAD
+	le.PutUint32(ph[4:], 5) // R+X
+	le.PutUint64(ph[16:], 0xffffffff80000000+base)
+	le.PutUint64(ph[24:], base)
+	le.PutUint64(ph[32:], uint64(len(img)))
+	le.PutUint64(ph[40:], uint64(len(img))+0x1000) // some .bss
+	copy(img[ehsize+phsize:], code)
+	return img
+}
+
+func TestTinyGuestVmlinux(t *testing.T) {
+	skipWithoutKVM(t)
+	tests := []struct {
+		name    string
+		kernel  []byte
+		wantErr string
+	}{
+		{"ELF vmlinux boots", makeVmlinux(codeBootCheck), ""},
+		{"32-bit ELF", func() []byte { b := makeVmlinux(codeBootCheck); b[4] = 1; return b }(), "bootable"},
+		{"segment outside RAM", func() []byte {
+			b := makeVmlinux(codeBootCheck)
+			binary.LittleEndian.PutUint64(b[64+24:], 1<<40)
+			return b
+		}(), "does not fit"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			m, err := New(Config{Kernel: tc.kernel, Cmdline: "test", MemSize: 64 << 20, CPUs: 1, Output: &out})
+			if tc.wantErr != "" {
+				if !errors.Is(err, ErrBadKernel) || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("New: %v, want ErrBadKernel mentioning %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			res := m.Run()
+			if res.Kind != ExitDebugPort || res.Status != 3 || out.String() != "HdrStest" {
+				t.Errorf("result %+v, output %q; want debug exit 3 and %q", res, out.String(), "HdrStest")
+			}
+		})
 	}
 }

@@ -24,12 +24,14 @@ import (
 )
 
 // vhostUserBlkUsage is the subcommand's synopsis.
-const vhostUserBlkUsage = `usage: flushvm vhost-user-blk --socket PATH --disk SPEC [--queues N] [--stats FILE]
+const vhostUserBlkUsage = `usage: flushvm vhost-user-blk --socket PATH --disk SPEC [--queues N] [--queue-size N] [--stats FILE]
 
 Serves the disk SPEC (as in flushvm run: path=FILE[,cache=MODE][,readonly=on|off][,serial=S])
 to one vhost-user frontend connecting to the unix socket PATH. When the frontend
 disconnects, or on SIGINT/SIGTERM, writes --stats and exits 0. A frontend that
 breaks the protocol ends the session: the reason is logged, --stats written, exit 1.
+--queue-size must equal the frontend's ring size (QEMU vhost-user-blk-pci queue-size,
+128 by default): the device tells the guest how long a request may be from it.
 A crashed frontend is not served again (no inflight tracking): start a new backend.
 FLUSHVM_VHOST_TRACE=1 in the environment logs every protocol message.
 
@@ -86,6 +88,7 @@ func vhostUserBlk(args []string, logger *log.Logger) error {
 	socket := fs.String("socket", "", "unix socket PATH to listen on")
 	disk := fs.String("disk", "", "disk SPEC: path=FILE[,cache=MODE][,readonly=on|off][,serial=S]")
 	queues := fs.Int("queues", 1, fmt.Sprintf("number of request queues (1..%d)", blk.MaxQueues))
+	queueSize := fs.Uint16("queue-size", 128, "ring size of every queue; must equal the frontend's (QEMU vhost-user-blk-pci queue-size)")
 	statsPath := fs.String("stats", "", "write the statistics JSON document to FILE at exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -102,6 +105,8 @@ func vhostUserBlk(args []string, logger *log.Logger) error {
 		return fmt.Errorf("%w: --disk SPEC is required", errVhostUsage)
 	case *queues < 1 || *queues > blk.MaxQueues:
 		return fmt.Errorf("%w: --queues %d: want 1..%d", errVhostUsage, *queues, blk.MaxQueues)
+	case *queueSize < 4 || *queueSize > blk.MaxQueueSizeLimit || *queueSize&(*queueSize-1) != 0:
+		return fmt.Errorf("%w: --queue-size %d: want a power of two, 4..%d", errVhostUsage, *queueSize, blk.MaxQueueSizeLimit)
 	}
 	spec, err := blk.ParseSpec(*disk)
 	if err != nil {
@@ -112,7 +117,7 @@ func vhostUserBlk(args []string, logger *log.Logger) error {
 			return fmt.Errorf("%w: --stats %s: directory does not exist", errVhostUsage, *statsPath)
 		}
 	}
-	dev, err := blk.Open(spec, blk.Options{Queues: *queues})
+	dev, err := blk.Open(spec, blk.Options{Queues: *queues, MaxQueueSize: *queueSize})
 	if err != nil {
 		return fmt.Errorf("%w: --disk: %v", errVhostUsage, err)
 	}
@@ -147,7 +152,7 @@ func vhostUserBlk(args []string, logger *log.Logger) error {
 		}
 	}()
 
-	logger.Printf("serving %s (cache=%s, %d queue(s)) on %s", spec.Path, spec.Cache, *queues, *socket)
+	logger.Printf("serving %s (cache=%s, %d queue(s) of %d) on %s", spec.Path, spec.Cache, *queues, *queueSize, *socket)
 	var sessionErr error
 	fd, err := l.Accept()
 	switch {

@@ -321,6 +321,14 @@ func (s *session) setVringNum(m *message) error {
 	if num == 0 || num&(num-1) != 0 || num > uint32(s.dev.MaxQueueSize()) {
 		return fmt.Errorf("%w: ring %d size %d (power of two up to %d)", ErrBadRing, idx, num, s.dev.MaxQueueSize())
 	}
+	if num < uint32(s.dev.MaxQueueSize()) {
+		// The device sized what it told the driver (virtio-blk's seg_max)
+		// for rings of MaxQueueSize entries, and no chain may be longer
+		// than its ring: a driver believing seg_max would build requests
+		// this ring cannot carry. Refuse rather than fail them later.
+		return fmt.Errorf("%w: ring %d has %d entries, fewer than the device's queue size %d (the frontend's queue size must equal the backend's)",
+			ErrBadRing, idx, num, s.dev.MaxQueueSize())
+	}
 	s.stopIfServed(idx)
 	r.num = num
 	return s.reevaluate()

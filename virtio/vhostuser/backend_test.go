@@ -64,8 +64,9 @@ func TestNegotiation(t *testing.T) {
 // GET_VRING_BASE, and restarts from the returned bases.
 func TestRingsLifecycle(t *testing.T) {
 	dev := newFakeDevice(2)
+	dev.maxQ = 64
 	f := startFrontend(t, dev)
-	r0, r1 := f.newRing(0, 64), f.newRing(1, 128)
+	r0, r1 := f.newRing(0, 64), f.newRing(1, 64)
 	call2, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
 		t.Fatal(err)
@@ -89,7 +90,7 @@ func TestRingsLifecycle(t *testing.T) {
 	if len(acts) != 1 || !active || len(acts[0].Queues) != 2 {
 		t.Fatalf("want one activation with 2 queues, got %d activations", len(acts))
 	}
-	if a := acts[0]; a.Features != feat&^FeatureProtocolFeatures || a.Queues[1].Queue.Size() != 128 {
+	if a := acts[0]; a.Features != feat&^FeatureProtocolFeatures || a.Queues[1].Queue.Size() != 64 {
 		t.Errorf("activation features %#x, ring 1 size %d", a.Features, a.Queues[1].Queue.Size())
 	}
 
@@ -127,7 +128,7 @@ func TestRingsLifecycle(t *testing.T) {
 	f.mustAck(reqSetVringEnable, state(1, 1))
 	f.roundTrip(r0, 5)
 	for range 8 {
-		f.roundTrip(r1, 40) // 320 requests wrap the 128-entry ring
+		f.roundTrip(r1, 20) // 160 requests wrap the 64-entry ring
 	}
 
 	// A call fd swap while running (MSI-X masking) keeps the device up.
@@ -157,9 +158,9 @@ func TestRingsWithoutProtocolFeatures(t *testing.T) {
 	f.send(reqSetFeatures, 0, u64(virtio.FeatureVersion1))
 	f.send(reqSetOwner, 0, nil)
 	f.send(reqSetMemTable, 0, memTable(wholeRegion), f.memfd)
-	r := f.newRing(0, 32)
+	r := f.newRing(0, 16)
 	c := r.d.QueueConfig()
-	f.send(reqSetVringNum, 0, state(0, 32))
+	f.send(reqSetVringNum, 0, state(0, 16))
 	f.send(reqSetVringAddr, 0, vringAddrPayload(0, 0, uva(c.DescTable), uva(c.UsedRing), uva(c.AvailRing)))
 	f.send(reqSetVringCall, 0, u64(0), r.call)
 	f.send(reqSetVringKick, 0, u64(0), r.d.KickFD())
@@ -286,6 +287,7 @@ func TestHostile(t *testing.T) {
 		{"ring index out of range", false, func(c ctx) { c.f.send(reqSetVringNum, 0, state(5, 64)) }, ErrBadRing},
 		{"ring size not a power of two", false, func(c ctx) { c.f.send(reqSetVringNum, 0, state(0, 100)) }, ErrBadRing},
 		{"ring size too big", false, func(c ctx) { c.f.send(reqSetVringNum, 0, state(0, 4096)) }, ErrBadRing},
+		{"ring smaller than the device's queue size", false, func(c ctx) { c.f.send(reqSetVringNum, 0, state(0, 8)) }, ErrBadRing},
 		{"ring base too big", false, func(c ctx) { c.f.send(reqSetVringBase, 0, state(0, 1<<16)) }, ErrBadRing},
 		{"ring addr short", false, func(c ctx) { c.f.send(reqSetVringAddr, 0, make([]byte, 24)) }, ErrMalformed},
 		{"ring addr with logging", false, func(c ctx) {

@@ -67,7 +67,7 @@ func TestBlkDevice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev, err := blk.Open(spec, blk.Options{Queues: 2})
+	dev, err := blk.Open(spec, blk.Options{Queues: 2, MaxQueueSize: 64})
 	if err != nil {
 		t.Fatal(err)
 	}

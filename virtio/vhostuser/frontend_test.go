@@ -23,7 +23,6 @@ const (
 	gpaBase  uint64 = 0x100000
 	uvaBase  uint64 = 0x7f1200000000
 	memSize  uint64 = 4 << 20
-	testQMax        = 256
 )
 
 // testFrontend is the frontend end of a socketpair, speaking vhost-user to
@@ -332,6 +331,7 @@ func (f *testFrontend) wait() error {
 type fakeDevice struct {
 	queues   int
 	features uint64
+	maxQ     uint16
 
 	mu          sync.Mutex
 	config      [64]byte
@@ -345,7 +345,7 @@ type fakeDevice struct {
 }
 
 func newFakeDevice(queues int) *fakeDevice {
-	d := &fakeDevice{queues: queues,
+	d := &fakeDevice{queues: queues, maxQ: 16,
 		features: virtio.FeatureVersion1 | virtio.FeatureEventIdx | virtio.FeatureIndirectDesc | virtio.FeatureRingPacked | 1<<9}
 	for i := range d.config {
 		d.config[i] = byte(i)
@@ -356,7 +356,7 @@ func newFakeDevice(queues int) *fakeDevice {
 func (d *fakeDevice) DeviceID() uint16     { return 2 }
 func (d *fakeDevice) Features() uint64     { return d.features }
 func (d *fakeDevice) NumQueues() int       { return d.queues }
-func (d *fakeDevice) MaxQueueSize() uint16 { return testQMax }
+func (d *fakeDevice) MaxQueueSize() uint16 { return d.maxQ }
 func (d *fakeDevice) ConfigSize() uint32   { return uint32(len(d.config)) }
 
 func (d *fakeDevice) ReadConfig(off uint32, p []byte) {

@@ -1,0 +1,148 @@
+package main
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/flushvm/flushvm/blk"
+	"github.com/flushvm/flushvm/kvm"
+)
+
+// tinyKernel is a bzImage whose 64-bit entry point prints "ok" on the serial
+// port and ends the VMM with status 3 through the debug-exit port.
+func tinyKernel() []byte {
+	code := []byte{
+		0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+		0xb0, 'o', 0xee, // mov al, 'o'; out dx, al
+		0xb0, 'k', 0xee, // mov al, 'k'; out dx, al
+		0xb0, 0x03, 0xe6, 0xf4, // mov al, 3; out 0xf4, al
+		0xeb, 0xfe, // jmp $
+	}
+	img := make([]byte, 2*512+0x200+len(code))
+	le := binary.LittleEndian
+	img[0x1f1] = 1                        // setup_sects
+	le.PutUint16(img[0x1fe:], 0xaa55)     // boot_flag
+	img[0x201] = 0x66                     // header end
+	le.PutUint32(img[0x202:], 0x53726448) // "HdrS"
+	le.PutUint16(img[0x206:], 0x020f)     // protocol 2.15
+	img[0x211] = 1                        // LOADED_HIGH
+	le.PutUint32(img[0x22c:], 0x7fffffff) // initrd_addr_max
+	le.PutUint16(img[0x236:], 1)          // XLF_KERNEL_64
+	le.PutUint32(img[0x238:], 2048)       // cmdline_size
+	le.PutUint32(img[0x260:], 0x100000)   // init_size
+	copy(img[2*512+0x200:], code)
+	return img
+}
+
+func TestCommandLine(t *testing.T) {
+	dir := t.TempDir()
+	kernel := filepath.Join(dir, "bzImage")
+	if err := os.WriteFile(kernel, tinyKernel(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	notKernel := filepath.Join(dir, "notkernel")
+	os.WriteFile(notKernel, bytes.Repeat([]byte("not a kernel\n"), 100), 0o644)
+	disk := filepath.Join(dir, "disk.img")
+	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stats := filepath.Join(dir, "stats.json")
+	haveKVM := kvm.Available() == nil
+
+	tests := []struct {
+		name       string
+		args       []string
+		needKVM    bool
+		wantStatus int
+		wantOut    string // substring of stdout
+		wantErr    string // substring of stderr; "" means stderr must be empty
+	}{
+		{"no command", nil, false, 2, "", "Usage: flushvm COMMAND"},
+		{"help", []string{"help"}, false, 0, "run ", ""},
+		{"help run", []string{"help", "run"}, false, 0, "--kernel", ""},
+		{"run --help", []string{"run", "--help"}, false, 0, "e.g. --disk path=", ""},
+		{"run --help names the debug-exit port", []string{"run", "-h"}, false, 0, "0xf4", ""},
+		{"unknown command", []string{"frobnicate"}, false, 2, "", "unknown command"},
+		{"missing --kernel", []string{"run"}, false, 2, "", "--kernel FILE is required"},
+		{"unknown flag", []string{"run", "--kernel", kernel, "--bogus"}, false, 2, "", "unknown flag"},
+		{"stray argument", []string{"run", "--kernel", kernel, "extra"}, false, 2, "", "unexpected argument"},
+		{"kernel file missing", []string{"run", "--kernel", filepath.Join(dir, "nope")}, false, 2, "", "no such file"},
+		{"bad --mem", []string{"run", "--kernel", kernel, "--mem", "12Q"}, false, 2, "", "--mem"},
+		{"bad --cpus", []string{"run", "--kernel", kernel, "--cpus", "0"}, false, 2, "", "--cpus 0"},
+		{"bad disk spec", []string{"run", "--kernel", kernel, "--disk", "file=x"}, false, 2, "", "bad disk spec"},
+		{"disk file missing", []string{"run", "--kernel", kernel, "--disk", "path=" + filepath.Join(dir, "none.img")}, true, 2, "", "--disk"},
+		{"not a bzImage", []string{"run", "--kernel", notKernel}, true, 2, "", "not a bootable bzImage"},
+		{"guest status", []string{"run", "--kernel", kernel, "--mem", "64M"}, true, 3, "ok", ""},
+		{"guest status, 2 vCPUs, disk, stats", []string{"run", "--kernel", kernel, "--mem", "64M", "--cpus", "2", "--disk", "path=" + disk + ",cache=writethrough", "--stats", stats}, true, 3, "ok", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.needKVM && !haveKVM {
+				t.Skip("no usable KVM")
+			}
+			var stdout, stderr bytes.Buffer
+			got := dispatch(tc.args, &stdout, &stderr)
+			if got != tc.wantStatus {
+				t.Errorf("status %d, want %d; stderr: %s", got, tc.wantStatus, stderr.String())
+			}
+			if !strings.Contains(stdout.String(), tc.wantOut) {
+				t.Errorf("stdout %q lacks %q", stdout.String(), tc.wantOut)
+			}
+			if tc.wantErr == "" && stderr.Len() > 0 || !strings.Contains(stderr.String(), tc.wantErr) {
+				t.Errorf("stderr %q, want %q", stderr.String(), tc.wantErr)
+			}
+			if tc.wantStatus == 2 && tc.wantErr != "" && !strings.Contains(tc.wantErr, "Usage") {
+				if n := strings.Count(stderr.String(), "\n"); n != 1 {
+					t.Errorf("user error took %d lines, want one: %q", n, stderr.String())
+				}
+			}
+		})
+	}
+	if !haveKVM {
+		return
+	}
+	b, err := os.ReadFile(stats)
+	if err != nil {
+		t.Fatalf("--stats file: %v", err)
+	}
+	var doc blk.StatsFile
+	if err := json.Unmarshal(b, &doc); err != nil {
+		t.Fatal(err)
+	}
+	if len(doc.Disks) != 1 || doc.Disks[0].Path != disk || doc.Disks[0].Cache != blk.CacheWritethrough {
+		t.Errorf("stats = %+v, want one writethrough disk %s", doc, disk)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	tests := []struct {
+		in   string
+		want uint64
+		ok   bool
+	}{
+		{"512M", 512 << 20, true},
+		{"512m", 512 << 20, true},
+		{"1G", 1 << 30, true},
+		{"2GiB", 2 << 30, true},
+		{"65536K", 64 << 20, true},
+		{"256", 256 << 20, true},
+		{"1MB", 1 << 20, true},
+		{"", 0, false},
+		{"0", 0, false},
+		{"-1G", 0, false},
+		{"1T", 0, false},
+		{"G", 0, false},
+		{"99999999999G", 0, false},
+	}
+	for _, tc := range tests {
+		got, err := parseSize(tc.in)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d, ok %v", tc.in, got, err, tc.want, tc.ok)
+		}
+	}
+}
