@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // memBackend is an in-memory disk for tests. It counts syncs, can hold a
@@ -137,5 +138,15 @@ func TestVec(t *testing.T) {
 	v.Reset()
 	if v.Len() != 0 || len(v.Bufs) != 0 || v.Bufs[:2][0] != nil {
 		t.Fatal("Reset kept buffers")
+	}
+}
+
+// waitEntered waits until a gated Sync has started.
+func (m *memBackend) waitEntered(t *testing.T) {
+	t.Helper()
+	select {
+	case <-m.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("timed out waiting for a host sync to start")
 	}
 }

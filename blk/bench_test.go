@@ -373,7 +373,14 @@ func TestNoAllocsPerRequest(t *testing.T) {
 		name     string
 		indirect bool
 		cache    CacheMode
-	}{{"direct chain", false, CacheWriteback}, {"indirect chain", true, CacheWriteback}, {"O_DIRECT", false, CacheNone}} {
+		write    bool // a write and a FLUSH instead of a read
+	}{
+		{"read, direct chain", false, CacheWriteback, false},
+		{"read, indirect chain", true, CacheWriteback, false},
+		{"read, O_DIRECT", false, CacheNone, false},
+		{"write and flush", false, CacheWriteback, true},
+		{"write-through write and flush", false, CacheWritethrough, true},
+	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := tempDisk(t, 1<<20)
 			dev, err := Open(Spec{Path: path, Cache: tc.cache}, Options{})
@@ -387,14 +394,16 @@ func TestNoAllocsPerRequest(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			r := &d.reqs[0]
-			one := func() {
-				binary.LittleEndian.PutUint32(r.hdr[0:], TypeIn)
-				binary.LittleEndian.PutUint64(r.hdr[8:], 8)
-				if _, err := d.drv.AddChain(r.bufs, tc.indirect); err != nil {
-					panic(err)
-				}
-				d.drv.Kick()
+			r, fl := &d.reqs[0], &d.reqs[1]
+			typ := TypeIn
+			if tc.write {
+				typ = TypeOut
+				r.bufs[1].Writable = false
+				binary.LittleEndian.PutUint32(fl.hdr[0:], TypeFlush)
+				binary.LittleEndian.PutUint64(fl.hdr[8:], 0)
+			}
+			flush := []virtio.MockBuffer{fl.bufs[0], fl.bufs[2]}
+			wait := func() {
 				for {
 					if _, ok, _ := d.drv.PopUsed(); ok {
 						return
@@ -402,15 +411,32 @@ func TestNoAllocsPerRequest(t *testing.T) {
 					runtime.Gosched()
 				}
 			}
+			one := func() {
+				binary.LittleEndian.PutUint32(r.hdr[0:], typ)
+				binary.LittleEndian.PutUint64(r.hdr[8:], 8)
+				if _, err := d.drv.AddChain(r.bufs, tc.indirect); err != nil {
+					panic(err)
+				}
+				d.drv.Kick()
+				wait()
+				if tc.write {
+					if _, err := d.drv.AddChain(flush, tc.indirect); err != nil {
+						panic(err)
+					}
+					d.drv.Kick()
+					wait()
+				}
+			}
 			for range 100 {
 				one()
 			}
-			if a := testing.AllocsPerRun(500, one); a != 0 {
+			if a := testing.AllocsPerRun(300, one); a != 0 {
 				t.Fatalf("%.2f allocations per request, want 0", a)
 			}
 			dev.Reset()
 			// AllocsPerRun runs the function once more to warm up.
-			if s := dev.Stats(); s.Reads != 601 || s.Errors != 0 {
+			s := dev.Stats()
+			if s.Reads+s.Writes != 401 || s.Errors != 0 || (tc.write && (s.Flushes != 401 || s.HostSyncs < 401)) {
 				t.Fatalf("stats %+v", s)
 			}
 		})

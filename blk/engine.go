@@ -18,12 +18,14 @@ import (
 // the queue's kick eventfd and the device's stop eventfd, pops every
 // available chain into a preallocated request slot, parses it, and hands it
 // to a worker pool shared by all queues (requests that need no I/O complete
-// at once). Workers execute requests on the backend with vectored I/O
+// at once; FLUSHes go to the device's single flusher goroutine, which
+// merges them). Workers execute requests on the backend with vectored I/O
 // straight into guest memory. Completions are batched per queue: finished
 // requests are collected, and whoever publishes adds them all to the used
 // ring, publishes once and interrupts at most once per batch: the queue
 // loop publishes what it completed itself after each pass over the ring,
-// a worker publishes after each request, and concurrent publishers combine.
+// workers and the flusher publish after each request or batch, and
+// concurrent publishers combine.
 //
 // Nothing on this path allocates: slots (chain descriptors, data Vec with
 // its iovec array, segment array) are made at Activate, one per ring entry,
@@ -164,7 +166,10 @@ func (q *queueRunner) loop() {
 			return
 		}
 		_, err := unix.Poll(q.pfds, -1)
-		if err != nil && err != unix.EINTR {
+		for err == unix.EINTR {
+			_, err = unix.Poll(q.pfds, -1)
+		}
+		if err != nil {
 			// Poll fails only on bad arguments; nothing sensible is
 			// left but waiting for the reset.
 			<-q.st.stop

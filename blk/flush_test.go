@@ -55,7 +55,7 @@ func TestFlushMerging(t *testing.T) {
 				}
 				first <- o
 			}()
-			<-m.entered // sync 1 is in flight
+			m.waitEntered(t) // sync 1 is in flight
 
 			m.write(t, 512, []byte{2}) // completes during sync 1
 			s.wrote()
@@ -75,7 +75,7 @@ func TestFlushMerging(t *testing.T) {
 			}
 			waitFor(t, "flushes to wait", func() bool { return s.waitingForTest() == n })
 			m.gate <- struct{}{} // sync 1 done
-			<-m.entered          // exactly one flush started sync 2
+			m.waitEntered(t)     // exactly one flush started sync 2
 			m.gate <- struct{}{}
 			wg.Wait()
 			close(outs)
@@ -120,7 +120,7 @@ func TestFlushCoversCompletedWrites(t *testing.T) {
 	s.wrote()
 	done0 := make(chan struct{})
 	go func() { s.syncTo(s.mark()); close(done0) }()
-	<-m.entered
+	m.waitEntered(t)
 
 	m.write(t, 4096, []byte{7})
 	s.wrote()

@@ -128,9 +128,12 @@ type VolatileCache struct {
 	active  int           // calls into lower in progress
 	waiters int           // goroutines in cond.Wait
 
-	// recs are the writes not yet dropped, in sequence order: recs[i] has
-	// sequence number first+i. Stable records are dropped from the front.
+	// recs[head:] are the writes not yet dropped, in sequence order:
+	// recs[head+i] has sequence number first+i. Stable records are dropped
+	// from the front by advancing head; the array is reused, so a steady
+	// stream of writes allocates no records.
 	recs  []undoRec
+	head  int
 	first uint64
 	// inflight are the ranges of writes in progress (a small set: at most
 	// the device's queue depth).
@@ -255,8 +258,9 @@ func (c *VolatileCache) Sync() error {
 		return err
 	}
 	c.stats.Syncs++
-	for i := range c.recs {
-		r := &c.recs[i]
+	live := c.recs[c.head:]
+	for i := range live {
+		r := &live[i]
 		if !r.stable && r.done != 0 && r.done <= covered {
 			c.stabilize(r)
 		}
@@ -330,8 +334,9 @@ func (c *VolatileCache) PowerCut(p PowerCutPolicy, seed uint64) (*PowerCutReport
 
 	ws := make([]PowerCutWrite, 0, c.unstable)
 	idx := make([]int, 0, c.unstable)
-	for i := range c.recs {
-		r := &c.recs[i]
+	live := c.recs[c.head:]
+	for i := range live {
+		r := &live[i]
 		if r.stable || r.pre == nil {
 			continue
 		}
@@ -347,7 +352,7 @@ func (c *VolatileCache) PowerCut(p PowerCutPolicy, seed uint64) (*PowerCutReport
 	v := NewVec(1)
 	for j := len(rep.Writes) - 1; j >= 0; j-- {
 		w := &rep.Writes[j]
-		r := &c.recs[idx[j]]
+		r := &live[idx[j]]
 		for _, e := range w.lostExtents() {
 			err := decided.gaps(e, func(g Extent) error {
 				v.Reset()
@@ -364,10 +369,8 @@ func (c *VolatileCache) PowerCut(p PowerCutPolicy, seed uint64) (*PowerCutReport
 			decided.add(e)
 		}
 	}
-	for i := range c.recs {
-		c.recs[i].pre = nil
-	}
-	c.recs, c.free, c.freeBytes, c.retained, c.unstable = nil, nil, 0, 0, 0
+	clear(c.recs)
+	c.recs, c.head, c.free, c.freeBytes, c.retained, c.unstable = nil, 0, nil, 0, 0, 0
 	if err := c.lower.Sync(); err != nil {
 		return rep, fmt.Errorf("blk: power cut: sync crash image: %w", err)
 	}
@@ -516,7 +519,7 @@ func (c *VolatileCache) admit(op writeOp, off, n int64) (uint64, error) {
 				continue
 			}
 		}
-		seq := c.first + uint64(len(c.recs))
+		seq := c.first + uint64(len(c.recs)-c.head)
 		r := undoRec{off: off, n: n, op: op}
 		if keep {
 			c.retained += n
@@ -525,6 +528,12 @@ func (c *VolatileCache) admit(op writeOp, off, n int64) (uint64, error) {
 			c.stabilizeOverlapping(off, n)
 			r.stable = true
 			c.stats.WrittenThrough++
+		}
+		if len(c.recs) == cap(c.recs) && c.head >= len(c.recs)/2 {
+			// Reuse the dropped front instead of growing the array.
+			n := copy(c.recs, c.recs[c.head:])
+			clear(c.recs[n:])
+			c.recs, c.head = c.recs[:n], 0
 		}
 		c.recs = append(c.recs, r)
 		c.inflight = append(c.inflight, span{seq: seq, off: off, n: n})
@@ -550,7 +559,7 @@ func (c *VolatileCache) complete(seq uint64) {
 	c.compact()
 }
 
-func (c *VolatileCache) rec(seq uint64) *undoRec { return &c.recs[seq-c.first] }
+func (c *VolatileCache) rec(seq uint64) *undoRec { return &c.recs[c.head+int(seq-c.first)] }
 
 func (c *VolatileCache) overlapsInflight(off, n int64) bool {
 	for _, s := range c.inflight {
@@ -564,7 +573,7 @@ func (c *VolatileCache) overlapsInflight(off, n int64) bool {
 // destage makes the oldest completed unstable writes stable until need
 // more bytes fit the bound or none is left. c.mu is held.
 func (c *VolatileCache) destage(need int64) {
-	for i := range c.recs {
+	for i := c.head; i < len(c.recs); i++ {
 		if c.retained+need <= c.max {
 			break
 		}
@@ -582,7 +591,7 @@ func (c *VolatileCache) destage(need int64) {
 // write-through write over them keeps each sector's stable writes a prefix
 // of its history. c.mu is held.
 func (c *VolatileCache) stabilizeOverlapping(off, n int64) {
-	for i := range c.recs {
+	for i := c.head; i < len(c.recs); i++ {
 		r := &c.recs[i]
 		if !r.stable && off < r.off+r.n && r.off < off+n {
 			c.stabilize(r)
@@ -605,14 +614,13 @@ func (c *VolatileCache) stabilize(r *undoRec) {
 
 // compact drops stable, completed records from the front. c.mu is held.
 func (c *VolatileCache) compact() {
-	i := 0
-	for i < len(c.recs) && c.recs[i].stable && c.recs[i].done != 0 {
-		c.recs[i] = undoRec{}
-		i++
+	for c.head < len(c.recs) && c.recs[c.head].stable && c.recs[c.head].done != 0 {
+		c.recs[c.head] = undoRec{}
+		c.head++
+		c.first++
 	}
-	if i > 0 {
-		c.recs = c.recs[i:]
-		c.first += uint64(i)
+	if c.head == len(c.recs) {
+		c.recs, c.head = c.recs[:0], 0
 	}
 }
 

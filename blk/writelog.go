@@ -25,6 +25,8 @@ import (
 //
 // sector and nr_sectors count sectors of the log's sector size. A FLUSH
 // entry says that every write logged before it was covered by a flush.
+// For the same workload, a WriteLog writes byte for byte the log Linux 6.1's
+// dm-log-writes writes (TestWriteLogMatchesLinux checks it against one).
 const (
 	// WriteLogFlush marks a flush: the writes before the entry are durable
 	// once it completes.

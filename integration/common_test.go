@@ -73,7 +73,12 @@ func session(t *testing.T, boots []boot) {
 		}
 		t.Logf("guest boot %d/%d %q: flushvm run %s (%s): exit status %d after %.1f s%s",
 			i+1, len(boots), b.name, strings.Join(b.args, " "), where, r.Status, r.Duration.Seconds(), initUptime(r.Output))
-		t.Run(b.name, func(t *testing.T) { b.check(t, r) })
+		t.Run(b.name, func(t *testing.T) {
+			if r.Err != nil {
+				t.Fatalf("%v; output:\n%s", r.Err, r.Output)
+			}
+			b.check(t, r)
+		})
 	}
 }
 

@@ -55,6 +55,11 @@ func TestNestedL1Harness(t *testing.T) {
 	}
 	t.Logf("guest boot 1/1: QEMU TCG L1 (Debian %s, l1init) reached /init after %.1f s wall (L1 uptime %s); 2 runs; wall %.1f s",
 		a.Kernel.Release, s.L1Boot.Seconds(), s.L1Uptime, s.Wall.Seconds())
+	for i, r := range s.Results {
+		if r.Err != nil {
+			t.Fatalf("run %d: %v; output:\n%s", i, r.Err, r.Output)
+		}
+	}
 	t.Run("dev_kvm_in_L1", func(t *testing.T) {
 		if st := s.Results[0].Status; st != 0 {
 			t.Errorf("L1 lacks /dev/kvm, svm or kvm_amd (status %d): %s", st, s.Results[0].Output)

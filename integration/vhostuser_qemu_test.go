@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -148,7 +149,7 @@ type vhuGuest struct {
 
 // vhuBoot serves disk (SPEC options appended to path=) with flushvm and
 // boots the guest running script.
-func vhuBoot(t *testing.T, a *vhuArtifacts, cacheOpt string, script string, extra *initramfs.Builder) vhuGuest {
+func vhuBoot(t *testing.T, a *vhuArtifacts, cacheOpt string, queues int, script string, extra *initramfs.Builder) vhuGuest {
 	t.Helper()
 	dir := t.TempDir()
 	disk := filepath.Join(dir, "disk.img")
@@ -169,7 +170,7 @@ func vhuBoot(t *testing.T, a *vhuArtifacts, cacheOpt string, script string, extr
 	defer cancel()
 	var stderr bytes.Buffer
 	be := exec.CommandContext(ctx, "nice", a.flushvm, "vhost-user-blk", "--socket", sock,
-		"--disk", "path="+disk+cacheOpt, "--stats", statsFile)
+		"--disk", "path="+disk+cacheOpt, "--queues", strconv.Itoa(queues), "--stats", statsFile)
 	be.Stderr = &stderr
 	if err := be.Start(); err != nil {
 		t.Fatal(err)
@@ -185,13 +186,13 @@ func vhuBoot(t *testing.T, a *vhuArtifacts, cacheOpt string, script string, extr
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	q := exec.CommandContext(ctx, "nice", vhuQEMUArgs(a.kernel, img, sock)...)
+	q := exec.CommandContext(ctx, "nice", vhuQEMUArgs(a.kernel, img, sock, queues)...)
 	var console bytes.Buffer
 	q.Stdout, q.Stderr = &console, &console
 	t0 := time.Now()
 	qerr := q.Run()
-	t.Logf("guest boot: qemu-system-x86_64 -accel tcg, vhost-user-blk-pci -> flushvm vhost-user-blk --disk path=DISK%s: %.1f s wall%s",
-		cacheOpt, time.Since(t0).Seconds(), vhuUptime(console.String()))
+	t.Logf("guest boot: qemu-system-x86_64 -accel tcg, vhost-user-blk-pci num-queues=%d -> flushvm vhost-user-blk --disk path=DISK%s --queues %d: %.1f s wall%s",
+		queues, cacheOpt, queues, time.Since(t0).Seconds(), vhuUptime(console.String()))
 	done := make(chan error, 1)
 	go func() { done <- be.Wait() }()
 	var berr error
@@ -223,8 +224,8 @@ func vhuBoot(t *testing.T, a *vhuArtifacts, cacheOpt string, script string, extr
 }
 
 // vhuQEMUArgs is the QEMU command line (after "nice") booting kernel and
-// initrd with one vhost-user-blk-pci disk on sock.
-func vhuQEMUArgs(kernelPath, initrd, sock string) []string {
+// initrd with one vhost-user-blk-pci disk of queues queues on sock.
+func vhuQEMUArgs(kernelPath, initrd, sock string, queues int) []string {
 	return []string{"qemu-system-x86_64",
 		"-accel", "tcg,thread=multi", "-cpu", "max", "-m", "512", "-smp", "2",
 		"-nographic", "-no-reboot", "-nic", "none",
@@ -232,7 +233,7 @@ func vhuQEMUArgs(kernelPath, initrd, sock string) []string {
 		"-append", "console=ttyS0 panic=-1 quiet flushvm.run=script",
 		"-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-numa", "node,memdev=mem",
 		"-chardev", "socket,id=vhu,path=" + sock,
-		"-device", "vhost-user-blk-pci,chardev=vhu,num-queues=1",
+		"-device", "vhost-user-blk-pci,chardev=vhu,num-queues=" + strconv.Itoa(queues),
 	}
 }
 
@@ -273,25 +274,32 @@ echo "VHU pattern=written"
 `
 
 // TestVhostUserBlkQEMU boots Linux under QEMU TCG against flushvm
-// vhost-user-blk in every cache mode: the guest sees the right write cache,
-// toggles it (the device counts the changes), runs fsyncstress and fio with
-// crc32c verification (writeback and none), and the pattern it writes is
-// byte-exact in the host file after the VM is gone.
+// vhost-user-blk in every cache mode (and writeback with two queues): the
+// guest sees the right write cache, toggles it (the device counts the
+// changes), runs fsyncstress and fio with crc32c verification and checks
+// large O_DIRECT writes read back (writeback and none), and the pattern it
+// writes is byte-exact in the host file after the VM is gone.
 func TestVhostUserBlkQEMU(t *testing.T) {
 	a := vhuPrepare(t)
 	cases := []struct {
-		mode blk.CacheMode
-		wc   string
-		full bool
+		mode   blk.CacheMode
+		queues int
+		wc     string
+		full   bool
 	}{
-		{blk.CacheWriteback, "write back", true},
-		{blk.CacheNone, "write back", true},
-		{blk.CacheWritethrough, "write through", false},
-		{blk.CacheDirectSync, "write through", false},
-		{blk.CacheUnsafe, "write back", false},
+		{blk.CacheWriteback, 1, "write back", true},
+		{blk.CacheWriteback, 2, "write back", true},
+		{blk.CacheNone, 1, "write back", true},
+		{blk.CacheWritethrough, 1, "write through", false},
+		{blk.CacheDirectSync, 1, "write through", false},
+		{blk.CacheUnsafe, 1, "write back", false},
 	}
 	for _, tc := range cases {
-		t.Run(string(tc.mode), func(t *testing.T) {
+		name := string(tc.mode)
+		if tc.queues > 1 {
+			name += "-" + strconv.Itoa(tc.queues) + "queues"
+		}
+		t.Run(name, func(t *testing.T) {
 			pattern := make([]byte, 1<<20)
 			rand.Read(pattern)
 			x := initramfs.Extra()
@@ -300,7 +308,7 @@ func TestVhostUserBlkQEMU(t *testing.T) {
 			if tc.full {
 				script = "FULL=1\n" + script
 			}
-			g := vhuBoot(t, a, ",cache="+string(tc.mode), script, x)
+			g := vhuBoot(t, a, ",cache="+string(tc.mode), tc.queues, script, x)
 			if !strings.Contains(g.console, "flushvm-init: exit status 0") {
 				t.Fatalf("guest script failed; console:\n%s\nflushvm:\n%s", g.console, g.stderr)
 			}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/flushvm/flushvm/kvm"
 	"github.com/flushvm/flushvm/virtio/guestmem"
@@ -175,6 +176,10 @@ func (m *Machine) dumpVCPUs() {
 				code = fmt.Sprintf("% x", b)
 			}
 		}
+		tr := &m.trace[c.ID()]
+		now := time.Now().UnixNano()
+		m.debugf("vCPU %d: %d exits; last entered KVM_RUN %.3f s ago, last left it %.3f s ago",
+			c.ID(), tr.exits.Load(), float64(now-tr.entered.Load())/1e9, float64(now-tr.exited.Load())/1e9)
 		m.debugf("vCPU %d: RIP %#x RFLAGS %#x (IF %v), LAPIC ID %#x TPR %#x, ISR %v IRR %v, code at RIP-8: %s",
 			c.ID(), r.RIP, r.RFLAGS, r.RFLAGS&0x200 != 0, binary.LittleEndian.Uint32(l.Regs[0x20:]),
 			binary.LittleEndian.Uint32(l.Regs[0x80:]), vecs(0x100), vecs(0x200), code)

@@ -88,6 +88,7 @@ type Machine struct {
 
 	start    time.Time
 	tids     []atomic.Int32
+	trace    []vcpuTrace // debug mode only
 	stopping atomic.Bool
 	stopOnce sync.Once
 	result   Result
@@ -166,6 +167,7 @@ func New(cfg Config) (m *Machine, err error) {
 		}
 	}
 	m.tids = make([]atomic.Int32, cfg.CPUs)
+	m.trace = make([]vcpuTrace, cfg.CPUs)
 
 	mem := m.ram.mem
 	entry, err := loadKernel(mem, m.ram.layout, cfg.Kernel, cfg.Initrd, cfg.Cmdline)
@@ -283,7 +285,14 @@ func (m *Machine) runVCPU(i int) {
 	m.tids[i].Store(int32(unix.Gettid()))
 	defer m.tids[i].Store(0)
 	for !m.stopping.Load() {
+		if m.debug {
+			m.trace[i].entered.Store(time.Now().UnixNano())
+		}
 		reason, err := c.Run()
+		if m.debug {
+			m.trace[i].exited.Store(time.Now().UnixNano())
+			m.trace[i].exits.Add(1)
+		}
 		if errors.Is(err, kvm.ErrInterrupted) {
 			continue
 		}
@@ -424,4 +433,9 @@ func (m *Machine) debugf(format string, a ...any) {
 	if m.debug {
 		fmt.Fprintf(m.diag, "flushvm: [%.3f s] "+format+"\n", append([]any{time.Since(m.start).Seconds()}, a...)...)
 	}
+}
+
+// vcpuTrace records when a vCPU last entered and left KVM_RUN (debug mode).
+type vcpuTrace struct {
+	entered, exited, exits atomic.Int64
 }

@@ -66,6 +66,10 @@ type Result struct {
 	Start time.Duration
 	// Duration is the run's wall time.
 	Duration time.Duration
+	// Err is set when the run did not finish with a status of its own
+	// (it timed out in L1 or could not start); Output still holds what
+	// it printed.
+	Err error
 }
 
 // Options configure a session.
@@ -276,9 +280,10 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 	}
 	for i := range runs {
 		res, err := collect(dir, i, watch)
-		if err != nil {
-			return err
+		if errors.Is(err, ErrNoStatus) {
+			return err // L1 itself failed: no run after i has a result either
 		}
+		res.Err = err
 		s.Results = append(s.Results, res)
 		if err := m.copyStats(i); err != nil {
 			return err
@@ -304,6 +309,7 @@ func collect(dir string, i int, watch *console) (Result, error) {
 	if err != nil {
 		return res, fmt.Errorf("run %d: %w (last console line: %s)", i, ErrNoStatus, watch.tail())
 	}
+	res.Output, _ = os.ReadFile(job.LogFile(dir, i))
 	st := strings.TrimSpace(string(b))
 	if msg, ok := strings.CutPrefix(st, "error: "); ok {
 		return res, fmt.Errorf("run %d in L1: %s", i, msg)
@@ -311,7 +317,6 @@ func collect(dir string, i int, watch *console) (Result, error) {
 	if res.Status, err = strconv.Atoi(st); err != nil {
 		return res, fmt.Errorf("run %d: bad status %q: %w", i, st, err)
 	}
-	res.Output, _ = os.ReadFile(job.LogFile(dir, i))
 	return res, nil
 }
 

@@ -3,7 +3,6 @@ package vhostuser
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"io"
 	"log"
 	"os"
@@ -20,9 +19,9 @@ import (
 // Test guest layout: one memfd-backed region, seen by the guest at gpaBase
 // and by the (pretend) frontend process at uvaBase.
 const (
-	gpaBase  uint64 = 0x100000
-	uvaBase  uint64 = 0x7f1200000000
-	memSize  uint64 = 4 << 20
+	gpaBase uint64 = 0x100000
+	uvaBase uint64 = 0x7f1200000000
+	memSize uint64 = 4 << 20
 )
 
 // testFrontend is the frontend end of a socketpair, speaking vhost-user to
@@ -454,5 +453,3 @@ func openFDs(t *testing.T) int {
 	}
 	return len(ents)
 }
-
-func (f *testFrontend) String() string { return fmt.Sprintf("frontend fd %d", f.fd) }

@@ -108,12 +108,15 @@ func session(ctx context.Context, opts harness.Options, r harness.Run) int {
 	if err != nil {
 		return fail(err)
 	}
+	res := s.Results[0]
+	if res.Err != nil {
+		return fail(res.Err)
+	}
 	if s.Mode == harness.Nested {
-		res := s.Results[0]
 		fmt.Fprintf(os.Stderr, "flushvm-harness: L1 reached /init after %.1f s wall (L1 uptime %s); job started at %.1f s, ran %.1f s; exit status %d\n",
 			s.L1Boot.Seconds(), s.L1Uptime, res.Start.Seconds(), res.Duration.Seconds(), res.Status)
 	}
-	return s.Results[0].Status
+	return res.Status
 }
 
 func fail(err error) int {
