@@ -531,9 +531,9 @@ func (c *VolatileCache) admit(op writeOp, off, n int64) (uint64, error) {
 		}
 		if len(c.recs) == cap(c.recs) && c.head >= len(c.recs)/2 {
 			// Reuse the dropped front instead of growing the array.
-			n := copy(c.recs, c.recs[c.head:])
-			clear(c.recs[n:])
-			c.recs, c.head = c.recs[:n], 0
+			kept := copy(c.recs, c.recs[c.head:])
+			clear(c.recs[kept:])
+			c.recs, c.head = c.recs[:kept], 0
 		}
 		c.recs = append(c.recs, r)
 		c.inflight = append(c.inflight, span{seq: seq, off: off, n: n})

@@ -958,8 +958,10 @@ func TestVolatileCacheOverFile(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			c := newTestCache(t, nil, 0)
-			c.lower = fb
+			c, err := NewVolatileCache(fb, VolatileCacheOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
 			r := rand.New(rand.NewPCG(15, 15))
 			var ops []pcOp
 			for i := range 60 {

@@ -35,31 +35,107 @@ const (
 	rxBufferMax = 1 << 16
 )
 
-// serial is a 16550A UART with a FIFO: what the guest transmits goes to out
-// unbuffered, what the host receives queues for the guest. It raises its
-// interrupt line through irq whenever an enabled condition is pending.
+// serial is a 16550A UART with a FIFO. What the guest transmits is queued
+// and written to out by the serial's own goroutine, so a slow or blocked
+// host output (a paused pager, a full pipe) never stalls a vCPU: the guest
+// sees its transmitter busy (LSR THRE clear) while the queue is full, and a
+// THRE interrupt once there is room again, as from a real UART at a slower
+// line rate. What the host receives queues for the guest. The interrupt line
+// is raised through irq whenever an enabled condition is pending.
 type serial struct {
-	mu     sync.Mutex
-	out    io.Writer
-	irq    func(level bool)
-	ier    uint8
-	lcr    uint8
-	mcr    uint8
-	scr    uint8
-	fcr    uint8
-	dll    uint8
-	dlm    uint8
-	rx     []byte
-	thri   bool // THR-empty interrupt pending
-	level  bool // last level given to irq
-	outBuf [1]byte
+	mu    sync.Mutex
+	out   io.Writer
+	irq   func(level bool)
+	ier   uint8
+	lcr   uint8
+	mcr   uint8
+	scr   uint8
+	fcr   uint8
+	dll   uint8
+	dlm   uint8
+	rx    []byte
+	thri  bool // THR-empty interrupt pending
+	level bool // last level given to irq
+
+	tx       []byte        // queued output, at most txBufferMax bytes
+	txSpare  []byte        // the writer's buffer, swapped with tx
+	txFull   bool          // the guest saw the queue full: interrupt when it drains
+	txWake   chan struct{} // nudges the writer
+	txDone   chan struct{} // closed when the writer returns
+	txClosed bool
+
 	raises int    // interrupt line raises, for debugging
 	outN   int    // bytes transmitted
 	first  func() // called at the first transmitted byte (debugging)
 }
 
+// txBufferMax bounds the output queue.
+const txBufferMax = 1 << 16
+
 func newSerial(out io.Writer, irq func(level bool)) *serial {
-	return &serial{out: out, irq: irq, dll: 12}
+	return &serial{out: out, irq: irq, dll: 12,
+		tx: make([]byte, 0, txBufferMax), txSpare: make([]byte, 0, txBufferMax)}
+}
+
+// startOutput launches the goroutine that writes queued output.
+func (s *serial) startOutput() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.txWake != nil {
+		return
+	}
+	s.txWake = make(chan struct{}, 1)
+	s.txDone = make(chan struct{})
+	go s.writeLoop()
+}
+
+// stopOutput writes what is still queued, then stops the writer and waits
+// for it.
+func (s *serial) stopOutput() {
+	s.mu.Lock()
+	if s.txWake == nil || s.txClosed {
+		s.mu.Unlock()
+		return
+	}
+	s.txClosed = true
+	s.mu.Unlock()
+	s.nudge()
+	<-s.txDone
+}
+
+func (s *serial) nudge() {
+	select {
+	case s.txWake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *serial) writeLoop() {
+	defer close(s.txDone)
+	for range s.txWake {
+		for {
+			s.mu.Lock()
+			s.tx, s.txSpare = s.txSpare[:0], s.tx
+			batch, closed := s.txSpare, s.txClosed
+			if s.txFull && len(batch) > 0 {
+				// Room again: the transmitter is empty from the
+				// guest's point of view.
+				s.txFull = false
+				s.thri = true
+				s.update()
+			}
+			s.mu.Unlock()
+			if len(batch) == 0 {
+				if closed {
+					return
+				}
+				break
+			}
+			// Console output the host cannot take is not the guest's
+			// concern; it is dropped like characters on a cut line.
+			_, _ = s.out.Write(batch)
+		}
+	}
 }
 
 // Receive queues input for the guest; bytes beyond a 64 KiB backlog are
@@ -135,7 +211,12 @@ func (s *serial) In(off uint16) uint8 {
 	case uartMCR:
 		v = s.mcr
 	case uartLSR:
-		v = lsrTHRE | lsrTEMT
+		if len(s.tx) < txBufferMax {
+			v |= lsrTHRE
+		}
+		if len(s.tx) == 0 {
+			v |= lsrTEMT
+		}
 		if len(s.rx) > 0 {
 			v |= lsrDR
 		}
@@ -172,9 +253,20 @@ func (s *serial) Out(off uint16, v uint8) {
 			if s.outN == 0 && s.first != nil {
 				s.first()
 			}
+			if len(s.tx) >= txBufferMax {
+				// A guest that ignores THRE overruns the queue.
+				s.txFull = true
+				break
+			}
 			s.outN++
-			s.outBuf[0] = v
-			s.out.Write(s.outBuf[:]) // console output loss is not the guest's concern
+			s.tx = append(s.tx, v)
+			if s.txWake != nil {
+				s.nudge()
+			}
+			if len(s.tx) >= txBufferMax {
+				s.txFull = true
+				break // THRE stays clear until the writer drains
+			}
 		}
 		s.thri = true
 	case uartIER:

@@ -47,7 +47,7 @@ func newRunFlags() *runFlags {
 	f := &runFlags{fs: pflag.NewFlagSet("run", pflag.ContinueOnError)}
 	fs := f.fs
 	fs.SortFlags = false
-	fs.StringVar(&f.kernel, "kernel", "", "Linux bzImage to boot (required)\n  e.g. --kernel build/kernel/vmlinuz-6.1.0-56-amd64")
+	fs.StringVar(&f.kernel, "kernel", "", "Linux bzImage (or ELF vmlinux) to boot (required)\n  e.g. --kernel build/kernel/vmlinuz-6.1.0-56-amd64")
 	fs.StringVar(&f.initrd, "initrd", "", "initial ramdisk (cpio, optionally compressed) given to the kernel\n  e.g. --initrd build/initramfs.cpio.gz")
 	fs.StringVar(&f.append, "append", defaultAppend, "kernel command line\n  e.g. --append 'console=ttyS0 reboot=k panic=-1 quiet'")
 	fs.StringVar(&f.mem, "mem", "512M", "guest RAM: a number with K, M or G (no suffix: MiB)\n  e.g. --mem 1G")
@@ -71,13 +71,24 @@ func (f *runFlags) usage(w io.Writer) {
 	fmt.Fprint(w, f.fs.FlagUsagesWrapped(0))
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Ending the machine and exit status:")
-	fmt.Fprintln(w, "  guest reboot (reboot=k, cf9 reset or triple fault)     exit status 0")
-	fmt.Fprintf(w, "  guest writes one byte v to I/O port %#x (debug exit)    exit status v\n", vmm.DebugExitPort)
-	fmt.Fprintln(w, "      e.g. in a guest shell: printf '\\x05' | dd of=/dev/port bs=1 seek=244")
-	fmt.Fprintln(w, "  Ctrl-A x on the console (when stdin is a terminal)     exit status 0")
-	fmt.Fprintln(w, "  SIGINT/SIGTERM to flushvm                              exit status 128+signal")
-	fmt.Fprintln(w, "  KVM cannot run the guest (diagnostic on stderr)        exit status 1")
-	fmt.Fprintln(w, "  usage or host-setup error (one line on stderr)         exit status 2")
+	for _, row := range [][2]string{
+		{"guest reboot (reboot=k, cf9 reset or triple fault)", "0"},
+		{fmt.Sprintf("guest writes one byte v to I/O port %#x (debug exit)", vmm.DebugExitPort), "v"},
+		{"Ctrl-A x on the console (when stdin is a terminal)", "0"},
+		{"SIGINT/SIGTERM to flushvm", "128+signal"},
+		{"KVM cannot run the guest (diagnostic on stderr)", "1"},
+		{"usage or host-setup error (one line on stderr)", "2"},
+	} {
+		fmt.Fprintf(w, "  %-54s exit status %s\n", row[0], row[1])
+	}
+	fmt.Fprintln(w, "  debug exit from a guest shell: printf '\\x05' | dd of=/dev/port bs=1 seek=244")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Environment:")
+	fmt.Fprintln(w, "  FLUSHVM_DEBUG=1   log to stderr why the machine stopped, timings, vCPU and")
+	fmt.Fprintln(w, "                    interrupt state at exit, and the VMM's memory use")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "--kernel also accepts an uncompressed ELF vmlinux, which skips the kernel's")
+	fmt.Fprintln(w, "self-decompression (seconds when the guest runs nested under emulation).")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Example:")
 	fmt.Fprintln(w, "  flushvm run --kernel vmlinuz --initrd initrd.cpio.gz --mem 1G --cpus 2 \\")
