@@ -6,7 +6,7 @@ STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Seconds each Fuzz target runs in `make test` and in `make fuzz`.
 FUZZ_SMOKE  ?= 3s
 FUZZTIME    ?= 60s
-# Extra flags for `make run` (flushvm-guest demo): e.g. DEMO="--disk --cache unsafe".
+# Extra flags for `make run` (flushvm-guest demo): e.g. DEMO="--cache unsafe --cpus 1".
 DEMO        ?=
 # Bound on one `make run` (it must finish in < 3 minutes from a warm cache).
 RUN_TIMEOUT ?= 170s
@@ -14,7 +14,7 @@ INTEGRATION_TIMEOUT ?= 40m
 
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v '/integration')
 
-.PHONY: all build run run-disk test unit fuzz-smoke fuzz integration lint artifacts clean
+.PHONY: all build run run-nodisk test unit fuzz-smoke fuzz integration lint artifacts clean
 
 all: build
 
@@ -28,13 +28,14 @@ build:
 artifacts:
 	$(GO) run ./guest/cmd/flushvm-guest artifacts
 
-## run: boot a test guest with flushvm (nested on hosts without usable KVM).
+## run: boot a test guest under flushvm (nested on hosts without usable KVM)
+## with a fresh sparse ext4 disk, show the machine from /init and run fsyncstress.
 run:
-	$(GO) run ./guest/cmd/flushvm-guest --timeout $(RUN_TIMEOUT) demo $(DEMO)
-
-## run-disk: boot with a fresh sparse ext4 disk and run fsyncstress on it.
-run-disk:
 	$(GO) run ./guest/cmd/flushvm-guest --timeout $(RUN_TIMEOUT) demo --disk $(DEMO)
+
+## run-nodisk: the same boot without a disk: only the machine line from /init.
+run-nodisk:
+	$(GO) run ./guest/cmd/flushvm-guest --timeout $(RUN_TIMEOUT) demo $(DEMO)
 
 ## test: unit tests, a short fuzz of every Fuzz target, then the Linux-guest integration tests.
 test: unit fuzz-smoke integration

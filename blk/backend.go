@@ -27,7 +27,9 @@ import (
 //     after the write completes and completes the request only after that
 //     Sync returns; a wrapper therefore sees every durability point as a
 //     Sync call. (O_DIRECT, used by cache=none and directsync, bypasses the
-//     host page cache but is not durability: it too is followed by Sync.)
+//     host page cache but does not flush the disk's own cache, so it is not
+//     durability either: cache=directsync calls Sync after each write too,
+//     and cache=none syncs on FLUSH like cache=writeback.)
 //   - The device may issue calls concurrently, from several goroutines,
 //     including Sync concurrently with reads and writes. It never issues two
 //     writes to overlapping ranges concurrently unless the guest did, in which

@@ -49,13 +49,16 @@ type boot struct {
 // as a subtest.
 func session(t *testing.T, boots []boot) {
 	t.Helper()
+	const perRun = 4 * time.Minute
 	runs := make([]harness.Run, len(boots))
 	for i, b := range boots {
-		runs[i] = harness.Run{Args: b.args, Timeout: 4 * time.Minute}
+		runs[i] = harness.Run{Args: b.args, Timeout: perRun}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	// L1's boot, then each run's bound and its slack in L1.
+	bound := 3*time.Minute + time.Duration(len(runs))*(perRun+time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	defer cancel()
-	s, err := harness.Execute(ctx, harness.Options{Stdout: consoleWriter{}, Timeout: 20 * time.Minute}, runs...)
+	s, err := harness.Execute(ctx, harness.Options{Stdout: consoleWriter{}, Timeout: bound}, runs...)
 	if s != nil {
 		t.Logf("session: flushvm ran %s (%s); wall %.1f s", s.Mode, s.Reason, s.Wall.Seconds())
 		if s.Mode == harness.Nested {
@@ -63,8 +66,17 @@ func session(t *testing.T, boots []boot) {
 		}
 	}
 	if err != nil {
+		if s != nil && s.Console != "" {
+			t.Logf("L1 console (end):\n%s", s.Console)
+		}
 		t.Fatalf("harness: %v", err)
 	}
+	failed := false
+	defer func() {
+		if failed && s.Console != "" {
+			t.Logf("L1 console (end):\n%s", s.Console)
+		}
+	}()
 	for i, b := range boots {
 		r := s.Results[i]
 		where := "directly"
@@ -73,12 +85,14 @@ func session(t *testing.T, boots []boot) {
 		}
 		t.Logf("guest boot %d/%d %q: flushvm run %s (%s): exit status %d after %.1f s%s",
 			i+1, len(boots), b.name, strings.Join(b.args, " "), where, r.Status, r.Duration.Seconds(), initUptime(r.Output))
-		t.Run(b.name, func(t *testing.T) {
+		if !t.Run(b.name, func(t *testing.T) {
 			if r.Err != nil {
 				t.Fatalf("%v; output:\n%s", r.Err, r.Output)
 			}
 			b.check(t, r)
-		})
+		}) {
+			failed = true
+		}
 	}
 }
 

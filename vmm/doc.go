@@ -1,5 +1,6 @@
 // Package vmm is a minimal x86-64 KVM machine that boots an unmodified Linux
-// bzImage through the 64-bit boot protocol.
+// bzImage through the 64-bit boot protocol (or an uncompressed ELF vmlinux
+// at its 64-bit entry point, which spares the guest its decompression).
 //
 // The machine has RAM (split around a hole below 4 GiB), an MP table
 // announcing its vCPUs, the IOAPIC and how ISA and PCI interrupts reach it,

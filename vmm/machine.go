@@ -218,8 +218,11 @@ const barWindow = 1 << 24
 func (m *Machine) Memory() *guestmem.Memory { return m.ram.mem }
 
 // Run runs the machine until the guest ends it, Stop is called, or a vCPU
-// fails; it returns how the machine ended. All vCPU goroutines and the
-// console reader have returned when Run returns.
+// fails; it returns how the machine ended. All vCPU goroutines, the console
+// reader and the serial output writer have returned when Run returns (the
+// queued serial output written). Run raises GOMAXPROCS to at least the
+// number of vCPUs plus two, so that a vCPU thread coming back from KVM_RUN
+// never waits for a scheduler slot.
 func (m *Machine) Run() Result {
 	if m.ran {
 		return Result{Kind: ExitError, Status: 1, Err: errors.New("machine already ran")}
@@ -238,6 +241,7 @@ func (m *Machine) Run() Result {
 	if m.debug {
 		m.serial.first = func() { m.debugf("first serial output") }
 	}
+	m.serial.startOutput()
 	m.cons.start(m.serial.Receive, func() { m.stop(Result{Kind: ExitQuit}) })
 	var wg sync.WaitGroup
 	for i := range m.vcpus {
@@ -248,11 +252,17 @@ func (m *Machine) Run() Result {
 		}(i)
 	}
 	wg.Wait()
+	// Every vCPU loop ends only after stop began; wait until it has kicked
+	// them all, and make later Stop calls no-ops, so that Close cannot race
+	// with a kick.
+	m.stopOnce.Do(func() {})
 	m.cons.stop()
+	m.serial.stopOutput()
 	m.debugf("all vCPUs stopped; serial: %s", m.serial.debugString())
 	if m.debug {
 		m.dumpVCPUs()
-		m.debugf("VMM memory: %s", memoryUsage())
+		g, err := guestResident(m.ram.mapping)
+		m.debugf("VMM memory: %s; guest RAM resident %d kB (error %v)", memoryUsage(), g>>10, err)
 	}
 	return m.result
 }

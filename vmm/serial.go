@@ -274,7 +274,7 @@ func (s *serial) Out(off uint16, v uint8) {
 			s.dlm = v
 			break
 		}
-		if v&ierTHRI != 0 && s.ier&ierTHRI == 0 {
+		if v&ierTHRI != 0 && s.ier&ierTHRI == 0 && len(s.tx) < txBufferMax {
 			s.thri = true // enabling THRI with an empty THR interrupts at once
 		}
 		s.ier = v & 0x0f

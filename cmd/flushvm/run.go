@@ -187,10 +187,6 @@ func (f *runFlags) run(stdout, stderr io.Writer) (status int, err error) {
 		devices = append(devices, d)
 	}
 
-	var console *os.File
-	if fi, err := os.Stdin.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 || err == nil && fi.Mode()&os.ModeNamedPipe != 0 {
-		console = os.Stdin
-	}
 	m, err := vmm.New(vmm.Config{
 		Kernel:  kernel,
 		Initrd:  initrd,
@@ -198,7 +194,7 @@ func (f *runFlags) run(stdout, stderr io.Writer) (status int, err error) {
 		MemSize: mem,
 		CPUs:    f.cpus,
 		Devices: devices,
-		Console: console,
+		Console: os.Stdin,
 		Output:  stdout,
 		Diag:    stderr,
 		Debug:   os.Getenv("FLUSHVM_DEBUG") != "",

@@ -13,7 +13,7 @@ const FsyncstressScript = `set -e
 mkdir -p /mnt/disk
 mount -t ext4 /dev/vda /mnt/disk
 echo "write cache: $(cat /sys/block/vda/queue/write_cache)"
-/bin/fsyncstress -dir /mnt/disk -writers 4 -records 250
+/bin/fsyncstress -dir /mnt/disk -writers 4 -records 100
 umount /mnt/disk
 `
 

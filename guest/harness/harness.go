@@ -24,6 +24,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/flushvm/flushvm/guest"
@@ -66,6 +67,9 @@ type Result struct {
 	Start time.Duration
 	// Duration is the run's wall time.
 	Duration time.Duration
+	// MaxRSSKiB is the run's peak resident set size (nested: measured by
+	// L1's init; direct: by the harness).
+	MaxRSSKiB int64
 	// Err is set when the run did not finish with a status of its own
 	// (it timed out in L1 or could not start); Output still holds what
 	// it printed.
@@ -102,6 +106,9 @@ type Session struct {
 	Wall time.Duration
 	// Results has one entry per run, in order.
 	Results []Result
+	// Console is the end of the L1 console (nested): L1's own lines and
+	// every run's output, for diagnosing a failed session.
+	Console string
 }
 
 // Execute runs the runs in one session: one L1 boot when nested.
@@ -168,6 +175,11 @@ func direct(ctx context.Context, opts Options, s *Session, runs []Run) error {
 		err := cmd.Run()
 		res.Duration = time.Since(t0) - res.Start
 		res.Output = buf.Bytes()
+		if cmd.ProcessState != nil {
+			if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+				res.MaxRSSKiB = ru.Maxrss
+			}
+		}
 		var ee *exec.ExitError
 		switch {
 		case rctx.Err() != nil:
@@ -271,6 +283,7 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 	cmd.WaitDelay = 5 * time.Second
 	qerr := cmd.Run()
 	watch.flush()
+	s.Console = watch.recent()
 	s.L1Boot, s.L1Uptime = watch.l1Boot()
 	if ctx.Err() != nil {
 		return fmt.Errorf("QEMU L1 killed: %w", ctx.Err())
@@ -304,7 +317,7 @@ func commandsOnly(runs []Run) bool {
 // collect reads run i's status and log from the job directory.
 func collect(dir string, i int, watch *console) (Result, error) {
 	res := Result{}
-	res.Start, res.Duration = watch.runTimes(i)
+	res.Start, res.Duration, res.MaxRSSKiB = watch.runTimes(i)
 	b, err := os.ReadFile(job.StatusFile(dir, i))
 	if err != nil {
 		return res, fmt.Errorf("run %d: %w (last console line: %s)", i, ErrNoStatus, watch.tail())
@@ -375,10 +388,12 @@ type console struct {
 	t0     time.Time
 	line   []byte
 	last   string
+	lines  []string // the most recent lines, at most keepLines
 	boot   time.Duration
 	uptime string
 	starts []time.Duration
 	ends   []time.Duration
+	rss    []int64
 }
 
 func newConsole(out io.Writer, t0 time.Time) *console { return &console{out: out, t0: t0} }
@@ -412,10 +427,17 @@ func (c *console) flush() {
 	}
 }
 
+// keepLines is how much console history a session keeps for diagnosis.
+const keepLines = 200
+
 func (c *console) observe(line string) {
 	if strings.TrimSpace(line) != "" {
 		c.last = line
 	}
+	if len(c.lines) == keepLines {
+		c.lines = c.lines[1:]
+	}
+	c.lines = append(c.lines, line)
 	now := time.Since(c.t0)
 	// Firmware clears the screen without a newline, so markers may
 	// follow escape sequences on their line.
@@ -433,6 +455,10 @@ func (c *console) observe(line string) {
 	}
 	if strings.HasPrefix(line, "flushvm-l1: end run ") {
 		c.ends = append(c.ends, now)
+		var n int
+		var kib int64
+		fmt.Sscanf(line, "flushvm-l1: end run %d, max RSS %d KiB", &n, &kib)
+		c.rss = append(c.rss, kib)
 	}
 }
 
@@ -442,17 +468,26 @@ func (c *console) l1Boot() (time.Duration, string) {
 	return c.boot, c.uptime
 }
 
-func (c *console) runTimes(i int) (start, dur time.Duration) {
+func (c *console) runTimes(i int) (start, dur time.Duration, rss int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if i >= len(c.starts) {
-		return 0, 0
+		return 0, 0, 0
+	}
+	if i < len(c.rss) {
+		rss = c.rss[i]
 	}
 	end := time.Since(c.t0)
 	if i < len(c.ends) {
 		end = c.ends[i]
 	}
-	return c.starts[i], end - c.starts[i]
+	return c.starts[i], end - c.starts[i], rss
+}
+
+func (c *console) recent() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return strings.Join(c.lines, "\n")
 }
 
 func (c *console) tail() string {

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestDecide(t *testing.T) {
@@ -109,5 +110,37 @@ func TestParseMode(t *testing.T) {
 	}
 	if _, err := ParseMode("sideways"); err == nil {
 		t.Error("ParseMode accepted sideways")
+	}
+}
+
+func TestConsoleMarkers(t *testing.T) {
+	var out strings.Builder
+	c := newConsole(&out, time.Now())
+	in := "\x1bc\x1b[2Jflushvm-l1: kernel 6.1.0-56-amd64, 2 CPUs, 1965 MiB memory, uptime 4.82 s at /init\r\n" +
+		"flushvm-l1: start run 0 at uptime 4.98 s\r\nL2 says hi\r\n" +
+		"flushvm-l1: end run 0, max RSS 40960 KiB\r\nflushvm-l1: start run 1 at uptime 9 s\r\npartial"
+	for _, chunk := range []string{in[:7], in[7:60], in[60:]} {
+		if _, err := c.Write([]byte(chunk)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.flush()
+	if strings.Contains(out.String(), "\r") {
+		t.Error("carriage returns were passed through")
+	}
+	if boot, up := c.l1Boot(); boot == 0 || up != "4.82 s" {
+		t.Errorf("l1Boot = %v, %q", boot, up)
+	}
+	if _, _, rss := c.runTimes(0); rss != 40960 {
+		t.Errorf("run 0 RSS %d KiB, want 40960", rss)
+	}
+	if start, _, _ := c.runTimes(1); start == 0 {
+		t.Error("run 1 start not seen")
+	}
+	if _, _, rss := c.runTimes(2); rss != 0 {
+		t.Errorf("run 2 never started, RSS %d", rss)
+	}
+	if c.tail() != "partial" || !strings.HasSuffix(c.recent(), "L2 says hi\nflushvm-l1: end run 0, max RSS 40960 KiB\nflushvm-l1: start run 1 at uptime 9 s\npartial") {
+		t.Errorf("tail %q, recent %q", c.tail(), c.recent())
 	}
 }

@@ -108,3 +108,20 @@ func TestFetchIsCached(t *testing.T) {
 		t.Errorf("incomplete kernel description %+v", k)
 	}
 }
+
+func TestDependsRE(t *testing.T) {
+	tests := []struct{ out, want string }{
+		{"linux-image-amd64\n  Depends: linux-image-6.1.0-56-amd64\n", "linux-image-6.1.0-56-amd64"},
+		{"linux-image-amd64\n  Depends: initramfs-tools\n  Depends: linux-image-6.12.9+bpo-amd64\n", "linux-image-6.12.9+bpo-amd64"},
+		{"linux-image-amd64\n  Depends: initramfs-tools\n", ""},
+	}
+	for _, tt := range tests {
+		got := ""
+		if m := dependsRE.FindStringSubmatch(tt.out); m != nil {
+			got = m[1]
+		}
+		if got != tt.want {
+			t.Errorf("depends in %q = %q, want %q", tt.out, got, tt.want)
+		}
+	}
+}

@@ -18,7 +18,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/signal"
@@ -113,8 +115,8 @@ func session(ctx context.Context, opts harness.Options, r harness.Run) int {
 		return fail(res.Err)
 	}
 	if s.Mode == harness.Nested {
-		fmt.Fprintf(os.Stderr, "flushvm-harness: L1 reached /init after %.1f s wall (L1 uptime %s); job started at %.1f s, ran %.1f s; exit status %d\n",
-			s.L1Boot.Seconds(), s.L1Uptime, res.Start.Seconds(), res.Duration.Seconds(), res.Status)
+		fmt.Fprintf(os.Stderr, "flushvm-harness: L1 reached /init after %.1f s wall (L1 uptime %s); job started at %.1f s, ran %.1f s; flushvm max RSS %d MiB; exit status %d\n",
+			s.L1Boot.Seconds(), s.L1Uptime, res.Start.Seconds(), res.Duration.Seconds(), res.MaxRSSKiB>>10, res.Status)
 	}
 	return res.Status
 }
@@ -146,6 +148,7 @@ func demo(ctx context.Context, opts harness.Options, args []string) int {
 	run := []string{"--kernel", a.Kernel.BzImage, "--mem", *mem, "--cpus", fmt.Sprint(*cpus)}
 	cmdline := "console=ttyS0 panic=-1 quiet"
 	initrd := a.Initramfs
+	var stats string
 	if *withDisk {
 		dir, err := os.MkdirTemp(a.Cache, "demo-disk-")
 		if err != nil {
@@ -161,6 +164,10 @@ func demo(ctx context.Context, opts harness.Options, args []string) int {
 			return fail(err)
 		}
 		run = append(run, "--disk", "path="+img+",cache="+*cache)
+		if !*qemu {
+			stats = filepath.Join(dir, "stats.json")
+			run = append(run, "--stats", stats)
+		}
 		cmdline += " flushvm.run=script"
 		fmt.Fprintf(os.Stderr, "flushvm-guest: disk %s (%s sparse, ext4, cache=%s)\n", img, *size, *cache)
 	}
@@ -173,5 +180,32 @@ func demo(ctx context.Context, opts harness.Options, args []string) int {
 		return st
 	}
 	fmt.Fprintf(os.Stderr, "flushvm-guest: flushvm run %s\n", strings.Join(run, " "))
-	return session(ctx, opts, harness.Run{Args: run})
+	st := session(ctx, opts, harness.Run{Args: run})
+	if stats != "" {
+		printStats(stats)
+	}
+	return st
+}
+
+// printStats summarises a --stats document: what the guest asked of each
+// disk against what reached the host.
+func printStats(path string) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "flushvm-guest: no --stats from flushvm: %v\n", err)
+		return
+	}
+	var doc struct {
+		Disks []map[string]any `json:"disks"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber() // print counters as integers
+	if err := dec.Decode(&doc); err != nil {
+		fmt.Fprintf(os.Stderr, "flushvm-guest: --stats: %v\n", err)
+		return
+	}
+	for i, d := range doc.Disks {
+		fmt.Fprintf(os.Stderr, "flushvm-guest: disk vd%c cache=%v: writes %v, flushes %v, host_syncs %v, bytes_written %v, errors %v\n",
+			'a'+i, d["cache"], d["writes"], d["flushes"], d["host_syncs"], d["bytes_written"], d["errors"])
+	}
 }

@@ -7,8 +7,8 @@
 //
 // It prints "flushvm-l1: ..." lines the host harness reads for timing:
 // "flushvm-l1: kernel ..." when L1 reaches /init and
-// "flushvm-l1: start run N" before and "flushvm-l1: end run N" after each
-// command.
+// "flushvm-l1: start run N" before and "flushvm-l1: end run N, max RSS K
+// KiB" after each command (K is the command's peak resident set size).
 package main
 
 import (
@@ -69,9 +69,9 @@ func run() error {
 	for i, r := range j.Runs {
 		up, _ := pid1.Uptime()
 		pid1.Logf(prefix, "start run %d at uptime %.2f s", i, up.Seconds())
-		status, err := runOne(i, r)
+		status, rss, err := runOne(i, r)
 		var rec string
-		pid1.Logf(prefix, "end run %d", i)
+		pid1.Logf(prefix, "end run %d, max RSS %d KiB", i, rss)
 		if err != nil {
 			pid1.Logf(prefix, "run %d: %v", i, err)
 			rec = "error: " + err.Error()
@@ -86,14 +86,14 @@ func run() error {
 }
 
 // runOne runs one command with its output on the console and in its log
-// file and returns its exit status.
-func runOne(i int, r job.Run) (int, error) {
+// file and returns its exit status and peak RSS in KiB.
+func runOne(i int, r job.Run) (status int, maxRSS int64, err error) {
 	if len(r.Argv) == 0 {
-		return 0, errors.New("empty command")
+		return 0, 0, errors.New("empty command")
 	}
 	log, err := os.Create(job.LogFile(job.Mount, i))
 	if err != nil {
-		return 0, fmt.Errorf("log: %w", err)
+		return 0, 0, fmt.Errorf("log: %w", err)
 	}
 	defer log.Close()
 	ctx := context.Background()
@@ -107,19 +107,42 @@ func runOne(i int, r job.Run) (int, error) {
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.Dir = job.Mount
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	err = cmd.Run()
+	// After the timeout's SIGKILL, stop waiting for output pipes held open
+	// by anything the command left behind.
+	cmd.WaitDelay = 5 * time.Second
+	if err := cmd.Start(); err != nil {
+		return 0, 0, fmt.Errorf("start %s: %w", r.Argv[0], err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var hard <-chan time.Time
+	if r.TimeoutSec > 0 {
+		// A process stuck in the kernel may outlive SIGKILL; L1 must
+		// still report and power off.
+		hard = time.After(time.Duration(r.TimeoutSec)*time.Second + 30*time.Second)
+	}
+	select {
+	case err = <-done:
+	case <-hard:
+		return 0, 0, fmt.Errorf("%s: timed out after %d s and did not die on SIGKILL", r.Argv[0], r.TimeoutSec)
+	}
+	if ps := cmd.ProcessState; ps != nil {
+		if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
+			maxRSS = ru.Maxrss // KiB on Linux
+		}
+	}
 	var ee *exec.ExitError
 	switch {
 	case ctx.Err() != nil:
-		return 0, fmt.Errorf("%s: timed out after %d s", r.Argv[0], r.TimeoutSec)
+		return 0, maxRSS, fmt.Errorf("%s: timed out after %d s", r.Argv[0], r.TimeoutSec)
 	case err == nil:
-		return 0, nil
+		return 0, maxRSS, nil
 	case errors.As(err, &ee):
 		if ws, ok := ee.Sys().(unix.WaitStatus); ok && ws.Signaled() {
-			return 128 + int(ws.Signal()), nil
+			return 128 + int(ws.Signal()), maxRSS, nil
 		}
-		return ee.ExitCode(), nil
+		return ee.ExitCode(), maxRSS, nil
 	default:
-		return 0, fmt.Errorf("start %s: %w", r.Argv[0], err)
+		return 0, maxRSS, fmt.Errorf("wait %s: %w", r.Argv[0], err)
 	}
 }
