@@ -89,3 +89,11 @@ type Device interface {
 	// returns the device to its state before Activate.
 	Reset()
 }
+
+// FeatureNegotiator is implemented by devices whose configuration depends on
+// the negotiated features before DRIVER_OK (virtio-blk's writeback field,
+// virtio 1.2 5.2.5.2). Transports call it when the driver's feature set is
+// accepted (FEATURES_OK for PCI, SET_FEATURES for vhost-user).
+type FeatureNegotiator interface {
+	NegotiateFeatures(features uint64)
+}

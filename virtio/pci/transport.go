@@ -453,6 +453,10 @@ func (t *Transport) setStatus(v uint8) {
 		// includes VERSION_1; the driver reads it back to find out.
 		if t.drvFeatures&^t.offered != 0 || t.drvFeatures&virtio.FeatureVersion1 == 0 {
 			v &^= virtio.StatusFeaturesOK
+		} else if n, ok := t.dev.(virtio.FeatureNegotiator); ok {
+			// Drivers read device configuration between FEATURES_OK and
+			// DRIVER_OK; it must already reflect the negotiated features.
+			n.NegotiateFeatures(t.drvFeatures)
 		}
 	}
 	t.status = v | old&virtio.StatusDeviceNeedsReset

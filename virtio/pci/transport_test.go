@@ -3,6 +3,7 @@ package pci
 import (
 	"encoding/binary"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 
@@ -108,7 +109,11 @@ type fakeDevice struct {
 	activations []virtio.Activation
 	resets      int
 	activateErr error
+	// negotiated records NegotiateFeatures calls (virtio.FeatureNegotiator).
+	negotiated []uint64
 }
+
+func (d *fakeDevice) NegotiateFeatures(f uint64) { d.negotiated = append(d.negotiated, f) }
 
 func (d *fakeDevice) DeviceID() uint16 { return 2 }
 func (d *fakeDevice) Features() uint64 {
@@ -591,6 +596,15 @@ func TestFeatureNegotiation(t *testing.T) {
 		r.wcc(ccDeviceStatus, 1, uint64(virtio.StatusAcknowledge|virtio.StatusDriver|virtio.StatusFeaturesOK))
 		if got := r.status()&virtio.StatusFeaturesOK != 0; got != tt.ok {
 			t.Errorf("%s: FEATURES_OK = %v, want %v", tt.name, got, tt.ok)
+		}
+		// The device learns the accepted features at FEATURES_OK, before
+		// the driver reads its configuration, and never rejected ones.
+		wantNeg := []uint64(nil)
+		if tt.ok {
+			wantNeg = []uint64{tt.features}
+		}
+		if !slices.Equal(r.dev.negotiated, wantNeg) {
+			t.Errorf("%s: NegotiateFeatures calls %#x, want %#x", tt.name, r.dev.negotiated, wantNeg)
 		}
 		// DRIVER_OK without FEATURES_OK must not activate the device.
 		r.wcc(ccDeviceStatus, 1, uint64(r.status()|virtio.StatusDriverOK))
