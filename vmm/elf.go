@@ -41,11 +41,11 @@ func loadVmlinux(mem *guestmem.Memory, l memLayout, img []byte, initrd []byte, c
 		if p.Filesz > p.Memsz || end < p.Paddr || p.Paddr < highMemStart || end > l.lowSize {
 			return 0, fmt.Errorf("%w: segment at physical %#x+%#x does not fit in guest RAM [%#x, %#x)", ErrBadKernel, p.Paddr, p.Memsz, highMemStart, l.lowSize)
 		}
-		data := make([]byte, p.Filesz)
-		if _, err := p.ReadAt(data, 0); err != nil {
-			return 0, fmt.Errorf("%w: reading segment at %#x: %v", ErrBadKernel, p.Paddr, err)
+		if p.Off > uint64(len(img)) || p.Filesz > uint64(len(img))-p.Off {
+			return 0, fmt.Errorf("%w: segment at %#x: file bytes [%#x, +%#x) past the end of the image", ErrBadKernel, p.Paddr, p.Off, p.Filesz)
 		}
-		if err := mem.WriteAt(data, p.Paddr); err != nil {
+		// Copy straight from the image: a vmlinux is tens of MiB.
+		if err := mem.WriteAt(img[p.Off:p.Off+p.Filesz], p.Paddr); err != nil {
 			return 0, fmt.Errorf("loading kernel segment: %w", err)
 		}
 		// Guest RAM is a fresh anonymous mapping, so the rest of the

@@ -232,8 +232,8 @@ func (m *Machine) Run() Result {
 	// KVM_RUN; when it comes back with an exit to handle it needs a P at
 	// once. With no more Ps than vCPUs (a 2-CPU host running a 2-vCPU
 	// guest) a returning vCPU can wait for the scheduler to hand it one,
-	// which stalls the guest inside its interrupt handlers. Spare Ps cost
-	// nothing while idle.
+	// and the guest waits with it, possibly inside an interrupt handler.
+	// Spare Ps cost nothing while idle.
 	if want := len(m.vcpus) + 2; runtime.GOMAXPROCS(0) < want {
 		runtime.GOMAXPROCS(want)
 	}

@@ -211,11 +211,11 @@ func (s *serial) In(off uint16) uint8 {
 	case uartMCR:
 		v = s.mcr
 	case uartLSR:
+		// The transmitter is empty whenever the output queue has room:
+		// a guest polling for TEMT (Linux's console does, for each
+		// character) must not wait on the host writing the queue.
 		if len(s.tx) < txBufferMax {
-			v |= lsrTHRE
-		}
-		if len(s.tx) == 0 {
-			v |= lsrTEMT
+			v |= lsrTHRE | lsrTEMT
 		}
 		if len(s.rx) > 0 {
 			v |= lsrDR

@@ -336,6 +336,11 @@ func TestTinyGuestVmlinux(t *testing.T) {
 	}{
 		{"ELF vmlinux boots", makeVmlinux(codeBootCheck), ""},
 		{"32-bit ELF", func() []byte { b := makeVmlinux(codeBootCheck); b[4] = 1; return b }(), "bootable"},
+		{"segment past the end of the file", func() []byte {
+			b := makeVmlinux(codeBootCheck)
+			binary.LittleEndian.PutUint64(b[64+32:], uint64(len(b))+1)
+			return b
+		}(), "past the end"},
 		{"segment outside RAM", func() []byte {
 			b := makeVmlinux(codeBootCheck)
 			binary.LittleEndian.PutUint64(b[64+24:], 1<<40)

@@ -345,7 +345,7 @@ func TestSerial(t *testing.T) {
 		wantOut   string
 		wantLevel bool
 	}{
-		{"transmit", "", []op{{true, uartRBR, 'o'}, {true, uartRBR, 'k'}, {false, uartLSR, lsrTHRE}}, "ok", false},
+		{"transmit", "", []op{{true, uartRBR, 'o'}, {true, uartRBR, 'k'}, {false, uartLSR, lsrTHRE | lsrTEMT}}, "ok", false},
 		{"receive with interrupt", "ab", []op{{true, uartIER, ierRDI}, {false, uartIIR, iirRDI}, {false, uartLSR, lsrTHRE | lsrTEMT | lsrDR}, {false, uartRBR, 'a'}, {false, uartRBR, 'b'}, {false, uartIIR, iirNone}}, "", false},
 		{"THRE interrupt on enable, cleared by IIR read", "", []op{{true, uartIER, ierTHRI}, {false, uartIIR, iirTHRI}, {false, uartIIR, iirNone}}, "", false},
 		{"THRE pending after a write", "", []op{{true, uartIER, ierTHRI}, {false, uartIIR, iirTHRI}, {true, uartRBR, 'x'}}, "x", true},

@@ -17,6 +17,7 @@ const (
 	Nested
 )
 
+// String names the mode as ParseMode accepts it.
 func (m Mode) String() string {
 	switch m {
 	case Direct:

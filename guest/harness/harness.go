@@ -174,7 +174,7 @@ func direct(ctx context.Context, opts Options, s *Session, runs []Run) error {
 		res := Result{Start: time.Since(t0)}
 		err := cmd.Run()
 		res.Duration = time.Since(t0) - res.Start
-		res.Output = buf.Bytes()
+		res.Output = bytes.ReplaceAll(buf.Bytes(), []byte{'\r'}, nil)
 		if cmd.ProcessState != nil {
 			if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
 				res.MaxRSSKiB = ru.Maxrss
@@ -322,7 +322,9 @@ func collect(dir string, i int, watch *console) (Result, error) {
 	if err != nil {
 		return res, fmt.Errorf("run %d: %w (last console line: %s)", i, ErrNoStatus, watch.tail())
 	}
-	res.Output, _ = os.ReadFile(job.LogFile(dir, i))
+	out, _ := os.ReadFile(job.LogFile(dir, i))
+	// The L2 serial console ends lines with CRLF; callers match lines.
+	res.Output = bytes.ReplaceAll(out, []byte{'\r'}, nil)
 	st := strings.TrimSpace(string(b))
 	if msg, ok := strings.CutPrefix(st, "error: "); ok {
 		return res, fmt.Errorf("run %d in L1: %s", i, msg)
@@ -398,6 +400,7 @@ type console struct {
 
 func newConsole(out io.Writer, t0 time.Time) *console { return &console{out: out, t0: t0} }
 
+// Write passes p on without carriage returns and watches for L1 markers.
 func (c *console) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -186,6 +186,10 @@ func (s *session) dispatch(m *message) error {
 			s.deactivate(true)
 		}
 		s.acked, s.featuresSet = v, true
+		// SET_FEATURES is vhost-user's FEATURES_OK.
+		if n, ok := s.dev.(virtio.FeatureNegotiator); ok {
+			n.NegotiateFeatures(v &^ FeatureProtocolFeatures)
+		}
 		return s.reevaluate()
 	case reqGetProtocolFeatures:
 		return s.replyU64(m, SupportedProtocolFeatures)

@@ -34,6 +34,12 @@ func TestNegotiation(t *testing.T) {
 	}
 	f.mustAck(reqSetFeatures, u64(feat))
 	f.mustAck(reqSetOwner, nil)
+	dev.mu.Lock()
+	neg := dev.negotiated
+	dev.mu.Unlock()
+	if len(neg) != 1 || neg[0] != feat&^FeatureProtocolFeatures {
+		t.Errorf("device saw negotiated features %#x, want [%#x] (SET_FEATURES is FEATURES_OK)", neg, feat&^FeatureProtocolFeatures)
+	}
 
 	// GET_CONFIG returns the device's bytes; SET_CONFIG reaches the device.
 	cfgMsg := func(off, size uint32, data []byte) []byte {

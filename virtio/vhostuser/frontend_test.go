@@ -337,6 +337,7 @@ type fakeDevice struct {
 	activations []virtio.Activation
 	resets      int
 	served      uint64
+	negotiated  []uint64
 	activateErr error
 
 	stop chan struct{}
@@ -423,6 +424,12 @@ func (d *fakeDevice) serve(mem *guestmem.Memory, b virtio.QueueBinding, stop cha
 			b.Interrupt.Notify()
 		}
 	}
+}
+
+func (d *fakeDevice) NegotiateFeatures(f uint64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.negotiated = append(d.negotiated, f)
 }
 
 func (d *fakeDevice) Reset() {

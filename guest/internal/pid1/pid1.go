@@ -245,8 +245,9 @@ func DebugExit(v uint8) error {
 		return fmt.Errorf("debug exit: %w", err)
 	}
 	// A VMM that implements the port stops the vCPU on the write; give a
-	// slow emulator a moment before concluding it did not.
-	time.Sleep(500 * time.Millisecond)
+	// slow (nested, loaded) host time before concluding it did not: the
+	// reboot fallback would turn the status into 0.
+	time.Sleep(3 * time.Second)
 	return errors.New("debug exit: the VMM ignored port 0xf4")
 }
 
