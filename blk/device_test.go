@@ -339,6 +339,15 @@ func TestBadChains(t *testing.T) {
 			}
 			return head
 		}, -1, 0},
+		{"more buffers than seg_max", func(h *harness) uint16 {
+			// Linux never does this; a driver that does must read IOERR in
+			// its status byte, not a stale OK for a dropped write.
+			data := make([][]byte, h.dev.segMax()+1)
+			for i := range data {
+				data[i] = make([]byte, 512)
+			}
+			return h.submit(virtio.MockRequest{Header: hdr(TypeOut, 0), Out: data, Status: 1, Indirect: true}).Head
+		}, int(StatusIOErr), 1},
 		{"sector out of range", func(h *harness) uint16 {
 			return h.submit(readReq(1<<40, 512)).Head
 		}, int(StatusIOErr), 1},

@@ -206,7 +206,9 @@ func (q *Queue) NextAvail() uint16 { return q.nextAvail }
 // is empty. On a malformed chain it returns an error wrapping one of the
 // Err* values above with c.Head set, so the device can still hand the head
 // back with AddUsed; ErrAvailIndex means the ring itself is broken.
-// len(c.Descriptors) may not exceed cap(c.Descriptors) (ErrChainTooLong).
+// A chain with more buffers than cap(c.Descriptors) fails with
+// ErrChainTooLong; c.Descriptors then holds its first buffers and, in the
+// last place, the chain's real last buffer.
 func (q *Queue) Pop(c *Chain) (bool, error) {
 	c.Descriptors = c.Descriptors[:0]
 	if q.nextAvail == q.availCache {
@@ -239,7 +241,7 @@ func (q *Queue) Pop(c *Chain) (bool, error) {
 // c.Descriptors.
 func (q *Queue) walk(c *Chain, head uint16) error {
 	idx := head
-	writable := false
+	var st walkState
 	// A chain in the main table visits at most size descriptors; one more
 	// means it came back to a descriptor it already visited.
 	for visited := 0; ; visited++ {
@@ -255,16 +257,16 @@ func (q *Queue) walk(c *Chain, head uint16) error {
 			if flags&descFNext != 0 {
 				return fmt.Errorf("%w: head %d: descriptor %d has both INDIRECT and NEXT", ErrIndirect, c.Head, idx)
 			}
-			return q.walkIndirect(c, addr, length, &writable)
+			return q.walkIndirect(c, addr, length, &st)
 		}
 		if len(c.Descriptors) == cap(c.Descriptors) && loops(q.desc, uint32(idx), uint32(q.size)) {
 			return fmt.Errorf("%w: head %d loops", ErrChainLoop, c.Head)
 		}
-		if err := q.add(c, addr, length, flags, &writable); err != nil {
+		if err := q.add(c, addr, length, flags, &st); err != nil {
 			return err
 		}
 		if flags&descFNext == 0 {
-			return nil
+			return st.end(c, q.size)
 		}
 		if next >= q.size {
 			return fmt.Errorf("%w: head %d: next %d, queue size %d", ErrDescriptorIndex, c.Head, next, q.size)
@@ -274,15 +276,13 @@ func (q *Queue) walk(c *Chain, head uint16) error {
 }
 
 // walkIndirect flattens the indirect table of length bytes at addr.
-func (q *Queue) walkIndirect(c *Chain, addr uint64, length uint32, writable *bool) error {
+func (q *Queue) walkIndirect(c *Chain, addr uint64, length uint32, st *walkState) error {
 	if length == 0 || length%descSize != 0 {
 		return fmt.Errorf("%w: head %d: table length %d is not a positive multiple of %d", ErrIndirect, c.Head, length, descSize)
 	}
 	n := length / descSize
-	if n > uint32(q.size) {
-		// No chain, indirect or not, may be longer than the queue
-		// (virtio 1.2, 2.7.5.3.1).
-		return fmt.Errorf("%w: head %d: indirect table of %d descriptors, queue size %d", ErrChainTooLong, c.Head, n, q.size)
+	if n > maxIndirect {
+		return fmt.Errorf("%w: head %d: indirect table of %d descriptors", ErrChainTooLong, c.Head, n)
 	}
 	table, err := q.mem.Slice(addr, uint64(length))
 	if err != nil {
@@ -301,11 +301,11 @@ func (q *Queue) walkIndirect(c *Chain, addr uint64, length uint32, writable *boo
 		if len(c.Descriptors) == cap(c.Descriptors) && loops(table, idx, n) {
 			return fmt.Errorf("%w: head %d: indirect table of %d descriptors loops", ErrChainLoop, c.Head, n)
 		}
-		if err := q.add(c, daddr, dlen, flags, writable); err != nil {
+		if err := q.add(c, daddr, dlen, flags, st); err != nil {
 			return err
 		}
 		if flags&descFNext == 0 {
-			return nil
+			return st.end(c, q.size)
 		}
 		if uint32(next) >= n {
 			return fmt.Errorf("%w: head %d: indirect next %d, table of %d", ErrDescriptorIndex, c.Head, next, n)
@@ -314,23 +314,58 @@ func (q *Queue) walkIndirect(c *Chain, addr uint64, length uint32, writable *boo
 	}
 }
 
-// add validates one buffer and appends it to the chain.
-func (q *Queue) add(c *Chain, addr uint64, length uint32, flags uint16, writable *bool) error {
+// walkState is what a chain walk carries from one descriptor to the next.
+type walkState struct {
+	// writable is set once a device-writable buffer was seen.
+	writable bool
+	// seen counts the chain's buffers, kept or not.
+	seen int
+}
+
+// end finishes a walk that reached the chain's last descriptor.
+//
+// No chain, indirect or not, may be longer than the queue (virtio 1.2,
+// 2.7.5.3.1); one that is was still walked to its end (the walk is bounded by
+// the queue size, or by the indirect table's length), so the device can fail
+// it in its own status byte.
+func (st *walkState) end(c *Chain, qsize uint16) error {
+	if st.seen > int(qsize) {
+		return fmt.Errorf("%w: head %d: %d buffers, queue size %d", ErrChainTooLong, c.Head, st.seen, qsize)
+	}
+	if st.seen > len(c.Descriptors) {
+		return fmt.Errorf("%w: head %d: %d buffers, room for %d", ErrChainTooLong, c.Head, st.seen, cap(c.Descriptors))
+	}
+	return nil
+}
+
+// maxIndirect bounds the work one indirect table can cost: the largest queue
+// size the spec allows.
+const maxIndirect = 32768
+
+// add validates one buffer and appends it to the chain. A chain longer than
+// cap(c.Descriptors) is walked to its end anyway, its last buffer taking the
+// last place, so that a caller failing it still knows where the chain ends:
+// that is where a block request keeps its status byte, and a driver reading
+// a stale status there would take a dropped write for a completed one.
+func (q *Queue) add(c *Chain, addr uint64, length uint32, flags uint16, st *walkState) error {
 	w := flags&descFWrite != 0
-	if *writable && !w {
-		return fmt.Errorf("%w: head %d, buffer %d", ErrReadableAfterWritable, c.Head, len(c.Descriptors))
+	if st.writable && !w {
+		return fmt.Errorf("%w: head %d, buffer %d", ErrReadableAfterWritable, c.Head, st.seen)
 	}
-	*writable = w
-	if len(c.Descriptors) >= int(q.size) {
-		return fmt.Errorf("%w: head %d: more than the queue size %d", ErrChainTooLong, c.Head, q.size)
-	}
-	if len(c.Descriptors) == cap(c.Descriptors) {
-		return fmt.Errorf("%w: head %d: more than %d buffers", ErrChainTooLong, c.Head, cap(c.Descriptors))
-	}
+	st.writable = w
 	if _, err := q.mem.Slice(addr, uint64(length)); err != nil {
-		return fmt.Errorf("%w: head %d, buffer %d: %w", ErrDescriptorRange, c.Head, len(c.Descriptors), err)
+		return fmt.Errorf("%w: head %d, buffer %d: %w", ErrDescriptorRange, c.Head, st.seen, err)
 	}
-	c.Descriptors = append(c.Descriptors, Descriptor{Addr: addr, Len: length, Writable: w})
+	st.seen++
+	d := Descriptor{Addr: addr, Len: length, Writable: w}
+	switch {
+	case len(c.Descriptors) < cap(c.Descriptors):
+		c.Descriptors = append(c.Descriptors, d)
+	case len(c.Descriptors) > 0:
+		c.Descriptors[len(c.Descriptors)-1] = d
+	default:
+		return fmt.Errorf("%w: head %d: no room for buffers", ErrChainTooLong, c.Head)
+	}
 	return nil
 }
 

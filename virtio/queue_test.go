@@ -3,6 +3,7 @@ package virtio
 import (
 	"errors"
 	"runtime"
+	"slices"
 	"sync"
 	"testing"
 
@@ -621,5 +622,56 @@ func BenchmarkPopComplete(b *testing.B) {
 		q.AddUsed(c.Head, 4097)
 		q.PublishUsed()
 		d.PopUsed()
+	}
+}
+
+// A chain longer than the caller's room fails with ErrChainTooLong, yet
+// c.Descriptors ends with the chain's real last buffer: a block device writes
+// IOERR into the status byte there, so the driver never reads a stale "OK"
+// for a request that was dropped.
+func TestPopOverflowKeepsLastBuffer(t *testing.T) {
+	for _, indirect := range []bool{false, true} {
+		d, q := newPair(t, MockConfig{Size: 16, IndirectDesc: indirect})
+		a, err := d.Alloc(512, 8)
+		if err != nil {
+			t.Fatal(err)
+		}
+		status, err := d.Alloc(1, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bufs := []MockBuffer{{a, 16, false}, {a + 16, 8, false}, {a + 32, 8, false}, {a + 48, 8, false}, {status, 1, true}}
+		head, err := d.AddChain(bufs, indirect)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := newChain(3)
+		ok, err := q.Pop(c)
+		if !ok || !errors.Is(err, ErrChainTooLong) || c.Head != head {
+			t.Fatalf("indirect=%v: Pop = %v, %v, head %d; want ErrChainTooLong, head %d", indirect, ok, err, c.Head, head)
+		}
+		want := []Descriptor{Descriptor(bufs[0]), Descriptor(bufs[1]), Descriptor(bufs[4])}
+		if !slices.Equal(c.Descriptors, want) {
+			t.Errorf("indirect=%v: descriptors %+v, want %+v", indirect, c.Descriptors, want)
+		}
+	}
+
+	// An indirect chain longer than the queue itself (a driver bug) is
+	// refused the same way, its last buffer still found.
+	d, q := newPair(t, MockConfig{Size: 4, IndirectDesc: true})
+	a, err := d.Alloc(512, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bufs := []MockBuffer{{a, 16, false}, {a + 16, 8, false}, {a + 32, 8, false}, {a + 48, 8, false}, {a + 64, 8, false}, {a + 72, 1, true}}
+	if _, err := d.AddChain(bufs, true); err != nil {
+		t.Fatal(err)
+	}
+	c := newChain(64)
+	if ok, err := q.Pop(c); !ok || !errors.Is(err, ErrChainTooLong) {
+		t.Fatalf("Pop = %v, %v; want ErrChainTooLong", ok, err)
+	}
+	if last := c.Descriptors[len(c.Descriptors)-1]; last != Descriptor(bufs[5]) {
+		t.Errorf("last descriptor %+v, want %+v", last, bufs[5])
 	}
 }
