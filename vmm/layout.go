@@ -33,7 +33,7 @@ const (
 // Fixed I/O ports.
 const (
 	portCOM1        = 0x3f8
-	portDebugExit   = 0xf5
+	portDebugExit   = 0xf4
 	portPCIAddress  = 0xcf8
 	portPCIData     = 0xcfc
 	portResetCtl    = 0xcf9

@@ -118,16 +118,7 @@ func runTiny(t *testing.T, code []byte, cpus int, before func(*Machine)) (Result
 	if before != nil {
 		before(m)
 	}
-	done := make(chan Result, 1)
-	go func() { done <- m.Run() }()
-	var res Result
-	select {
-	case res = <-done:
-	case <-time.After(20 * time.Second):
-		m.Stop(99)
-		res = <-done
-		t.Errorf("guest did not end within 20 s; stopped it")
-	}
+	res := runBounded(t, m)
 	if err := m.Close(); err != nil {
 		t.Errorf("Close: %v", err)
 	}
@@ -135,6 +126,18 @@ func runTiny(t *testing.T, code []byte, cpus int, before func(*Machine)) (Result
 		t.Logf("diagnostics:\n%s", diag.String())
 	}
 	return res, out.String()
+}
+
+// runBounded runs m, stopping it (and failing the test) if the guest has
+// not ended after 20 s.
+func runBounded(t *testing.T, m *Machine) Result {
+	t.Helper()
+	timer := time.AfterFunc(20*time.Second, func() {
+		t.Errorf("guest did not end within 20 s; stopping it")
+		m.Stop(99)
+	})
+	defer timer.Stop()
+	return m.Run()
 }
 
 func TestTinyGuestEndings(t *testing.T) {
@@ -260,7 +263,7 @@ func TestFatalExitDiagnostics(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	res := m.Run()
+	res := runBounded(t, m)
 	if res.Kind != ExitError {
 		t.Skipf("this host's KVM ran cmpxchg16b (result %+v); no fatal exit to diagnose", res)
 	}
@@ -361,7 +364,7 @@ func TestTinyGuestVmlinux(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer m.Close()
-			res := m.Run()
+			res := runBounded(t, m)
 			if res.Kind != ExitDebugPort || res.Status != 3 || out.String() != "HdrStest" {
 				t.Errorf("result %+v, output %q; want debug exit 3 and %q", res, out.String(), "HdrStest")
 			}

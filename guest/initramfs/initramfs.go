@@ -205,7 +205,9 @@ func BuildGo(ctx context.Context, pkg string) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("build %s: %w", pkg, err)
 	}
-	out := filepath.Join(dir, path.Base(pkg))
+	// Named after the whole package path: two packages may share a base
+	// name (cmd/init, guest/cmd/init).
+	out := filepath.Join(dir, strings.ReplaceAll(strings.TrimLeft(path.Clean(pkg), "./"), "/", "_"))
 	tmp, err := os.CreateTemp(dir, ".build-")
 	if err != nil {
 		return "", fmt.Errorf("build %s: %w", pkg, err)
