@@ -34,10 +34,19 @@ var ErrBadSpec = errors.New("bad disk spec")
 
 // Spec is a parsed --disk SPEC:
 //
-//	path=FILE[,cache=MODE][,readonly=on|off][,serial=STRING]
+//	path=FILE[,cache=MODE][,readonly=on|off][,serial=STRING][,powercut=POLICY]
 //
-// Later issues add keys (powercut=...); unknown keys are errors, never
-// ignored, so a typo cannot silently change a disk's semantics.
+// Unknown keys are errors, never ignored, so a typo cannot silently change
+// a disk's semantics.
+//
+// powercut=POLICY (see ParsePowerCutPolicy) puts the power-cut model
+// (VolatileCache) under the device: the disk gets a volatile write cache
+// that a power cut can lose by POLICY. It is valid with every cache mode —
+// the cache mode decides what the guest's FLUSH and write-through writes
+// do, the model is the disk under them, so cache=unsafe (whose flushes never
+// reach the disk) shows what an unsafe mode loses and the safe modes show
+// that they lose nothing acknowledged — and invalid with readonly=on, which
+// has nothing to lose.
 type Spec struct {
 	// Path is the host file or block device backing the disk.
 	Path string
@@ -47,7 +56,13 @@ type Spec struct {
 	ReadOnly bool
 	// Serial is the string GET_ID returns (at most 20 bytes).
 	Serial string
+	// PowerCut is the policy of the disk's power-cut model; the zero value
+	// (empty Kind) means the disk has none.
+	PowerCut PowerCutPolicy
 }
+
+// HasPowerCut reports whether the disk runs on the power-cut model.
+func (s Spec) HasPowerCut() bool { return s.PowerCut.Kind != "" }
 
 // MaxSerialLen is the size of the virtio-blk GET_ID answer.
 const MaxSerialLen = 20
@@ -56,7 +71,7 @@ const MaxSerialLen = 20
 func ParseSpec(s string) (Spec, error) {
 	sp := Spec{Cache: CacheWriteback}
 	if strings.TrimSpace(s) == "" {
-		return sp, fmt.Errorf("%w: empty (want path=FILE[,cache=MODE][,readonly=on|off][,serial=STRING])", ErrBadSpec)
+		return sp, fmt.Errorf("%w: empty (want path=FILE[,cache=MODE][,readonly=on|off][,serial=STRING][,powercut=POLICY])", ErrBadSpec)
 	}
 	seen := map[string]bool{}
 	for _, kv := range strings.Split(s, ",") {
@@ -94,12 +109,21 @@ func ParseSpec(s string) (Spec, error) {
 				return sp, fmt.Errorf("%w %q: serial longer than %d bytes", ErrBadSpec, s, MaxSerialLen)
 			}
 			sp.Serial = v
+		case "powercut":
+			p, err := ParsePowerCutPolicy(v)
+			if err != nil {
+				return sp, fmt.Errorf("%w %q: %v", ErrBadSpec, s, err)
+			}
+			sp.PowerCut = p
 		default:
-			return sp, fmt.Errorf("%w %q: unknown key %q (known: path, cache, readonly, serial)", ErrBadSpec, s, k)
+			return sp, fmt.Errorf("%w %q: unknown key %q (known: path, cache, readonly, serial, powercut)", ErrBadSpec, s, k)
 		}
 	}
 	if sp.Path == "" {
 		return sp, fmt.Errorf("%w %q: path= is required", ErrBadSpec, s)
+	}
+	if sp.ReadOnly && sp.HasPowerCut() {
+		return sp, fmt.Errorf("%w %q: powercut= needs a writable disk (readonly=on has nothing to lose)", ErrBadSpec, s)
 	}
 	return sp, nil
 }

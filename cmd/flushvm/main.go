@@ -2,12 +2,14 @@
 // guests whose virtio-blk disks have exact data-integrity semantics.
 //
 //	flushvm run --kernel FILE [--initrd FILE] [--append CMDLINE] [--mem 512M]
-//	            [--cpus 1] [--disk SPEC]... [--stats FILE]
+//	            [--cpus 1] [--disk SPEC]... [--stats FILE] [--power-cut WHEN]
+//	            [--seed N] [--write-log FILE] [--cache-bound SIZE] [--api SOCKET]
 //	flushvm help [COMMAND]
 //
 // Exit status: what the guest asked for (0 after a guest reboot, v after a
 // one-byte write of v to I/O port 0xf4), 1 when the machine failed, 2 for a
-// usage or host-setup error.
+// usage or host-setup error, 100 after a power cut (--power-cut, or POST
+// /power-cut on the --api socket).
 package main
 
 import (

@@ -1,13 +1,15 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -44,6 +46,12 @@ type runFlags struct {
 	cpus   int
 	disks  []string
 	stats  string
+
+	powerCut   string
+	seed       uint64
+	writeLog   string
+	cacheBound string
+	api        string
 }
 
 func newRunFlags() *runFlags {
@@ -57,15 +65,30 @@ func newRunFlags() *runFlags {
 	fs.IntVar(&f.cpus, "cpus", 1, fmt.Sprintf("number of vCPUs (1-%d)\n  e.g. --cpus 2", vmm.MaxCPUs))
 	fs.StringArrayVar(&f.disks, "disk", nil, "virtio-blk disk, repeatable: the guest sees vda, vdb, ... in order\n"+
 		"  SPEC = path=FILE[,cache=writeback|writethrough|none|directsync|unsafe][,readonly=on|off][,serial=STRING]\n"+
+		"         [,powercut=lose-all|keep-all|random-subset|random-sectors[:512|:4k]|prefix]\n"+
 		"  e.g. --disk path=disk.img,cache=none --disk path=ro.img,readonly=on,serial=data1")
-	fs.StringVar(&f.stats, "stats", "", "write per-disk counters as JSON to FILE when the VMM exits\n  e.g. --stats stats.json")
+	fs.StringVar(&f.stats, "stats", "", "write per-disk counters as JSON to FILE when the VMM exits (after a power cut, each\n"+
+		"  powercut= disk also has \"power_cut\": cause, completed_flushes, replay command, report)\n  e.g. --stats stats.json")
+	fs.StringVar(&f.powerCut, "power-cut", "", "cut the power of the powercut= disks when WHEN happens: after=DURATION (from boot),\n"+
+		"  writes=N (the N-th write, discard or write-zeroes never reaches the disk) or flushes=N (the\n"+
+		"  N-th host flush, which includes write-through syncs, covers nothing); the VMM then stops\n"+
+		"  at once, applies each disk's policy and exits with status 100\n  e.g. --power-cut flushes=10")
+	fs.Uint64Var(&f.seed, "seed", 0, "seed of the power-cut policies' random choices (same seed, same image)\n  e.g. --seed 42")
+	fs.StringVar(&f.writeLog, "write-log", "", "record the writes, discards and flushes of the powercut= disk (or of the only disk)\n"+
+		"  in dm-log-writes format, for flushvm replay\n  e.g. --write-log run.wlog")
+	fs.StringVar(&f.cacheBound, "cache-bound", "", "most unstable data the powercut= disks' volatile cache keeps before it destages\n"+
+		"  the oldest writes (K, M or G; default 64M)\n  e.g. --cache-bound 16M")
+	fs.StringVar(&f.api, "api", "", "serve the control API (HTTP+JSON) on this unix socket: GET /stats,\n"+
+		"  POST /disks/N/cache {\"wce\": false}, POST /power-cut\n"+
+		"  e.g. --api /tmp/flushvm.sock; curl --unix-socket /tmp/flushvm.sock -X POST http://vm/power-cut")
 	fs.Usage = func() {}
 	return f
 }
 
 func (f *runFlags) usage(w io.Writer) {
 	fmt.Fprintln(w, "Usage: flushvm run --kernel FILE [--initrd FILE] [--append CMDLINE] [--mem 512M]")
-	fmt.Fprintln(w, "                   [--cpus 1] [--disk SPEC]... [--stats FILE]")
+	fmt.Fprintln(w, "                   [--cpus 1] [--disk SPEC]... [--stats FILE] [--power-cut WHEN]")
+	fmt.Fprintln(w, "                   [--seed N] [--write-log FILE] [--cache-bound SIZE] [--api SOCKET]")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Boots a Linux bzImage (64-bit boot protocol) with a 16550 serial console on")
 	fmt.Fprintln(w, "ttyS0 connected to stdin/stdout, and virtio-blk PCI disks.")
@@ -79,6 +102,7 @@ func (f *runFlags) usage(w io.Writer) {
 		{fmt.Sprintf("guest writes one byte v to I/O port %#x (debug exit)", vmm.DebugExitPort), "v"},
 		{"Ctrl-A x on the console (when stdin is a terminal)", "0"},
 		{"SIGINT/SIGTERM to flushvm", "128+signal"},
+		{"power cut (--power-cut or POST /power-cut)", "100"},
 		{"KVM cannot run the guest (diagnostic on stderr)", "1"},
 		{"usage or host-setup error (one line on stderr)", "2"},
 	} {
@@ -90,12 +114,24 @@ func (f *runFlags) usage(w io.Writer) {
 	fmt.Fprintln(w, "  FLUSHVM_DEBUG=1   log to stderr why the machine stopped, timings, vCPU and")
 	fmt.Fprintln(w, "                    interrupt state at exit, and the VMM's memory use")
 	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Power cuts: a disk with powercut=POLICY (lose-all, keep-all, random-subset,")
+	fmt.Fprintln(w, "random-sectors[:512|:4k], prefix; any cache mode, not readonly=on) sits on a")
+	fmt.Fprintln(w, "volatile write cache. When the power is cut the machine stops at once (requests")
+	fmt.Fprintln(w, "in flight never complete), each policy decides from --seed which unstable writes")
+	fmt.Fprintln(w, "reach the image, the write log gets the mark \""+powerCutMark+"\", and flushvm prints")
+	fmt.Fprintln(w, "one line per disk: counts kept/torn/lost and the flushvm replay command that")
+	fmt.Fprintln(w, "rebuilds the image from the write log. A guest's own debug exit could also")
+	fmt.Fprintln(w, "return 100: the \"power_cut\" object in --stats tells them apart.")
+	fmt.Fprintln(w)
 	fmt.Fprintln(w, "--kernel also accepts an uncompressed ELF vmlinux, which skips the kernel's")
 	fmt.Fprintln(w, "self-decompression (seconds when the guest runs nested under emulation).")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Example:")
 	fmt.Fprintln(w, "  flushvm run --kernel vmlinuz --initrd initrd.cpio.gz --mem 1G --cpus 2 \\")
 	fmt.Fprintln(w, "      --disk path=disk.img,cache=writeback --stats stats.json")
+	fmt.Fprintln(w, "  flushvm run --kernel vmlinuz --initrd initrd.cpio.gz \\")
+	fmt.Fprintln(w, "      --disk path=disk.img,cache=writeback,powercut=random-sectors:4k \\")
+	fmt.Fprintln(w, "      --power-cut flushes=20 --seed 7 --write-log run.wlog --stats stats.json")
 }
 
 // userError is an error the user can fix; it ends flushvm with exitUsage.
@@ -151,6 +187,10 @@ func (f *runFlags) run(stdout, stderr io.Writer) (status int, err error) {
 			return 0, userErrorf("--disk: %v", err)
 		}
 	}
+	pc, err := f.powerCutSetup(specs)
+	if err != nil {
+		return 0, err
+	}
 	kernel, err := os.ReadFile(f.kernel)
 	if err != nil {
 		return 0, userErrorf("--kernel: %v", fileError(err))
@@ -165,29 +205,39 @@ func (f *runFlags) run(stdout, stderr io.Writer) (status int, err error) {
 		return 0, userError{err}
 	}
 
-	var disks []*blk.Device
+	var disks []*disk
+	ps := pc.supply
 	defer func() {
+		// Held requests (after a cut) fail once nothing can see them, so
+		// the devices can close.
+		if ps != nil {
+			ps.release()
+		}
 		// The stats file is written on every path out of run once disks
 		// may exist, then the disks are closed.
 		if f.stats != "" {
-			if werr := writeStats(f.stats, disks); werr != nil && err == nil {
+			if werr := writeStatsDoc(f.stats, disks); werr != nil && err == nil {
 				err = werr
 			}
 		}
 		for _, d := range disks {
-			if cerr := d.Close(); cerr != nil && err == nil {
+			if cerr := d.dev.Close(); cerr != nil && err == nil {
 				err = fmt.Errorf("closing disk: %w", cerr)
 			}
 		}
 	}()
 	devices := make([]virtio.Device, 0, len(specs))
 	for i, sp := range specs {
-		d, err := blk.Open(sp, blk.Options{})
+		logPath := ""
+		if i == pc.logDisk {
+			logPath = f.writeLog
+		}
+		d, err := openDisk(sp, logPath, pc.bound, ps)
 		if err != nil {
 			return 0, userErrorf("--disk %s: %v", f.disks[i], err)
 		}
 		disks = append(disks, d)
-		devices = append(devices, d)
+		devices = append(devices, d.dev)
 	}
 
 	m, err := vmm.New(vmm.Config{
@@ -214,6 +264,28 @@ func (f *runFlags) run(stdout, stderr io.Writer) (status int, err error) {
 		}
 	}()
 
+	if ps != nil {
+		ps.stop = func() { m.Stop(exitPowerCut) }
+	}
+	var api *apiServer
+	if f.api != "" {
+		if api, err = startAPI(f.api, newAPIHandler(&runController{disks: disks, ps: ps})); err != nil {
+			return 0, userErrorf("--api: %v", err)
+		}
+		defer func() {
+			// Closed again (a no-op) on early returns.
+			if api != nil {
+				if cerr := api.Close(); cerr != nil && err == nil {
+					err = fmt.Errorf("--api: %w", cerr)
+				}
+			}
+		}()
+	}
+	if pc.trig.kind == triggerAfter {
+		t := time.AfterFunc(pc.trig.after, func() { ps.Cut("power cut by --power-cut " + pc.trig.String()) })
+		defer t.Stop()
+	}
+
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	done := make(chan struct{})
@@ -230,6 +302,34 @@ func (f *runFlags) run(stdout, stderr io.Writer) (status int, err error) {
 	close(done)
 	<-sigDone
 	signal.Stop(sigs)
+	if api != nil {
+		// No request may see the disks while the cut is applied.
+		cerr := api.Close()
+		api = nil
+		if cerr != nil {
+			fmt.Fprintf(stderr, "flushvm run: --api: %s\n", oneLine(cerr))
+		}
+	}
+
+	if ps != nil && ps.IsCut() {
+		// The vCPUs are stopped: now the held requests may fail, and the
+		// policies decide what the images keep.
+		ps.release()
+		var cutErr error
+		for i, d := range disks {
+			if d.cache == nil {
+				continue
+			}
+			if _, err := d.powerCut(ps.Why(), f.seed); err != nil {
+				cutErr = errors.Join(cutErr, fmt.Errorf("power cut of disk %d: %w", i, err))
+			}
+			fmt.Fprintln(stderr, d.summary(fmt.Sprintf("disk %d (%s)", i, d.dev.Spec().Path)))
+		}
+		if cutErr != nil {
+			return exitFailure, cutErr
+		}
+		return exitPowerCut, nil
+	}
 
 	switch res.Kind {
 	case vmm.ExitError:
@@ -248,18 +348,131 @@ func fileError(err error) error {
 	return err
 }
 
-// writeStats writes the --stats document for disks.
-func writeStats(path string, disks []*blk.Device) error {
-	doc := blk.StatsFile{Disks: make([]blk.Stats, 0, len(disks))}
-	for _, d := range disks {
-		doc.Disks = append(doc.Disks, d.Stats())
+// powerCutConfig is what the power-cut flags ask for, checked against the
+// disks.
+type powerCutConfig struct {
+	trig trigger // kind "" when --power-cut is not given
+	// bound is --cache-bound (0: the default).
+	bound int64
+	// logDisk is the disk --write-log records (-1: none).
+	logDisk int
+	// supply is the machine's power supply (nil: no powercut= disk).
+	supply *powerSupply
+}
+
+// powerCutSetup checks the power-cut flags against the disks.
+func (f *runFlags) powerCutSetup(specs []blk.Spec) (powerCutConfig, error) {
+	pc := powerCutConfig{logDisk: -1}
+	var cutDisks []int
+	for i, sp := range specs {
+		if sp.HasPowerCut() {
+			cutDisks = append(cutDisks, i)
+		}
 	}
-	b, err := json.MarshalIndent(doc, "", "  ")
-	if err != nil {
-		return fmt.Errorf("--stats: %w", err)
+	need := func(flag string) error {
+		if len(cutDisks) == 0 {
+			return userErrorf("%s needs a --disk with powercut=POLICY", flag)
+		}
+		return nil
 	}
-	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
-		return userErrorf("--stats: %v", fileError(err))
+	if f.powerCut != "" {
+		t, err := parseTrigger(f.powerCut)
+		if err != nil {
+			return pc, userErrorf("--power-cut: %v", err)
+		}
+		if err := need("--power-cut"); err != nil {
+			return pc, err
+		}
+		pc.trig = t
+	}
+	if f.fs.Changed("seed") {
+		if err := need("--seed"); err != nil {
+			return pc, err
+		}
+	}
+	if f.cacheBound != "" {
+		b, err := parseByteSize(f.cacheBound)
+		if err != nil {
+			return pc, userErrorf("--cache-bound: %v", err)
+		}
+		if err := need("--cache-bound"); err != nil {
+			return pc, err
+		}
+		pc.bound = int64(b)
+	}
+	if f.writeLog != "" {
+		switch {
+		case len(cutDisks) == 1:
+			pc.logDisk = cutDisks[0]
+		case len(cutDisks) > 1:
+			return pc, userErrorf("--write-log: ambiguous: %d disks have powercut= (one write log records one disk)", len(cutDisks))
+		case len(specs) == 1:
+			pc.logDisk = 0
+		case len(specs) == 0:
+			return pc, userErrorf("--write-log needs a --disk")
+		default:
+			return pc, userErrorf("--write-log: ambiguous: %d disks and none has powercut= (give powercut= to the disk to record)", len(specs))
+		}
+	}
+	if len(cutDisks) > 0 {
+		pc.supply = newPowerSupply()
+		pc.supply.arm(pc.trig)
+	}
+	return pc, nil
+}
+
+// parseByteSize parses a size in bytes: a number with K, M or G (powers of
+// 1024); a plain number is bytes, unlike --mem.
+func parseByteSize(s string) (uint64, error) {
+	t := strings.TrimSpace(s)
+	if v, err := strconv.ParseUint(t, 10, 64); err == nil {
+		if v == 0 {
+			return 0, fmt.Errorf("bad size %q: must not be 0", s)
+		}
+		return v, nil
+	}
+	return parseSize(s)
+}
+
+// runController is the API's view of the running machine.
+type runController struct {
+	disks []*disk
+	ps    *powerSupply
+}
+
+// virtioBlkCfgWriteback is the offset of the writeback field in the
+// virtio-blk configuration space (virtio 1.2, 5.2.4).
+const virtioBlkCfgWriteback = 32
+
+// Stats returns the stats document now.
+func (c *runController) Stats() statsDoc { return collectStats(c.disks) }
+
+// SetWriteCache turns disk i's write cache on or off as the guest would,
+// through the configuration space's writeback field. The guest is not
+// notified.
+func (c *runController) SetWriteCache(i int, on bool) error {
+	if i < 0 || i >= len(c.disks) {
+		return fmt.Errorf("%w: disk %d (the machine has %d)", errNoSuchDisk, i, len(c.disks))
+	}
+	d := c.disks[i].dev
+	v := byte(0)
+	if on {
+		v = 1
+	}
+	d.WriteConfig(virtioBlkCfgWriteback, []byte{v})
+	if d.WriteCache() != on {
+		return errWCERefused
+	}
+	return nil
+}
+
+// PowerCut cuts the power now.
+func (c *runController) PowerCut() error {
+	if c.ps == nil {
+		return errNoPowerCutDisk
+	}
+	if !c.ps.Cut("power cut by the API") {
+		return errPowerAlreadyCut
 	}
 	return nil
 }

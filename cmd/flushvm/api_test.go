@@ -1,0 +1,307 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/flushvm/flushvm/blk"
+	"github.com/flushvm/flushvm/kvm"
+)
+
+// fakeController is a machine-less controller with two disks.
+type fakeController struct {
+	mu   sync.Mutex
+	wce  []bool
+	cuts int
+	// refuse makes SetWriteCache fail as a device without CONFIG_WCE does.
+	refuse bool
+}
+
+func (f *fakeController) Stats() statsDoc {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var doc statsDoc
+	for i, w := range f.wce {
+		doc.Disks = append(doc.Disks, diskStats{Stats: blk.Stats{Path: fmt.Sprintf("d%d.img", i), Cache: blk.CacheWriteback, WCE: w}})
+	}
+	return doc
+}
+
+func (f *fakeController) SetWriteCache(i int, on bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if i >= len(f.wce) {
+		return fmt.Errorf("%w: disk %d", errNoSuchDisk, i)
+	}
+	if f.refuse {
+		return errWCERefused
+	}
+	f.wce[i] = on
+	return nil
+}
+
+func (f *fakeController) PowerCut() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.cuts++
+	if f.cuts > 1 {
+		return errPowerAlreadyCut
+	}
+	return nil
+}
+
+func TestAPIHandler(t *testing.T) {
+	type req struct {
+		method, path, body string
+		status             int
+		want               string // substring of the answer
+	}
+	tests := []struct {
+		name   string
+		refuse bool
+		reqs   []req
+		wce    []bool // after the requests
+		cuts   int
+	}{
+		{"stats", false, []req{{"GET", "/stats", "", 200, `"path": "d1.img"`}}, []bool{true, true}, 0},
+		{"wce off then stats", false, []req{
+			{"POST", "/disks/1/cache", `{"wce": false}`, 200, `"wce": false`},
+			{"GET", "/stats", "", 200, `"wce": false`},
+		}, []bool{true, false}, 0},
+		{"wce refused", true, []req{{"POST", "/disks/0/cache", `{"wce": false}`, 409, "CONFIG_WCE"}}, []bool{true, true}, 0},
+		{"no such disk", false, []req{{"POST", "/disks/2/cache", `{"wce": false}`, 404, "no such disk"}}, []bool{true, true}, 0},
+		{"bad disk index", false, []req{{"POST", "/disks/vda/cache", `{"wce": false}`, 400, "disk index"}}, []bool{true, true}, 0},
+		{"cache mode is not settable", false, []req{{"POST", "/disks/0/cache", `{"mode": "unsafe"}`, 400, "cannot change"}}, []bool{true, true}, 0},
+		{"empty body", false, []req{{"POST", "/disks/0/cache", ``, 400, "wce"}}, []bool{true, true}, 0},
+		{"wrong method", false, []req{{"GET", "/power-cut", "", 405, ""}}, []bool{true, true}, 0},
+		{"power cut twice", false, []req{
+			{"POST", "/power-cut", "", 202, `"power_cut": true`},
+			{"POST", "/power-cut", "", 409, "already cut"},
+		}, []bool{true, true}, 2},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			fc := &fakeController{wce: []bool{true, true}, refuse: tc.refuse}
+			h := newAPIHandler(fc)
+			for _, r := range tc.reqs {
+				rec := httptest.NewRecorder()
+				h.ServeHTTP(rec, httptest.NewRequest(r.method, r.path, strings.NewReader(r.body)))
+				if rec.Code != r.status || !strings.Contains(rec.Body.String(), r.want) {
+					t.Fatalf("%s %s %s: %d %q, want %d with %q", r.method, r.path, r.body, rec.Code, rec.Body.String(), r.status, r.want)
+				}
+				if r.status < 300 && !json.Valid(rec.Body.Bytes()) {
+					t.Fatalf("%s %s: answer is not JSON: %q", r.method, r.path, rec.Body.String())
+				}
+			}
+			if fmt.Sprint(fc.wce) != fmt.Sprint(tc.wce) || fc.cuts != tc.cuts {
+				t.Fatalf("wce %v cuts %d, want %v %d", fc.wce, fc.cuts, tc.wce, tc.cuts)
+			}
+		})
+	}
+}
+
+// unixClient is an HTTP client that talks to the unix socket path.
+func unixClient(path string) *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+	}}
+}
+
+// TestAPISocket serves the API on a real unix socket and checks it
+// replaces a stale socket, refuses to replace another file, and removes
+// its socket on Close.
+func TestAPISocket(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "api.sock")
+	stale, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.(*net.UnixListener).SetUnlinkOnClose(false)
+	stale.Close()
+
+	fc := &fakeController{wce: []bool{true}}
+	s, err := startAPI(sock, newAPIHandler(fc))
+	if err != nil {
+		t.Fatalf("stale socket not replaced: %v", err)
+	}
+	c := unixClient(sock)
+	resp, err := c.Post("http://flushvm/power-cut", "application/json", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted || fc.cuts != 1 {
+		t.Fatalf("POST /power-cut: %d, cuts %d", resp.StatusCode, fc.cuts)
+	}
+	c.CloseIdleConnections()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(sock); !os.IsNotExist(err) {
+		t.Fatalf("socket left behind: %v", err)
+	}
+
+	regular := filepath.Join(dir, "file")
+	os.WriteFile(regular, []byte("keep me"), 0o644)
+	if _, err := startAPI(regular, newAPIHandler(fc)); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Fatalf("startAPI over a regular file: %v", err)
+	}
+	if b, _ := os.ReadFile(regular); string(b) != "keep me" {
+		t.Fatal("startAPI touched a regular file")
+	}
+}
+
+// tinyLoopKernel is tinyKernel without the debug exit: it prints "ok" and
+// spins, so only a power cut (or a signal) ends it.
+func tinyLoopKernel() []byte {
+	img := tinyKernel()
+	code := img[2*512+0x200:]
+	i := bytes.Index(code, []byte{0xb0, 0x03, 0xe6, 0xf4})
+	copy(code[i:], []byte{0x90, 0x90, 0x90, 0x90})
+	return img
+}
+
+// TestRunPowerCutTinyGuest runs flushvm run end to end on the host's KVM
+// with a guest that never ends by itself: the after= trigger and the
+// API's POST /power-cut each end it with exitPowerCut, one summary line,
+// the cut in --stats and a write log with the power-cut mark.
+func TestRunPowerCutTinyGuest(t *testing.T) {
+	if kvm.Available() != nil {
+		t.Skip("no usable KVM")
+	}
+	for _, how := range []string{"after", "api"} {
+		t.Run(how, func(t *testing.T) {
+			dir := t.TempDir()
+			kernel := filepath.Join(dir, "bzImage")
+			if err := os.WriteFile(kernel, tinyLoopKernel(), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			img := filepath.Join(dir, "disk.img")
+			if err := os.WriteFile(img, make([]byte, 1<<20), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			stats, wlog, sock := filepath.Join(dir, "stats.json"), filepath.Join(dir, "run.wlog"), filepath.Join(dir, "api.sock")
+			args := []string{"run", "--kernel", kernel, "--mem", "64M",
+				"--disk", "path=" + img + ",cache=writeback,powercut=random-subset",
+				"--seed", "9", "--write-log", wlog, "--stats", stats}
+			if how == "after" {
+				args = append(args, "--power-cut", "after=300ms")
+			} else {
+				args = append(args, "--api", sock)
+				go func() {
+					waitFor(t, func() bool { _, err := os.Stat(sock); return err == nil })
+					resp, err := unixClient(sock).Post("http://flushvm/power-cut", "", nil)
+					if err == nil {
+						resp.Body.Close()
+					}
+				}()
+			}
+			var stdout, stderr bytes.Buffer
+			if st := dispatch(args, &stdout, &stderr); st != exitPowerCut {
+				t.Fatalf("status %d, want %d; stderr: %s", st, exitPowerCut, stderr.String())
+			}
+			line := strings.TrimSpace(stderr.String())
+			if strings.Count(line, "\n") != 0 || !strings.Contains(line, "0 unstable writes") ||
+				!strings.Contains(line, "flushvm replay --log "+wlog) || !strings.Contains(line, "--seed 9") {
+				t.Errorf("summary %q", line)
+			}
+			b, err := os.ReadFile(stats)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var doc statsDoc
+			if err := json.Unmarshal(b, &doc); err != nil {
+				t.Fatal(err)
+			}
+			pc := doc.Disks[0].PowerCut
+			if pc == nil || pc.Report == nil || pc.Report.Policy != "random-subset" || pc.Report.Seed != 9 || doc.Disks[0].VolatileCache == nil {
+				t.Fatalf("stats %s: no power_cut report", b)
+			}
+			f, err := os.Open(wlog)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			lr, err := blk.NewWriteLogReader(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			e, err := lr.Next()
+			if err != nil || !e.IsMark() {
+				t.Fatalf("write log entry %+v, %v; want the power-cut mark", e, err)
+			}
+		})
+	}
+}
+
+// TestRunController checks the API's view of real devices (no machine):
+// the write cache follows POST /disks/N/cache, and a power cut needs a
+// powercut= disk and happens once.
+func TestRunController(t *testing.T) {
+	dir := t.TempDir()
+	open := func(spec string, ps *powerSupply) *disk {
+		p := filepath.Join(dir, fmt.Sprintf("d%d.img", len(spec)))
+		if err := os.WriteFile(p, make([]byte, 1<<20), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		sp, err := blk.ParseSpec("path=" + p + spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := openDisk(sp, "", 0, ps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { d.dev.Close() })
+		return d
+	}
+	plain := &runController{disks: []*disk{open(",cache=writeback", nil)}}
+	h := newAPIHandler(plain)
+	for _, tc := range []struct {
+		body string
+		want bool
+	}{{`{"wce": false}`, false}, {`{"wce": true}`, true}} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("POST", "/disks/0/cache", strings.NewReader(tc.body)))
+		if rec.Code != 200 || plain.disks[0].dev.WriteCache() != tc.want {
+			t.Fatalf("%s: %d %s, write cache %v", tc.body, rec.Code, rec.Body, plain.disks[0].dev.WriteCache())
+		}
+	}
+	if err := plain.SetWriteCache(1, true); !errors.Is(err, errNoSuchDisk) {
+		t.Fatalf("disk 1 of 1: %v", err)
+	}
+	if err := plain.PowerCut(); !errors.Is(err, errNoPowerCutDisk) {
+		t.Fatalf("power cut without a powercut= disk: %v", err)
+	}
+
+	ps := newPowerSupply()
+	stops := 0
+	ps.stop = func() { stops++ }
+	pc := &runController{disks: []*disk{open(",powercut=lose-all", ps)}, ps: ps}
+	if err := pc.PowerCut(); err != nil || !ps.IsCut() || stops != 1 {
+		t.Fatalf("power cut: %v (cut %v, stops %d)", err, ps.IsCut(), stops)
+	}
+	if err := pc.PowerCut(); !errors.Is(err, errPowerAlreadyCut) || stops != 1 {
+		t.Fatalf("second power cut: %v (stops %d)", err, stops)
+	}
+	if st := pc.Stats(); st.Disks[0].VolatileCache == nil || !st.Disks[0].VolatileCache.PowerCut {
+		t.Fatalf("stats after the cut: %+v", st.Disks[0])
+	}
+}
