@@ -110,11 +110,16 @@ type apiServer struct {
 }
 
 // startAPI listens on the unix socket path (replacing a stale socket
-// there, never another kind of file) and serves h.
+// there, never another kind of file nor a socket someone listens on) and
+// serves h.
 func startAPI(path string, h http.Handler) (*apiServer, error) {
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode().Type() != fs.ModeSocket {
 			return nil, fmt.Errorf("%s exists and is not a socket", path)
+		}
+		if c, err := net.Dial("unix", path); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%s is in use by another process", path)
 		}
 		if err := os.Remove(path); err != nil {
 			return nil, err

@@ -150,6 +150,9 @@ func TestAPISocket(t *testing.T) {
 	if resp.StatusCode != http.StatusAccepted || fc.cuts != 1 {
 		t.Fatalf("POST /power-cut: %d, cuts %d", resp.StatusCode, fc.cuts)
 	}
+	if _, err := startAPI(sock, newAPIHandler(fc)); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("startAPI over a live socket: %v", err)
+	}
 	c.CloseIdleConnections()
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
@@ -205,10 +208,22 @@ func TestRunPowerCutTinyGuest(t *testing.T) {
 				args = append(args, "--power-cut", "after=300ms")
 			} else {
 				args = append(args, "--api", sock)
+				statsSeen := make(chan string, 1)
+				defer func() {
+					if got := <-statsSeen; !strings.Contains(got, `"volatile_cache"`) {
+						t.Errorf("GET /stats while running: %q", got)
+					}
+				}()
 				go func() {
 					waitFor(t, func() bool { _, err := os.Stat(sock); return err == nil })
-					resp, err := unixClient(sock).Post("http://flushvm/power-cut", "", nil)
-					if err == nil {
+					c := unixClient(sock)
+					var got []byte
+					if resp, err := c.Get("http://flushvm/stats"); err == nil {
+						got, _ = io.ReadAll(resp.Body)
+						resp.Body.Close()
+					}
+					statsSeen <- string(got)
+					if resp, err := c.Post("http://flushvm/power-cut", "", nil); err == nil {
 						resp.Body.Close()
 					}
 				}()

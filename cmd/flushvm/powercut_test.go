@@ -188,6 +188,11 @@ func TestCutBackendTriggers(t *testing.T) {
 		{"flushes=2 keep-all", "flushes=2", "keep-all", []diskOp{w(0, 1), s, w(4096, 2), s, w(8192, 3)}, 3, []int{0, 2}, []int{4}, 1},
 		{"flushes=1 lose-all overwrite", "flushes=1", "lose-all", []diskOp{w(0, 1), w(0, 2), s}, 2, nil, []int{0, 1}, 0},
 		{"writes=1", "writes=1", "keep-all", []diskOp{w(0, 1)}, 0, nil, []int{0}, 0},
+		// Policies with random draws: the image must be what the printed
+		// replay command rebuilds.
+		{"flushes=2 random-subset", "flushes=2", "random-subset", []diskOp{w(0, 1), s, w(4096, 2), w(8192, 3), w(4096, 4), w(12288, 5), s}, 6, []int{0}, nil, 1},
+		{"flushes=2 random-sectors", "flushes=2", "random-sectors", []diskOp{w(0, 1), s, w(4096, 2), w(8192, 3), w(4096, 4), w(12288, 5), s}, 6, []int{0}, nil, 1},
+		{"writes=6 prefix", "writes=6", "prefix", []diskOp{w(0, 1), s, w(4096, 2), w(8192, 3), w(4096, 4), w(12288, 5), w(0, 6)}, 6, []int{0}, []int{6}, 1},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -112,6 +112,11 @@ func vhostUserBlk(args []string, logger *log.Logger) error {
 	if err != nil {
 		return fmt.Errorf("%w: --disk: %v", errVhostUsage, err)
 	}
+	if spec.HasPowerCut() {
+		// The backend has no power to cut: only flushvm run stops a
+		// machine at the instant of a cut.
+		return fmt.Errorf("%w: --disk: powercut= works with flushvm run only", errVhostUsage)
+	}
 	if *statsPath != "" {
 		if st, err := os.Stat(filepath.Dir(*statsPath)); err != nil || !st.IsDir() {
 			return fmt.Errorf("%w: --stats %s: directory does not exist", errVhostUsage, *statsPath)
