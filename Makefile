@@ -14,7 +14,7 @@ INTEGRATION_TIMEOUT ?= 40m
 
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v '/integration')
 
-.PHONY: all build run run-nodisk test unit fuzz-smoke fuzz integration lint artifacts clean
+.PHONY: bench-vhost all build run run-nodisk test unit fuzz-smoke fuzz integration lint artifacts clean
 
 all: build
 
@@ -61,3 +61,7 @@ lint:
 
 clean:
 	rm -rf build/bin build/cache/jobs
+
+## bench-vhost: fio in a QEMU TCG guest against flushvm vhost-user-blk, qemu-storage-daemon and QEMU's virtio-blk (table, CSV, SVG under build/bench-vhost).
+bench-vhost:
+	scripts/bench-vhost.sh

@@ -204,16 +204,12 @@ func TestRunPowerCutTinyGuest(t *testing.T) {
 			args := []string{"run", "--kernel", kernel, "--mem", "64M",
 				"--disk", "path=" + img + ",cache=writeback,powercut=random-subset",
 				"--seed", "9", "--write-log", wlog, "--stats", stats}
+			statsSeen := make(chan string, 1)
 			if how == "after" {
+				statsSeen <- `"volatile_cache"` // no API to ask
 				args = append(args, "--power-cut", "after=300ms")
 			} else {
 				args = append(args, "--api", sock)
-				statsSeen := make(chan string, 1)
-				defer func() {
-					if got := <-statsSeen; !strings.Contains(got, `"volatile_cache"`) {
-						t.Errorf("GET /stats while running: %q", got)
-					}
-				}()
 				go func() {
 					waitFor(t, func() bool { _, err := os.Stat(sock); return err == nil })
 					c := unixClient(sock)
@@ -231,6 +227,10 @@ func TestRunPowerCutTinyGuest(t *testing.T) {
 			var stdout, stderr bytes.Buffer
 			if st := dispatch(args, &stdout, &stderr); st != exitPowerCut {
 				t.Fatalf("status %d, want %d; stderr: %s", st, exitPowerCut, stderr.String())
+			}
+			// The cut came after the answer to GET /stats.
+			if got := <-statsSeen; !strings.Contains(got, `"volatile_cache"`) {
+				t.Errorf("GET /stats while running: %q", got)
 			}
 			line := strings.TrimSpace(stderr.String())
 			if strings.Count(line, "\n") != 0 || !strings.Contains(line, "0 unstable writes") ||
