@@ -182,9 +182,9 @@ func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
-// writeStatsDoc writes the --stats document for disks.
-func writeStatsDoc(path string, disks []*disk) error {
-	b, err := json.MarshalIndent(collectStats(disks), "", "  ")
+// writeStatsDoc writes doc as the --stats file.
+func writeStatsDoc(path string, doc statsDoc) error {
+	b, err := json.MarshalIndent(doc, "", "  ")
 	if err != nil {
 		return fmt.Errorf("--stats: %w", err)
 	}

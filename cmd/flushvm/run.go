@@ -206,6 +206,10 @@ func (f *runFlags) run(stdout, stderr io.Writer) (status int, err error) {
 	}
 
 	var disks []*disk
+	// final is the stats as the guest left them, taken before the machine
+	// closes: closing resets the devices, which would report the cache
+	// mode's default write cache instead of the guest's last choice.
+	var final *statsDoc
 	ps := pc.supply
 	defer func() {
 		// Held requests (after a cut) fail once nothing can see them, so
@@ -216,7 +220,11 @@ func (f *runFlags) run(stdout, stderr io.Writer) (status int, err error) {
 		// The stats file is written on every path out of run once disks
 		// may exist, then the disks are closed.
 		if f.stats != "" {
-			if werr := writeStatsDoc(f.stats, disks); werr != nil && err == nil {
+			doc := collectStats(disks)
+			if final != nil {
+				doc = *final
+			}
+			if werr := writeStatsDoc(f.stats, doc); werr != nil && err == nil {
 				err = werr
 			}
 		}
@@ -262,6 +270,11 @@ func (f *runFlags) run(stdout, stderr io.Writer) (status int, err error) {
 		if cerr := m.Close(); cerr != nil && err == nil {
 			err = fmt.Errorf("closing machine: %w", cerr)
 		}
+	}()
+	// Deferred calls run last-in first-out: this one runs before m.Close.
+	defer func() {
+		doc := collectStats(disks)
+		final = &doc
 	}()
 
 	if ps != nil {
