@@ -252,12 +252,31 @@ func DebugExit(v uint8) error {
 }
 
 // Drain waits until the console has transmitted what was written to it
-// (tcdrain on stdout and stderr).
+// (tcdrain on stdout and stderr), for at most drainLimit: the VM ends right
+// after, and a line still in the UART driver's buffer would be lost. tcdrain
+// returns early when a signal interrupts it, so it is retried, and the
+// output queue is then polled until it is empty.
 func Drain() {
+	deadline := time.Now().Add(drainLimit)
 	for _, fd := range []int{1, 2} {
-		_ = unix.IoctlSetInt(fd, unix.TCSBRK, 1)
+		for {
+			err := unix.IoctlSetInt(fd, unix.TCSBRK, 1)
+			if err != unix.EINTR || time.Now().After(deadline) {
+				break
+			}
+		}
+		for time.Now().Before(deadline) {
+			n, err := unix.IoctlGetInt(fd, unix.TIOCOUTQ)
+			if err != nil || n == 0 {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
 	}
 }
+
+// drainLimit bounds Drain on a console that never empties.
+const drainLimit = 3 * time.Second
 
 // Reboot syncs and reboots; flushvm (and QEMU with -no-reboot) treat a
 // guest reboot as the end of the VM.
