@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -70,6 +71,15 @@ func run() error {
 		up, _ := pid1.Uptime()
 		pid1.Logf(prefix, "start run %d at uptime %.2f s", i, up.Seconds())
 		status, rss, err := runOne(i, r)
+		if errors.Is(err, errSilent) {
+			// Known, not yet understood: now and then (seen about once in
+			// ten nested boots on a loaded host) an L2 boot prints nothing
+			// at all, not even the kernel's first line. Nothing has touched
+			// the disks then, so one retry is safe; it is logged so a real
+			// hang stays visible.
+			pid1.Logf(prefix, "run %d: %v; retrying once", i, err)
+			status, rss, err = runOne(i, r)
+		}
 		var rec string
 		pid1.Logf(prefix, "end run %d, max RSS %d KiB", i, rss)
 		if err != nil {
@@ -102,7 +112,18 @@ func runOne(i int, r job.Run) (status int, maxRSS int64, err error) {
 		ctx, cancel = context.WithTimeout(ctx, time.Duration(r.TimeoutSec)*time.Second)
 		defer cancel()
 	}
-	out := io.MultiWriter(os.Stdout, log)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	printed := &countingWriter{w: io.MultiWriter(os.Stdout, log)}
+	var silent atomic.Bool
+	watchdog := time.AfterFunc(silentLimit, func() {
+		if printed.n.Load() == 0 {
+			silent.Store(true)
+			cancel()
+		}
+	})
+	defer watchdog.Stop()
+	out := io.Writer(printed)
 	cmd := exec.CommandContext(ctx, r.Argv[0], r.Argv[1:]...)
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.Dir = job.Mount
@@ -133,6 +154,8 @@ func runOne(i int, r job.Run) (status int, maxRSS int64, err error) {
 	}
 	var ee *exec.ExitError
 	switch {
+	case silent.Load():
+		return 0, maxRSS, fmt.Errorf("%s: %w in %v", r.Argv[0], errSilent, silentLimit)
 	case ctx.Err() != nil:
 		return 0, maxRSS, fmt.Errorf("%s: timed out after %d s", r.Argv[0], r.TimeoutSec)
 	case err == nil:
@@ -145,4 +168,24 @@ func runOne(i int, r job.Run) (status int, maxRSS int64, err error) {
 	default:
 		return 0, maxRSS, fmt.Errorf("wait %s: %w", r.Argv[0], err)
 	}
+}
+
+// errSilent reports a run killed because it printed nothing at all within
+// silentLimit.
+var errSilent = errors.New("printed nothing")
+
+// silentLimit is how long a run may go without printing its first byte. A
+// nested L2 kernel prints its first line within seconds (about 30 s on a
+// heavily loaded host).
+const silentLimit = 2 * time.Minute
+
+// countingWriter counts the bytes written through it.
+type countingWriter struct {
+	w io.Writer
+	n atomic.Int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	c.n.Add(int64(len(p)))
+	return c.w.Write(p)
 }
