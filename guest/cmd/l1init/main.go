@@ -72,9 +72,9 @@ func run() error {
 		pid1.Logf(prefix, "start run %d at uptime %.2f s", i, up.Seconds())
 		status, rss, err := runOne(i, r)
 		if errors.Is(err, errSilent) {
-			// Known, not yet understood: now and then (seen about once in
-			// ten nested boots on a loaded host) an L2 boot prints nothing
-			// at all, not even the kernel's first line. Nothing has touched
+			// Known, not yet understood: rarely (twice in several dozen
+			// nested boots on a loaded host) an L2 boot prints nothing at
+			// all, not even the kernel's first line. Nothing has touched
 			// the disks then, so one retry is safe; it is logged so a real
 			// hang stays visible.
 			pid1.Logf(prefix, "run %d: %v; retrying once", i, err)
