@@ -2,7 +2,6 @@ package blk
 
 import (
 	"bytes"
-	"encoding/binary"
 	"os"
 	"path/filepath"
 	"testing"
@@ -250,7 +249,5 @@ func mustStatus(t testing.TB, what string, r result, want byte) {
 }
 
 func cfgByte(h *harness, off int) byte { return h.config()[off] }
-
-func cfgU32(h *harness, off int) uint32 { return binary.LittleEndian.Uint32(h.config()[off:]) }
 
 var _ = bytes.Equal
