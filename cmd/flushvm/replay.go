@@ -77,16 +77,6 @@ func (f *replayFlags) usage(w io.Writer) {
 	fmt.Fprintln(w, "      --policy random-subset --seed 7 --report cut.json")
 }
 
-// replayUsageError is an error the user can fix (exit status 2).
-type replayUsageError struct{ err error }
-
-func (e replayUsageError) Error() string { return e.err.Error() }
-func (e replayUsageError) Unwrap() error { return e.err }
-
-func replayUsagef(format string, a ...any) error {
-	return replayUsageError{fmt.Errorf(format, a...)}
-}
-
 func replayCommand(args []string, stdout, stderr io.Writer) int {
 	f := newReplayFlags()
 	if err := f.fs.Parse(args); err != nil {
@@ -103,7 +93,7 @@ func replayCommand(args []string, stdout, stderr io.Writer) int {
 	}
 	if err := f.run(stdout); err != nil {
 		fmt.Fprintf(stderr, "flushvm replay: %s\n", oneLine(err))
-		var ue replayUsageError
+		var ue userError
 		if errors.As(err, &ue) {
 			return exitUsage
 		}
@@ -115,19 +105,19 @@ func replayCommand(args []string, stdout, stderr io.Writer) int {
 func (f *replayFlags) run(stdout io.Writer) error {
 	for _, req := range []struct{ name, val string }{{"log", f.log}, {"base", f.base}, {"out", f.out}} {
 		if req.val == "" {
-			return replayUsagef("--%s is required", req.name)
+			return userErrorf("--%s is required", req.name)
 		}
 	}
 	if !f.fs.Changed("flush") {
-		return replayUsagef("--flush N is required (0: no flush completed)")
+		return userErrorf("--flush N is required (0: no flush completed)")
 	}
 	pol, err := blk.ParsePowerCutPolicy(f.policy)
 	if err != nil {
-		return replayUsagef("--policy: %v", err)
+		return userErrorf("--policy: %v", err)
 	}
 	logf, err := os.Open(f.log)
 	if err != nil {
-		return replayUsagef("--log: %v", err)
+		return userErrorf("--log: %v", err)
 	}
 	defer logf.Close()
 	lr, err := blk.NewWriteLogReader(logf)
@@ -147,7 +137,7 @@ func (f *replayFlags) run(stdout io.Writer) error {
 	}
 	if err != nil {
 		if errors.Is(err, blk.ErrNoSuchFlush) {
-			return replayUsageError{err}
+			return userError{err}
 		}
 		return err
 	}
@@ -168,7 +158,7 @@ func (f *replayFlags) run(stdout io.Writer) error {
 func copyImage(base, out string) error {
 	src, err := os.Open(base)
 	if err != nil {
-		return replayUsagef("--base: %v", err)
+		return userErrorf("--base: %v", err)
 	}
 	defer src.Close()
 	si, err := src.Stat()
@@ -176,14 +166,14 @@ func copyImage(base, out string) error {
 		return fmt.Errorf("--base: %w", err)
 	}
 	if !si.Mode().IsRegular() {
-		return replayUsagef("--base %s: not a regular file", base)
+		return userErrorf("--base %s: not a regular file", base)
 	}
 	if oi, err := os.Stat(out); err == nil && os.SameFile(si, oi) {
-		return replayUsagef("--out %s is the --base image; the base must stay intact", out)
+		return userErrorf("--out %s is the --base image; the base must stay intact", out)
 	}
 	dst, err := os.OpenFile(out, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
-		return replayUsagef("--out: %v", err)
+		return userErrorf("--out: %v", err)
 	}
 	if _, err := io.Copy(dst, src); err != nil {
 		dst.Close()
