@@ -18,7 +18,8 @@ var ErrTooManyDisks = errors.New("too many disks for the nested harness")
 
 // valueFlags are flushvm run flags that take a value; the harness maps the
 // ones naming host files and passes the others through untouched.
-var valueFlags = map[string]bool{"kernel": true, "initrd": true, "append": true, "mem": true, "cpus": true, "disk": true, "stats": true}
+var valueFlags = map[string]bool{"kernel": true, "initrd": true, "append": true, "mem": true, "cpus": true, "disk": true, "stats": true,
+	"write-log": true, "power-cut": true, "seed": true, "cache-bound": true, "api": true}
 
 // disk is one host file or device attached to L1 as a virtio-blk drive.
 type disk struct {
@@ -27,11 +28,15 @@ type disk struct {
 	l1       string // /dev/vdX
 }
 
-// statsCopy is a --stats file L1 writes into the job directory and the
-// harness copies back to the host path the caller asked for.
+// statsCopy is an output file (--stats, --write-log) L1 writes into the job
+// directory and the harness copies back to the host path the caller asked
+// for.
 type statsCopy struct {
 	l1   string // path inside the job directory (host view)
 	host string
+	// stats marks a --stats document, whose disk paths are mapped back to
+	// host files; other outputs are copied as they are.
+	stats bool
 }
 
 // mapper rewrites flushvm run arguments from host paths to L1 paths for
@@ -76,7 +81,9 @@ func (m *mapper) rewrite(i int, args []string) ([]string, error) {
 		case "disk":
 			val, err = m.disk(val)
 		case "stats":
-			val = m.statsFile(i, val)
+			val = m.outFile(i, val, "stats", ".json")
+		case "write-log":
+			val = m.outFile(i, val, "write-log", ".wlog")
 		}
 		if err != nil {
 			return nil, err
@@ -156,9 +163,10 @@ func (m *mapper) disk(spec string) (string, error) {
 	return strings.Join(parts, ","), nil
 }
 
-func (m *mapper) statsFile(i int, host string) string {
-	name := fmt.Sprintf("stats-%d-%d.json", i, len(m.stats[i]))
-	m.stats[i] = append(m.stats[i], statsCopy{l1: filepath.Join(m.jobDir, job.OutDir, name), host: host})
+// outFile maps an output file of run i to the job directory.
+func (m *mapper) outFile(i int, host, kind, ext string) string {
+	name := fmt.Sprintf("%s-%d-%d%s", kind, i, len(m.stats[i]), ext)
+	m.stats[i] = append(m.stats[i], statsCopy{l1: filepath.Join(m.jobDir, job.OutDir, name), host: host, stats: kind == "stats"})
 	return job.Mount + "/" + job.OutDir + "/" + name
 }
 

@@ -335,8 +335,9 @@ func collect(dir string, i int, watch *console) (Result, error) {
 	return res, nil
 }
 
-// copyStats copies run i's --stats files back to the host paths asked
-// for, naming each disk by its host file instead of its L1 device.
+// copyStats copies run i's output files (--stats, --write-log) back to the
+// host paths asked for, naming each disk in a --stats document by its host
+// file instead of its L1 device.
 func (m *mapper) copyStats(i int) error {
 	for _, sc := range m.stats[i] {
 		b, err := os.ReadFile(sc.l1)
@@ -347,7 +348,7 @@ func (m *mapper) copyStats(i int) error {
 			return fmt.Errorf("stats: %w", err)
 		}
 		var doc map[string]any
-		if json.Unmarshal(b, &doc) == nil {
+		if sc.stats && json.Unmarshal(b, &doc) == nil {
 			if disks, ok := doc["disks"].([]any); ok {
 				for _, d := range disks {
 					if dm, ok := d.(map[string]any); ok {

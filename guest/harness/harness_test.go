@@ -61,6 +61,8 @@ func TestRewrite(t *testing.T) {
 		{1, []string{"--kernel", filepath.Join(host, "missing"), "--disk", "path=/nonexistent/x.img"},
 			[]string{"--kernel=/job/missing/missing", "--disk=path=/job/missing/x.img"}},
 		{2, []string{"--unknown-future-flag", "--kernel"}, []string{"--unknown-future-flag", "--kernel"}},
+		{3, []string{"--write-log", "/tmp/run.wlog", "--power-cut", "flushes=3", "--stats=/tmp/s.json"},
+			[]string{"--write-log=/job/out/write-log-3-0.wlog", "--power-cut=flushes=3", "--stats=/job/out/stats-3-1.json"}},
 	}
 	for i, tt := range tests {
 		got, err := m.rewrite(tt.run, tt.in)
@@ -79,6 +81,31 @@ func TestRewrite(t *testing.T) {
 	}
 	if h, ok := m.hostPath("/dev/vdb"); !ok || h != d2 {
 		t.Errorf("hostPath(/dev/vdb) = %s, %v", h, ok)
+	}
+
+	// Run 3's outputs come back: the write log as it is, the stats with
+	// host disk paths.
+	out := t.TempDir()
+	m.stats[3][0].host = filepath.Join(out, "run.wlog")
+	m.stats[3][1].host = filepath.Join(out, "s.json")
+	if err := os.MkdirAll(filepath.Join(job, "out"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	wlog := []byte("not json {\"disks\": [")
+	if err := os.WriteFile(m.stats[3][0].l1, wlog, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(m.stats[3][1].l1, []byte(`{"disks":[{"path":"/dev/vdb"}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.copyStats(3); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(out, "run.wlog")); err != nil || string(b) != string(wlog) {
+		t.Errorf("write log copied back as %q, %v; want %q", b, err, wlog)
+	}
+	if b, err := os.ReadFile(filepath.Join(out, "s.json")); err != nil || !strings.Contains(string(b), d2) {
+		t.Errorf("stats copied back as %s, %v; want disk path %s", b, err, d2)
 	}
 }
 
