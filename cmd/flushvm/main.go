@@ -13,11 +13,14 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"sort"
 	"strings"
+
+	"github.com/spf13/pflag"
 )
 
 // Exit statuses of flushvm itself.
@@ -102,4 +105,34 @@ func usage(w io.Writer) {
 // oneLine flattens an error message to a single line for the user.
 func oneLine(err error) string {
 	return strings.ReplaceAll(err.Error(), "\n", "; ")
+}
+
+// parseCommandFlags parses subcommand name's flags. When the command must not
+// run (--help was shown, or the flags are wrong: one line on stderr) it
+// returns false and the exit status to end with.
+func parseCommandFlags(name string, fs *pflag.FlagSet, usage func(io.Writer), args []string, stdout, stderr io.Writer) (int, bool) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			usage(stdout)
+			return exitOK, false
+		}
+		fmt.Fprintf(stderr, "flushvm %s: %s (see flushvm %s --help)\n", name, oneLine(err), name)
+		return exitUsage, false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "flushvm %s: unexpected argument %q (see flushvm %s --help)\n", name, fs.Arg(0), name)
+		return exitUsage, false
+	}
+	return 0, true
+}
+
+// commandFailed reports subcommand name's error in one line and returns the
+// exit status: exitUsage for errors the user can fix, else exitFailure.
+func commandFailed(name string, err error, stderr io.Writer) int {
+	fmt.Fprintf(stderr, "flushvm %s: %s\n", name, oneLine(err))
+	var ue userError
+	if errors.As(err, &ue) {
+		return exitUsage
+	}
+	return exitFailure
 }

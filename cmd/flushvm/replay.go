@@ -79,25 +79,11 @@ func (f *replayFlags) usage(w io.Writer) {
 
 func replayCommand(args []string, stdout, stderr io.Writer) int {
 	f := newReplayFlags()
-	if err := f.fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			f.usage(stdout)
-			return exitOK
-		}
-		fmt.Fprintf(stderr, "flushvm replay: %s (see flushvm replay --help)\n", oneLine(err))
-		return exitUsage
-	}
-	if f.fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "flushvm replay: unexpected argument %q (see flushvm replay --help)\n", f.fs.Arg(0))
-		return exitUsage
+	if status, ok := parseCommandFlags("replay", f.fs, f.usage, args, stdout, stderr); !ok {
+		return status
 	}
 	if err := f.run(stdout); err != nil {
-		fmt.Fprintf(stderr, "flushvm replay: %s\n", oneLine(err))
-		var ue userError
-		if errors.As(err, &ue) {
-			return exitUsage
-		}
-		return exitFailure
+		return commandFailed("replay", err, stderr)
 	}
 	return exitOK
 }

@@ -144,26 +144,12 @@ func userErrorf(format string, a ...any) error { return userError{fmt.Errorf(for
 
 func runCommand(args []string, stdout, stderr io.Writer) int {
 	f := newRunFlags()
-	if err := f.fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			f.usage(stdout)
-			return exitOK
-		}
-		fmt.Fprintf(stderr, "flushvm run: %s (see flushvm run --help)\n", oneLine(err))
-		return exitUsage
-	}
-	if f.fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "flushvm run: unexpected argument %q (see flushvm run --help)\n", f.fs.Arg(0))
-		return exitUsage
+	if status, ok := parseCommandFlags("run", f.fs, f.usage, args, stdout, stderr); !ok {
+		return status
 	}
 	status, err := f.run(stdout, stderr)
 	if err != nil {
-		fmt.Fprintf(stderr, "flushvm run: %s\n", oneLine(err))
-		var ue userError
-		if errors.As(err, &ue) {
-			return exitUsage
-		}
-		return exitFailure
+		return commandFailed("run", err, stderr)
 	}
 	return status
 }
