@@ -282,6 +282,17 @@ func (s *session) ring(index uint32) (*vring, error) {
 	return s.rings[index], nil
 }
 
+// ringState decodes a vhost_vring_state message and looks its ring up.
+func (s *session) ringState(m *message) (r *vring, index, num uint32, err error) {
+	if index, num, err = m.vringState(); err != nil {
+		return nil, 0, 0, err
+	}
+	if r, err = s.ring(index); err != nil {
+		return nil, 0, 0, err
+	}
+	return r, index, num, nil
+}
+
 // stopIfServed resets the device when ring index is among the ones it
 // serves, so the ring's configuration can change under no one's feet.
 func (s *session) stopIfServed(index uint32) {
@@ -313,11 +324,7 @@ func (s *session) setMemTable(m *message) error {
 }
 
 func (s *session) setVringNum(m *message) error {
-	idx, num, err := m.vringState()
-	if err != nil {
-		return err
-	}
-	r, err := s.ring(idx)
+	r, idx, num, err := s.ringState(m)
 	if err != nil {
 		return err
 	}
@@ -355,11 +362,7 @@ func (s *session) setVringAddr(m *message) error {
 }
 
 func (s *session) setVringBase(m *message) error {
-	idx, num, err := m.vringState()
-	if err != nil {
-		return err
-	}
-	r, err := s.ring(idx)
+	r, idx, num, err := s.ringState(m)
 	if err != nil {
 		return err
 	}
@@ -372,11 +375,7 @@ func (s *session) setVringBase(m *message) error {
 }
 
 func (s *session) getVringBase(m *message) error {
-	idx, _, err := m.vringState()
-	if err != nil {
-		return err
-	}
-	r, err := s.ring(idx)
+	r, idx, _, err := s.ringState(m)
 	if err != nil {
 		return err
 	}
@@ -462,11 +461,7 @@ func (s *session) setVringEnable(m *message) error {
 	if s.acked&FeatureProtocolFeatures == 0 && s.featuresSet {
 		return fmt.Errorf("%w: SET_VRING_ENABLE without VHOST_USER_F_PROTOCOL_FEATURES", ErrMalformed)
 	}
-	idx, num, err := m.vringState()
-	if err != nil {
-		return err
-	}
-	r, err := s.ring(idx)
+	r, idx, num, err := s.ringState(m)
 	if err != nil {
 		return err
 	}
