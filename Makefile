@@ -11,10 +11,22 @@ DEMO        ?=
 # Bound on one `make run` (it must finish in < 3 minutes from a warm cache).
 RUN_TIMEOUT ?= 170s
 INTEGRATION_TIMEOUT ?= 40m
+# `make crashtest`: the full crash-test campaign (issue 5). CRASHTEST_CUTS
+# cuts for each safe cache mode, CRASHTEST_UNSAFE_CUTS for cache=unsafe;
+# extra `flushvm crashtest` flags in CRASHTEST_ARGS (e.g. "--records 50").
+CRASHTEST_WORKLOAD    ?= fsyncstress
+CRASHTEST_POLICY      ?= random-subset
+CRASHTEST_CUTS        ?= 20
+CRASHTEST_UNSAFE_CUTS ?= 10
+CRASHTEST_SEED        ?= 1
+CRASHTEST_DISK_SIZE   ?= 128M
+CRASHTEST_MODES       ?= writeback:$(CRASHTEST_CUTS),writethrough:$(CRASHTEST_CUTS),none:$(CRASHTEST_CUTS),directsync:$(CRASHTEST_CUTS),unsafe:$(CRASHTEST_UNSAFE_CUTS)
+CRASHTEST_OUT         ?= build/crashtest
+CRASHTEST_ARGS        ?=
 
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v '/integration')
 
-.PHONY: bench-vhost all build run run-nodisk test unit fuzz-smoke fuzz integration lint artifacts clean
+.PHONY: crashtest bench-vhost all build run run-nodisk test unit fuzz-smoke fuzz integration lint artifacts clean
 
 all: build
 
@@ -65,3 +77,10 @@ clean:
 ## bench-vhost: fio in a QEMU TCG guest against flushvm vhost-user-blk, qemu-storage-daemon and QEMU's virtio-blk (table, CSV, SVG under build/bench-vhost).
 bench-vhost:
 	scripts/bench-vhost.sh
+
+## crashtest: the full crash-test campaign: a flushvm crashtest per cache mode (one L1 session when
+## nested), JSON reports in $(CRASHTEST_OUT)/MODE.json, then one per-mode table (also table.md).
+crashtest:
+	$(GO) run ./guest/cmd/flushvm-guest campaign --modes $(CRASHTEST_MODES) --out $(CRASHTEST_OUT) \
+		--workload $(CRASHTEST_WORKLOAD) --policy $(CRASHTEST_POLICY) --seed $(CRASHTEST_SEED) \
+		--disk-size $(CRASHTEST_DISK_SIZE) $(CRASHTEST_ARGS)

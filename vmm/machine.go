@@ -343,6 +343,16 @@ func (m *Machine) handleExit(c *kvm.VCPU, reason kvm.ExitReason) error {
 		// A triple fault: what Linux ends with when other reboot methods
 		// fail, and what reboot=t asks for.
 		m.debugf("vCPU %d: triple fault (KVM_EXIT_SHUTDOWN): reboot", c.ID())
+		if !m.serial.printed() {
+			// Linux prints before it reboots; a guest that resets
+			// before its first byte has crashed early. Still a reset
+			// (status 0), but say so instead of ending in silence.
+			rip := "unknown"
+			if r, err := c.Regs(); err == nil {
+				rip = fmt.Sprintf("%#x", r.RIP)
+			}
+			fmt.Fprintf(m.diag, "flushvm: vCPU %d triple-faulted (RIP %s) before the guest printed anything: an early guest crash, ended as a reset\n", c.ID(), rip)
+		}
 		m.stop(Result{Kind: ExitReboot})
 		return nil
 	case kvm.ExitSystemEvent:

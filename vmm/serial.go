@@ -293,6 +293,13 @@ func (s *serial) Out(off uint16, v uint8) {
 	s.update()
 }
 
+// printed reports whether the guest has sent any byte to the console.
+func (s *serial) printed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.outN > 0
+}
+
 func (s *serial) debugString() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -4,6 +4,10 @@
 //	flushvm run --kernel FILE [--initrd FILE] [--append CMDLINE] [--mem 512M]
 //	            [--cpus 1] [--disk SPEC]... [--stats FILE] [--power-cut WHEN]
 //	            [--seed N] [--write-log FILE] [--cache-bound SIZE] [--api SOCKET]
+//	flushvm vhost-user-blk --socket PATH --disk SPEC [--queues N] [--stats FILE]
+//	flushvm replay --log FILE --base IMAGE --out IMAGE --flush N [--policy P]
+//	flushvm crashtest --kernel K --initrd I --disk-size SIZE --workload NAME
+//	                  --cuts N --policy POLICY --seed S [--cache MODE] [--shard i/n]
 //	flushvm help [COMMAND]
 //
 // Exit status: what the guest asked for (0 after a guest reboot, v after a

@@ -5,13 +5,36 @@
 // fdatasync latency, and exits non-zero if any record is missing or
 // damaged.
 //
+// With -ack it also acknowledges each record on stdout (the serial console
+// in a test guest) as soon as its fdatasync has returned:
+//
+//	ACK fsyncstress W SEQ
+//
+// (writer W, record SEQ, both from 0; a writer's records are written and
+// acknowledged in order, and concurrent writers never split a line). A
+// crash-test campaign cuts the power at some point of such a run, then
+// boots a checker: -check reads the files back and verifies that every
+// acknowledged record survived. Its last line is machine-readable:
+//
+//	CHECK fsyncstress acked=A lost=L extra=E
+//
+// A is the number of acknowledged records (the sum of -acked), L those
+// missing or damaged, E the unacknowledged records found intact. A writer
+// whose file is missing or shorter than its acknowledged records has lost
+// the records that are not there.
+//
 // Usage:
 //
-//	fsyncstress -dir /mnt/disk [-writers 4] [-records 500] [-size 4096]
-//	fsyncstress -dev /dev/vda  [-writers 4] [-records 500] [-size 4096]
+//	fsyncstress -dir /mnt/disk [-ack] [-writers 4] [-records 500] [-size 4096]
+//	fsyncstress -dev /dev/vda  [-ack] [-writers 4] [-records 500] [-size 4096]
+//	fsyncstress -check -dir /mnt/disk -acked N0:N1:...:Nw-1 [-writers 4] [-records 500] [-size 4096]
 //
-// Exit status: 0 all records intact, 1 a record failed verification,
-// 2 bad usage or an I/O error.
+// -acked gives, per writer, the number of records it acknowledged (its
+// last SEQ+1, 0 if none); it needs one entry per writer.
+//
+// Exit status: 0 all records intact (workload) or no acknowledged record
+// lost (check), 1 a record failed verification or an acknowledged record
+// was lost, 2 bad usage or an I/O error.
 package main
 
 import (
@@ -22,8 +45,17 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
+)
+
+// Exit statuses.
+const (
+	exitOK        = 0
+	exitViolation = 1
+	exitError     = 2
 )
 
 func main() {
@@ -36,40 +68,64 @@ type config struct {
 	writers int
 	records int
 	size    int
+	// ack prints an acknowledgement line after each record's fdatasync.
+	ack bool
+	// checkMode checks an earlier run's records against acked instead of
+	// writing.
+	checkMode bool
+	// acked is, per writer, the number of records it acknowledged
+	// (checkMode).
+	acked []int
+	// sync makes a written record durable; fdatasync except in tests.
+	sync func(*os.File) error
 }
 
 func run(args []string, out io.Writer) int {
 	fs := flag.NewFlagSet("fsyncstress", flag.ContinueOnError)
 	fs.SetOutput(out)
-	var c config
+	c := config{sync: fdatasync}
+	var acked string
 	fs.StringVar(&c.dir, "dir", "", "directory on the file system under test (one file per writer)")
 	fs.StringVar(&c.dev, "dev", "", "raw block device under test (one region per writer); overwrites it")
 	fs.IntVar(&c.writers, "writers", 4, "concurrent writers")
 	fs.IntVar(&c.records, "records", 500, "records each writer appends")
 	fs.IntVar(&c.size, "size", 4096, "record size in bytes (multiple of 512, at least 512)")
+	fs.BoolVar(&c.ack, "ack", false, `print "ACK fsyncstress W SEQ" on stdout after each record's fdatasync returns`)
+	fs.BoolVar(&c.checkMode, "check", false, "check the records an earlier (interrupted) run left instead of writing")
+	fs.StringVar(&acked, "acked", "", "with -check: records each writer acknowledged, N0:N1:... (one entry per writer)")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return exitError
 	}
-	if err := c.check(); err != nil {
-		fmt.Fprintf(out, "fsyncstress: %v\n", err)
-		return 2
+	err := c.validate()
+	if err == nil && fs.NArg() > 0 {
+		err = fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	rep, err := stress(c)
+	if err == nil {
+		c.acked, err = parseAcked(acked, c)
+	}
 	if err != nil {
 		fmt.Fprintf(out, "fsyncstress: %v\n", err)
-		return 2
+		return exitError
+	}
+	if c.checkMode {
+		return checkRun(c, out)
+	}
+	rep, err := stress(c, out)
+	if err != nil {
+		fmt.Fprintf(out, "fsyncstress: %v\n", err)
+		return exitError
 	}
 	fmt.Fprintln(out, rep.summary(c))
 	bad := verify(c, out)
 	if bad != 0 {
 		fmt.Fprintf(out, "fsyncstress: verify: %d of %d records damaged or missing\n", bad, c.writers*c.records)
-		return 1
+		return exitViolation
 	}
 	fmt.Fprintf(out, "fsyncstress: verify: %d of %d records intact\n", c.writers*c.records, c.writers*c.records)
-	return 0
+	return exitOK
 }
 
-func (c config) check() error {
+func (c config) validate() error {
 	switch {
 	case (c.dir == "") == (c.dev == ""):
 		return errors.New("give exactly one of -dir and -dev")
@@ -79,8 +135,37 @@ func (c config) check() error {
 		return errors.New("-records must be at least 1")
 	case c.size < 512 || c.size%512 != 0 || c.size > 1<<20:
 		return errors.New("-size must be a multiple of 512 between 512 and 1 MiB")
+	case c.ack && c.checkMode:
+		return errors.New("-ack is for the workload, not -check")
 	}
 	return nil
+}
+
+// parseAcked parses -acked "N0:N1:...": it is required with -check and
+// meaningless without, needs one entry per writer, and no writer can have
+// acknowledged more records than it writes.
+func parseAcked(s string, c config) ([]int, error) {
+	switch {
+	case !c.checkMode && s != "":
+		return nil, errors.New("-acked needs -check")
+	case !c.checkMode:
+		return nil, nil
+	case s == "":
+		return nil, errors.New("-check needs -acked N0:N1:... (one entry per writer, 0 for none)")
+	}
+	parts := strings.Split(s, ":")
+	if len(parts) != c.writers {
+		return nil, fmt.Errorf("-acked %q has %d entries, -writers is %d", s, len(parts), c.writers)
+	}
+	acked := make([]int, len(parts))
+	for i, p := range parts {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 0 || n > c.records {
+			return nil, fmt.Errorf("-acked %q: entry %d (%q) must be a number 0..%d (-records)", s, i, p, c.records)
+		}
+		acked[i] = n
+	}
+	return acked, nil
 }
 
 // target opens writer w's file or region for writing or reading and
@@ -143,19 +228,38 @@ func percentile(sorted []time.Duration, p int) time.Duration {
 	return sorted[i-1].Round(time.Microsecond)
 }
 
-func stress(c config) (report, error) {
+// lineWriter puts whole lines from concurrent writers on one stream: each
+// line is one Write call, made under a lock, so no two interleave.
+type lineWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lineWriter) writeLine(b []byte) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	_, err := l.w.Write(b)
+	return err
+}
+
+// stress runs the writers; with c.ack they acknowledge records on out.
+func stress(c config, out io.Writer) (report, error) {
 	var (
 		wg   sync.WaitGroup
 		mu   sync.Mutex
 		lat  = make([]time.Duration, 0, c.writers*c.records)
 		errs = make([]error, c.writers)
+		acks *lineWriter
 	)
+	if c.ack {
+		acks = &lineWriter{w: out}
+	}
 	start := time.Now()
 	for w := 0; w < c.writers; w++ {
 		wg.Add(1)
 		go func(w int) {
 			defer wg.Done()
-			l, err := writer(c, w)
+			l, err := writer(c, w, acks)
 			errs[w] = err
 			mu.Lock()
 			lat = append(lat, l...)
@@ -167,7 +271,9 @@ func stress(c config) (report, error) {
 	return rep, errors.Join(errs...)
 }
 
-func writer(c config, w int) ([]time.Duration, error) {
+// writer appends writer w's records, each made durable before the next is
+// written and, when acks is not nil, acknowledged once it is durable.
+func writer(c config, w int, acks *lineWriter) ([]time.Duration, error) {
 	f, base, err := c.target(w, true)
 	if err != nil {
 		return nil, fmt.Errorf("writer %d: %w", w, err)
@@ -175,16 +281,29 @@ func writer(c config, w int) ([]time.Duration, error) {
 	defer f.Close()
 	lat := make([]time.Duration, 0, c.records)
 	buf := make([]byte, c.size)
+	var line []byte
 	for seq := 0; seq < c.records; seq++ {
 		encode(buf, uint32(w), uint64(seq))
 		if _, err := f.WriteAt(buf, base+int64(seq)*int64(c.size)); err != nil {
 			return lat, fmt.Errorf("writer %d record %d: %w", w, seq, err)
 		}
 		t := time.Now()
-		if err := fdatasync(f); err != nil {
+		if err := c.sync(f); err != nil {
 			return lat, fmt.Errorf("writer %d record %d: fdatasync: %w", w, seq, err)
 		}
 		lat = append(lat, time.Since(t))
+		if acks == nil {
+			continue
+		}
+		// Only now is the record durable: acknowledge it.
+		line = append(line[:0], "ACK fsyncstress "...)
+		line = strconv.AppendInt(line, int64(w), 10)
+		line = append(line, ' ')
+		line = strconv.AppendInt(line, int64(seq), 10)
+		line = append(line, '\n')
+		if err := acks.writeLine(line); err != nil {
+			return lat, fmt.Errorf("writer %d record %d: acknowledge: %w", w, seq, err)
+		}
 	}
 	return lat, nil
 }

@@ -35,8 +35,9 @@ type statsCopy struct {
 	l1   string // path inside the job directory (host view)
 	host string
 	// stats marks a --stats document, whose disk paths are mapped back to
-	// host files; other outputs are copied as they are.
-	stats bool
+	// host files; report marks a crashtest report, whose input paths are;
+	// other outputs are copied as they are.
+	stats, report bool
 }
 
 // mapper rewrites flushvm run arguments from host paths to L1 paths for
@@ -47,14 +48,22 @@ type mapper struct {
 	disks  []*disk
 	stats  map[int][]statsCopy
 	n      int
+	// kept are the crashtest --dir directories to copy back from the
+	// scratch disk.
+	kept []keptDir
 }
 
 func newMapper(jobDir string) *mapper {
 	return &mapper{jobDir: jobDir, inputs: map[string]string{}, stats: map[int][]statsCopy{}}
 }
 
-// rewrite maps run i's arguments.
-func (m *mapper) rewrite(i int, args []string) ([]string, error) {
+// rewrite maps the arguments of run i, a flushvm subcommand (SubRun or
+// SubCrashtest).
+func (m *mapper) rewrite(i int, sub string, args []string) ([]string, error) {
+	flags := valueFlags
+	if sub == SubCrashtest {
+		flags = crashtestValueFlags
+	}
 	out := make([]string, 0, len(args))
 	for k := 0; k < len(args); k++ {
 		a := args[k]
@@ -62,7 +71,7 @@ func (m *mapper) rewrite(i int, args []string) ([]string, error) {
 		if strings.HasPrefix(a, "--") {
 			name, val, hasVal = strings.Cut(a[2:], "=")
 		}
-		if !valueFlags[name] {
+		if !flags[name] {
 			out = append(out, a)
 			continue
 		}
@@ -80,6 +89,15 @@ func (m *mapper) rewrite(i int, args []string) ([]string, error) {
 			val, err = m.input(val)
 		case "disk":
 			val, err = m.disk(val)
+		case "report":
+			val = m.outFile(i, val, "report", ".json")
+		case "dir":
+			abs, aerr := filepath.Abs(val)
+			if aerr != nil {
+				return nil, fmt.Errorf("map --dir %s: %w", val, aerr)
+			}
+			m.kept = append(m.kept, keptDir{run: i, host: abs})
+			val = scratchDir(i)
 		case "stats":
 			val = m.outFile(i, val, "stats", ".json")
 		case "write-log":
@@ -166,7 +184,8 @@ func (m *mapper) disk(spec string) (string, error) {
 // outFile maps an output file of run i to the job directory.
 func (m *mapper) outFile(i int, host, kind, ext string) string {
 	name := fmt.Sprintf("%s-%d-%d%s", kind, i, len(m.stats[i]), ext)
-	m.stats[i] = append(m.stats[i], statsCopy{l1: filepath.Join(m.jobDir, job.OutDir, name), host: host, stats: kind == "stats"})
+	m.stats[i] = append(m.stats[i], statsCopy{l1: filepath.Join(m.jobDir, job.OutDir, name), host: host,
+		stats: kind == "stats", report: kind == "report"})
 	return job.Mount + "/" + job.OutDir + "/" + name
 }
 

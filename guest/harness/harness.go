@@ -9,6 +9,13 @@
 // Debian kernel and guest/cmd/l1init, streams the console (which carries
 // L2's serial output) and returns flushvm's exit status. --stats files are
 // written in the out directory and copied back.
+//
+// A run may be a whole `flushvm crashtest` campaign instead: its images
+// need a file system with O_DIRECT, which L1's tmpfs lacks, so the session
+// then gets a scratch disk (a sparse host file formatted ext4 on the host,
+// attached as one more virtio drive, mounted by L1 at ScratchMount and
+// deleted afterwards), --report comes back like --stats, and a --dir the
+// caller gave is copied back from the scratch disk.
 package harness
 
 import (
@@ -45,7 +52,10 @@ var ErrTimeout = errors.New("harness timed out")
 
 // Run is one command of a session.
 type Run struct {
-	// Args are the `flushvm run` arguments, with host paths.
+	// Subcommand is the flushvm subcommand Args are for: SubRun (also
+	// when empty) or SubCrashtest.
+	Subcommand string
+	// Args are the subcommand's arguments, with host paths.
 	Args []string
 	// Command, when set, runs this command inside L1 instead of flushvm
 	// (nested only; L1 paths; flushvm is /job/flushvm). It is for
@@ -91,6 +101,10 @@ type Options struct {
 	Flushvm string
 	// L1Mem and L1CPUs size the nested L1 guest (2048 MiB and 2 if zero).
 	L1Mem, L1CPUs int
+	// ScratchSize is the size in bytes of the nested session's scratch
+	// disk; zero sizes it with ScratchSize (none unless a run is a
+	// crashtest).
+	ScratchSize int64
 }
 
 // Session is what a call to Execute did.
@@ -168,7 +182,7 @@ func direct(ctx context.Context, opts Options, s *Session, runs []Run) error {
 			defer cancel()
 		}
 		var buf bytes.Buffer
-		cmd := exec.CommandContext(rctx, bin, append([]string{"run"}, r.Args...)...)
+		cmd := exec.CommandContext(rctx, bin, append([]string{r.sub()}, r.Args...)...)
 		w := io.MultiWriter(opts.Stdout, &buf)
 		cmd.Stdout, cmd.Stderr = w, w
 		res := Result{Start: time.Since(t0)}
@@ -183,16 +197,24 @@ func direct(ctx context.Context, opts Options, s *Session, runs []Run) error {
 		var ee *exec.ExitError
 		switch {
 		case rctx.Err() != nil:
-			return fmt.Errorf("flushvm run: %w", rctx.Err())
+			return fmt.Errorf("flushvm %s: %w", r.sub(), rctx.Err())
 		case err == nil:
 		case errors.As(err, &ee):
 			res.Status = ee.ExitCode()
 		default:
-			return fmt.Errorf("flushvm run: %w", err)
+			return fmt.Errorf("flushvm %s: %w", r.sub(), err)
 		}
 		s.Results = append(s.Results, res)
 	}
 	return nil
+}
+
+// sub is the flushvm subcommand of the run.
+func (r Run) sub() string {
+	if r.Subcommand == "" {
+		return SubRun
+	}
+	return r.Subcommand
 }
 
 func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
@@ -236,21 +258,46 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 			return fmt.Errorf("job dir: %w", err)
 		}
 	}
+	scratchSize := opts.ScratchSize
+	if scratchSize == 0 {
+		if scratchSize, err = ScratchSize(runs); err != nil {
+			return err
+		}
+	}
 	m := newMapper(dir)
 	j := &job.Job{}
 	for i, r := range runs {
 		argv := r.Command
+		var env []string
 		if argv == nil {
-			args, err := m.rewrite(i, r.Args)
+			args, err := m.rewrite(i, r.sub(), r.Args)
 			if err != nil {
 				return err
 			}
-			argv = append([]string{job.Mount + "/flushvm", "run"}, args...)
+			argv = append([]string{job.Mount + "/flushvm", r.sub()}, args...)
 		}
-		j.Runs = append(j.Runs, job.Run{Argv: argv, TimeoutSec: int(r.Timeout.Seconds())})
+		if scratchSize > 0 && r.Command == nil && r.sub() == SubCrashtest {
+			// A campaign without --dir keeps its images in a temporary
+			// directory: on the scratch disk, and removed as it ends.
+			env = append(env, "TMPDIR="+ScratchMount)
+		}
+		j.Runs = append(j.Runs, job.Run{Argv: argv, TimeoutSec: int(r.Timeout.Seconds()), Env: env})
 	}
 	for _, d := range m.disks {
 		j.WaitFor = append(j.WaitFor, d.l1)
+	}
+	var scratch string
+	if scratchSize > 0 {
+		if len(m.disks) >= 26 {
+			return ErrTooManyDisks
+		}
+		scratch = dir + ".scratch"
+		defer os.Remove(scratch)
+		if err := FreshExt4(ctx, scratch, strconv.FormatInt(scratchSize, 10)); err != nil {
+			return fmt.Errorf("scratch disk: %w", err)
+		}
+		j.Scratch = &job.Scratch{Device: "/dev/vd" + string(rune('a'+len(m.disks))), Mount: ScratchMount}
+		fmt.Fprintf(opts.Log, "flushvm-harness: scratch disk %s (%d MiB sparse, ext4) on %s in L1\n", scratch, scratchSize>>20, ScratchMount)
 	}
 	if err := job.Write(dir, j); err != nil {
 		return err
@@ -275,6 +322,13 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 			drive += ",readonly=on"
 		}
 		qargs = append(qargs, "-drive", drive)
+	}
+	if scratch != "" {
+		// Its durability on the host is of no interest (the campaigns
+		// model power cuts inside L1, and the file is deleted), so no
+		// host syncs: cache=unsafe; discard=unmap passes L1's discards on
+		// as holes punched in the sparse file.
+		qargs = append(qargs, "-drive", "file="+qemuEscape(scratch)+",if=virtio,format=raw,cache=unsafe,aio=threads,discard=unmap")
 	}
 	t0 := time.Now()
 	watch := newConsole(opts.Stdout, t0)
@@ -301,6 +355,9 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 		if err := m.copyStats(i); err != nil {
 			return err
 		}
+	}
+	if scratch != "" && len(m.kept) > 0 {
+		return copyKeptDirs(ctx, scratch, m.kept)
 	}
 	return nil
 }
@@ -363,6 +420,9 @@ func (m *mapper) copyStats(i int) error {
 					b = append(nb, '\n')
 				}
 			}
+		}
+		if sc.report {
+			b = m.hostPaths(i, b)
 		}
 		if err := os.WriteFile(sc.host, b, 0o644); err != nil {
 			return fmt.Errorf("stats: %w", err)

@@ -65,7 +65,7 @@ func TestRewrite(t *testing.T) {
 			[]string{"--write-log=/job/out/write-log-3-0.wlog", "--power-cut=flushes=3", "--stats=/job/out/stats-3-1.json"}},
 	}
 	for i, tt := range tests {
-		got, err := m.rewrite(tt.run, tt.in)
+		got, err := m.rewrite(tt.run, SubRun, tt.in)
 		if err != nil {
 			t.Fatalf("case %d: %v", i, err)
 		}

@@ -3,6 +3,9 @@ package harness
 import (
 	"context"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 
 	"github.com/flushvm/flushvm/guest"
 	"github.com/flushvm/flushvm/guest/initramfs"
@@ -16,8 +19,11 @@ type Artifacts struct {
 	// Kernel is the unpacked Debian kernel package (L1 and L2 boot it).
 	Kernel *kernel.Kernel
 	// Initramfs is the L2 test guest's image: guest/cmd/init as /init,
-	// busybox, guest/fsyncstress as /bin/fsyncstress, the virtio-blk and
-	// ext4 modules.
+	// busybox, guest/fsyncstress as /bin/fsyncstress, guest/rename as
+	// /bin/rename, the host's e2fsprogs (/sbin/mke2fs and /sbin/e2fsck with
+	// their loader and shared libraries, and /etc/mke2fs.conf when the host
+	// has one) for the crash-test modes, and the virtio-blk and ext4
+	// modules.
 	Initramfs string
 }
 
@@ -49,6 +55,21 @@ func GuestInitramfs(ctx context.Context, cache string, k *kernel.Kernel) (string
 	b.Busybox()
 	b.GoProgram(ctx, "/init", "./guest/cmd/init")
 	b.GoProgram(ctx, "/bin/fsyncstress", "./guest/fsyncstress")
+	b.GoProgram(ctx, "/bin/rename", "./guest/rename")
+	// /init's mkfs and check modes run e2fsprogs by these paths. They
+	// replace busybox's mke2fs applet, which cannot make ext4.
+	for _, tool := range []string{"mke2fs", "e2fsck"} {
+		src, err := hostTool(tool)
+		if err != nil {
+			return "", fmt.Errorf("guest initramfs: %w", err)
+		}
+		b.Dynamic("/sbin/"+tool, src)
+	}
+	// Without it mke2fs uses its built-in profile (the same ext4 features
+	// in e2fsprogs 1.47); with it the guest formats as the host would.
+	if _, err := os.Stat(mke2fsConf); err == nil {
+		b.File(mke2fsConf, mke2fsConf, 0o644)
+	}
 	b.Modules(mods)
 	img, err := b.Build(cache)
 	if err != nil {
@@ -57,10 +78,30 @@ func GuestInitramfs(ctx context.Context, cache string, k *kernel.Kernel) (string
 	return img, nil
 }
 
+// mke2fsConf is e2fsprogs' mke2fs configuration, on the host and in the
+// guest.
+const mke2fsConf = "/etc/mke2fs.conf"
+
+// hostTool finds a system program of the host (e2fsprogs lives in /sbin,
+// which a non-root PATH may lack).
+func hostTool(name string) (string, error) {
+	for _, dir := range []string{"/sbin", "/usr/sbin", "/bin", "/usr/bin"} {
+		p := filepath.Join(dir, name)
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode().Perm()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	return "", fmt.Errorf("%s not found in /sbin, /usr/sbin, /bin, /usr/bin or $PATH (install e2fsprogs)", name)
+}
+
 // L1Initramfs builds the nested L1 guest's image: guest/cmd/l1init as
-// /init, busybox for debugging, and KVM, virtio and 9p modules.
+// /init, busybox for debugging, and KVM, virtio, 9p and ext4 (the scratch
+// disk) modules.
 func L1Initramfs(ctx context.Context, cache string, k *kernel.Kernel) (string, error) {
-	mods, err := k.Modules(kernel.L1Modules...)
+	mods, err := k.Modules(append(append([]string{}, kernel.L1Modules...), kernel.Ext4Modules...)...)
 	if err != nil {
 		return "", err
 	}

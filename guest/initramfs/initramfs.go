@@ -1,6 +1,7 @@
 // Package initramfs builds gzip-compressed newc cpio images for flushvm's
 // test guests with github.com/u-root/u-root/pkg/cpio: directories, files,
-// device nodes, kernel modules, static Go programs and busybox.
+// device nodes, kernel modules, static Go programs, busybox, and
+// dynamically linked host programs with their loader and libraries.
 //
 // Images are cached by a hash of everything that goes into them, so a
 // rebuild happens only when an input changes. A small per-test archive can
@@ -130,7 +131,7 @@ func (b *Builder) Modules(mods []kernel.Module) {
 }
 
 // Static adds a statically linked host binary; a dynamically linked one is
-// an error, since the guest has no loader or libc.
+// an error (Dynamic adds one with its loader and libraries).
 func (b *Builder) Static(name, src string) {
 	if err := CheckStatic(src); err != nil {
 		b.fail(fmt.Errorf("initramfs %s: %w", name, err))

@@ -9,7 +9,12 @@
 // power cut; after the cut, the checker mode verifies that the target file
 // is a whole, undamaged version not older than that acknowledgement — the
 // guarantee the sequence above is meant to give on a disk that honours
-// flushes.
+// flushes. Its last line is machine-readable:
+//
+//	CHECK rename acked=V lost=L extra=E
+//
+// (L acknowledged versions the file does not reflect, E versions newer
+// than the acknowledged one; see check).
 //
 // Usage:
 //
@@ -178,29 +183,50 @@ func parse(b []byte) (int, error) {
 	return v, nil
 }
 
+// check verifies the target file against the last acknowledged version
+// c.acked and ends with the machine-readable line
+//
+//	CHECK rename acked=V lost=L extra=E
+//
+// L is 0 when the file is a whole version v >= V, V - v when it is an older
+// whole version, V when it is missing or damaged; E is v - V when it is
+// newer. A damaged file is a violation even when nothing was acknowledged
+// (the replace must be atomic), so the status, not L alone, says whether
+// the check passed. An I/O error prints no CHECK line.
 func check(c config, out io.Writer) int {
+	status, lost, extra := checkTarget(c, out)
+	if status == exitError {
+		return status
+	}
+	fmt.Fprintf(out, "CHECK rename acked=%d lost=%d extra=%d\n", c.acked, lost, extra)
+	return status
+}
+
+// checkTarget prints what the target file holds and returns the exit
+// status and the lost and extra versions.
+func checkTarget(c config, out io.Writer) (status, lost, extra int) {
 	b, err := os.ReadFile(filepath.Join(c.dir, target))
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		if c.acked > 0 {
 			fmt.Fprintf(out, "rename-check: VIOLATION: %s missing, but version %d was acknowledged\n", target, c.acked)
-			return exitViolation
+			return exitViolation, c.acked, 0
 		}
 		fmt.Fprintln(out, "rename-check: ok: no version yet, none acknowledged")
-		return exitOK
+		return exitOK, 0, 0
 	case err != nil:
 		fmt.Fprintf(out, "rename-check: %v\n", err)
-		return exitError
+		return exitError, 0, 0
 	}
 	v, err := parse(b)
 	if err != nil {
 		fmt.Fprintf(out, "rename-check: VIOLATION: %s: %v\n", target, err)
-		return exitViolation
+		return exitViolation, c.acked, 0
 	}
 	if v < c.acked {
 		fmt.Fprintf(out, "rename-check: VIOLATION: %s holds version %d, older than acknowledged version %d\n", target, v, c.acked)
-		return exitViolation
+		return exitViolation, c.acked - v, 0
 	}
 	fmt.Fprintf(out, "rename-check: ok: version %d (last acknowledged %d)\n", v, c.acked)
-	return exitOK
+	return exitOK, 0, v - c.acked
 }

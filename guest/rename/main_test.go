@@ -43,16 +43,18 @@ func TestCheck(t *testing.T) {
 		acked  int
 		status int
 		msg    string
+		last   string
 	}{
-		{"no file, nothing acked", nil, 0, exitOK, "ok: no version"},
-		{"no file, acked", nil, 2, exitViolation, "missing"},
-		{"acked version", v3, 3, exitOK, "ok: version 3"},
-		{"newer than acked", v3, 2, exitOK, "ok: version 3"},
-		{"older than acked", v3, 4, exitViolation, "older than acknowledged"},
-		{"torn", torn, 3, exitViolation, "not its contents"},
-		{"truncated", v3[:4096], 0, exitViolation, "not its contents"},
-		{"empty", []byte{}, 0, exitViolation, "no header"},
-		{"zeroes", make([]byte, 4096), 0, exitViolation, "header"},
+		{"no file, nothing acked", nil, 0, exitOK, "ok: no version", "CHECK rename acked=0 lost=0 extra=0"},
+		{"no file, acked", nil, 2, exitViolation, "missing", "CHECK rename acked=2 lost=2 extra=0"},
+		{"acked version", v3, 3, exitOK, "ok: version 3", "CHECK rename acked=3 lost=0 extra=0"},
+		{"newer than acked", v3, 2, exitOK, "ok: version 3", "CHECK rename acked=2 lost=0 extra=1"},
+		{"nothing acked, a version there", v3, 0, exitOK, "ok: version 3", "CHECK rename acked=0 lost=0 extra=3"},
+		{"older than acked", v3, 7, exitViolation, "older than acknowledged", "CHECK rename acked=7 lost=4 extra=0"},
+		{"torn", torn, 3, exitViolation, "not its contents", "CHECK rename acked=3 lost=3 extra=0"},
+		{"truncated", v3[:4096], 0, exitViolation, "not its contents", "CHECK rename acked=0 lost=0 extra=0"},
+		{"empty", []byte{}, 5, exitViolation, "no header", "CHECK rename acked=5 lost=5 extra=0"},
+		{"zeroes", make([]byte, 4096), 0, exitViolation, "header", "CHECK rename acked=0 lost=0 extra=0"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -64,10 +66,24 @@ func TestCheck(t *testing.T) {
 			}
 			var out bytes.Buffer
 			st := run([]string{"-check", "-dir", dir, "-acked", fmt.Sprint(tc.acked)}, &out)
-			if st != tc.status || !strings.Contains(out.String(), tc.msg) {
-				t.Fatalf("status %d, output %q; want %d and %q", st, out.String(), tc.status, tc.msg)
+			lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+			if st != tc.status || !strings.Contains(out.String(), tc.msg) || lines[len(lines)-1] != tc.last {
+				t.Fatalf("status %d, output %q; want %d, %q and last line %q", st, out.String(), tc.status, tc.msg, tc.last)
 			}
 		})
+	}
+}
+
+func TestCheckIOError(t *testing.T) {
+	dir := t.TempDir()
+	// A directory where the file should be: reading it fails, which is
+	// no verdict on the file system.
+	if err := os.Mkdir(filepath.Join(dir, target), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if st := run([]string{"-check", "-dir", dir, "-acked", "1"}, &out); st != exitError || strings.Contains(out.String(), "CHECK ") {
+		t.Fatalf("status %d, output %q; want %d and no CHECK line", st, out.String(), exitError)
 	}
 }
 

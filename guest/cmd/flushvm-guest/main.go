@@ -12,6 +12,15 @@
 //	    boot the same guest under plain QEMU TCG (a stand-in for flushvm).
 //	flushvm-guest demo [--cpus N] [--mem SIZE] [--disk] [--cache MODE]
 //	    what `make run` does: boot the test guest with sensible defaults.
+//	flushvm-guest [--timeout D] [--scratch-size SIZE] crashtest FLUSHVM-CRASHTEST-ARGS...
+//	    flushvm crashtest with host paths, as one run (nested: in one L1
+//	    session, its images on a scratch disk); --kernel and --initrd
+//	    default to the test guest's.
+//	flushvm-guest campaign [--modes MODE:CUTS,...] [--out DIR] FLUSHVM-CRASHTEST-ARGS...
+//	    one crashtest per cache mode in one session (what `make crashtest`
+//	    does), reports in DIR/MODE.json, then the per-mode table.
+//	flushvm-guest crashtest-table REPORT...
+//	    the per-mode table of crashtest reports (shards of a mode add up).
 //
 // The exit status is that of flushvm (or the command); 2 means a usage
 // error, 3 a harness failure.
@@ -47,6 +56,18 @@ commands:
   qemu ARGS...     boot what flushvm run ARGS would, under plain QEMU TCG
   demo [--cpus N] [--mem SIZE] [--disk] [--cache MODE]
                    boot the test guest with sensible defaults (make run)
+  crashtest ARGS...
+                   flushvm crashtest ARGS (host paths) directly or nested in one L1 session,
+                   with a scratch ext4 disk for its images; --kernel/--initrd default to the
+                   test guest's. e.g. flushvm-guest crashtest --disk-size 128M \
+                     --workload fsyncstress --cuts 5 --policy random-subset --seed 1 --report r.json
+  campaign [--modes MODE:CUTS,...] [--out DIR] ARGS...
+                   a crashtest per cache mode in one session (default modes
+                   `+defaultModes+`,
+                   out build/crashtest), then the per-mode table (make crashtest)
+  crashtest-table REPORT...
+                   print the per-mode table of crashtest --report files
+global flags: --scratch-size SIZE  size of L1's scratch disk (default: sized for the crashtests)
 `)
 }
 
@@ -57,6 +78,8 @@ func run(args []string) int {
 	modeName := fs.String("mode", "auto", "where flushvm runs: auto, direct or nested")
 	timeout := fs.Duration("timeout", harness.DefaultTimeout, "bound on the whole run")
 	flushvm := fs.String("flushvm", "", "flushvm binary to run (default: build ./cmd/flushvm, static)")
+	scratch := fs.String("scratch-size", "", "nested: give L1 a scratch ext4 disk of this size at "+harness.ScratchMount+
+		" (default: sized for the crashtest runs, none otherwise)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -73,6 +96,12 @@ func run(args []string) int {
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
 	opts := harness.Options{Mode: mode, Stdout: os.Stdout, Log: os.Stderr, Timeout: *timeout, Flushvm: *flushvm}
+	if *scratch != "" {
+		if opts.ScratchSize, err = harness.ParseSize(*scratch); err != nil || opts.ScratchSize < 16<<20 {
+			fmt.Fprintf(os.Stderr, "flushvm-guest: --scratch-size %q: want at least 16M\n", *scratch)
+			return 2
+		}
+	}
 	cmd, rest := fs.Arg(0), fs.Args()[1:]
 	switch cmd {
 	case "run":
@@ -99,6 +128,12 @@ func run(args []string) int {
 		return st
 	case "demo":
 		return demo(ctx, opts, rest)
+	case "crashtest":
+		return crashtest(ctx, opts, fs.Changed("timeout"), rest)
+	case "campaign":
+		return campaign(ctx, opts, fs.Changed("timeout"), rest)
+	case "crashtest-table":
+		return crashtestTable(rest)
 	}
 	fmt.Fprintf(os.Stderr, "flushvm-guest: unknown command %q\n", cmd)
 	usage()

@@ -12,7 +12,30 @@
 //	flushvm.run=script        run /run.sh with busybox sh (appended per test)
 //	flushvm.run=shell         interactive busybox sh on the console
 //	flushvm.run=fsyncstress   run /bin/fsyncstress
-//	flushvm.args=A,B,C        arguments for the workload, comma separated
+//	flushvm.run=mkfs          format /dev/vda ext4 (mke2fs -t ext4 -q -F), flush it
+//	flushvm.run=crash:W       mount /dev/vda on /mnt, run workload W (fsyncstress or
+//	                          rename) acknowledging each durable step on the console
+//	flushvm.run=check:W       after a power cut: mount /dev/vda (replaying the
+//	                          journal), run W's checker, umount, e2fsck -fn /dev/vda
+//	flushvm.args=A,B,C        arguments for the workload, comma separated (values
+//	                          may contain '=' and ':')
+//
+// The crash-test modes (mkfs, crash:W, check:W) print, on the console:
+//
+//	flushvm-init: mkfs /dev/vda: ok                  (or the error instead of ok)
+//	flushvm-init: mounted /dev/vda on /mnt           (crash:W, before the workload)
+//	flushvm-check: mount failed: ERR                 (check:W; the checker is skipped)
+//	flushvm-check: W status N                        (check:W, after W's CHECK line)
+//	flushvm-check: fsck status N                     (check:W, after e2fsck's output)
+//
+// crash:W runs /bin/fsyncstress -dir /mnt -ack ARGS or /bin/rename -dir /mnt
+// ARGS; check:W runs /bin/W -check -dir /mnt ARGS.
+//
+// Exit status: the workload's; 120-123 init could not set the machine up;
+// 124 an unknown flushvm.run= value; 125 the workload could not be started;
+// 126 mkfs or the crash mode's mount failed (mkfs: mke2fs's own status when
+// it failed); check:W: 0 when the checker passed and e2fsck found nothing,
+// else 1.
 //
 // Before ending the VM it prints "flushvm-init: exit status N", so a
 // runner without the debug-exit port (plain QEMU) can still recover N.
@@ -61,12 +84,19 @@ func run() int {
 	if a := cmdline["flushvm.args"]; a != "" {
 		args = strings.Split(a, ",")
 	}
+	if status, ok := diskMode(diskModes{sys: machine{}, out: os.Stdout}, cmdline["flushvm.run"], args); ok {
+		return status
+	}
 	status, err := workload(cmdline["flushvm.run"], args)
 	if err != nil {
 		pid1.Logf(prefix, "%v", err)
 	}
 	return status
 }
+
+// exitUnknownWorkload is the status for a flushvm.run= value init does
+// not know.
+const exitUnknownWorkload = 124
 
 // workload runs the named workload and returns its exit status.
 func workload(name string, args []string) (int, error) {
@@ -76,7 +106,7 @@ func workload(name string, args []string) (int, error) {
 	case strings.HasPrefix(name, "exit:"):
 		n, err := strconv.Atoi(strings.TrimPrefix(name, "exit:"))
 		if err != nil || n < 0 || n > 255 {
-			return 124, fmt.Errorf("flushvm.run=%s: want exit:N with N in 0..255", name)
+			return exitUnknownWorkload, fmt.Errorf("flushvm.run=%s: want exit:N with N in 0..255", name)
 		}
 		return n, nil
 	case name == "script":
@@ -86,7 +116,7 @@ func workload(name string, args []string) (int, error) {
 	case name == "fsyncstress":
 		return command("/bin/fsyncstress", args...)
 	}
-	return 124, fmt.Errorf("flushvm.run=%s: unknown workload (want info, exit:N, script, shell or fsyncstress)", name)
+	return exitUnknownWorkload, fmt.Errorf("flushvm.run=%s: unknown workload (want info, exit:N, script, shell, fsyncstress, mkfs, crash:W or check:W with W fsyncstress or rename)", name)
 }
 
 // command runs a program on the console and returns its exit status.

@@ -29,6 +29,21 @@ type Job struct {
 	// WaitFor lists device nodes (the job's disks) that must exist before
 	// the first run.
 	WaitFor []string `json:"wait_for,omitempty"`
+	// Scratch, when set, is a disk L1 mounts before the first run: a file
+	// system with O_DIRECT (L1's own tmpfs has none) for the images of
+	// campaigns run inside L1.
+	Scratch *Scratch `json:"scratch,omitempty"`
+}
+
+// Scratch is a host-formatted ext4 disk that L1 mounts read-write for the
+// whole job. It is mounted with discard, so files deleted in L1 give their
+// space back to the sparse host file.
+type Scratch struct {
+	// Device is the L1 block device (e.g. /dev/vdb); it is also waited
+	// for like WaitFor.
+	Device string `json:"device"`
+	// Mount is the directory L1 mounts it on (created if missing).
+	Mount string `json:"mount"`
 }
 
 // Run is one command in L1.
@@ -38,6 +53,9 @@ type Run struct {
 	// TimeoutSec bounds the command; 0 means no bound inside L1 (the host
 	// still bounds the whole QEMU run).
 	TimeoutSec int `json:"timeout_sec,omitempty"`
+	// Env are NAME=VALUE settings added to L1 init's environment for
+	// this command (e.g. TMPDIR on the scratch disk).
+	Env []string `json:"env,omitempty"`
 }
 
 // StatusFile is where L1 records run i's exit status (a decimal number, or

@@ -1,0 +1,440 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// acks are the acknowledgements a workload printed on the console.
+type acks struct {
+	// lines is every well-formed ACK line, in order.
+	lines []string
+	// perWriter[w] is 1 + the last record writer w acknowledged
+	// (fsyncstress).
+	perWriter [fsyncstressWriters]int
+	// version is the last version acknowledged (rename).
+	version int
+}
+
+// parseAcks collects the ACK lines of out. Only whole lines count: an
+// acknowledgement cut off by the power cut was never made.
+func parseAcks(out []byte) acks {
+	var a acks
+	whole := out[:bytes.LastIndexByte(out, '\n')+1]
+	for _, line := range strings.Split(string(whole), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 || f[0] != "ACK" {
+			continue
+		}
+		switch {
+		case f[1] == "fsyncstress" && len(f) == 4:
+			w, err1 := strconv.Atoi(f[2])
+			seq, err2 := strconv.Atoi(f[3])
+			if err1 != nil || err2 != nil || w < 0 || w >= fsyncstressWriters || seq < 0 {
+				continue
+			}
+			a.perWriter[w] = max(a.perWriter[w], seq+1)
+		case f[1] == "rename" && len(f) == 3:
+			v, err := strconv.Atoi(f[2])
+			if err != nil || v < 1 {
+				continue
+			}
+			a.version = max(a.version, v)
+		default:
+			continue
+		}
+		a.lines = append(a.lines, line)
+	}
+	return a
+}
+
+// count is the number of acknowledged records (fsyncstress) or the last
+// acknowledged version (rename).
+func (a acks) count() int {
+	n := a.version
+	for _, w := range a.perWriter {
+		n += w
+	}
+	return n
+}
+
+// ackedArg is the checker's -acked argument.
+func (a acks) ackedArg(workload string) string {
+	if workload == "rename" {
+		return strconv.Itoa(a.version)
+	}
+	s := make([]string, len(a.perWriter))
+	for i, n := range a.perWriter {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ":")
+}
+
+// cutResult is one cut in the report.
+type cutResult struct {
+	// Cut is the cut's number in the campaign; Seed = campaign seed + Cut
+	// drew its cut point and its policy's choices.
+	Cut  int    `json:"cut"`
+	Seed uint64 `json:"seed"`
+	// At is the cut point (a --power-cut trigger).
+	At string `json:"at"`
+	// PowerCut is false when the workload ended before reaching At.
+	PowerCut       bool `json:"power_cut"`
+	WorkloadStatus int  `json:"workload_status"`
+	// Acked counts the acknowledged records (rename: the last
+	// acknowledged version).
+	Acked int `json:"acked"`
+	// Unstable, Kept, Torn and Lost are the power-cut model's report:
+	// writes not covered by a completed flush and their fates.
+	Unstable int `json:"unstable_writes"`
+	Kept     int `json:"kept_writes"`
+	Torn     int `json:"torn_writes"`
+	Lost     int `json:"lost_writes"`
+	// CheckStatus is the checker boot's exit status; MountFailed says the
+	// crashed file system did not mount; FsckStatus is e2fsck -fn's status
+	// (-1: not reported).
+	CheckStatus int  `json:"check_status"`
+	MountFailed bool `json:"mount_failed"`
+	FsckStatus  int  `json:"fsck_status"`
+	// LostAcked counts acknowledged records missing or damaged after the
+	// cut; Extra counts unacknowledged records that survived.
+	LostAcked int `json:"lost_acked"`
+	Extra     int `json:"extra"`
+	// Violation: acknowledged data lost, or a file system fsck rejects.
+	Violation bool   `json:"violation"`
+	Reason    string `json:"reason,omitempty"`
+	// Error says why the cut could not be checked.
+	Error   string  `json:"error,omitempty"`
+	Seconds float64 `json:"seconds"`
+	// Repro reproduces this cut; Image is its crashed image (kept when
+	// it failed and --dir was given).
+	Repro string `json:"repro"`
+	Image string `json:"image,omitempty"`
+}
+
+// readPowerCut fills in the model's report from the workload boot's
+// --stats.
+func (r *cutResult) readPowerCut(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("workload --stats: %w", err)
+	}
+	var doc statsDoc
+	if err := json.Unmarshal(b, &doc); err != nil || len(doc.Disks) != 1 {
+		return fmt.Errorf("workload --stats %s: want one disk: %v", path, err)
+	}
+	pc := doc.Disks[0].PowerCut
+	if pc == nil || pc.Report == nil {
+		return fmt.Errorf("workload --stats %s: the power cut left no report", path)
+	}
+	if pc.Error != "" {
+		return fmt.Errorf("the power cut failed to apply: %s", pc.Error)
+	}
+	r.Unstable, r.Kept, r.Torn, r.Lost = pc.Report.Unstable, pc.Report.Kept, pc.Report.Torn, pc.Report.Lost
+	return nil
+}
+
+// judge reads the checker boot's console and decides the cut.
+func (r *cutResult) judge(workload string, b bootResult) {
+	r.CheckStatus = b.status
+	r.FsckStatus = -1
+	sawCheck := false
+	checker := -1 // the workload checker's exit status
+	for _, line := range strings.Split(string(b.out), "\n") {
+		line = strings.TrimSpace(line)
+		if rest, ok := strings.CutPrefix(line, "flushvm-check: fsck status "); ok {
+			if n, err := strconv.Atoi(rest); err == nil {
+				r.FsckStatus = n
+			}
+		}
+		if strings.HasPrefix(line, "flushvm-check: mount failed") {
+			r.MountFailed = true
+		}
+		if rest, ok := strings.CutPrefix(line, "flushvm-check: "+workload+" status "); ok {
+			if n, err := strconv.Atoi(rest); err == nil {
+				checker = n
+			}
+		}
+		f := strings.Fields(line)
+		if len(f) == 5 && f[0] == "CHECK" && f[1] == workload {
+			acked, err1 := keyInt(f[2], "acked")
+			lost, err2 := keyInt(f[3], "lost")
+			extra, err3 := keyInt(f[4], "extra")
+			if err1 == nil && err2 == nil && err3 == nil {
+				sawCheck = true
+				r.LostAcked, r.Extra = lost, extra
+				if acked != r.Acked {
+					r.Error = fmt.Sprintf("the checker counted %d acknowledged records, the console showed %d", acked, r.Acked)
+				}
+			}
+		}
+	}
+	var why []string
+	if r.MountFailed {
+		why = append(why, "the crashed file system does not mount")
+	} else if !sawCheck && r.Error == "" {
+		r.Error = "the checker printed no CHECK line: " + lastLines(b.out, 3)
+	}
+	switch {
+	case r.LostAcked > 0:
+		why = append(why, fmt.Sprintf("lost %d of %d acknowledged", r.LostAcked, r.Acked))
+	case checker == 1:
+		// rename: a torn target file is a violation even when no
+		// version was acknowledged yet.
+		why = append(why, "the workload's checker found damaged data")
+	case checker > 1 && r.Error == "" && !r.MountFailed:
+		r.Error = fmt.Sprintf("the workload's checker failed (status %d): %s", checker, lastLines(b.out, 3))
+	}
+	switch {
+	case r.FsckStatus > 0 && r.FsckStatus < 8:
+		why = append(why, fmt.Sprintf("e2fsck -fn found errors (status %d)", r.FsckStatus))
+	case r.FsckStatus >= 8:
+		if r.Error == "" {
+			r.Error = fmt.Sprintf("e2fsck could not check the image (status %d)", r.FsckStatus)
+		}
+	case r.FsckStatus < 0 && r.Error == "":
+		r.Error = "the checker printed no fsck status: " + lastLines(b.out, 3)
+	}
+	r.Violation = len(why) > 0
+	r.Reason = strings.Join(why, "; ")
+}
+
+// keyInt parses "key=N".
+func keyInt(s, key string) (int, error) {
+	v, ok := strings.CutPrefix(s, key+"=")
+	if !ok {
+		return 0, fmt.Errorf("want %s=N, got %q", key, s)
+	}
+	return strconv.Atoi(v)
+}
+
+// crashReport is the campaign's JSON report (--report).
+type crashReport struct {
+	Workload    string      `json:"workload"`
+	Records     int         `json:"records"`
+	Cache       string      `json:"cache"`
+	Policy      string      `json:"policy"`
+	Seed        uint64      `json:"seed"`
+	Cuts        int         `json:"cuts"`
+	Shard       string      `json:"shard"`
+	DiskSize    int64       `json:"disk_size"`
+	Kernel      string      `json:"kernel"`
+	Initrd      string      `json:"initrd"`
+	Calibration calibration `json:"calibration"`
+	Results     []cutResult `json:"results"`
+	Summary     crashTotals `json:"summary"`
+}
+
+// crashTotals sums a campaign's cuts.
+type crashTotals struct {
+	Cuts       int `json:"cuts"`
+	PowerCuts  int `json:"power_cuts"`
+	NoCut      int `json:"ended_before_cut"`
+	Errors     int `json:"errors"`
+	Acked      int `json:"acked"`
+	LostAcked  int `json:"lost_acked"`
+	FsckErrors int `json:"fsck_errors"`
+	// MountFailures counts crashed file systems that did not mount.
+	MountFailures int     `json:"mount_failures"`
+	Violations    int     `json:"violations"`
+	Seconds       float64 `json:"seconds"`
+	CutsPerMinute float64 `json:"cuts_per_minute"`
+	// FirstFailure is the first cut with a violation.
+	FirstFailure *cutResult `json:"first_failure,omitempty"`
+}
+
+func newCrashReport(c *campaign) *crashReport {
+	return &crashReport{Workload: c.workload, Records: c.records, Cache: string(c.cache), Policy: c.policy, Seed: c.seed,
+		Cuts: c.cuts, Shard: fmt.Sprintf("%d/%d", c.shardIndex, c.shardCount), DiskSize: c.diskSize,
+		Kernel: c.kernel, Initrd: c.initrd, Results: []cutResult{}}
+}
+
+func (r *crashReport) add(res cutResult) {
+	r.Results = append(r.Results, res)
+	s := &r.Summary
+	s.Cuts++
+	switch {
+	case res.Error != "":
+		s.Errors++
+	case res.PowerCut:
+		s.PowerCuts++
+	default:
+		s.NoCut++
+	}
+	s.Acked += res.Acked
+	s.LostAcked += res.LostAcked
+	if res.FsckStatus > 0 && res.FsckStatus < 8 {
+		s.FsckErrors++
+	}
+	if res.MountFailed {
+		s.MountFailures++
+	}
+	if res.Violation {
+		s.Violations++
+		if s.FirstFailure == nil {
+			first := res
+			s.FirstFailure = &first
+		}
+	}
+}
+
+func (r *crashReport) finish(d time.Duration) {
+	r.Summary.Seconds = d.Seconds()
+	if d > 0 {
+		r.Summary.CutsPerMinute = float64(r.Summary.Cuts) / d.Minutes()
+	}
+}
+
+// exitStatus is crashtest's exit status for a finished campaign.
+func (r *crashReport) exitStatus() int {
+	switch {
+	case r.Summary.Violations > 0:
+		return exitViolations
+	case r.Summary.Errors > 0:
+		return exitCampaignFailed
+	}
+	return exitOK
+}
+
+func (r *crashReport) write(path string) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return fmt.Errorf("--report: %w", err)
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("--report: %w", err)
+	}
+	return nil
+}
+
+// unit names what the workload acknowledges.
+func (r *crashReport) unit() string {
+	if r.Workload == "rename" {
+		return "versions (last acknowledged, summed)"
+	}
+	return "records"
+}
+
+// printSummary writes the human summary.
+func (r *crashReport) printSummary(w io.Writer) {
+	s := r.Summary
+	fmt.Fprintf(w, "flushvm crashtest: %s on ext4, cache=%s, policy %s, seed %d, shard %s of %d cuts\n",
+		r.Workload, r.Cache, r.Policy, r.Seed, r.Shard, r.Cuts)
+	fmt.Fprintf(w, "  cuts:        %d run: %d power cuts, %d ended before their cut point, %d could not be checked\n",
+		s.Cuts, s.PowerCuts, s.NoCut, s.Errors)
+	fmt.Fprintf(w, "  time:        %s, %.1f cuts/min (calibration: %d writes, %d flushes per run)\n",
+		time.Duration(s.Seconds*float64(time.Second)).Round(time.Second), s.CutsPerMinute, r.Calibration.Writes, r.Calibration.Flushes)
+	fmt.Fprintf(w, "  acknowledged %s: %d, lost: %d; fsck errors: %d; unmountable: %d\n",
+		r.unit(), s.Acked, s.LostAcked, s.FsckErrors, s.MountFailures)
+	fmt.Fprintf(w, "  violations:  %d", s.Violations)
+	if s.Violations > 0 {
+		var ks []string
+		for _, res := range r.Results {
+			if res.Violation {
+				ks = append(ks, strconv.Itoa(res.Cut))
+			}
+		}
+		fmt.Fprintf(w, " (cuts %s)", strings.Join(ks, ", "))
+	}
+	fmt.Fprintln(w)
+	for _, res := range r.Results {
+		if res.Error != "" {
+			fmt.Fprintf(w, "  cut %d (seed %d, %s) not checked: %s\n", res.Cut, res.Seed, res.At, res.Error)
+		}
+	}
+	if f := s.FirstFailure; f != nil {
+		fmt.Fprintf(w, "  first failing cut: %d (seed %d, cut at %s): %s\n", f.Cut, f.Seed, f.At, f.Reason)
+		fmt.Fprintf(w, "  reproduce:   %s\n", f.Repro)
+		if f.Image != "" {
+			fmt.Fprintf(w, "  its image:   %s\n", f.Image)
+		}
+	}
+	switch {
+	case s.Violations > 0:
+		fmt.Fprintln(w, "  result:      FAIL: acknowledged data was lost or a file system was damaged")
+	case s.Errors > 0:
+		fmt.Fprintln(w, "  result:      INCOMPLETE: no violation, but some cuts could not be checked")
+	default:
+		fmt.Fprintln(w, "  result:      PASS: every acknowledged record survived every cut; every file system is clean")
+	}
+}
+
+// progress shows the campaign's progress on stderr: a bar redrawn in place
+// on a terminal, one line per cut otherwise (logs, CI, nested consoles).
+type progress struct {
+	w     io.Writer
+	tty   bool
+	total int
+	start time.Time
+	n     int
+}
+
+func newProgress(w io.Writer, cuts []int) *progress {
+	p := &progress{w: w, total: len(cuts), start: time.Now()}
+	if f, ok := w.(*os.File); ok {
+		if _, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err == nil {
+			p.tty = true
+		}
+	}
+	return p
+}
+
+// note prints a line about the campaign's set-up.
+func (p *progress) note(format string, a ...any) {
+	fmt.Fprintf(p.w, "crashtest: "+format+"\n", a...)
+}
+
+// cut reports a finished cut.
+func (p *progress) cut(res cutResult, rep *crashReport) {
+	p.n++
+	s := rep.Summary
+	elapsed := time.Since(p.start)
+	rate := float64(p.n) / elapsed.Minutes()
+	eta := time.Duration(float64(p.total-p.n) / rate * float64(time.Minute)).Round(time.Second)
+	if p.tty {
+		const width = 30
+		done := width * p.n / max(p.total, 1)
+		fmt.Fprintf(p.w, "\r[%s%s] %d/%d cuts, %d violations, %d errors, %.1f cuts/min, ETA %v   ",
+			strings.Repeat("#", done), strings.Repeat(".", width-done), p.n, p.total, s.Violations, s.Errors, rate, eta)
+		return
+	}
+	verdict := "ok"
+	switch {
+	case res.Error != "":
+		verdict = "NOT CHECKED: " + res.Error
+	case res.Violation:
+		verdict = "VIOLATION: " + res.Reason
+	}
+	what := "ended before the cut"
+	if res.PowerCut {
+		what = fmt.Sprintf("power cut, %d of %d unstable writes kept, %d torn", res.Kept, res.Unstable, res.Torn)
+	}
+	fmt.Fprintf(p.w, "crashtest: cut %d/%d (#%d, seed %d, at %s): %s; %d acknowledged; fsck %d: %s [%.0f s, ETA %v]\n",
+		p.n, p.total, res.Cut, res.Seed, res.At, what, res.Acked, res.FsckStatus, verdict, res.Seconds, eta)
+}
+
+// done ends the bar.
+func (p *progress) done() {
+	if p.tty && p.n > 0 {
+		fmt.Fprintln(p.w)
+	}
+}
+
+// formatSize prints a byte count with a binary suffix.
+func formatSize(n int64) string {
+	switch {
+	case n >= 1<<30 && n%(1<<30) == 0:
+		return strconv.FormatInt(n>>30, 10) + " GiB"
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return strconv.FormatInt(n>>20, 10) + " MiB"
+	}
+	return strconv.FormatInt(n, 10) + " bytes"
+}

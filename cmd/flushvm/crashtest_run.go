@@ -1,0 +1,404 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// booter runs one `flushvm run` with args and returns its exit status and
+// everything it printed (the guest's console and flushvm's own lines).
+type booter interface {
+	boot(ctx context.Context, args []string) (status int, out []byte, err error)
+}
+
+// execBooter boots by running the flushvm binary as a child process, so a
+// power cut (which ends the VMM) ends only that child.
+type execBooter struct {
+	flushvm string
+}
+
+func (b *execBooter) boot(ctx context.Context, args []string) (int, []byte, error) {
+	var out bytes.Buffer
+	cmd := exec.CommandContext(ctx, b.flushvm, append([]string{"run"}, args...)...)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.WaitDelay = 10 * time.Second
+	err := cmd.Run()
+	clean := bytes.ReplaceAll(out.Bytes(), []byte{'\r'}, nil)
+	var ee *exec.ExitError
+	switch {
+	case ctx.Err() != nil:
+		return 0, clean, fmt.Errorf("flushvm run: %w", ctx.Err())
+	case err == nil:
+		return 0, clean, nil
+	case errors.As(err, &ee) && ee.Exited():
+		return ee.ExitCode(), clean, nil
+	default:
+		return 0, clean, fmt.Errorf("flushvm run: %w", err)
+	}
+}
+
+// bootResult is one boot as the campaign saw it.
+type bootResult struct {
+	status int
+	out    []byte
+}
+
+// guestCmdline is the kernel command line of a campaign boot: run is the
+// guest /init's flushvm.run= mode, args its comma-joined arguments.
+func guestCmdline(run string, args []string) string {
+	s := "console=ttyS0 panic=-1 quiet flushvm.run=" + run
+	if len(args) > 0 {
+		s += " flushvm.args=" + strings.Join(args, ",")
+	}
+	return s
+}
+
+// bootArgs returns the `flushvm run` arguments of a campaign boot.
+func (c *campaign) bootArgs(cmdline, diskSpec string, extra ...string) []string {
+	a := []string{"--kernel", c.kernel, "--initrd", c.initrd, "--mem", c.mem, "--cpus", strconv.Itoa(c.cpus),
+		"--append", cmdline, "--disk", diskSpec}
+	return append(a, extra...)
+}
+
+// guestStarted reports whether a boot's guest reached its /init: a boot
+// that ended before that (an early guest crash) touched no disk and may be
+// retried.
+func guestStarted(out []byte) bool { return bytes.Contains(out, []byte("flushvm-init: ")) }
+
+// boot runs one boot with the campaign's time bound, retrying once a boot
+// whose guest never reached its /init. name labels its log file in dir.
+func (c *campaign) boot(ctx context.Context, b booter, dir, name string, args []string) (bootResult, error) {
+	var r bootResult
+	var err error
+	for attempt := 1; attempt <= 2; attempt++ {
+		bctx, cancel := context.WithTimeout(ctx, c.bootTimeout)
+		r.status, r.out, err = b.boot(bctx, args)
+		cancel()
+		if werr := os.WriteFile(filepath.Join(dir, name+".log"), r.out, 0o644); werr != nil && err == nil {
+			err = fmt.Errorf("%s log: %w", name, werr)
+		}
+		if err != nil || guestStarted(r.out) || ctx.Err() != nil {
+			break
+		}
+	}
+	if err != nil {
+		return r, fmt.Errorf("%s boot: %w", name, err)
+	}
+	return r, nil
+}
+
+// calibration is what a whole, uncut workload run sends to the disk.
+type calibration struct {
+	// Writes counts writes, discards and write-zeroes (what writes=N
+	// counts); Flushes the flushes that reached the disk (flushes=N).
+	Writes  uint64  `json:"writes"`
+	Flushes uint64  `json:"flushes"`
+	Acks    int     `json:"acks"`
+	Seconds float64 `json:"seconds"`
+}
+
+// run runs the campaign's shard.
+func (c *campaign) run(ctx context.Context, b booter, prog *progress) (*crashReport, error) {
+	rep := newCrashReport(c)
+	start := time.Now()
+	defer func() { rep.finish(time.Since(start)) }()
+	dir := c.dir
+	if dir == "" {
+		d, err := os.MkdirTemp("", "flushvm-crashtest-")
+		if err != nil {
+			return rep, fmt.Errorf("work directory: %w", err)
+		}
+		defer os.RemoveAll(d)
+		dir = d
+	} else if err := os.MkdirAll(dir, 0o755); err != nil {
+		return rep, userErrorf("--dir: %v", err)
+	}
+	template := filepath.Join(dir, "template.img")
+	defer os.Remove(template)
+	prog.note("formatting a %s disk (ext4, in the guest)", formatSize(c.diskSize))
+	if err := c.format(ctx, b, dir, template); err != nil {
+		return rep, err
+	}
+	prog.note("calibrating: the whole %s workload, no power cut", c.workload)
+	cal, err := c.calibrate(ctx, b, dir, template)
+	if err != nil {
+		return rep, err
+	}
+	rep.Calibration = cal
+	prog.note("calibration: %d writes, %d flushes reach the disk, %d acknowledgements, %.1f s",
+		cal.Writes, cal.Flushes, cal.Acks, cal.Seconds)
+	for _, k := range c.shardCuts() {
+		if ctx.Err() != nil {
+			return rep, ctx.Err()
+		}
+		t0 := time.Now()
+		res := c.cut(ctx, b, dir, template, k, cal)
+		res.Seconds = time.Since(t0).Seconds()
+		rep.add(res)
+		prog.cut(res, rep)
+	}
+	prog.done()
+	return rep, nil
+}
+
+// format makes the template image: a fresh file the guest formats.
+func (c *campaign) format(ctx context.Context, b booter, dir, template string) error {
+	if err := createImage(template, c.diskSize); err != nil {
+		return err
+	}
+	args := c.bootArgs(guestCmdline("mkfs", nil), "path="+template+",cache=writeback")
+	r, err := c.boot(ctx, b, dir, "format", args)
+	if err != nil {
+		return err
+	}
+	if r.status != 0 {
+		return fmt.Errorf("%w: the mkfs boot ended with status %d (is --initrd flushvm's guest image with e2fsprogs?): %s",
+			errBootFailed, r.status, lastLines(r.out, 5))
+	}
+	return nil
+}
+
+// calibrate runs the workload to its end on a copy of the template and
+// counts what reached the disk, to place the cuts inside the run.
+func (c *campaign) calibrate(ctx context.Context, b booter, dir, template string) (calibration, error) {
+	img := filepath.Join(dir, "calibration.img")
+	stats := filepath.Join(dir, "calibration.stats.json")
+	defer os.Remove(img)
+	defer os.Remove(stats)
+	if err := copySparse(template, img); err != nil {
+		return calibration{}, err
+	}
+	t0 := time.Now()
+	args := c.bootArgs(guestCmdline("crash:"+c.workload, c.workloadArgs),
+		"path="+img+",cache="+string(c.cache)+",powercut="+c.policy, "--stats", stats)
+	r, err := c.boot(ctx, b, dir, "calibration", args)
+	if err != nil {
+		return calibration{}, err
+	}
+	if r.status != 0 {
+		return calibration{}, fmt.Errorf("%w: the calibration boot (the %s workload without a power cut) ended with status %d: %s",
+			errBootFailed, c.workload, r.status, lastLines(r.out, 5))
+	}
+	sb, err := os.ReadFile(stats)
+	if err != nil {
+		return calibration{}, fmt.Errorf("calibration --stats: %w", err)
+	}
+	var doc struct {
+		Disks []struct {
+			Writes      uint64 `json:"writes"`
+			Discards    uint64 `json:"discards"`
+			WriteZeroes uint64 `json:"write_zeroes"`
+			HostSyncs   uint64 `json:"host_syncs"`
+		} `json:"disks"`
+	}
+	if err := json.Unmarshal(sb, &doc); err != nil || len(doc.Disks) != 1 {
+		return calibration{}, fmt.Errorf("calibration --stats %s: want one disk: %v", stats, err)
+	}
+	d := doc.Disks[0]
+	cal := calibration{Writes: d.Writes + d.Discards + d.WriteZeroes, Flushes: d.HostSyncs,
+		Acks: len(parseAcks(r.out).lines), Seconds: time.Since(t0).Seconds()}
+	if cal.Writes == 0 {
+		return cal, fmt.Errorf("%w: the calibration boot wrote nothing to the disk", errBootFailed)
+	}
+	return cal, nil
+}
+
+// cutPoint draws cut k's trigger from its seed: a write or (when the mode
+// flushes at all) a flush, uniformly over the calibrated run.
+func (c *campaign) cutPoint(seed uint64, cal calibration) trigger {
+	if c.at != nil {
+		return *c.at
+	}
+	r := rand.New(rand.NewPCG(seed, 0x637574706f696e74)) // "cutpoint"
+	if cal.Flushes > 0 && r.IntN(2) == 1 {
+		return trigger{kind: triggerFlushes, n: 1 + r.Uint64N(cal.Flushes)}
+	}
+	return trigger{kind: triggerWrites, n: 1 + r.Uint64N(cal.Writes)}
+}
+
+// cut runs cut k: the workload boot with the power cut, then the checker.
+func (c *campaign) cut(ctx context.Context, b booter, dir, template string, k int, cal calibration) (res cutResult) {
+	seed := c.seed + uint64(k)
+	at := c.cutPoint(seed, cal)
+	res = cutResult{Cut: k, Seed: seed, At: at.String()}
+	res.Repro = c.reproCommand(seed, at)
+	name := fmt.Sprintf("cut-%d", k)
+	img := filepath.Join(dir, name+".img")
+	stats := filepath.Join(dir, name+".stats.json")
+	keep := false
+	defer func() {
+		os.Remove(stats)
+		if keep {
+			res.Image = img
+			return
+		}
+		os.Remove(img)
+		os.Remove(filepath.Join(dir, name+".workload.log"))
+		os.Remove(filepath.Join(dir, name+".check.log"))
+	}()
+	if err := copySparse(template, img); err != nil {
+		res.Error = err.Error()
+		return res
+	}
+	args := c.bootArgs(guestCmdline("crash:"+c.workload, c.workloadArgs),
+		"path="+img+",cache="+string(c.cache)+",powercut="+c.policy,
+		"--power-cut", at.String(), "--seed", strconv.FormatUint(seed, 10), "--stats", stats)
+	r, err := c.boot(ctx, b, dir, name+".workload", args)
+	if err != nil {
+		res.Error = err.Error()
+		keep = c.keepDir
+		return res
+	}
+	res.WorkloadStatus = r.status
+	acks := parseAcks(r.out)
+	res.Acked = acks.count()
+	switch r.status {
+	case exitPowerCut:
+		res.PowerCut = true
+		if err := res.readPowerCut(stats); err != nil {
+			res.Error = err.Error()
+			keep = c.keepDir
+			return res
+		}
+	case 0:
+		// The run sent fewer writes or flushes than the calibration
+		// (timing differs): it ended before its cut. Still check it.
+	default:
+		res.Error = fmt.Sprintf("the workload boot ended with status %d: %s", r.status, lastLines(r.out, 3))
+		keep = c.keepDir
+		return res
+	}
+	// The guest's check mode adds -check and the mount point.
+	checkArgs := append(append([]string{}, c.workloadArgs...), "-acked", acks.ackedArg(c.workload))
+	r, err = c.boot(ctx, b, dir, name+".check", c.bootArgs(guestCmdline("check:"+c.workload, checkArgs), "path="+img+",cache=writeback"))
+	if err != nil {
+		res.Error = err.Error()
+		keep = c.keepDir
+		return res
+	}
+	res.judge(c.workload, r)
+	keep = c.keepDir && (res.Violation || res.Error != "")
+	return res
+}
+
+// reproCommand is the command that runs cut seed again at the same point.
+func (c *campaign) reproCommand(seed uint64, at trigger) string {
+	f := c.flags
+	a := []string{"flushvm", "crashtest", "--kernel", c.kernel, "--initrd", c.initrd, "--disk-size", f.diskSize,
+		"--workload", c.workload, "--cuts", "1", "--policy", c.policy, "--seed", strconv.FormatUint(seed, 10),
+		"--cache", string(c.cache), "--at", at.String()}
+	if f.records != 100 {
+		a = append(a, "--records", strconv.Itoa(f.records))
+	}
+	if f.mem != "512M" {
+		a = append(a, "--mem", f.mem)
+	}
+	if f.cpus != 2 {
+		a = append(a, "--cpus", strconv.Itoa(f.cpus))
+	}
+	a = append(a, "--dir", "crash-"+strconv.FormatUint(seed, 10))
+	for i, s := range a {
+		a[i] = shellQuote(s)
+	}
+	return strings.Join(a, " ")
+}
+
+// lastLines returns the last n non-empty lines of out, joined by " | ".
+func lastLines(out []byte, n int) string {
+	var ls []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.TrimSpace(l) != "" {
+			ls = append(ls, strings.TrimSpace(l))
+		}
+	}
+	if len(ls) > n {
+		ls = ls[len(ls)-n:]
+	}
+	if len(ls) == 0 {
+		return "(no output)"
+	}
+	return strings.Join(ls, " | ")
+}
+
+// createImage creates a sparse file of size bytes (replacing any).
+func createImage(path string, size int64) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		return fmt.Errorf("size %s: %w", path, err)
+	}
+	return f.Close()
+}
+
+// copySparse copies src to dst, skipping src's holes so a mostly empty
+// image costs only its data.
+func copySparse(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("copy image: %w", err)
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return fmt.Errorf("copy image: %w", err)
+	}
+	out, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return fmt.Errorf("copy image: %w", err)
+	}
+	if err := copyData(in, out, fi.Size()); err != nil {
+		out.Close()
+		return fmt.Errorf("copy %s to %s: %w", src, dst, err)
+	}
+	if err := out.Truncate(fi.Size()); err != nil {
+		out.Close()
+		return fmt.Errorf("copy image: %w", err)
+	}
+	return out.Close()
+}
+
+// copyData copies the data extents of in (size bytes) to the same offsets
+// of out, using SEEK_DATA/SEEK_HOLE; without them, everything.
+func copyData(in, out *os.File, size int64) error {
+	const seekData, seekHole = 3, 4
+	for off := int64(0); off < size; {
+		data, err := in.Seek(off, seekData)
+		if err != nil {
+			if errors.Is(err, syscall.ENXIO) {
+				return nil // only a hole from off to the end
+			}
+			// No SEEK_DATA here: copy the rest whole.
+			data = off
+		}
+		hole, err := in.Seek(data, seekHole)
+		if err != nil {
+			hole = size
+		}
+		if _, err := out.Seek(data, io.SeekStart); err != nil {
+			return err
+		}
+		if _, err := in.Seek(data, io.SeekStart); err != nil {
+			return err
+		}
+		if _, err := io.CopyN(out, in, hole-data); err != nil {
+			return err
+		}
+		off = hole
+	}
+	return nil
+}

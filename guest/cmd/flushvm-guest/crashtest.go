@@ -1,0 +1,462 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/flushvm/flushvm/guest/harness"
+)
+
+// Exit statuses of flushvm crashtest (see `flushvm crashtest --help`).
+const (
+	crashtestViolations = 1
+	crashtestFailed     = 3
+)
+
+// errUsage marks a command line the crashtest commands reject.
+var errUsage = errors.New("usage")
+
+// takeFlag removes --name (either "--name V" or "--name=V") from args and
+// returns its last value.
+func takeFlag(args []string, name string) (val string, rest []string, found bool, err error) {
+	for k := 0; k < len(args); k++ {
+		a := args[k]
+		switch {
+		case a == "--"+name:
+			if k+1 >= len(args) {
+				return "", nil, false, fmt.Errorf("%w: --%s needs a value", errUsage, name)
+			}
+			k++
+			val, found = args[k], true
+		case strings.HasPrefix(a, "--"+name+"="):
+			val, found = a[len(name)+3:], true
+		default:
+			rest = append(rest, a)
+		}
+	}
+	return val, rest, found, nil
+}
+
+// hasFlag reports whether args set --name.
+func hasFlag(args []string, name string) bool {
+	for _, a := range args {
+		if a == "--"+name || strings.HasPrefix(a, "--"+name+"=") {
+			return true
+		}
+	}
+	return false
+}
+
+// withGuestDefaults adds --kernel and --initrd (the cached Debian kernel and
+// the test guest's initramfs) when args lack them.
+func withGuestDefaults(ctx context.Context, args []string) ([]string, error) {
+	if hasFlag(args, "kernel") && hasFlag(args, "initrd") {
+		return args, nil
+	}
+	a, err := harness.Prepare(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var add []string
+	if !hasFlag(args, "kernel") {
+		add = append(add, "--kernel", a.Kernel.BzImage)
+	}
+	if !hasFlag(args, "initrd") {
+		add = append(add, "--initrd", a.Initramfs)
+	}
+	return append(add, args...), nil
+}
+
+// crashtestTimeout bounds a session of crashtest runs when --timeout is
+// not given: L1's boot and the campaigns' every boot at a generous 3
+// minutes each (a nested boot takes 20-60 s here).
+func crashtestTimeout(runs []harness.Run) time.Duration {
+	d := 15 * time.Minute
+	for _, r := range runs {
+		cuts := 1
+		if v, _, ok, _ := takeFlag(r.Args, "cuts"); ok {
+			if n, err := strconv.Atoi(v); err == nil && n > 0 {
+				cuts = n
+			}
+		}
+		d += time.Duration(2+2*cuts) * 3 * time.Minute
+	}
+	return d
+}
+
+// crashtest runs one `flushvm crashtest` campaign as one run: directly, or
+// nested in one L1 session with a scratch disk for its images.
+func crashtest(ctx context.Context, opts harness.Options, timeoutSet bool, args []string) int {
+	args, err := withGuestDefaults(ctx, args)
+	if err != nil {
+		return fail(err)
+	}
+	r := harness.Run{Subcommand: harness.SubCrashtest, Args: args}
+	if !timeoutSet {
+		opts.Timeout = crashtestTimeout([]harness.Run{r})
+	}
+	return session(ctx, opts, r)
+}
+
+// campaignMode is one cache mode of a campaign and its number of cuts.
+type campaignMode struct {
+	cache string
+	cuts  int
+}
+
+// parseModes parses --modes: MODE:CUTS,MODE:CUTS,...
+func parseModes(s string) ([]campaignMode, error) {
+	var ms []campaignMode
+	for _, part := range strings.Split(s, ",") {
+		c, n, ok := strings.Cut(strings.TrimSpace(part), ":")
+		cuts, err := strconv.Atoi(n)
+		if !ok || c == "" || err != nil || cuts < 1 {
+			return nil, fmt.Errorf("%w: --modes %q: want MODE:CUTS,... e.g. writeback:20,unsafe:10", errUsage, s)
+		}
+		for _, m := range ms {
+			if m.cache == c {
+				return nil, fmt.Errorf("%w: --modes %q: %s twice", errUsage, s, c)
+			}
+		}
+		ms = append(ms, campaignMode{cache: c, cuts: cuts})
+	}
+	return ms, nil
+}
+
+// defaultModes is the full campaign of issue 5: every safe cache mode, and
+// cache=unsafe to show the oracle can fail.
+const defaultModes = "writeback:20,writethrough:20,none:20,directsync:20,unsafe:10"
+
+// campaignRuns builds one crashtest run per mode: the shared flags, the
+// mode's --cache and --cuts, and --report OUT/MODE.json.
+func campaignRuns(modes []campaignMode, out string, shared []string) ([]harness.Run, []string, error) {
+	for _, f := range []string{"cache", "cuts", "report"} {
+		if hasFlag(shared, f) {
+			return nil, nil, fmt.Errorf("%w: --%s is set per mode by campaign (use --modes and --out)", errUsage, f)
+		}
+	}
+	var runs []harness.Run
+	var reports []string
+	for _, m := range modes {
+		rep := filepath.Join(out, m.cache+".json")
+		a := append(slices.Clone(shared), "--cache", m.cache, "--cuts", strconv.Itoa(m.cuts), "--report", rep)
+		runs = append(runs, harness.Run{Subcommand: harness.SubCrashtest, Args: a})
+		reports = append(reports, rep)
+	}
+	return runs, reports, nil
+}
+
+// campaign runs a crashtest per cache mode in one session (one L1 boot
+// when nested), then prints the per-mode table from their reports.
+func campaign(ctx context.Context, opts harness.Options, timeoutSet bool, args []string) int {
+	modesArg, args, _, err := takeFlag(args, "modes")
+	if err == nil && modesArg == "" {
+		modesArg = defaultModes
+	}
+	var out string
+	var outSet bool
+	if err == nil {
+		out, args, outSet, err = takeFlag(args, "out")
+	}
+	if !outSet {
+		out = filepath.Join("build", "crashtest")
+	}
+	var modes []campaignMode
+	if err == nil {
+		modes, err = parseModes(modesArg)
+	}
+	var runs []harness.Run
+	var reports []string
+	if err == nil {
+		runs, reports, err = campaignRuns(modes, out, args)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "flushvm-guest campaign: %v\n", err)
+		return 2
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return fail(err)
+	}
+	for _, r := range reports {
+		// A stale report must not stand in for a campaign that failed.
+		if err := os.Remove(r); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fail(err)
+		}
+	}
+	for i := range runs {
+		if runs[i].Args, err = withGuestDefaults(ctx, runs[i].Args); err != nil {
+			return fail(err)
+		}
+	}
+	if !timeoutSet {
+		opts.Timeout = crashtestTimeout(runs)
+	}
+	s, err := harness.Execute(ctx, opts, runs...)
+	if err != nil {
+		return fail(err)
+	}
+	statuses := make([]int, len(runs))
+	for i, res := range s.Results {
+		statuses[i] = res.Status
+		if res.Err != nil {
+			fmt.Fprintf(os.Stderr, "flushvm-guest: campaign cache=%s: %v\n", modes[i].cache, res.Err)
+			statuses[i] = crashtestFailed
+		}
+	}
+	if s.Mode == harness.Nested {
+		fmt.Fprintf(os.Stderr, "flushvm-harness: %d campaigns in one L1 session: L1 reached /init after %.1f s wall; session %.1f s\n",
+			len(runs), s.L1Boot.Seconds(), s.Wall.Seconds())
+	}
+	rows, err := readReports(reports)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "flushvm-guest: %v\n", err)
+	}
+	// The table and the verdict also go to OUT/table.md, to quote.
+	var doc bytes.Buffer
+	w := io.MultiWriter(os.Stdout, &doc)
+	fmt.Println()
+	if len(rows) > 0 {
+		printTable(w, rows)
+	}
+	status := judgeCampaign(w, modes, statuses, rows, err)
+	table := filepath.Join(out, "table.md")
+	if werr := os.WriteFile(table, doc.Bytes(), 0o644); werr != nil {
+		fmt.Fprintf(os.Stderr, "flushvm-guest: %v\n", werr)
+	} else {
+		fmt.Fprintf(os.Stderr, "flushvm-guest: reports and table.md in %s\n", out)
+	}
+	return status
+}
+
+// judgeCampaign states what the campaign proved and returns its exit
+// status: 0 when every safe mode kept every acknowledged record and left
+// clean file systems and cache=unsafe (if run) lost acknowledged data; 1
+// when a safe mode violated durability or unsafe's oracle never failed; 3
+// when a campaign could not run to its end.
+func judgeCampaign(w io.Writer, modes []campaignMode, statuses []int, rows []tableRow, readErr error) int {
+	status := 0
+	byMode := map[string]tableRow{}
+	for _, r := range rows {
+		byMode[r.mode] = r
+	}
+	for i, m := range modes {
+		r, ok := byMode[m.cache]
+		switch {
+		case !ok:
+			fmt.Fprintf(w, "cache=%s: the campaign left no report (flushvm crashtest exit status %d)\n", m.cache, statuses[i])
+			status = max(status, crashtestFailed)
+		case r.errors > 0 || (statuses[i] != 0 && statuses[i] != crashtestViolations):
+			fmt.Fprintf(w, "cache=%s: %d of %d cuts could not be checked (flushvm crashtest exit status %d)\n",
+				m.cache, r.errors, r.cuts, statuses[i])
+			status = max(status, crashtestFailed)
+		case m.cache == "unsafe" && r.policy != "keep-all" && r.violations == 0:
+			fmt.Fprintf(w, "cache=unsafe: no cut lost an acknowledged record: the oracle never failed\n")
+			status = max(status, crashtestViolations)
+		case m.cache == "unsafe":
+			fmt.Fprintf(w, "cache=unsafe: %d of %d cuts violated durability (%d acknowledged records lost), as they may: the oracle can fail\n",
+				r.violations, r.cuts, r.lostAcked)
+		case r.violations > 0:
+			fmt.Fprintf(w, "cache=%s: FAIL: %d of %d cuts violated durability\n", m.cache, r.violations, r.cuts)
+			status = max(status, crashtestViolations)
+		}
+	}
+	if readErr != nil {
+		status = max(status, crashtestFailed)
+	}
+	if status == 0 {
+		fmt.Fprintln(w, "every safe cache mode kept every acknowledged record; every crashed file system was clean")
+	}
+	return status
+}
+
+// report is the part of a `flushvm crashtest --report` the table reads.
+type report struct {
+	Workload string `json:"workload"`
+	Cache    string `json:"cache"`
+	Policy   string `json:"policy"`
+	Seed     uint64 `json:"seed"`
+	Summary  struct {
+		Cuts          int     `json:"cuts"`
+		PowerCuts     int     `json:"power_cuts"`
+		Errors        int     `json:"errors"`
+		Acked         int     `json:"acked"`
+		LostAcked     int     `json:"lost_acked"`
+		FsckErrors    int     `json:"fsck_errors"`
+		MountFailures int     `json:"mount_failures"`
+		Violations    int     `json:"violations"`
+		Seconds       float64 `json:"seconds"`
+	} `json:"summary"`
+}
+
+// tableRow is one cache mode of the table: the sum of its reports (shards
+// of one campaign add up).
+type tableRow struct {
+	mode, workload, policy string
+	cuts, powerCuts        int
+	acked, lostAcked       int
+	fsckErrors, unmounted  int
+	violations, errors     int
+	seconds                float64
+}
+
+// modeOrder lists the cache modes in table order; others follow in the
+// order their reports were given.
+var modeOrder = []string{"writeback", "writethrough", "none", "directsync", "unsafe"}
+
+// readReports reads crashtest reports into one row per cache mode. It
+// returns the rows it could read and an error naming those it could not.
+func readReports(paths []string) ([]tableRow, error) {
+	var rows []tableRow
+	var bad []string
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		var r report
+		if err == nil {
+			err = json.Unmarshal(b, &r)
+		}
+		if err == nil && r.Cache == "" {
+			err = errors.New("no cache mode: not a flushvm crashtest report")
+		}
+		if err != nil {
+			bad = append(bad, fmt.Sprintf("%s: %v", p, err))
+			continue
+		}
+		i := slices.IndexFunc(rows, func(t tableRow) bool { return t.mode == r.Cache })
+		if i < 0 {
+			rows = append(rows, tableRow{mode: r.Cache, workload: r.Workload, policy: r.Policy})
+			i = len(rows) - 1
+		}
+		t, s := &rows[i], r.Summary
+		if t.workload != r.Workload {
+			t.workload = "mixed"
+		}
+		if t.policy != r.Policy {
+			t.policy = "mixed"
+		}
+		t.cuts += s.Cuts
+		t.powerCuts += s.PowerCuts
+		t.acked += s.Acked
+		t.lostAcked += s.LostAcked
+		t.fsckErrors += s.FsckErrors
+		t.unmounted += s.MountFailures
+		t.violations += s.Violations
+		t.errors += s.Errors
+		t.seconds += s.Seconds
+	}
+	rank := func(m string) int {
+		if i := slices.Index(modeOrder, m); i >= 0 {
+			return i
+		}
+		return len(modeOrder)
+	}
+	slices.SortStableFunc(rows, func(a, b tableRow) int { return rank(a.mode) - rank(b.mode) })
+	if len(bad) > 0 {
+		return rows, fmt.Errorf("crashtest reports: %s", strings.Join(bad, "; "))
+	}
+	return rows, nil
+}
+
+// printTable prints the per-mode table (a Markdown table, so it can be
+// quoted as it is).
+func printTable(w io.Writer, rows []tableRow) {
+	cells := [][]string{{"mode", "cuts", "power cuts", "acked records", "lost acked", "fsck errors", "violations", "cuts/min", "not checked"}}
+	var total tableRow
+	for _, r := range rows {
+		cells = append(cells, row(r.mode, r))
+		total.cuts += r.cuts
+		total.powerCuts += r.powerCuts
+		total.acked += r.acked
+		total.lostAcked += r.lostAcked
+		total.fsckErrors += r.fsckErrors
+		total.unmounted += r.unmounted
+		total.violations += r.violations
+		total.errors += r.errors
+		total.seconds += r.seconds
+	}
+	if len(rows) > 1 {
+		cells = append(cells, row("all", total))
+	}
+	width := make([]int, len(cells[0]))
+	for _, r := range cells {
+		for i, c := range r {
+			width[i] = max(width[i], len(c))
+		}
+	}
+	for n, r := range cells {
+		var b strings.Builder
+		for i, c := range r {
+			pad := strings.Repeat(" ", width[i]-len(c))
+			if i == 0 {
+				fmt.Fprintf(&b, "| %s%s ", c, pad) // names left, numbers right
+			} else {
+				fmt.Fprintf(&b, "| %s%s ", pad, c)
+			}
+		}
+		fmt.Fprintln(w, b.String()+"|")
+		if n == 0 {
+			b.Reset()
+			for i := range r {
+				dash := strings.Repeat("-", width[i]+1)
+				if i == 0 {
+					fmt.Fprintf(&b, "|:%s", dash)
+				} else {
+					fmt.Fprintf(&b, "|%s:", dash)
+				}
+			}
+			fmt.Fprintln(w, b.String()+"|")
+		}
+	}
+	if len(rows) > 0 {
+		var wl, pol []string
+		for _, r := range rows {
+			if !slices.Contains(wl, r.workload) {
+				wl = append(wl, r.workload)
+			}
+			if !slices.Contains(pol, r.policy) {
+				pol = append(pol, r.policy)
+			}
+		}
+		fmt.Fprintf(w, "workload %s, policy %s; cuts/min over each campaign's whole run (its format and calibration boots included)\n",
+			strings.Join(wl, ", "), strings.Join(pol, ", "))
+		if total.unmounted > 0 {
+			fmt.Fprintf(w, "%d crashed file systems did not mount (counted as violations)\n", total.unmounted)
+		}
+	}
+}
+
+// row is the table's cells for one mode.
+func row(name string, r tableRow) []string {
+	rate := "-"
+	if r.seconds > 0 {
+		rate = strconv.FormatFloat(float64(r.cuts)/(r.seconds/60), 'f', 2, 64)
+	}
+	c := []string{name}
+	for _, n := range []int{r.cuts, r.powerCuts, r.acked, r.lostAcked, r.fsckErrors, r.violations} {
+		c = append(c, strconv.Itoa(n))
+	}
+	return append(c, rate, strconv.Itoa(r.errors))
+}
+
+// crashtestTable prints the table of the given reports.
+func crashtestTable(args []string) int {
+	if len(args) == 0 {
+		fmt.Fprintln(os.Stderr, "usage: flushvm-guest crashtest-table REPORT.json...")
+		return 2
+	}
+	rows, err := readReports(args)
+	printTable(os.Stdout, rows)
+	if err != nil {
+		return fail(err)
+	}
+	return 0
+}

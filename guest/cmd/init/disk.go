@@ -1,0 +1,223 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/flushvm/flushvm/guest/internal/pid1"
+	"golang.org/x/sys/unix"
+)
+
+// The crash-test modes work on the first virtio-blk disk, formatted ext4.
+const (
+	disk       = "/dev/vda"
+	mountPoint = "/mnt"
+	// diskWait bounds the wait for the disk's device node: virtio_blk
+	// probes asynchronously, and a nested guest is slow.
+	diskWait = 30 * time.Second
+	// checkPrefix marks the check mode's verdict lines.
+	checkPrefix = "flushvm-check"
+)
+
+// Exit statuses of the disk modes beyond the workload's own.
+const (
+	// exitCheckFailed: check mode found a violation, an fsck error, or
+	// could not check.
+	exitCheckFailed = 1
+	// exitDiskSetup: the disk could not be formatted or mounted.
+	exitDiskSetup = 126
+)
+
+// crashWorkloads are the workloads with an acknowledging mode and a
+// checker, and the arguments that select the acknowledging mode on the
+// mounted disk.
+var crashWorkloads = map[string][]string{
+	"fsyncstress": {"-dir", mountPoint, "-ack"},
+	"rename":      {"-dir", mountPoint},
+}
+
+// workloadArgv returns the command line of workload w in the crash (check
+// false) or check mode, with the user's arguments appended.
+func workloadArgv(w string, check bool, extra []string) ([]string, error) {
+	mode, ok := crashWorkloads[w]
+	if !ok {
+		return nil, fmt.Errorf("unknown crash-test workload %q (want fsyncstress or rename)", w)
+	}
+	argv := []string{"/bin/" + w}
+	if check {
+		argv = append(argv, "-check", "-dir", mountPoint)
+	} else {
+		argv = append(argv, mode...)
+	}
+	return append(argv, extra...), nil
+}
+
+// system is what the disk modes do to the machine; tests replace it.
+type system interface {
+	// waitDisk waits for the disk's device node.
+	waitDisk() error
+	// mount mounts the disk's ext4 file system on mountPoint (replaying
+	// its journal, as a reboot would).
+	mount() error
+	// unmount unmounts mountPoint.
+	unmount() error
+	// run runs a program on the console and returns its exit status.
+	run(argv []string) (int, error)
+	// syncDisk makes everything written to the disk durable (a FLUSH).
+	syncDisk() error
+}
+
+// diskModes runs the flushvm.run= modes of a crash-test campaign.
+type diskModes struct {
+	sys system
+	out io.Writer
+}
+
+func (d diskModes) logf(prefix, format string, args ...any) {
+	fmt.Fprintf(d.out, prefix+": "+format+"\n", args...)
+}
+
+// mkfs formats the disk ext4 and flushes it: flushvm.run=mkfs.
+func (d diskModes) mkfs() int {
+	if err := d.sys.waitDisk(); err != nil {
+		d.logf(prefix, "mkfs %s: %v", disk, err)
+		return exitDiskSetup
+	}
+	st, err := d.sys.run([]string{"/sbin/mke2fs", "-t", "ext4", "-q", "-F", disk})
+	switch {
+	case err != nil:
+		d.logf(prefix, "mkfs %s: %v", disk, err)
+	case st != 0:
+		d.logf(prefix, "mkfs %s: mke2fs exit status %d", disk, st)
+	}
+	if err != nil || st != 0 {
+		if st == 0 {
+			st = exitDiskSetup
+		}
+		return st
+	}
+	if err := d.sys.syncDisk(); err != nil {
+		d.logf(prefix, "mkfs %s: %v", disk, err)
+		return exitDiskSetup
+	}
+	d.logf(prefix, "mkfs %s: ok", disk)
+	return 0
+}
+
+// crash mounts the disk and runs workload w acknowledging what it makes
+// durable: flushvm.run=crash:W. The host cuts the power at some point;
+// if it does not, the workload's status is the VM's.
+func (d diskModes) crash(w string, extra []string) int {
+	argv, err := workloadArgv(w, false, extra)
+	if err != nil {
+		d.logf(prefix, "flushvm.run=crash:%s: %v", w, err)
+		return exitUnknownWorkload
+	}
+	if err := d.sys.mount(); err != nil {
+		d.logf(prefix, "%v", err)
+		return exitDiskSetup
+	}
+	d.logf(prefix, "mounted %s on %s", disk, mountPoint)
+	st, err := d.sys.run(argv)
+	if err != nil {
+		d.logf(prefix, "%v", err)
+	}
+	return st
+}
+
+// check checks the disk after a power cut: flushvm.run=check:W. It mounts
+// it (replaying the journal), runs W's checker, unmounts, and runs
+// e2fsck -fn; the status is 0 only if the checker passed and fsck found
+// nothing.
+func (d diskModes) check(w string, extra []string) int {
+	argv, err := workloadArgv(w, true, extra)
+	if err != nil {
+		d.logf(prefix, "flushvm.run=check:%s: %v", w, err)
+		return exitUnknownWorkload
+	}
+	passed := true
+	if err := d.sys.mount(); err != nil {
+		d.logf(checkPrefix, "mount failed: %v", err)
+		passed = false
+	} else {
+		st, err := d.sys.run(argv)
+		if err != nil {
+			d.logf(checkPrefix, "%s: %v", w, err)
+		}
+		d.logf(checkPrefix, "%s status %d", w, st)
+		if st != 0 {
+			passed = false
+		}
+		if err := d.sys.unmount(); err != nil {
+			// e2fsck below then sees a mounted file system and says so.
+			d.logf(checkPrefix, "umount failed: %v", err)
+			passed = false
+		}
+	}
+	st, err := d.sys.run([]string{"/sbin/e2fsck", "-fn", disk})
+	if err != nil {
+		d.logf(checkPrefix, "e2fsck: %v", err)
+	}
+	d.logf(checkPrefix, "fsck status %d", st)
+	if !passed || st != 0 {
+		return exitCheckFailed
+	}
+	return 0
+}
+
+// machine is the real system of the guest.
+type machine struct{}
+
+func (machine) waitDisk() error { return pid1.WaitForFiles([]string{disk}, diskWait) }
+
+func (m machine) mount() error {
+	if err := m.waitDisk(); err != nil {
+		return fmt.Errorf("mount %s on %s: %w", disk, mountPoint, err)
+	}
+	if err := os.MkdirAll(mountPoint, 0o755); err != nil {
+		return fmt.Errorf("mount %s on %s: %w", disk, mountPoint, err)
+	}
+	if err := unix.Mount(disk, mountPoint, "ext4", 0, ""); err != nil {
+		return fmt.Errorf("mount %s on %s: %w", disk, mountPoint, err)
+	}
+	return nil
+}
+
+func (machine) unmount() error {
+	if err := unix.Unmount(mountPoint, 0); err != nil {
+		return fmt.Errorf("umount %s: %w", mountPoint, err)
+	}
+	return nil
+}
+
+func (machine) run(argv []string) (int, error) { return command(argv[0], argv[1:]...) }
+
+// syncDisk fsyncs the block device: the kernel writes the device's dirty
+// pages and sends the disk a FLUSH, reporting a failure of either.
+func (machine) syncDisk() error {
+	f, err := os.Open(disk)
+	if err != nil {
+		return fmt.Errorf("sync: %w", err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", disk, err)
+	}
+	return nil
+}
+
+// diskMode runs a crash-test mode: name is the flushvm.run= value.
+func diskMode(d diskModes, name string, args []string) (int, bool) {
+	switch {
+	case name == "mkfs":
+		return d.mkfs(), true
+	case strings.HasPrefix(name, "crash:"):
+		return d.crash(strings.TrimPrefix(name, "crash:"), args), true
+	case strings.HasPrefix(name, "check:"):
+		return d.check(strings.TrimPrefix(name, "check:"), args), true
+	}
+	return 0, false
+}

@@ -1,0 +1,200 @@
+package harness
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/flushvm/flushvm/guest/internal/job"
+)
+
+// Subcommands of flushvm a Run can name.
+const (
+	// SubRun is `flushvm run` (the default).
+	SubRun = "run"
+	// SubCrashtest is `flushvm crashtest`: a whole campaign as one run.
+	SubCrashtest = "crashtest"
+)
+
+// ScratchMount is where L1 mounts the scratch disk of a nested session.
+const ScratchMount = "/scratch"
+
+// scratchSlack is the scratch disk's room beyond the campaigns' images
+// (file system metadata, boot logs, the journal).
+const scratchSlack = 256 << 20
+
+// ErrBadSize reports a size argument the harness cannot read.
+var ErrBadSize = errors.New("bad size")
+
+// crashtestValueFlags are the flushvm crashtest flags that take a value.
+// --kernel and --initrd are inputs, --report an output copied back, --dir
+// a directory on the scratch disk; the others pass through untouched.
+var crashtestValueFlags = map[string]bool{"kernel": true, "initrd": true, "disk-size": true, "workload": true,
+	"cuts": true, "policy": true, "seed": true, "cache": true, "shard": true, "report": true, "dir": true,
+	"mem": true, "cpus": true, "records": true, "at": true, "boot-timeout": true}
+
+// flagValue returns the value of --name in args (the last one given), in
+// either the "--name V" or the "--name=V" form.
+func flagValue(args []string, name string) (string, bool) {
+	val, found := "", false
+	for k := 0; k < len(args); k++ {
+		v, ok := strings.CutPrefix(args[k], "--"+name)
+		switch {
+		case !ok:
+		case v == "" && k+1 < len(args):
+			k++
+			val, found = args[k], true
+		case strings.HasPrefix(v, "="):
+			val, found = v[1:], true
+		}
+	}
+	return val, found
+}
+
+// ParseSize reads a size with an optional K, M, G or T suffix (powers of
+// 1024), as flushvm's own flags take it.
+func ParseSize(s string) (int64, error) {
+	t := strings.TrimSuffix(strings.ToUpper(strings.TrimSpace(s)), "B")
+	shift := 0
+	if n := len(t); n > 0 {
+		switch t[n-1] {
+		case 'K':
+			shift = 10
+		case 'M':
+			shift = 20
+		case 'G':
+			shift = 30
+		case 'T':
+			shift = 40
+		}
+		if shift > 0 {
+			t = t[:n-1]
+		}
+	}
+	v, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || v < 0 || v > (1<<62)>>shift {
+		return 0, fmt.Errorf("%w: %q (want e.g. 128M, 1G)", ErrBadSize, s)
+	}
+	return v << shift, nil
+}
+
+// ScratchSize is how large the scratch disk of a session must be for its
+// crashtest runs: each needs room for the template image, a calibration or
+// cut image and a spare (3 x --disk-size), plus every cut's image when
+// --dir asks to keep failing cuts; the file is sparse, so room costs
+// nothing until used. It is 0 when no run is a crashtest.
+func ScratchSize(runs []Run) (int64, error) {
+	var total int64
+	for _, r := range runs {
+		if r.Subcommand != SubCrashtest {
+			continue
+		}
+		sz, ok := flagValue(r.Args, "disk-size")
+		if !ok {
+			// flushvm crashtest rejects the run; a little room lets it
+			// say so in its own words.
+			total += 64 << 20
+			continue
+		}
+		disk, err := ParseSize(sz)
+		if err != nil {
+			return 0, fmt.Errorf("crashtest --disk-size: %w", err)
+		}
+		images := int64(3)
+		if _, keep := flagValue(r.Args, "dir"); keep {
+			cuts, _ := flagValue(r.Args, "cuts")
+			n, err := strconv.ParseInt(cuts, 10, 64)
+			if err != nil || n < 0 {
+				n = 0
+			}
+			images += n
+		}
+		total += images * disk
+	}
+	if total == 0 {
+		return 0, nil
+	}
+	return total + scratchSlack, nil
+}
+
+// scratchDir is run i's --dir on the scratch disk (nested).
+func scratchDir(i int) string { return ScratchMount + "/run-" + strconv.Itoa(i) }
+
+// keptDir is a crashtest --dir the caller gave: run i kept its failing
+// cuts' files there on the scratch disk, and the harness copies them to
+// host afterwards.
+type keptDir struct {
+	run  int
+	host string
+}
+
+// copyKeptDirs copies each run's --dir out of the (unmounted) scratch
+// image with debugfs, which reads ext4 without mounting it.
+func copyKeptDirs(ctx context.Context, scratch string, dirs []keptDir) error {
+	for _, d := range dirs {
+		if err := os.MkdirAll(d.host, 0o755); err != nil {
+			return fmt.Errorf("crashtest --dir: %w", err)
+		}
+		tmp, err := os.MkdirTemp(d.host, ".scratch-")
+		if err != nil {
+			return fmt.Errorf("crashtest --dir: %w", err)
+		}
+		src := scratchDir(d.run)
+		rel := strings.TrimPrefix(src, ScratchMount)
+		out, err := exec.CommandContext(ctx, "debugfs", "-R", "rdump "+rel+" "+tmp, scratch).CombinedOutput()
+		if err != nil {
+			os.RemoveAll(tmp)
+			return fmt.Errorf("copy %s out of the scratch disk: debugfs: %w: %s", src, err, strings.TrimSpace(string(out)))
+		}
+		got := filepath.Join(tmp, filepath.Base(rel))
+		entries, err := os.ReadDir(got)
+		if err != nil {
+			os.RemoveAll(tmp)
+			// debugfs says "File not found" and still exits 0: the
+			// campaign never created its directory.
+			return fmt.Errorf("copy %s out of the scratch disk: %w (debugfs: %s)", src, err, strings.TrimSpace(string(out)))
+		}
+		for _, e := range entries {
+			if err := os.Rename(filepath.Join(got, e.Name()), filepath.Join(d.host, e.Name())); err != nil {
+				os.RemoveAll(tmp)
+				return fmt.Errorf("crashtest --dir: %w", err)
+			}
+		}
+		if err := os.RemoveAll(tmp); err != nil {
+			return fmt.Errorf("crashtest --dir: %w", err)
+		}
+	}
+	return nil
+}
+
+// hostPaths rewrites the L1 paths in an output document of run i back to
+// host paths: the session's inputs (a crashtest report names its kernel
+// and initrd) and the run's kept --dir (the images of failing cuts), each
+// as a JSON string body so the document stays valid.
+func (m *mapper) hostPaths(i int, b []byte) []byte {
+	s := string(b)
+	jsonBody := func(p string) string {
+		enc, err := json.Marshal(p)
+		if err != nil {
+			return p
+		}
+		return string(enc[1 : len(enc)-1])
+	}
+	for host, l1 := range m.inputs {
+		if strings.HasPrefix(l1, job.Mount+"/in/") {
+			s = strings.ReplaceAll(s, l1, jsonBody(host))
+		}
+	}
+	for _, d := range m.kept {
+		if d.run == i {
+			s = strings.ReplaceAll(s, scratchDir(i)+"/", jsonBody(d.host+"/"))
+		}
+	}
+	return []byte(s)
+}

@@ -1,0 +1,186 @@
+package harness
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseSize(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int64
+		err  bool
+	}{
+		{"128M", 128 << 20, false},
+		{"1G", 1 << 30, false},
+		{"512k", 512 << 10, false},
+		{"4096", 4096, false},
+		{"2GB", 2 << 30, false},
+		{"", 0, true},
+		{"-1M", 0, true},
+		{"12X", 0, true},
+		{"99999999999T", 0, true},
+	}
+	for _, tt := range tests {
+		got, err := ParseSize(tt.in)
+		if (err != nil) != tt.err || got != tt.want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d, error %v", tt.in, got, err, tt.want, tt.err)
+		}
+		if err != nil && !errors.Is(err, ErrBadSize) {
+			t.Errorf("ParseSize(%q): error %v is not ErrBadSize", tt.in, err)
+		}
+	}
+}
+
+func TestScratchSize(t *testing.T) {
+	ct := func(args ...string) Run { return Run{Subcommand: SubCrashtest, Args: args} }
+	tests := []struct {
+		name string
+		runs []Run
+		want int64
+		err  bool
+	}{
+		{"no crashtest", []Run{{Args: []string{"--disk-size", "1G"}}, {Command: []string{"true"}}}, 0, false},
+		{"one campaign", []Run{ct("--disk-size", "128M", "--cuts", "20")}, 3*128<<20 + scratchSlack, false},
+		{"kept cuts", []Run{ct("--disk-size=128M", "--cuts=20", "--dir", "/x")}, 23*128<<20 + scratchSlack, false},
+		{"two campaigns", []Run{ct("--disk-size", "64M"), ct("--disk-size", "1G")}, 3*64<<20 + 3<<30 + scratchSlack, false},
+		{"no size", []Run{ct("--cuts", "1")}, 64<<20 + scratchSlack, false},
+		{"bad size", []Run{ct("--disk-size", "lots")}, 0, true},
+	}
+	for _, tt := range tests {
+		got, err := ScratchSize(tt.runs)
+		if (err != nil) != tt.err || got != tt.want {
+			t.Errorf("%s: ScratchSize = %d, %v; want %d, error %v", tt.name, got, err, tt.want, tt.err)
+		}
+	}
+}
+
+func TestRewriteCrashtest(t *testing.T) {
+	host := t.TempDir()
+	jobDir := t.TempDir()
+	kern := filepath.Join(host, "vmlinuz")
+	initrd := filepath.Join(host, "guest.cpio.gz")
+	for _, p := range []string{kern, initrd} {
+		if err := os.WriteFile(p, []byte(p), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := newMapper(jobDir)
+	in := []string{"--kernel", kern, "--initrd=" + initrd, "--disk-size", "128M", "--workload", "fsyncstress",
+		"--cuts", "2", "--policy", "random-subset", "--seed", "7", "--cache", "none", "--report", "r.json",
+		"--dir", "kept", "--boot-timeout", "3m", "--at", "writes=5"}
+	want := []string{"--kernel=/job/in/1-vmlinuz", "--initrd=/job/in/2-guest.cpio.gz", "--disk-size=128M",
+		"--workload=fsyncstress", "--cuts=2", "--policy=random-subset", "--seed=7", "--cache=none",
+		"--report=/job/out/report-4-0.json", "--dir=/scratch/run-4", "--boot-timeout=3m", "--at=writes=5"}
+	got, err := m.rewrite(4, SubCrashtest, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("rewrite crashtest\n got %q\nwant %q", got, want)
+	}
+	abs, _ := filepath.Abs("kept")
+	if len(m.kept) != 1 || m.kept[0] != (keptDir{run: 4, host: abs}) {
+		t.Errorf("kept dirs %+v, want run 4 -> %s", m.kept, abs)
+	}
+	// --disk is not a crashtest flag: it passes through unmapped.
+	if got, _ := m.rewrite(5, SubCrashtest, []string{"--disk", "path=" + kern}); !slices.Equal(got, []string{"--disk", "path=" + kern}) || len(m.disks) != 0 {
+		t.Errorf("crashtest --disk mapped: %q, disks %v", got, m.disks)
+	}
+
+	// The report comes back with host paths for the L1 inputs, still
+	// valid JSON.
+	out := t.TempDir()
+	m.stats[4][0].host = filepath.Join(out, "r.json")
+	if err := os.MkdirAll(filepath.Join(jobDir, "out"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	doc := `{"kernel":"/job/in/1-vmlinuz","reproduce":"flushvm crashtest --kernel /job/in/1-vmlinuz --initrd /job/in/2-guest.cpio.gz",` +
+		`"image":"/scratch/run-4/cut-1.img","other":"/scratch/run-44/cut-1.img"}`
+	if err := os.WriteFile(m.stats[4][0].l1, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.copyStats(4); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(out, "r.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep map[string]string
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatalf("report copied back is not JSON: %v: %s", err, b)
+	}
+	if rep["kernel"] != kern || rep["reproduce"] != "flushvm crashtest --kernel "+kern+" --initrd "+initrd ||
+		rep["image"] != filepath.Join(abs, "cut-1.img") || rep["other"] != "/scratch/run-44/cut-1.img" {
+		t.Errorf("report copied back as %s", b)
+	}
+}
+
+func TestFlagValue(t *testing.T) {
+	args := []string{"--cuts", "3", "--dir=/a", "--cuts=4", "--disk-size"}
+	for _, tt := range []struct {
+		name, want string
+		ok         bool
+	}{{"cuts", "4", true}, {"dir", "/a", true}, {"disk-size", "", false}, {"seed", "", false}, {"cut", "", false}} {
+		if got, ok := flagValue(args, tt.name); got != tt.want || ok != tt.ok {
+			t.Errorf("flagValue(%s) = %q, %v; want %q, %v", tt.name, got, ok, tt.want, tt.ok)
+		}
+	}
+}
+
+// TestCopyKeptDirs reads a campaign's kept files out of an ext4 image the
+// way the harness reads the scratch disk after L1 powered off.
+func TestCopyKeptDirs(t *testing.T) {
+	for _, tool := range []string{"mkfs.ext4", "debugfs"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed (e2fsprogs)", tool)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	src := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(src, "run-1", "cut-3"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	files := map[string]string{"run-1/cut-3/workload.log": "ACK fsyncstress 0 0\n", "run-1/summary.txt": "1 violation\n"}
+	for p, c := range files {
+		if err := os.WriteFile(filepath.Join(src, p), []byte(c), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	img := filepath.Join(t.TempDir(), "scratch.img")
+	if err := os.WriteFile(img, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, 16<<20); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-d", src, img).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4 -d: %v: %s", err, out)
+	}
+	host := filepath.Join(t.TempDir(), "kept")
+	if err := copyKeptDirs(ctx, img, []keptDir{{run: 1, host: host}}); err != nil {
+		t.Fatal(err)
+	}
+	for p, c := range files {
+		b, err := os.ReadFile(filepath.Join(host, strings.TrimPrefix(p, "run-1/")))
+		if err != nil || string(b) != c {
+			t.Errorf("%s copied back as %q, %v; want %q", p, b, err, c)
+		}
+	}
+	if entries, _ := os.ReadDir(host); len(entries) != 2 {
+		t.Errorf("host dir has %d entries, want cut-3 and summary.txt only", len(entries))
+	}
+	if err := copyKeptDirs(ctx, img, []keptDir{{run: 2, host: host}}); err == nil {
+		t.Error("copying a directory the campaign never made succeeded")
+	}
+}

@@ -1,0 +1,59 @@
+package job
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestWriteRead(t *testing.T) {
+	tests := []struct {
+		name string
+		job  Job
+		// has and lacks are substrings of the job file.
+		has, lacks []string
+	}{
+		{"runs only", Job{Runs: []Run{{Argv: []string{"/job/flushvm", "run", "--kernel=/job/in/1-k"}}}},
+			[]string{`"argv"`}, []string{"scratch", "env", "wait_for", "timeout_sec"}},
+		{"scratch and env", Job{
+			Runs:    []Run{{Argv: []string{"/job/flushvm", "crashtest"}, TimeoutSec: 60, Env: []string{"TMPDIR=/scratch"}}},
+			WaitFor: []string{"/dev/vda"},
+			Scratch: &Scratch{Device: "/dev/vdb", Mount: "/scratch"},
+		}, []string{`"scratch": {`, `"device": "/dev/vdb"`, `"mount": "/scratch"`, `"TMPDIR=/scratch"`, `"timeout_sec": 60`}, nil},
+	}
+	for _, tt := range tests {
+		dir := t.TempDir()
+		if err := Write(dir, &tt.job); err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		if fi, err := os.Stat(filepath.Join(dir, OutDir)); err != nil || !fi.IsDir() {
+			t.Errorf("%s: no out directory: %v", tt.name, err)
+		}
+		b, err := os.ReadFile(filepath.Join(dir, File))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range tt.has {
+			if !strings.Contains(string(b), s) {
+				t.Errorf("%s: job file lacks %s:\n%s", tt.name, s, b)
+			}
+		}
+		for _, s := range tt.lacks {
+			if strings.Contains(string(b), s) {
+				t.Errorf("%s: job file has %s:\n%s", tt.name, s, b)
+			}
+		}
+		got, err := Read(dir)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		if !reflect.DeepEqual(*got, tt.job) {
+			t.Errorf("%s: read back %+v, want %+v", tt.name, *got, tt.job)
+		}
+	}
+	if _, err := Read(t.TempDir()); err == nil {
+		t.Error("Read of a directory without a job file succeeded")
+	}
+}
