@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -32,6 +33,7 @@ type crashtestSummary struct {
 		Fsck      int    `json:"fsck_status"`
 		Reason    string `json:"reason"`
 		Error     string `json:"error"`
+		Image     string `json:"image"`
 	} `json:"results"`
 	Summary struct {
 		Cuts          int `json:"cuts"`
@@ -52,14 +54,18 @@ type crashtestSummary struct {
 // keep every acknowledged record and leave file systems fsck accepts
 // (exit status 0); cache=unsafe with lose-all, its cut placed after the
 // workload's first acknowledgements, must lose acknowledged records and
-// exit 1 — the oracle can fail. The reports come back to host paths.
+// exit 1 — the oracle can fail. The reports come back with host paths, and
+// the failing cut's image and logs, kept by --dir on L1's scratch disk,
+// come back to the host directory.
 func TestDebianLinuxCrashtestCampaignsNested(t *testing.T) {
 	a := prepare(t)
 	dir := t.TempDir()
 	// 4 writers x 6 records keep each boot's workload short: the boots,
-	// not the records, cost the time.
+	// not the records, cost the time (and a 1-vCPU guest boots faster
+	// nested).
 	common := []string{"--kernel", a.Kernel.BzImage, "--initrd", a.Initramfs, "--disk-size", "32M",
-		"--workload", "fsyncstress", "--records", "6", "--boot-timeout", "4m"}
+		"--workload", "fsyncstress", "--records", "6", "--cpus", "1", "--boot-timeout", "4m"}
+	kept := filepath.Join(dir, "kept")
 	wbReport, unsafeReport := filepath.Join(dir, "writeback.json"), filepath.Join(dir, "unsafe.json")
 	runs := []harness.Run{
 		{Subcommand: harness.SubCrashtest, Args: append(append([]string{}, common...),
@@ -70,12 +76,20 @@ func TestDebianLinuxCrashtestCampaignsNested(t *testing.T) {
 		// places it after the first records (see unsafeCutWrites).
 		{Subcommand: harness.SubCrashtest, Args: append(append([]string{}, common...),
 			"--cache", "unsafe", "--policy", "lose-all", "--cuts", "1", "--seed", "3",
-			"--at", "writes="+strconv.Itoa(unsafeCutWrites), "--report", unsafeReport)},
+			"--at", "writes="+strconv.Itoa(unsafeCutWrites), "--report", unsafeReport, "--dir", kept)},
 	}
-	const bound = 20 * time.Minute
+	const bound = 25 * time.Minute
 	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	defer cancel()
 	s, err := harness.Execute(ctx, harness.Options{Stdout: consoleWriter{}, Timeout: bound}, runs...)
+	if errors.Is(err, harness.ErrNoStatus) && s.Mode == harness.Nested {
+		// Rarely the TCG L1 itself dies under a nested guest (its kernel
+		// crashed with recursive page faults on its GS base after a
+		// nested VM exit, or QEMU just ended; seen twice while this was
+		// written). Log it and run the session again.
+		t.Logf("L1 died (%v) after %.1f s; console (end):\n%s\nretrying the session once", err, s.Wall.Seconds(), s.Console)
+		s, err = harness.Execute(ctx, harness.Options{Stdout: consoleWriter{}, Timeout: bound}, runs...)
+	}
 	if s != nil {
 		t.Logf("session: flushvm crashtest ran %s (%s); wall %.1f s", s.Mode, s.Reason, s.Wall.Seconds())
 		if s.Mode == harness.Nested {
@@ -104,6 +118,9 @@ func TestDebianLinuxCrashtestCampaignsNested(t *testing.T) {
 		}
 		if strings.Contains(string(b), "/job/") {
 			t.Errorf("--report names L1 paths: %s", b)
+		}
+		if strings.Contains(string(r.Output), "/job/in/") {
+			t.Errorf("the campaign's output names L1 paths of its inputs:\n%s", r.Output)
 		}
 		t.Logf("calibration: %d writes, %d flushes, %d acknowledgements", rep.Calibration.Writes, rep.Calibration.Flushes, rep.Calibration.Acks)
 		for _, c := range rep.Results {
@@ -137,6 +154,18 @@ func TestDebianLinuxCrashtestCampaignsNested(t *testing.T) {
 			t.Fatalf("exit status %d, summary %+v: want status 1 (violations), acknowledged records lost; output:\n%s", r.Status, sum, r.Output)
 		}
 		t.Logf("cache=unsafe lost %d of %d acknowledged records", sum.LostAcked, sum.Acked)
+		img := rep.Results[0].Image
+		if filepath.Dir(img) != kept {
+			t.Fatalf("the failing cut's image is %q, want it in --dir %s", img, kept)
+		}
+		fi, err := os.Stat(img)
+		if err != nil || fi.Size() != 32<<20 {
+			t.Fatalf("the failing cut's image did not come back from the scratch disk: %v", err)
+		}
+		logs, _ := filepath.Glob(filepath.Join(kept, "cut-0.*.log"))
+		if len(logs) != 2 {
+			t.Errorf("kept logs %q, want the workload's and the checker's", logs)
+		}
 	})
 }
 

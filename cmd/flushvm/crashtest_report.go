@@ -111,6 +111,9 @@ type cutResult struct {
 	// Violation: acknowledged data lost, or a file system fsck rejects.
 	Violation bool   `json:"violation"`
 	Reason    string `json:"reason,omitempty"`
+	// GuestCrashes counts this cut's boots retried because the guest
+	// crashed (not the disk's doing: see guestEnded).
+	GuestCrashes int `json:"guest_crashes"`
 	// Error says why the cut could not be checked.
 	Error   string  `json:"error,omitempty"`
 	Seconds float64 `json:"seconds"`
@@ -196,6 +199,8 @@ func (r *cutResult) judge(workload string, b bootResult) {
 	switch {
 	case r.FsckStatus > 0 && r.FsckStatus < 8:
 		why = append(why, fmt.Sprintf("e2fsck -fn found errors (status %d)", r.FsckStatus))
+	case r.FsckStatus >= 8 && r.MountFailed:
+		why = append(why, fmt.Sprintf("e2fsck cannot open it (status %d)", r.FsckStatus))
 	case r.FsckStatus >= 8:
 		if r.Error == "" {
 			r.Error = fmt.Sprintf("e2fsck could not check the image (status %d)", r.FsckStatus)
@@ -243,7 +248,9 @@ type crashTotals struct {
 	LostAcked  int `json:"lost_acked"`
 	FsckErrors int `json:"fsck_errors"`
 	// MountFailures counts crashed file systems that did not mount.
-	MountFailures int     `json:"mount_failures"`
+	MountFailures int `json:"mount_failures"`
+	// GuestCrashes counts boots retried because the guest crashed.
+	GuestCrashes  int     `json:"guest_crashes"`
 	Violations    int     `json:"violations"`
 	Seconds       float64 `json:"seconds"`
 	CutsPerMinute float64 `json:"cuts_per_minute"`
@@ -270,6 +277,7 @@ func (r *crashReport) add(res cutResult) {
 		s.NoCut++
 	}
 	s.Acked += res.Acked
+	s.GuestCrashes += res.GuestCrashes
 	s.LostAcked += res.LostAcked
 	if res.FsckStatus > 0 && res.FsckStatus < 8 {
 		s.FsckErrors++
@@ -334,6 +342,9 @@ func (r *crashReport) printSummary(w io.Writer) {
 		time.Duration(s.Seconds*float64(time.Second)).Round(time.Second), s.CutsPerMinute, r.Calibration.Writes, r.Calibration.Flushes)
 	fmt.Fprintf(w, "  acknowledged %s: %d, lost: %d; fsck errors: %d; unmountable: %d\n",
 		r.unit(), s.Acked, s.LostAcked, s.FsckErrors, s.MountFailures)
+	if n := s.GuestCrashes + r.Calibration.GuestCrashes; n > 0 {
+		fmt.Fprintf(w, "  guest crashes: %d boots crashed before their guest reported its status and were run again\n", n)
+	}
 	fmt.Fprintf(w, "  violations:  %d", s.Violations)
 	if s.Violations > 0 {
 		var ks []string

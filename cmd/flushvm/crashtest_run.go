@@ -53,6 +53,8 @@ func (b *execBooter) boot(ctx context.Context, args []string) (int, []byte, erro
 type bootResult struct {
 	status int
 	out    []byte
+	// crashes counts attempts whose guest crashed (and were retried).
+	crashes int
 }
 
 // guestCmdline is the kernel command line of a campaign boot: run is the
@@ -72,31 +74,50 @@ func (c *campaign) bootArgs(cmdline, diskSpec string, extra ...string) []string 
 	return append(a, extra...)
 }
 
-// guestStarted reports whether a boot's guest reached its /init: a boot
-// that ended before that (an early guest crash) touched no disk and may be
-// retried.
-func guestStarted(out []byte) bool { return bytes.Contains(out, []byte("flushvm-init: ")) }
+// guestEnded reports whether the guest's /init reported the exit status it
+// ended the VM with. A boot that ends with flushvm's status 0 (a reset)
+// without it crashed: the kernel panicked (panic=-1 reboots) or
+// triple-faulted.
+func guestEnded(out []byte) bool { return bytes.Contains(out, []byte("flushvm-init: exit status ")) }
 
-// boot runs one boot with the campaign's time bound, retrying once a boot
-// whose guest never reached its /init. name labels its log file in dir.
-func (c *campaign) boot(ctx context.Context, b booter, dir, name string, args []string) (bootResult, error) {
+// bootAttempts bounds the attempts of one boot whose guest crashes.
+const bootAttempts = 3
+
+// errGuestCrashed reports a boot whose guest crashed on every attempt.
+var errGuestCrashed = errors.New("the guest crashed")
+
+// boot runs one boot with the campaign's time bound. A guest crash (see
+// guestEnded) is not a verdict on the disk but a failure of the guest or
+// of the machine under it (nested QEMU TCG, here), so the boot runs again,
+// after prepare (nil: nothing) restores what the crashed attempt may have
+// written; the crashes are counted. name labels the log file in dir.
+func (c *campaign) boot(ctx context.Context, b booter, dir, name string, args []string, prepare func() error) (bootResult, error) {
 	var r bootResult
-	var err error
-	for attempt := 1; attempt <= 2; attempt++ {
+	for attempt := 1; ; attempt++ {
+		if prepare != nil {
+			if err := prepare(); err != nil {
+				return r, err
+			}
+		}
 		bctx, cancel := context.WithTimeout(ctx, c.bootTimeout)
-		r.status, r.out, err = b.boot(bctx, args)
+		status, out, err := b.boot(bctx, args)
 		cancel()
-		if werr := os.WriteFile(filepath.Join(dir, name+".log"), r.out, 0o644); werr != nil && err == nil {
+		r.status, r.out = status, out
+		if werr := os.WriteFile(filepath.Join(dir, name+".log"), out, 0o644); werr != nil && err == nil {
 			err = fmt.Errorf("%s log: %w", name, werr)
 		}
-		if err != nil || guestStarted(r.out) || ctx.Err() != nil {
-			break
+		if err != nil {
+			return r, fmt.Errorf("%s boot: %w", name, err)
 		}
+		if status != 0 || guestEnded(out) {
+			return r, nil
+		}
+		if attempt == bootAttempts || ctx.Err() != nil {
+			return r, fmt.Errorf("%s boot: %w on all %d attempts (flushvm status 0 without the guest's exit status): %s",
+				name, errGuestCrashed, bootAttempts, lastLines(out, 3))
+		}
+		r.crashes++
 	}
-	if err != nil {
-		return r, fmt.Errorf("%s boot: %w", name, err)
-	}
-	return r, nil
 }
 
 // calibration is what a whole, uncut workload run sends to the disk.
@@ -107,6 +128,8 @@ type calibration struct {
 	Flushes uint64  `json:"flushes"`
 	Acks    int     `json:"acks"`
 	Seconds float64 `json:"seconds"`
+	// GuestCrashes counts boots retried because the guest crashed.
+	GuestCrashes int `json:"guest_crashes"`
 }
 
 // run runs the campaign's shard.
@@ -155,15 +178,12 @@ func (c *campaign) run(ctx context.Context, b booter, prog *progress) (*crashRep
 
 // format makes the template image: a fresh file the guest formats.
 func (c *campaign) format(ctx context.Context, b booter, dir, template string) error {
-	if err := createImage(template, c.diskSize); err != nil {
-		return err
-	}
 	args := c.bootArgs(guestCmdline("mkfs", nil), "path="+template+",cache=writeback")
-	r, err := c.boot(ctx, b, dir, "format", args)
+	r, err := c.boot(ctx, b, dir, "format", args, func() error { return createImage(template, c.diskSize) })
 	if err != nil {
 		return err
 	}
-	if r.status != 0 {
+	if r.status != 0 || !bytes.Contains(r.out, []byte("flushvm-init: mkfs /dev/vda: ok")) {
 		return fmt.Errorf("%w: the mkfs boot ended with status %d (is --initrd flushvm's guest image with e2fsprogs?): %s",
 			errBootFailed, r.status, lastLines(r.out, 5))
 	}
@@ -177,13 +197,10 @@ func (c *campaign) calibrate(ctx context.Context, b booter, dir, template string
 	stats := filepath.Join(dir, "calibration.stats.json")
 	defer os.Remove(img)
 	defer os.Remove(stats)
-	if err := copySparse(template, img); err != nil {
-		return calibration{}, err
-	}
 	t0 := time.Now()
 	args := c.bootArgs(guestCmdline("crash:"+c.workload, c.workloadArgs),
 		"path="+img+",cache="+string(c.cache)+",powercut="+c.policy, "--stats", stats)
-	r, err := c.boot(ctx, b, dir, "calibration", args)
+	r, err := c.boot(ctx, b, dir, "calibration", args, func() error { return copySparse(template, img) })
 	if err != nil {
 		return calibration{}, err
 	}
@@ -208,7 +225,7 @@ func (c *campaign) calibrate(ctx context.Context, b booter, dir, template string
 	}
 	d := doc.Disks[0]
 	cal := calibration{Writes: d.Writes + d.Discards + d.WriteZeroes, Flushes: d.HostSyncs,
-		Acks: len(parseAcks(r.out).lines), Seconds: time.Since(t0).Seconds()}
+		Acks: len(parseAcks(r.out).lines), Seconds: time.Since(t0).Seconds(), GuestCrashes: r.crashes}
 	if cal.Writes == 0 {
 		return cal, fmt.Errorf("%w: the calibration boot wrote nothing to the disk", errBootFailed)
 	}
@@ -222,10 +239,13 @@ func (c *campaign) cutPoint(seed uint64, cal calibration) trigger {
 		return *c.at
 	}
 	r := rand.New(rand.NewPCG(seed, 0x637574706f696e74)) // "cutpoint"
+	// The last 5% are left out: a run that sends a little less than the
+	// calibration run would end before such a cut.
+	span := func(n uint64) uint64 { return max(1, n*95/100) }
 	if cal.Flushes > 0 && r.IntN(2) == 1 {
-		return trigger{kind: triggerFlushes, n: 1 + r.Uint64N(cal.Flushes)}
+		return trigger{kind: triggerFlushes, n: 1 + r.Uint64N(span(cal.Flushes))}
 	}
-	return trigger{kind: triggerWrites, n: 1 + r.Uint64N(cal.Writes)}
+	return trigger{kind: triggerWrites, n: 1 + r.Uint64N(span(cal.Writes))}
 }
 
 // cut runs cut k: the workload boot with the power cut, then the checker.
@@ -248,14 +268,11 @@ func (c *campaign) cut(ctx context.Context, b booter, dir, template string, k in
 		os.Remove(filepath.Join(dir, name+".workload.log"))
 		os.Remove(filepath.Join(dir, name+".check.log"))
 	}()
-	if err := copySparse(template, img); err != nil {
-		res.Error = err.Error()
-		return res
-	}
 	args := c.bootArgs(guestCmdline("crash:"+c.workload, c.workloadArgs),
 		"path="+img+",cache="+string(c.cache)+",powercut="+c.policy,
 		"--power-cut", at.String(), "--seed", strconv.FormatUint(seed, 10), "--stats", stats)
-	r, err := c.boot(ctx, b, dir, name+".workload", args)
+	r, err := c.boot(ctx, b, dir, name+".workload", args, func() error { return copySparse(template, img) })
+	res.GuestCrashes += r.crashes
 	if err != nil {
 		res.Error = err.Error()
 		keep = c.keepDir
@@ -273,8 +290,9 @@ func (c *campaign) cut(ctx context.Context, b booter, dir, template string, k in
 			return res
 		}
 	case 0:
-		// The run sent fewer writes or flushes than the calibration
-		// (timing differs): it ended before its cut. Still check it.
+		// The guest's /init reported its exit status (c.boot saw to
+		// it): the run sent fewer writes or flushes than the
+		// calibration run and ended before its cut. Still check it.
 	default:
 		res.Error = fmt.Sprintf("the workload boot ended with status %d: %s", r.status, lastLines(r.out, 3))
 		keep = c.keepDir
@@ -282,7 +300,10 @@ func (c *campaign) cut(ctx context.Context, b booter, dir, template string, k in
 	}
 	// The guest's check mode adds -check and the mount point.
 	checkArgs := append(append([]string{}, c.workloadArgs...), "-acked", acks.ackedArg(c.workload))
-	r, err = c.boot(ctx, b, dir, name+".check", c.bootArgs(guestCmdline("check:"+c.workload, checkArgs), "path="+img+",cache=writeback"))
+	// A crashed checker may have replayed part of the journal; replaying
+	// the rest on the next attempt is what a second reboot would do.
+	r, err = c.boot(ctx, b, dir, name+".check", c.bootArgs(guestCmdline("check:"+c.workload, checkArgs), "path="+img+",cache=writeback"), nil)
+	res.GuestCrashes += r.crashes
 	if err != nil {
 		res.Error = err.Error()
 		keep = c.keepDir

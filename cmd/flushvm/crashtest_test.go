@@ -30,8 +30,12 @@ type fakeGuest struct {
 	// (an early guest crash).
 	silentOnce map[string]bool
 	// fail makes every boot of that mode end with status 1.
-	fail  map[string]bool
-	boots []string
+	fail map[string]bool
+	// crashOnce makes the first boot of that mode crash after its /init
+	// started: it scribbles over the disk and resets (status 0) without
+	// reporting an exit status.
+	crashOnce map[string]bool
+	boots     []string
 }
 
 const (
@@ -71,28 +75,48 @@ func (g *fakeGuest) boot(_ context.Context, args []string) (int, []byte, error) 
 	silent := g.silentOnce[mode]
 	delete(g.silentOnce, mode)
 	fail := g.fail[mode]
+	crash := g.crashOnce[mode]
+	delete(g.crashOnce, mode)
 	g.mu.Unlock()
 	if silent {
 		return 0, []byte("flushvm: vCPU 0 triple-faulted\n"), nil
 	}
 	var out bytes.Buffer
 	out.WriteString("flushvm-init: kernel 6.1, 2 CPUs\n")
+	if crash {
+		if !strings.HasPrefix(mode, "check:") { // a checker only reads
+			os.WriteFile(img, []byte("garbage"), 0o644)
+		}
+		out.WriteString("ACK fsyncstress 0 0\nKernel panic - not syncing\n")
+		return 0, out.Bytes(), nil
+	}
 	if fail {
 		return 1, out.Bytes(), nil
 	}
+	status, err := g.run(mode, img, cache, *cut, *stats, *appendLine, &out)
+	if status != exitPowerCut {
+		fmt.Fprintf(&out, "flushvm-init: exit status %d\n", status)
+	}
+	return status, out.Bytes(), err
+}
+
+// run plays the guest's /init mode.
+func (g *fakeGuest) run(mode, img, cache, cut, stats, appendLine string, out *bytes.Buffer) (int, error) {
 	switch {
 	case mode == "mkfs":
 		if err := os.WriteFile(img, []byte("fs 0\n"), 0o644); err != nil {
-			return 0, nil, err
+			return 0, err
 		}
-		return 0, out.Bytes(), nil
+		out.WriteString("flushvm-init: mkfs /dev/vda: ok\n")
+		return 0, nil
 	case strings.HasPrefix(mode, "crash:"):
 		b, err := os.ReadFile(img)
 		if err != nil || !bytes.HasPrefix(b, []byte("fs ")) {
-			return 1, []byte("mount failed: not formatted\n"), nil
+			out.WriteString("mount failed: not formatted\n")
+			return 126, nil
 		}
 		limitW, limitF := fakeWrites+1, fakeFlushes+1
-		if k, v, ok := strings.Cut(*cut, "="); ok {
+		if k, v, ok := strings.Cut(cut, "="); ok {
 			n, _ := strconv.Atoi(v)
 			if k == "writes" {
 				limitW = n
@@ -108,15 +132,15 @@ func (g *fakeGuest) boot(_ context.Context, args []string) (int, []byte, error) 
 				if cache != "unsafe" {
 					os.WriteFile(img, fmt.Appendf(nil, "fs %d\n", durable), 0o644)
 				}
-				writeFakeStats(*stats, writes, flushes, true)
-				fmt.Fprintf(&out, "flushvm: disk 0: power cut by --power-cut %s\n", *cut)
+				writeFakeStats(stats, writes, flushes, true)
+				fmt.Fprintf(out, "flushvm: disk 0: power cut by --power-cut %s\n", cut)
 				out.WriteString("ACK fsyncstress 0 ") // cut mid-line
-				return exitPowerCut, out.Bytes(), nil
+				return exitPowerCut, nil
 			}
 			writes += 4
 			flushes++
 			for w := 0; w < 4; w++ {
-				fmt.Fprintf(&out, "ACK fsyncstress %d %d\n", w, acked/4)
+				fmt.Fprintf(out, "ACK fsyncstress %d %d\n", w, acked/4)
 				acked++
 			}
 			durable = acked
@@ -124,17 +148,17 @@ func (g *fakeGuest) boot(_ context.Context, args []string) (int, []byte, error) 
 		if cache != "unsafe" {
 			os.WriteFile(img, fmt.Appendf(nil, "fs %d\n", durable), 0o644)
 		}
-		writeFakeStats(*stats, writes, flushes, false)
-		return 0, out.Bytes(), nil
+		writeFakeStats(stats, writes, flushes, false)
+		return 0, nil
 	case strings.HasPrefix(mode, "check:"):
 		b, err := os.ReadFile(img)
 		if err != nil || !bytes.HasPrefix(b, []byte("fs ")) {
 			out.WriteString("flushvm-check: mount failed: bad superblock\nflushvm-check: fsck status 8\n")
-			return 1, out.Bytes(), nil
+			return 1, nil
 		}
 		durable, _ := strconv.Atoi(strings.TrimSpace(string(b[3:])))
 		acked := 0
-		for _, w := range strings.Fields(*appendLine) {
+		for _, w := range strings.Fields(appendLine) {
 			if v, ok := strings.CutPrefix(w, "flushvm.args="); ok {
 				a := strings.Split(v, ",")
 				for _, n := range strings.Split(a[len(a)-1], ":") {
@@ -144,11 +168,11 @@ func (g *fakeGuest) boot(_ context.Context, args []string) (int, []byte, error) 
 			}
 		}
 		lost := max(0, acked-durable)
-		fmt.Fprintf(&out, "flushvm-check: fsyncstress status %d\nCHECK fsyncstress acked=%d lost=%d extra=%d\nflushvm-check: fsck status 0\n",
+		fmt.Fprintf(out, "flushvm-check: fsyncstress status %d\nCHECK fsyncstress acked=%d lost=%d extra=%d\nflushvm-check: fsck status 0\n",
 			min(lost, 1), acked, lost, max(0, durable-acked))
-		return min(lost, 1), out.Bytes(), nil
+		return min(lost, 1), nil
 	}
-	return 124, out.Bytes(), nil
+	return 124, nil
 }
 
 func writeFakeStats(path string, writes, flushes int, cut bool) {
@@ -199,6 +223,9 @@ func TestCrashtestCampaign(t *testing.T) {
 			wantCuts: []int{1, 4}, wantStatus: exitOK},
 		{name: "an early guest crash is retried", flags: []string{"--cuts", "1"},
 			guest:    &fakeGuest{silentOnce: map[string]bool{"crash:fsyncstress": true, "check:fsyncstress": true}},
+			wantCuts: []int{0}, wantStatus: exitOK},
+		{name: "a guest crash mid-run is retried on a fresh copy", flags: []string{"--cuts", "1"},
+			guest:    &fakeGuest{crashOnce: map[string]bool{"mkfs": true, "crash:fsyncstress": true, "check:fsyncstress": true}},
 			wantCuts: []int{0}, wantStatus: exitOK},
 		{name: "a failing checker boot is an error, not a pass", flags: []string{"--cuts", "2"},
 			guest:    &fakeGuest{fail: map[string]bool{"check:fsyncstress": true}},
@@ -344,6 +371,7 @@ func TestJudge(t *testing.T) {
 		{"lost records", 5, "CHECK fsyncstress acked=5 lost=2 extra=0\nflushvm-check: fsck status 0\n", true, false},
 		{"fsck errors", 5, "CHECK fsyncstress acked=5 lost=0 extra=0\nflushvm-check: fsck status 4\n", true, false},
 		{"unmountable", 5, "flushvm-check: mount failed: EUCLEAN\nflushvm-check: fsck status 4\n", true, false},
+		{"no superblock left", 5, "flushvm-check: mount failed: EINVAL\nflushvm-check: fsck status 8\n", true, false},
 		{"fsck could not run", 5, "CHECK fsyncstress acked=5 lost=0 extra=0\nflushvm-check: fsck status 8\n", false, true},
 		{"no CHECK line", 5, "flushvm-check: fsck status 0\n", false, true},
 		{"no fsck line", 5, "CHECK fsyncstress acked=5 lost=0 extra=0\n", false, true},

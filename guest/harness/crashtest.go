@@ -173,6 +173,20 @@ func copyKeptDirs(ctx context.Context, scratch string, dirs []keptDir) error {
 	return nil
 }
 
+// hostLine rewrites the L1 paths of the session's inputs and kept --dirs
+// in a console line to host paths.
+func (m *mapper) hostLine(line string) string {
+	for host, l1 := range m.inputs {
+		if strings.HasPrefix(l1, job.Mount+"/in/") {
+			line = strings.ReplaceAll(line, l1, host)
+		}
+	}
+	for _, d := range m.kept {
+		line = strings.ReplaceAll(line, scratchDir(d.run)+"/", d.host+"/")
+	}
+	return line
+}
+
 // hostPaths rewrites the L1 paths in an output document of run i back to
 // host paths: the session's inputs (a crashtest report names its kernel
 // and initrd) and the run's kept --dir (the images of failing cuts), each

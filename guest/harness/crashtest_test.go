@@ -184,3 +184,37 @@ func TestCopyKeptDirs(t *testing.T) {
 		t.Error("copying a directory the campaign never made succeeded")
 	}
 }
+
+// TestConsoleRewrite checks that a crashtest session's console shows host
+// paths, whole lines at a time, however QEMU chunks its output.
+func TestConsoleRewrite(t *testing.T) {
+	m := newMapper(t.TempDir())
+	m.inputs["/host/vmlinuz"] = "/job/in/1-vmlinuz"
+	m.inputs["/host/gone"] = "/job/missing/gone"
+	m.kept = []keptDir{{run: 1, host: "/host/kept"}}
+	var out strings.Builder
+	c := newConsole(&out, time.Now())
+	c.rewrite = m.hostLine
+	in := "crashtest: cut 1/1\r\n  reproduce:   flushvm crashtest --kernel /job/in/1-vmlinuz --dir crash-3\r\n" +
+		"  its image:   /scratch/run-1/cut-0.img and /scratch/run-12/cut-0.img /job/missing/gone\npartial /job/in/1-vmlinuz"
+	for k := 0; k < len(in); k += 7 {
+		if _, err := c.Write([]byte(in[k:min(k+7, len(in))])); err != nil {
+			t.Fatal(err)
+		}
+		if s := out.String(); s != "" && !strings.HasSuffix(s, "\n") {
+			t.Fatalf("a partial line went out: %q", s)
+		}
+	}
+	c.flush()
+	want := "crashtest: cut 1/1\n  reproduce:   flushvm crashtest --kernel /host/vmlinuz --dir crash-3\n" +
+		"  its image:   /host/kept/cut-0.img and /scratch/run-12/cut-0.img /job/missing/gone\npartial /host/vmlinuz"
+	if out.String() != want {
+		t.Errorf("console:\n%q\nwant\n%q", out.String(), want)
+	}
+	if got := c.rewriteAll("a /job/in/1-vmlinuz\nb /scratch/run-1/x\n"); got != "a /host/vmlinuz\nb /host/kept/x\n" {
+		t.Errorf("rewriteAll = %q", got)
+	}
+	if c.tail() != "partial /job/in/1-vmlinuz" {
+		t.Errorf("tail %q: the markers see the raw lines", c.tail())
+	}
+}

@@ -332,6 +332,11 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 	}
 	t0 := time.Now()
 	watch := newConsole(opts.Stdout, t0)
+	if scratch != "" {
+		// Campaigns print reproduce commands and kept images with L1
+		// paths; show the host's.
+		watch.rewrite = func(line string) string { return m.hostLine(line) }
+	}
 	cmd := exec.CommandContext(ctx, "nice", qargs...)
 	cmd.Stdout, cmd.Stderr = watch, watch
 	cmd.WaitDelay = 5 * time.Second
@@ -339,22 +344,38 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 	watch.flush()
 	s.Console = watch.recent()
 	s.L1Boot, s.L1Uptime = watch.l1Boot()
-	if ctx.Err() != nil {
-		return fmt.Errorf("QEMU L1 killed: %w", ctx.Err())
-	}
-	if qerr != nil {
-		return fmt.Errorf("QEMU L1: %w: %s", qerr, watch.tail())
+	// Even when L1 was killed or died, the runs it finished keep their
+	// results and outputs (a long campaign session must not lose the
+	// campaigns before the one that failed).
+	var failure error
+	switch {
+	case ctx.Err() != nil:
+		failure = fmt.Errorf("QEMU L1 killed: %w", ctx.Err())
+	case qerr != nil:
+		failure = fmt.Errorf("QEMU L1: %w: %s", qerr, watch.tail())
 	}
 	for i := range runs {
 		res, err := collect(dir, i, watch)
 		if errors.Is(err, ErrNoStatus) {
-			return err // L1 itself failed: no run after i has a result either
+			// L1 itself failed: no run after i has a result either.
+			if failure == nil {
+				failure = err
+			}
+			break
 		}
 		res.Err = err
+		if watch.rewrite != nil {
+			res.Output = []byte(watch.rewriteAll(string(res.Output)))
+		}
 		s.Results = append(s.Results, res)
 		if err := m.copyStats(i); err != nil {
 			return err
 		}
+	}
+	if failure != nil {
+		// The scratch disk was not unmounted: its kept directories are
+		// not worth reading.
+		return failure
 	}
 	if scratch != "" && len(m.kept) > 0 {
 		return copyKeptDirs(ctx, scratch, m.kept)
@@ -446,17 +467,21 @@ func qemuEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 // console streams QEMU's output without carriage returns and notes when
 // L1's init reports progress.
 type console struct {
-	mu     sync.Mutex
-	out    io.Writer
-	t0     time.Time
-	line   []byte
-	last   string
-	lines  []string // the most recent lines, at most keepLines
-	boot   time.Duration
-	uptime string
-	starts []time.Duration
-	ends   []time.Duration
-	rss    []int64
+	mu  sync.Mutex
+	out io.Writer
+	// rewrite, when set, maps each whole line before it is passed on
+	// (a crashtest's summary names L1 paths); lines then go out whole.
+	rewrite func(string) string
+	pending []byte
+	t0      time.Time
+	line    []byte
+	last    string
+	lines   []string // the most recent lines, at most keepLines
+	boot    time.Duration
+	uptime  string
+	starts  []time.Duration
+	ends    []time.Duration
+	rss     []int64
 }
 
 func newConsole(out io.Writer, t0 time.Time) *console { return &console{out: out, t0: t0} }
@@ -466,7 +491,7 @@ func (c *console) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	clean := bytes.ReplaceAll(p, []byte{'\r'}, nil)
-	if _, err := c.out.Write(clean); err != nil {
+	if err := c.pass(clean); err != nil {
 		return 0, err
 	}
 	for _, b := range clean {
@@ -482,9 +507,44 @@ func (c *console) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// pass writes p on, whole rewritten lines only when rewrite is set.
+func (c *console) pass(p []byte) error {
+	if c.rewrite == nil {
+		_, err := c.out.Write(p)
+		return err
+	}
+	c.pending = append(c.pending, p...)
+	i := bytes.LastIndexByte(c.pending, '\n')
+	if i < 0 {
+		return nil
+	}
+	var b strings.Builder
+	for _, line := range strings.SplitAfter(string(c.pending[:i+1]), "\n") {
+		if line != "" {
+			b.WriteString(c.rewrite(strings.TrimSuffix(line, "\n")) + "\n")
+		}
+	}
+	c.pending = append(c.pending[:0], c.pending[i+1:]...)
+	_, err := io.WriteString(c.out, b.String())
+	return err
+}
+
+// rewriteAll applies rewrite to every line of s.
+func (c *console) rewriteAll(s string) string {
+	lines := strings.Split(s, "\n")
+	for i, l := range lines {
+		lines[i] = c.rewrite(l)
+	}
+	return strings.Join(lines, "\n")
+}
+
 func (c *console) flush() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if len(c.pending) > 0 {
+		io.WriteString(c.out, c.rewrite(string(c.pending)))
+		c.pending = c.pending[:0]
+	}
 	if len(c.line) > 0 {
 		c.observe(string(c.line))
 		c.line = c.line[:0]

@@ -139,6 +139,7 @@ func TestJudgeCampaign(t *testing.T) {
 		{"oracle never failed", []int{0, 0}, []tableRow{ok[0], {mode: "unsafe", cuts: 1, policy: "random-subset"}}, nil, 1, "never failed"},
 		{"keep-all loses nothing", []int{0, 0}, []tableRow{ok[0], {mode: "unsafe", cuts: 1, policy: "keep-all"}}, nil, 0, "as they may"},
 		{"no report", []int{3, 1}, ok[1:], errors.New("no report"), 3, "left no report"},
+		{"could not run", []int{0, 3}, []tableRow{ok[0], {mode: "unsafe"}}, nil, 3, "cache=unsafe: the campaign could not run"},
 		{"unchecked cuts", []int{3, 1}, []tableRow{{mode: "writeback", cuts: 2, errors: 1}, ok[1]}, nil, 3, "1 of 2 cuts could not be checked"},
 	}
 	for _, tt := range tests {

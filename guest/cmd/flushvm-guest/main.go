@@ -93,8 +93,14 @@ func run(args []string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
-	defer cancel()
+	cmd, rest := fs.Arg(0), fs.Args()[1:]
+	if (cmd != "crashtest" && cmd != "campaign") || fs.Changed("timeout") {
+		// Campaigns without --timeout size their own bound from their
+		// cuts (harness.Options.Timeout bounds the session).
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, *timeout)
+		defer cancel()
+	}
 	opts := harness.Options{Mode: mode, Stdout: os.Stdout, Log: os.Stderr, Timeout: *timeout, Flushvm: *flushvm}
 	if *scratch != "" {
 		if opts.ScratchSize, err = harness.ParseSize(*scratch); err != nil || opts.ScratchSize < 16<<20 {
@@ -102,7 +108,6 @@ func run(args []string) int {
 			return 2
 		}
 	}
-	cmd, rest := fs.Arg(0), fs.Args()[1:]
 	switch cmd {
 	case "run":
 		return session(ctx, opts, harness.Run{Args: rest})

@@ -204,8 +204,11 @@ func runOne(i int, r job.Run) (status int, maxRSS int64, err error) {
 	switch {
 	case silent.Load():
 		return 0, maxRSS, fmt.Errorf("%s: %w in %v", r.Argv[0], errSilent, silentLimit)
-	case isFlushvmRun(r.Argv) && guestOut.n.Load() == 0 && ctx.Err() == nil:
-		return 0, maxRSS, fmt.Errorf("%s: %w: it ended (%v) before the guest's first byte", r.Argv[0], errSilent, cmd.ProcessState)
+	case err == nil && isFlushvmRun(r.Argv) && guestOut.n.Load() == 0:
+		// Status 0 (a guest reset) without a byte from the guest: it
+		// crashed before its console came up. Other statuses are
+		// flushvm's own (a usage error, a failed machine).
+		return 0, maxRSS, fmt.Errorf("%s: %w: the guest reset before its first byte", r.Argv[0], errSilent)
 	case ctx.Err() != nil:
 		return 0, maxRSS, fmt.Errorf("%s: timed out after %d s", r.Argv[0], r.TimeoutSec)
 	case err == nil:
