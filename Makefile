@@ -24,6 +24,8 @@ CRASHTEST_DISK_SIZE   ?= 128M
 # records, cost the time; a 1-vCPU guest boots faster nested.
 CRASHTEST_RECORDS     ?= 25
 CRASHTEST_CPUS        ?= 1
+# A nested boot takes 15-30 s here; a guest that hangs past this is retried.
+CRASHTEST_BOOT_TIMEOUT ?= 2m
 CRASHTEST_MODES       ?= writeback:$(CRASHTEST_CUTS),writethrough:$(CRASHTEST_CUTS),none:$(CRASHTEST_CUTS),directsync:$(CRASHTEST_CUTS),unsafe:$(CRASHTEST_UNSAFE_CUTS)
 CRASHTEST_OUT         ?= build/crashtest
 CRASHTEST_ARGS        ?=
@@ -87,4 +89,5 @@ bench-vhost:
 crashtest:
 	$(GO) run ./guest/cmd/flushvm-guest campaign --modes $(CRASHTEST_MODES) --out $(CRASHTEST_OUT) \
 		--workload $(CRASHTEST_WORKLOAD) --policy $(CRASHTEST_POLICY) --seed $(CRASHTEST_SEED) \
-		--disk-size $(CRASHTEST_DISK_SIZE) --records $(CRASHTEST_RECORDS) --cpus $(CRASHTEST_CPUS) $(CRASHTEST_ARGS)
+		--disk-size $(CRASHTEST_DISK_SIZE) --records $(CRASHTEST_RECORDS) --cpus $(CRASHTEST_CPUS) \
+		--boot-timeout $(CRASHTEST_BOOT_TIMEOUT) $(CRASHTEST_ARGS)

@@ -125,8 +125,19 @@ func startAPI(path string, h http.Handler) (*apiServer, error) {
 			return nil, err
 		}
 	}
-	ln, err := net.Listen("unix", path)
+	// Listen on a neighbour name, then rename it into place: a client that
+	// waits for path to appear must never find a socket that is bound but
+	// not listening yet (connect would be refused).
+	tmp := path + ".~"
+	_ = os.Remove(tmp)
+	ln, err := net.Listen("unix", tmp)
 	if err != nil {
+		return nil, err
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	if err := os.Rename(tmp, path); err != nil {
+		ln.Close()
+		os.Remove(tmp)
 		return nil, err
 	}
 	s := &apiServer{path: path, srv: &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}, done: make(chan error, 1)}

@@ -112,7 +112,7 @@ type cutResult struct {
 	Violation bool   `json:"violation"`
 	Reason    string `json:"reason,omitempty"`
 	// GuestCrashes counts this cut's boots retried because the guest
-	// crashed (not the disk's doing: see guestEnded).
+	// crashed or hung (not the disk's doing: see guestEnded).
 	GuestCrashes int `json:"guest_crashes"`
 	// Error says why the cut could not be checked.
 	Error   string  `json:"error,omitempty"`
@@ -249,7 +249,7 @@ type crashTotals struct {
 	FsckErrors int `json:"fsck_errors"`
 	// MountFailures counts crashed file systems that did not mount.
 	MountFailures int `json:"mount_failures"`
-	// GuestCrashes counts boots retried because the guest crashed.
+	// GuestCrashes counts boots retried because the guest crashed or hung.
 	GuestCrashes  int     `json:"guest_crashes"`
 	Violations    int     `json:"violations"`
 	Seconds       float64 `json:"seconds"`
@@ -343,7 +343,7 @@ func (r *crashReport) printSummary(w io.Writer) {
 	fmt.Fprintf(w, "  acknowledged %s: %d, lost: %d; fsck errors: %d; unmountable: %d\n",
 		r.unit(), s.Acked, s.LostAcked, s.FsckErrors, s.MountFailures)
 	if n := s.GuestCrashes + r.Calibration.GuestCrashes; n > 0 {
-		fmt.Fprintf(w, "  guest crashes: %d boots crashed before their guest reported its status and were run again\n", n)
+		fmt.Fprintf(w, "  guest crashes: %d boots crashed or hung before their guest reported its status and were run again\n", n)
 	}
 	fmt.Fprintf(w, "  violations:  %d", s.Violations)
 	if s.Violations > 0 {
@@ -381,15 +381,15 @@ func (r *crashReport) printSummary(w io.Writer) {
 // progress shows the campaign's progress on stderr: a bar redrawn in place
 // on a terminal, one line per cut otherwise (logs, CI, nested consoles).
 type progress struct {
-	w     io.Writer
-	tty   bool
-	total int
-	start time.Time
-	n     int
+	w       io.Writer
+	tty     bool
+	total   int
+	n       int
+	cutTime time.Duration // the finished cuts' time
 }
 
 func newProgress(w io.Writer, cuts []int) *progress {
-	p := &progress{w: w, total: len(cuts), start: time.Now()}
+	p := &progress{w: w, total: len(cuts)}
 	if f, ok := w.(*os.File); ok {
 		if _, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err == nil {
 			p.tty = true
@@ -406,9 +406,11 @@ func (p *progress) note(format string, a ...any) {
 // cut reports a finished cut.
 func (p *progress) cut(res cutResult, rep *crashReport) {
 	p.n++
+	p.cutTime += time.Duration(res.Seconds * float64(time.Second))
 	s := rep.Summary
-	elapsed := time.Since(p.start)
-	rate := float64(p.n) / elapsed.Minutes()
+	// The rate and the estimate count the cuts' own time, not the
+	// campaign's format and calibration boots.
+	rate := float64(p.n) / p.cutTime.Minutes()
 	eta := time.Duration(float64(p.total-p.n) / rate * float64(time.Minute)).Round(time.Second)
 	if p.tty {
 		const width = 30

@@ -83,14 +83,16 @@ func guestEnded(out []byte) bool { return bytes.Contains(out, []byte("flushvm-in
 // bootAttempts bounds the attempts of one boot whose guest crashes.
 const bootAttempts = 3
 
-// errGuestCrashed reports a boot whose guest crashed on every attempt.
-var errGuestCrashed = errors.New("the guest crashed")
+// errGuestCrashed reports a boot whose guest crashed or hung on every
+// attempt.
+var errGuestCrashed = errors.New("the guest failed")
 
-// boot runs one boot with the campaign's time bound. A guest crash (see
-// guestEnded) is not a verdict on the disk but a failure of the guest or
-// of the machine under it (nested QEMU TCG, here), so the boot runs again,
-// after prepare (nil: nothing) restores what the crashed attempt may have
-// written; the crashes are counted. name labels the log file in dir.
+// boot runs one boot with the campaign's time bound. A guest that crashes
+// (see guestEnded) or hangs past --boot-timeout says nothing about the
+// disk: it is a failure of the guest or of the machine under it (nested
+// QEMU TCG, here). Such a boot runs again, after prepare (nil: nothing)
+// restores what the failed attempt may have written, and is counted in
+// bootResult.crashes. name labels the log file in dir.
 func (c *campaign) boot(ctx context.Context, b booter, dir, name string, args []string, prepare func() error) (bootResult, error) {
 	var r bootResult
 	for attempt := 1; ; attempt++ {
@@ -101,20 +103,24 @@ func (c *campaign) boot(ctx context.Context, b booter, dir, name string, args []
 		}
 		bctx, cancel := context.WithTimeout(ctx, c.bootTimeout)
 		status, out, err := b.boot(bctx, args)
+		hung := err != nil && errors.Is(bctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil
 		cancel()
 		r.status, r.out = status, out
 		if werr := os.WriteFile(filepath.Join(dir, name+".log"), out, 0o644); werr != nil && err == nil {
 			err = fmt.Errorf("%s log: %w", name, werr)
 		}
-		if err != nil {
-			return r, fmt.Errorf("%s boot: %w", name, err)
+		if err != nil && !hung {
+			return r, fmt.Errorf("%s boot: %w (last output: %s)", name, err, lastLines(out, 3))
 		}
-		if status != 0 || guestEnded(out) {
+		if !hung && (status != 0 || guestEnded(out)) {
 			return r, nil
 		}
 		if attempt == bootAttempts || ctx.Err() != nil {
-			return r, fmt.Errorf("%s boot: %w on all %d attempts (flushvm status 0 without the guest's exit status): %s",
-				name, errGuestCrashed, bootAttempts, lastLines(out, 3))
+			what := "crashed (flushvm status 0 without the guest's exit status)"
+			if hung {
+				what = fmt.Sprintf("hung (no end within --boot-timeout %v)", c.bootTimeout)
+			}
+			return r, fmt.Errorf("%s boot: %w: it %s on all %d attempts: %s", name, errGuestCrashed, what, bootAttempts, lastLines(out, 3))
 		}
 		r.crashes++
 	}
@@ -128,7 +134,8 @@ type calibration struct {
 	Flushes uint64  `json:"flushes"`
 	Acks    int     `json:"acks"`
 	Seconds float64 `json:"seconds"`
-	// GuestCrashes counts boots retried because the guest crashed.
+	// GuestCrashes counts boots retried because the guest crashed or
+	// hung.
 	GuestCrashes int `json:"guest_crashes"`
 }
 

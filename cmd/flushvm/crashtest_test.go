@@ -35,7 +35,10 @@ type fakeGuest struct {
 	// started: it scribbles over the disk and resets (status 0) without
 	// reporting an exit status.
 	crashOnce map[string]bool
-	boots     []string
+	// hangOnce makes the first boot of that mode hang until its time
+	// bound.
+	hangOnce map[string]bool
+	boots    []string
 }
 
 const (
@@ -44,7 +47,7 @@ const (
 	fakeRecords = 40 // acknowledged per flush interval: one per writer
 )
 
-func (g *fakeGuest) boot(_ context.Context, args []string) (int, []byte, error) {
+func (g *fakeGuest) boot(ctx context.Context, args []string) (int, []byte, error) {
 	fs := pflag.NewFlagSet("run", pflag.ContinueOnError)
 	appendLine := fs.String("append", "", "")
 	disk := fs.String("disk", "", "")
@@ -77,7 +80,13 @@ func (g *fakeGuest) boot(_ context.Context, args []string) (int, []byte, error) 
 	fail := g.fail[mode]
 	crash := g.crashOnce[mode]
 	delete(g.crashOnce, mode)
+	hang := g.hangOnce[mode]
+	delete(g.hangOnce, mode)
 	g.mu.Unlock()
+	if hang {
+		<-ctx.Done()
+		return 0, []byte("flushvm-init: kernel 6.1\n"), ctx.Err()
+	}
 	if silent {
 		return 0, []byte("flushvm: vCPU 0 triple-faulted\n"), nil
 	}
@@ -226,6 +235,9 @@ func TestCrashtestCampaign(t *testing.T) {
 			wantCuts: []int{0}, wantStatus: exitOK},
 		{name: "a guest crash mid-run is retried on a fresh copy", flags: []string{"--cuts", "1"},
 			guest:    &fakeGuest{crashOnce: map[string]bool{"mkfs": true, "crash:fsyncstress": true, "check:fsyncstress": true}},
+			wantCuts: []int{0}, wantStatus: exitOK},
+		{name: "a hung boot is retried", flags: []string{"--cuts", "1", "--boot-timeout", "100ms"},
+			guest:    &fakeGuest{hangOnce: map[string]bool{"crash:fsyncstress": true, "check:fsyncstress": true}},
 			wantCuts: []int{0}, wantStatus: exitOK},
 		{name: "a failing checker boot is an error, not a pass", flags: []string{"--cuts", "2"},
 			guest:    &fakeGuest{fail: map[string]bool{"check:fsyncstress": true}},
