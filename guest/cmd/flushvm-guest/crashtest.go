@@ -345,6 +345,19 @@ type tableRow struct {
 	seconds                float64
 }
 
+// add adds o's counts and time to t.
+func (t *tableRow) add(o tableRow) {
+	t.cuts += o.cuts
+	t.powerCuts += o.powerCuts
+	t.acked += o.acked
+	t.lostAcked += o.lostAcked
+	t.fsckErrors += o.fsckErrors
+	t.unmounted += o.unmounted
+	t.violations += o.violations
+	t.errors += o.errors
+	t.seconds += o.seconds
+}
+
 // modeOrder lists the cache modes in table order; others follow in the
 // order their reports were given.
 var modeOrder = []string{"writeback", "writethrough", "none", "directsync", "unsafe"}
@@ -379,15 +392,9 @@ func readReports(paths []string) ([]tableRow, error) {
 		if t.policy != r.Policy {
 			t.policy = "mixed"
 		}
-		t.cuts += s.Cuts
-		t.powerCuts += s.PowerCuts
-		t.acked += s.Acked
-		t.lostAcked += s.LostAcked
-		t.fsckErrors += s.FsckErrors
-		t.unmounted += s.MountFailures
-		t.violations += s.Violations
-		t.errors += s.Errors
-		t.seconds += s.Seconds
+		t.add(tableRow{cuts: s.Cuts, powerCuts: s.PowerCuts, acked: s.Acked, lostAcked: s.LostAcked,
+			fsckErrors: s.FsckErrors, unmounted: s.MountFailures, violations: s.Violations, errors: s.Errors,
+			seconds: s.Seconds})
 	}
 	rank := func(m string) int {
 		if i := slices.Index(modeOrder, m); i >= 0 {
@@ -409,15 +416,7 @@ func printTable(w io.Writer, rows []tableRow) {
 	var total tableRow
 	for _, r := range rows {
 		cells = append(cells, row(r.mode, r))
-		total.cuts += r.cuts
-		total.powerCuts += r.powerCuts
-		total.acked += r.acked
-		total.lostAcked += r.lostAcked
-		total.fsckErrors += r.fsckErrors
-		total.unmounted += r.unmounted
-		total.violations += r.violations
-		total.errors += r.errors
-		total.seconds += r.seconds
+		total.add(r)
 	}
 	if len(rows) > 1 {
 		cells = append(cells, row("all", total))
