@@ -276,40 +276,15 @@ func (m *Machine) stop(r Result) {
 	m.stopOnce.Do(func() {
 		m.result = r
 		m.stopping.Store(true)
-		for _, c := range m.vcpus {
+		for i, c := range m.vcpus {
 			c.SetImmediateExit(true)
+			if tid := m.tids[i].Load(); tid != 0 {
+				// SIGURG is the Go runtime's own preemption signal, so its
+				// handler is harmless; its arrival makes KVM_RUN return EINTR.
+				_ = unix.Tgkill(unix.Getpid(), int(tid), unix.SIGURG)
+			}
 		}
-		m.kick()
-		go m.kickUntilStopped()
 	})
-}
-
-// kick signals every vCPU thread still in its loop and reports whether
-// there was one. SIGURG is the Go runtime's own preemption signal, so its
-// handler is harmless; its arrival makes KVM_RUN return EINTR.
-func (m *Machine) kick() bool {
-	running := false
-	for i := range m.vcpus {
-		if tid := m.tids[i].Load(); tid != 0 {
-			running = true
-			_ = unix.Tgkill(unix.Getpid(), int(tid), unix.SIGURG)
-		}
-	}
-	return running
-}
-
-// kickUntilStopped repeats the kick until every vCPU has left its loop.
-// On KVM, immediate_exit plus one signal suffice; a hypervisor that lets
-// a vCPU enter the guest despite them (seen, rarely, on PVM hosts) would
-// otherwise keep the machine running after Stop.
-func (m *Machine) kickUntilStopped() {
-	t := time.NewTicker(20 * time.Millisecond)
-	defer t.Stop()
-	for range t.C {
-		if !m.kick() {
-			return
-		}
-	}
 }
 
 // runVCPU is the loop of one vCPU on its own locked OS thread.
