@@ -15,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // booter runs one `flushvm run` with args and returns its exit status and
@@ -393,27 +395,23 @@ func copySparse(src, dst string) error {
 		out.Close()
 		return fmt.Errorf("copy %s to %s: %w", src, dst, err)
 	}
-	if err := out.Truncate(fi.Size()); err != nil {
-		out.Close()
-		return fmt.Errorf("copy image: %w", err)
-	}
 	return out.Close()
 }
 
-// copyData copies the data extents of in (size bytes) to the same offsets
-// of out, using SEEK_DATA/SEEK_HOLE; without them, everything.
+// copyData makes out (empty, or to be overwritten) a copy of in, size
+// bytes long: it copies in's data extents to the same offsets, found with
+// SEEK_DATA/SEEK_HOLE (without them, everything), and leaves in's holes as
+// holes in out.
 func copyData(in, out *os.File, size int64) error {
-	const seekData, seekHole = 3, 4
 	for off := int64(0); off < size; {
-		data, err := in.Seek(off, seekData)
-		if err != nil {
-			if errors.Is(err, syscall.ENXIO) {
-				return nil // only a hole from off to the end
-			}
-			// No SEEK_DATA here: copy the rest whole.
-			data = off
+		data, err := in.Seek(off, unix.SEEK_DATA)
+		if errors.Is(err, syscall.ENXIO) {
+			break // only a hole from off to the end
 		}
-		hole, err := in.Seek(data, seekHole)
+		if err != nil {
+			data = off // no SEEK_DATA here: copy the rest whole
+		}
+		hole, err := in.Seek(data, unix.SEEK_HOLE)
 		if err != nil {
 			hole = size
 		}
@@ -428,5 +426,5 @@ func copyData(in, out *os.File, size int64) error {
 		}
 		off = hole
 	}
-	return nil
+	return out.Truncate(size)
 }

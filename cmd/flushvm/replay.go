@@ -140,7 +140,8 @@ func (f *replayFlags) run(stdout io.Writer) error {
 	return nil
 }
 
-// copyImage makes out a copy of base (refusing to copy a file onto itself).
+// copyImage makes out a copy of base (refusing to copy a file onto itself),
+// keeping base's holes.
 func copyImage(base, out string) error {
 	src, err := os.Open(base)
 	if err != nil {
@@ -161,7 +162,7 @@ func copyImage(base, out string) error {
 	if err != nil {
 		return userErrorf("--out: %v", err)
 	}
-	if _, err := io.Copy(dst, src); err != nil {
+	if err := copyData(src, dst, si.Size()); err != nil {
 		dst.Close()
 		return fmt.Errorf("copy --base to --out: %w", err)
 	}
