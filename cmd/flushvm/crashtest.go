@@ -145,15 +145,14 @@ type campaign struct {
 	cache          blk.CacheMode
 	shardIndex     int // 1-based
 	shardCount     int
-	dir            string
-	keepDir        bool // --dir given: keep failing cuts' files
-	mem            string
-	cpus           int
-	records        int
-	at             *trigger
-	bootTimeout    time.Duration
-	// flags are the campaign's flags as given, for reproduce commands.
-	flags *crashtestFlags
+	// dir is --dir: when given, failing cuts' files are kept there.
+	dir         string
+	diskSizeArg string // --disk-size as given, for reproduce commands
+	mem         string
+	cpus        int
+	records     int
+	at          *trigger
+	bootTimeout time.Duration
 }
 
 func crashtestCommand(args []string, stdout, stderr io.Writer) int {
@@ -203,22 +202,14 @@ func (f *crashtestFlags) campaign() (*campaign, error) {
 	if !f.fs.Changed("seed") {
 		return nil, userErrorf("--seed is required (the campaign is reproducible from it)")
 	}
-	c := &campaign{kernel: f.kernel, initrd: f.initrd, workload: f.workload, cuts: f.cuts, policy: f.policy,
-		seed: f.seed, dir: f.dir, keepDir: f.dir != "", mem: f.mem, cpus: f.cpus, records: f.records,
-		bootTimeout: f.bootTimeout, flags: f}
-	for _, p := range []struct{ name, path string }{{"kernel", f.kernel}, {"initrd", f.initrd}} {
-		abs, err := filepath.Abs(p.path)
-		if err == nil {
-			_, err = os.Stat(abs)
-		}
-		if err != nil {
-			return nil, userErrorf("--%s: %v", p.name, err)
-		}
-		if p.name == "kernel" {
-			c.kernel = abs
-		} else {
-			c.initrd = abs
-		}
+	c := &campaign{workload: f.workload, cuts: f.cuts, policy: f.policy, seed: f.seed, dir: f.dir,
+		diskSizeArg: f.diskSize, mem: f.mem, cpus: f.cpus, records: f.records, bootTimeout: f.bootTimeout}
+	var err error
+	if c.kernel, err = existingAbs("kernel", f.kernel); err != nil {
+		return nil, err
+	}
+	if c.initrd, err = existingAbs("initrd", f.initrd); err != nil {
+		return nil, err
 	}
 	size, err := parseByteSize(f.diskSize)
 	if err != nil || size < 16<<20 || size%512 != 0 {
@@ -264,6 +255,18 @@ func (f *crashtestFlags) campaign() (*campaign, error) {
 		return nil, userErrorf("--boot-timeout must be positive")
 	}
 	return c, nil
+}
+
+// existingAbs returns the absolute form of --flag's path, which must exist.
+func existingAbs(flag, path string) (string, error) {
+	abs, err := filepath.Abs(path)
+	if err == nil {
+		_, err = os.Stat(abs)
+	}
+	if err != nil {
+		return "", userErrorf("--%s: %v", flag, err)
+	}
+	return abs, nil
 }
 
 // parseShard parses --shard i/n (1 <= i <= n).

@@ -234,7 +234,7 @@ func (c *campaign) calibrate(ctx context.Context, b booter, dir, template string
 	}
 	d := doc.Disks[0]
 	cal := calibration{Writes: d.Writes + d.Discards + d.WriteZeroes, Flushes: d.HostSyncs,
-		Acks: len(parseAcks(r.out).lines), Seconds: time.Since(t0).Seconds(), GuestCrashes: r.crashes}
+		Acks: parseAcks(r.out).lines, Seconds: time.Since(t0).Seconds(), GuestCrashes: r.crashes}
 	if cal.Writes == 0 {
 		return cal, fmt.Errorf("%w: the calibration boot wrote nothing to the disk", errBootFailed)
 	}
@@ -266,10 +266,9 @@ func (c *campaign) cut(ctx context.Context, b booter, dir, template string, k in
 	name := fmt.Sprintf("cut-%d", k)
 	img := filepath.Join(dir, name+".img")
 	stats := filepath.Join(dir, name+".stats.json")
-	keep := false
 	defer func() {
 		os.Remove(stats)
-		if keep {
+		if c.dir != "" && (res.Violation || res.Error != "") {
 			res.Image = img
 			return
 		}
@@ -284,7 +283,6 @@ func (c *campaign) cut(ctx context.Context, b booter, dir, template string, k in
 	res.GuestCrashes += r.crashes
 	if err != nil {
 		res.Error = err.Error()
-		keep = c.keepDir
 		return res
 	}
 	res.WorkloadStatus = r.status
@@ -295,7 +293,6 @@ func (c *campaign) cut(ctx context.Context, b booter, dir, template string, k in
 		res.PowerCut = true
 		if err := res.readPowerCut(stats); err != nil {
 			res.Error = err.Error()
-			keep = c.keepDir
 			return res
 		}
 	case 0:
@@ -304,7 +301,6 @@ func (c *campaign) cut(ctx context.Context, b booter, dir, template string, k in
 		// calibration run and ended before its cut. Still check it.
 	default:
 		res.Error = fmt.Sprintf("the workload boot ended with status %d: %s", r.status, lastLines(r.out, 3))
-		keep = c.keepDir
 		return res
 	}
 	// The guest's check mode adds -check and the mount point.
@@ -315,28 +311,25 @@ func (c *campaign) cut(ctx context.Context, b booter, dir, template string, k in
 	res.GuestCrashes += r.crashes
 	if err != nil {
 		res.Error = err.Error()
-		keep = c.keepDir
 		return res
 	}
 	res.judge(c.workload, r)
-	keep = c.keepDir && (res.Violation || res.Error != "")
 	return res
 }
 
 // reproCommand is the command that runs cut seed again at the same point.
 func (c *campaign) reproCommand(seed uint64, at trigger) string {
-	f := c.flags
-	a := []string{"flushvm", "crashtest", "--kernel", c.kernel, "--initrd", c.initrd, "--disk-size", f.diskSize,
+	a := []string{"flushvm", "crashtest", "--kernel", c.kernel, "--initrd", c.initrd, "--disk-size", c.diskSizeArg,
 		"--workload", c.workload, "--cuts", "1", "--policy", c.policy, "--seed", strconv.FormatUint(seed, 10),
 		"--cache", string(c.cache), "--at", at.String()}
-	if f.records != 100 {
-		a = append(a, "--records", strconv.Itoa(f.records))
+	if c.records != 100 {
+		a = append(a, "--records", strconv.Itoa(c.records))
 	}
-	if f.mem != "512M" {
-		a = append(a, "--mem", f.mem)
+	if c.mem != "512M" {
+		a = append(a, "--mem", c.mem)
 	}
-	if f.cpus != 2 {
-		a = append(a, "--cpus", strconv.Itoa(f.cpus))
+	if c.cpus != 2 {
+		a = append(a, "--cpus", strconv.Itoa(c.cpus))
 	}
 	a = append(a, "--dir", "crash-"+strconv.FormatUint(seed, 10))
 	for i, s := range a {
