@@ -39,9 +39,9 @@ var crashtestValueFlags = map[string]bool{"kernel": true, "initrd": true, "disk-
 	"cuts": true, "policy": true, "seed": true, "cache": true, "shard": true, "report": true, "dir": true,
 	"mem": true, "cpus": true, "records": true, "at": true, "boot-timeout": true}
 
-// flagValue returns the value of --name in args (the last one given), in
+// FlagValue returns the value of --name in args (the last one given), in
 // either the "--name V" or the "--name=V" form.
-func flagValue(args []string, name string) (string, bool) {
+func FlagValue(args []string, name string) (string, bool) {
 	val, found := "", false
 	for k := 0; k < len(args); k++ {
 		v, ok := strings.CutPrefix(args[k], "--"+name)
@@ -95,7 +95,7 @@ func ScratchSize(runs []Run) (int64, error) {
 		if r.Subcommand != SubCrashtest {
 			continue
 		}
-		sz, ok := flagValue(r.Args, "disk-size")
+		sz, ok := FlagValue(r.Args, "disk-size")
 		if !ok {
 			// flushvm crashtest rejects the run; a little room lets it
 			// say so in its own words.
@@ -107,8 +107,8 @@ func ScratchSize(runs []Run) (int64, error) {
 			return 0, fmt.Errorf("crashtest --disk-size: %w", err)
 		}
 		images := int64(3)
-		if _, keep := flagValue(r.Args, "dir"); keep {
-			cuts, _ := flagValue(r.Args, "cuts")
+		if _, keep := FlagValue(r.Args, "dir"); keep {
+			cuts, _ := FlagValue(r.Args, "cuts")
 			n, err := strconv.ParseInt(cuts, 10, 64)
 			if err != nil || n < 0 {
 				n = 0
@@ -176,15 +176,7 @@ func copyKeptDirs(ctx context.Context, scratch string, dirs []keptDir) error {
 // hostLine rewrites the L1 paths of the session's inputs and kept --dirs
 // in a console line to host paths.
 func (m *mapper) hostLine(line string) string {
-	for host, l1 := range m.inputs {
-		if strings.HasPrefix(l1, job.Mount+"/in/") {
-			line = strings.ReplaceAll(line, l1, host)
-		}
-	}
-	for _, d := range m.kept {
-		line = strings.ReplaceAll(line, scratchDir(d.run)+"/", d.host+"/")
-	}
-	return line
+	return m.toHost(line, -1, func(p string) string { return p })
 }
 
 // hostPaths rewrites the L1 paths in an output document of run i back to
@@ -192,7 +184,6 @@ func (m *mapper) hostLine(line string) string {
 // and initrd) and the run's kept --dir (the images of failing cuts), each
 // as a JSON string body so the document stays valid.
 func (m *mapper) hostPaths(i int, b []byte) []byte {
-	s := string(b)
 	jsonBody := func(p string) string {
 		enc, err := json.Marshal(p)
 		if err != nil {
@@ -200,15 +191,22 @@ func (m *mapper) hostPaths(i int, b []byte) []byte {
 		}
 		return string(enc[1 : len(enc)-1])
 	}
+	return []byte(m.toHost(string(b), i, jsonBody))
+}
+
+// toHost replaces, in s, the L1 paths of the session's inputs and of run's
+// kept --dir (every run's when run < 0) with their host paths, as quote
+// writes them.
+func (m *mapper) toHost(s string, run int, quote func(string) string) string {
 	for host, l1 := range m.inputs {
 		if strings.HasPrefix(l1, job.Mount+"/in/") {
-			s = strings.ReplaceAll(s, l1, jsonBody(host))
+			s = strings.ReplaceAll(s, l1, quote(host))
 		}
 	}
 	for _, d := range m.kept {
-		if d.run == i {
-			s = strings.ReplaceAll(s, scratchDir(i)+"/", jsonBody(d.host+"/"))
+		if run < 0 || d.run == run {
+			s = strings.ReplaceAll(s, scratchDir(d.run)+"/", quote(d.host+"/"))
 		}
 	}
-	return []byte(s)
+	return s
 }

@@ -131,8 +131,8 @@ func TestFlagValue(t *testing.T) {
 		name, want string
 		ok         bool
 	}{{"cuts", "4", true}, {"dir", "/a", true}, {"disk-size", "", false}, {"seed", "", false}, {"cut", "", false}} {
-		if got, ok := flagValue(args, tt.name); got != tt.want || ok != tt.ok {
-			t.Errorf("flagValue(%s) = %q, %v; want %q, %v", tt.name, got, ok, tt.want, tt.ok)
+		if got, ok := FlagValue(args, tt.name); got != tt.want || ok != tt.ok {
+			t.Errorf("FlagValue(%s) = %q, %v; want %q, %v", tt.name, got, ok, tt.want, tt.ok)
 		}
 	}
 }

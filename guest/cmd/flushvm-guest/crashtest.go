@@ -90,7 +90,7 @@ func crashtestTimeout(runs []harness.Run) time.Duration {
 	d := 15 * time.Minute
 	for _, r := range runs {
 		cuts := 1
-		if v, _, ok, _ := takeFlag(r.Args, "cuts"); ok {
+		if v, ok := harness.FlagValue(r.Args, "cuts"); ok {
 			if n, err := strconv.Atoi(v); err == nil && n > 0 {
 				cuts = n
 			}
