@@ -6,6 +6,10 @@ STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Seconds each Fuzz target runs in `make test` and in `make fuzz`.
 FUZZ_SMOKE  ?= 3s
 FUZZTIME    ?= 60s
+# `make fuzz-long`: each Fuzz target runs to FUZZ_LONG_EXECS executions or
+# for FUZZ_LONG_TIME, whichever comes first (see scripts/fuzz-long.sh).
+FUZZ_LONG_EXECS ?= 10000000
+FUZZ_LONG_TIME  ?= 30m
 # Extra flags for `make run` (flushvm-guest demo): e.g. DEMO="--cache unsafe --cpus 1".
 DEMO        ?=
 # Bound on one `make run` (it must finish in < 3 minutes from a warm cache).
@@ -29,10 +33,15 @@ CRASHTEST_BOOT_TIMEOUT ?= 2m
 CRASHTEST_MODES       ?= writeback:$(CRASHTEST_CUTS),writethrough:$(CRASHTEST_CUTS),none:$(CRASHTEST_CUTS),directsync:$(CRASHTEST_CUTS),unsafe:$(CRASHTEST_UNSAFE_CUTS)
 CRASHTEST_OUT         ?= build/crashtest
 CRASHTEST_ARGS        ?=
+# `make soak`: SOAK_BOOTS nested L2 boots with fio verification in one L1
+# session (each ~20-30 s here); extra `flushvm-guest soak` flags in SOAK_ARGS
+# (e.g. "--vmm both" for the QEMU control, "--cpus 2", "--cache writeback").
+SOAK_BOOTS ?= 100
+SOAK_ARGS  ?=
 
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v '/integration')
 
-.PHONY: crashtest bench-vhost all build run run-nodisk test unit fuzz-smoke fuzz integration lint artifacts clean
+.PHONY: soak crashtest bench-vhost all build run run-nodisk test unit fuzz-smoke fuzz integration lint artifacts clean
 
 all: build
 
@@ -67,6 +76,12 @@ fuzz-smoke:
 fuzz:
 	FUZZTIME=$(FUZZTIME) scripts/fuzz.sh
 
+.PHONY: fuzz-long
+## fuzz-long: every Fuzz target to FUZZ_LONG_EXECS executions or FUZZ_LONG_TIME, then a table of
+## executions and new coverage per target (also in build/fuzz-long/summary.txt).
+fuzz-long:
+	FUZZ_LONG_EXECS=$(FUZZ_LONG_EXECS) FUZZ_LONG_TIME=$(FUZZ_LONG_TIME) scripts/fuzz-long.sh
+
 integration:
 	$(GO) test -count=1 -v -timeout $(INTEGRATION_TIMEOUT) ./integration/...
 
@@ -91,3 +106,8 @@ crashtest:
 		--workload $(CRASHTEST_WORKLOAD) --policy $(CRASHTEST_POLICY) --seed $(CRASHTEST_SEED) \
 		--disk-size $(CRASHTEST_DISK_SIZE) --records $(CRASHTEST_RECORDS) --cpus $(CRASHTEST_CPUS) \
 		--boot-timeout $(CRASHTEST_BOOT_TIMEOUT) $(CRASHTEST_ARGS)
+
+## soak: SOAK_BOOTS nested L2 boots with disk I/O (fio, crc32c verify); prints every failed boot
+## with its diagnostic and the count; exits non-zero if any boot failed.
+soak:
+	$(GO) run ./guest/cmd/flushvm-guest soak --boots $(SOAK_BOOTS) $(SOAK_ARGS)

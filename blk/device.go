@@ -184,7 +184,10 @@ func Open(spec Spec, opts Options) (*Device, error) {
 	return d, nil
 }
 
-// segMax is the seg_max the device advertises.
+// segMax is the seg_max the device advertises. It holds on any ring the
+// driver picks, not only on rings of MaxQueueSize entries: a request slot
+// has room for segMax+2 buffers, and virtio.Queue.Pop serves a chain up to
+// that room through an indirect table whatever the ring size.
 func (d *Device) segMax() uint32 {
 	return min(uint32(d.maxQSize)-2, maxSegments)
 }

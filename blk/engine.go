@@ -30,6 +30,19 @@ import (
 // Nothing on this path allocates: slots (chain descriptors, data Vec with
 // its iovec array, segment array) are made at Activate, one per ring entry,
 // and circulate through channels of pointers.
+//
+// Guest memory can fault. A vhost-user frontend that truncates the file
+// behind its memory makes every access to the lost part raise SIGBUS, and
+// virtio.Queue and this package touch guest memory directly (rings, chain
+// buffers, status bytes), not only through guestmem's accessors. So every
+// goroutine here touches guest memory only under the Memory's fault guard,
+// taken once per unit of work (a queue pass, a request, a flush batch, a
+// publication), never per access. A fault abandons that unit: the request
+// it was serving is still completed for the in-flight count, so Reset never
+// waits for it, and the activation is marked faulted, after which requests
+// are accounted without touching guest memory again. The Memory's fault
+// handler tells its owner (a vhost-user session ends), which resets the
+// device.
 
 // slot is one request in flight.
 type slot struct {
@@ -58,8 +71,12 @@ type queueRunner struct {
 	// spare is a free slot the loop holds between passes.
 	spare *slot
 	// broken is set when the ring itself is unusable (avail index moved
-	// too far); the queue then waits for a reset.
+	// too far, or its memory faulted); the queue then waits for a reset.
 	broken bool
+	// cur is the request the loop is dispatching: popped and counted in
+	// flight, but neither handed to a worker or the flusher nor queued for
+	// publication. A fault in the middle leaves it to the loop to complete.
+	cur *slot
 
 	// npending mirrors len(pending), so publishing nothing costs no lock.
 	npending   atomic.Int32
@@ -72,6 +89,7 @@ type queueRunner struct {
 // activeState is everything that exists between Activate and Reset.
 type activeState struct {
 	d      *Device
+	mem    *guestmem.Memory
 	queues []*queueRunner // indexed by queue number; nil when not enabled
 	work   chan *slot
 	// flushes feeds the flusher; flushBatch is its preallocated batch.
@@ -80,9 +98,15 @@ type activeState struct {
 	flusherWG  sync.WaitGroup
 	stop       chan struct{}
 	stopFD     int
+	stopOnce   sync.Once
 	loops      sync.WaitGroup
 	workers    sync.WaitGroup
 	inflight   sync.WaitGroup
+	// faulted is set once guest memory faulted under a guard: its backing
+	// is gone, so nothing is read from or written to it any more, and
+	// requests still in flight are accounted without being executed or
+	// published.
+	faulted atomic.Bool
 }
 
 // start builds the runners and starts the workers and, with loops, one
@@ -92,7 +116,7 @@ func (d *Device) start(a virtio.Activation, loops bool) (*activeState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("blk: stop eventfd: %w", err)
 	}
-	st := &activeState{d: d, stop: make(chan struct{}), stopFD: stopFD}
+	st := &activeState{d: d, mem: a.Memory, stop: make(chan struct{}), stopFD: stopFD}
 	total := 0
 	st.queues = make([]*queueRunner, len(a.Queues))
 	for i, qb := range a.Queues {
@@ -142,13 +166,22 @@ func (d *Device) start(a virtio.Activation, loops bool) (*activeState, error) {
 	return st, nil
 }
 
+// requestStop tells the queue loops to stop: a loop sleeping in poll wakes
+// up, one popping chains stops before its next pop. Calling it again does
+// nothing.
+func (st *activeState) requestStop() {
+	st.stopOnce.Do(func() {
+		close(st.stop)
+		var one [8]byte
+		one[0] = 1
+		unix.Write(st.stopFD, one[:])
+	})
+}
+
 // stopAll ends every goroutine of the activation: loops first, then, once
 // every request in flight has completed, the workers.
 func (st *activeState) stopAll() {
-	close(st.stop)
-	var one [8]byte
-	one[0] = 1
-	unix.Write(st.stopFD, one[:])
+	st.requestStop()
 	st.loops.Wait()
 	st.inflight.Wait()
 	close(st.work)
@@ -162,7 +195,7 @@ func (st *activeState) stopAll() {
 func (q *queueRunner) loop() {
 	defer q.st.loops.Done()
 	for {
-		if !q.broken && !q.drain() {
+		if !q.broken && !q.pass() {
 			return
 		}
 		_, err := unix.Poll(q.pfds, -1)
@@ -197,7 +230,7 @@ func (q *queueRunner) loop() {
 // notification and this loop an OS-level wake-up.
 func (q *queueRunner) drain() bool {
 	if err := q.queue.DisableNotifications(); err != nil {
-		q.fail()
+		q.fail(err)
 		return true
 	}
 	var idleSince time.Time
@@ -225,61 +258,92 @@ func (q *queueRunner) drain() bool {
 		}
 		more, err := q.queue.EnableNotifications()
 		if err != nil {
-			q.fail()
+			q.fail(err)
 			return true
 		}
 		if !more {
 			return true
 		}
 		if err := q.queue.DisableNotifications(); err != nil {
-			q.fail()
+			q.fail(err)
 			return true
 		}
 		idleSince = time.Time{}
 	}
 }
 
+// pass runs drain under the fault guard, and returns false when the device
+// is stopping. A fault ends the pass where it was: the request being
+// dispatched, if any, is completed, and the queue serves nothing more until
+// the reset the fault handler asks for.
+func (q *queueRunner) pass() bool {
+	ok := true
+	if q.st.guard(func() error { ok = q.drain(); return nil }) {
+		q.broken = true
+		if s := q.cur; s != nil {
+			q.cur = nil
+			q.addDone(s)
+		}
+		q.publish()
+	}
+	return ok
+}
+
 // popAll pops and dispatches chains until the ring is empty and returns how
-// many it popped; ok is false when the device is stopping.
+// many it popped; ok is false when the device is stopping. It checks for
+// that before every pop, so Reset waits for one chain at most, not for a
+// pass over a ring full of long ones.
 func (q *queueRunner) popAll() (n int, ok bool) {
 	for {
-		s := q.spare
-		q.spare = nil
-		if s == nil {
-			if s = q.getSlot(); s == nil {
+		select {
+		case <-q.st.stop:
+			return n, false
+		default:
+		}
+		if q.spare == nil {
+			if q.spare = q.getSlot(); q.spare == nil {
 				return n, false
 			}
 		}
+		// The slot stays the spare until a chain is in it: polling an
+		// empty ring then costs no channel operations, and a pop that
+		// faults loses nothing.
+		s := q.spare
 		got, err := q.queue.Pop(&s.chain)
 		if err != nil && !got {
-			// The ring itself is broken: nothing can be popped safely
-			// any more.
-			q.free <- s
-			q.fail()
+			// The ring itself is broken (or gone): nothing can be
+			// popped safely any more.
+			q.fail(err)
 			return n, true
 		}
 		if !got {
-			// Keep the slot for the next pass: polling an empty ring
-			// then costs no channel operations.
-			q.spare = s
 			return n, true
 		}
+		q.spare = nil
 		n++
 		q.st.inflight.Add(1)
+		q.cur = s
 		if err != nil {
 			q.d.badChain(s)
 			q.addDone(s)
-			continue
+		} else {
+			q.d.submit(s)
 		}
-		q.d.submit(s)
+		// Nothing after the hand-off above touches guest memory.
+		q.cur = nil
 	}
 }
 
-// fail marks the queue broken: the guest corrupted its ring. It is counted
-// once as an invalid request; the queue serves nothing until reset.
-func (q *queueRunner) fail() {
+// fail marks the queue broken: the guest corrupted its ring, counted once
+// as an invalid request, or its memory faulted. The queue serves nothing
+// until reset.
+func (q *queueRunner) fail(err error) {
 	q.broken = true
-	q.d.c.invalid.Add(1)
+	if errors.Is(err, guestmem.ErrFault) {
+		q.st.faulted.Store(true)
+	} else {
+		q.d.c.invalid.Add(1)
+	}
 	q.publish()
 }
 
@@ -328,15 +392,7 @@ func (q *queueRunner) publish() {
 		q.pending, q.batch = q.batch[:0], q.pending
 		q.npending.Store(0)
 		q.cmu.Unlock()
-		for _, s := range q.batch {
-			// AddUsed fails only on a used ring outside guest memory,
-			// which NewQueue already ruled out; the request is then
-			// lost to the guest either way.
-			q.queue.AddUsed(s.chain.Head, s.written)
-		}
-		if notify, err := q.queue.PublishUsed(); err == nil && notify {
-			q.irq.Notify()
-		}
+		q.pushUsed()
 		for i, s := range q.batch {
 			q.batch[i] = nil
 			s.req.reset() // drop references to guest memory
@@ -349,6 +405,41 @@ func (q *queueRunner) publish() {
 	q.cmu.Unlock()
 }
 
+// pushUsed adds the batch to the used ring, publishes it and interrupts the
+// driver if it asked to be, all under the fault guard, so that publish goes
+// on to account the batch whatever happened to the ring. Once guest memory
+// faulted, it does nothing: the requests are lost to the guest either way.
+func (q *queueRunner) pushUsed() {
+	if q.st.faulted.Load() {
+		return
+	}
+	q.st.guard(func() error {
+		for _, s := range q.batch {
+			// AddUsed fails only on a used ring outside guest memory,
+			// which NewQueue already ruled out.
+			q.queue.AddUsed(s.chain.Head, s.written)
+		}
+		notify, err := q.queue.PublishUsed()
+		if err == nil && notify {
+			q.irq.Notify()
+		}
+		return err
+	})
+}
+
+// guard runs fn under the guest memory's fault guard (guestmem's
+// Memory.Guard, which also reports the fault to the memory's handler) and
+// reports whether guest memory faulted, in fn's code or in an accessor
+// whose error fn returned; fn's other errors are ignored. A fault marks the
+// activation faulted.
+func (st *activeState) guard(fn func() error) (faulted bool) {
+	if err := st.mem.Guard(fn); errors.Is(err, guestmem.ErrFault) {
+		st.faulted.Store(true)
+		return true
+	}
+	return false
+}
+
 // worker executes requests until the work channel closes. Each finished
 // request is published at once: deferring it while more work is queued
 // would hold it hostage to whatever the next request costs (a disk read, a
@@ -356,10 +447,16 @@ func (q *queueRunner) publish() {
 // combining: requests finishing while another goroutine publishes go out
 // together in its next round, with one used->idx update and at most one
 // interrupt.
+//
+// A request whose memory faulted is completed all the same, for the
+// in-flight count; once the activation faulted, requests are not executed
+// any more, as their buffers may be gone too.
 func (st *activeState) worker() {
 	defer st.workers.Done()
 	for s := range st.work {
-		st.d.execute(s)
+		if !st.faulted.Load() {
+			st.guard(func() error { st.d.execute(s); return nil })
+		}
 		s.q.addDone(s)
 		s.q.publish()
 	}
@@ -395,26 +492,36 @@ func (st *activeState) flusher() {
 			target = max(target, s.mark)
 		}
 		out, err := d.syncer.syncTo(target)
-		for i, s := range batch {
-			if err != nil {
-				d.c.errors.Add(1)
-				d.complete(s, StatusIOErr, 1)
-			} else {
-				switch {
-				case out == syncElided:
-					d.c.flushesElided.Add(1)
-				case out == syncMerged || i > 0:
-					d.c.flushesMerged.Add(1)
-				}
-				d.c.flushes.Add(1)
-				d.complete(s, StatusOK, 1)
-			}
+		if !st.faulted.Load() {
+			st.guard(func() error { d.completeFlushes(batch, out, err); return nil })
+		}
+		for _, s := range batch {
 			s.q.addDone(s)
 		}
 		for i, s := range batch {
 			s.q.publish()
 			batch[i] = nil
 		}
+	}
+}
+
+// completeFlushes writes the status of a batch of FLUSHes whose host sync
+// ended with out and err, and counts them.
+func (d *Device) completeFlushes(batch []*slot, out syncOutcome, err error) {
+	for i, s := range batch {
+		if err != nil {
+			d.c.errors.Add(1)
+			d.complete(s, StatusIOErr, 1)
+			continue
+		}
+		switch {
+		case out == syncElided:
+			d.c.flushesElided.Add(1)
+		case out == syncMerged || i > 0:
+			d.c.flushesMerged.Add(1)
+		}
+		d.c.flushes.Add(1)
+		d.complete(s, StatusOK, 1)
 	}
 }
 

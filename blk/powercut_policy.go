@@ -24,7 +24,10 @@ const (
 	PowerCutRandomSubset PowerCutKind = "random-subset"
 	// PowerCutRandomSectors keeps each atomic unit (AtomicUnit bytes,
 	// aligned on the disk) of each unstable write independently with
-	// probability 1/2, so multi-unit writes may be torn.
+	// probability 1/2, so multi-unit writes may be torn. Very long writes
+	// and discards are torn at coarser, unit-aligned pieces (see
+	// MaxTearPieces and MaxDiscardTearPieces), so the work and the report
+	// of a cut stay bounded by the number of writes.
 	PowerCutRandomSectors PowerCutKind = "random-sectors"
 	// PowerCutPrefix keeps the first k unstable writes in submission order
 	// and loses the rest, k uniform in [0, number of unstable writes].
@@ -33,6 +36,22 @@ const (
 
 // PowerCutKinds lists every policy kind.
 var PowerCutKinds = []PowerCutKind{PowerCutLoseAll, PowerCutKeepAll, PowerCutRandomSubset, PowerCutRandomSectors, PowerCutPrefix}
+
+// Bounds on how finely random-sectors tears one write. A discard carries
+// no data, in a write log or in the model, so its length is a claim that
+// costs the writer nothing: tearing it per unit would let a 512-byte log
+// entry cost a draw, an extent and a report row per sector of the disk.
+// Written data is already paid for in the log, but a write of zeroes is a
+// hole there, so writes get a bound too, far above any real request.
+const (
+	// MaxTearPieces is the most pieces random-sectors tears a write or a
+	// write-zeroes into: a write of more atomic units is torn at groups of
+	// consecutive units, the fewest per group that keep the pieces within
+	// the bound (8192 units: 4 MiB at 512 B, 32 MiB at 4 KiB).
+	MaxTearPieces = 8192
+	// MaxDiscardTearPieces is the same bound for a discard.
+	MaxDiscardTearPieces = 16
+)
 
 // Atomic units random-sectors can tear at.
 const (
@@ -234,7 +253,7 @@ func planPowerCut(p PowerCutPolicy, seed uint64, ws []PowerCutWrite) (*PowerCutR
 				w.Fate = FateKept
 			}
 		case PowerCutRandomSectors:
-			tearWrite(w, p.unit(), rng)
+			tearWrite(w, p.unit(), maxTearPieces(w.Op), rng)
 		}
 		switch w.Fate {
 		case FateKept:
@@ -256,14 +275,31 @@ func planPowerCut(p PowerCutPolicy, seed uint64, ws []PowerCutWrite) (*PowerCutR
 	return r, nil
 }
 
-// tearWrite decides each atomic unit of w (units aligned on the disk, so a
+// maxTearPieces returns the bound on the pieces a write of kind op is torn
+// into. The model and a replay of its log must agree: a write-zeroes is a
+// write in a log, so only discards get the smaller bound.
+func maxTearPieces(op string) int64 {
+	if op == OpDiscard {
+		return MaxDiscardTearPieces
+	}
+	return MaxTearPieces
+}
+
+// tearWrite decides each piece of w and sets w.Fate and, when torn,
+// w.Kept. A piece is one atomic unit (units aligned on the disk, so a
 // write that starts or ends inside a unit has a partial unit at that edge,
-// which is still all-or-nothing) and sets w.Fate and, when torn, w.Kept.
-func tearWrite(w *PowerCutWrite, unit int64, rng *rand.Rand) {
+// which is still all-or-nothing) or, when w spans more than maxPieces
+// units, a run of consecutive units, so there are at most maxPieces draws
+// and at most maxPieces/2+1 kept extents.
+func tearWrite(w *PowerCutWrite, unit, maxPieces int64, rng *rand.Rand) {
+	first := w.Offset / unit
+	units := (w.Offset+w.Length-1)/unit - first + 1
+	per := (units + maxPieces - 1) / maxPieces // units per piece
 	kept, lost := false, false
 	var cur Extent // the kept run being built
 	for off := w.Offset; off < w.Offset+w.Length; {
-		end := min((off/unit+1)*unit, w.Offset+w.Length)
+		piece := (off/unit - first) / per
+		end := min((first+(piece+1)*per)*unit, w.Offset+w.Length)
 		if rng.Uint64()&1 == 1 {
 			kept = true
 			if cur.Length > 0 && cur.End() == off {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 )
 
 // ErrNoSuchFlush reports a replay to a flush the write log does not have.
@@ -44,6 +45,7 @@ func (e WriteLogEntry) HasData() bool {
 // WriteLogReader reads a write log entry by entry.
 type WriteLogReader struct {
 	r          io.ReaderAt
+	size       int64 // bytes in the log, or -1 when r cannot tell
 	sectorSize int64
 	count      uint64
 	pos        int64
@@ -52,7 +54,10 @@ type WriteLogReader struct {
 }
 
 // NewWriteLogReader checks the super block of the log in r and returns a
-// reader positioned at its first entry.
+// reader positioned at its first entry. When r can tell its size (a
+// regular *os.File, a *bytes.Reader, an *io.SectionReader), an entry whose
+// data would run past the end of the log is refused as soon as it is read,
+// so a few bytes of log cannot claim gigabytes of data.
 func NewWriteLogReader(r io.ReaderAt) (*WriteLogReader, error) {
 	var sb [28]byte
 	if _, err := r.ReadAt(sb[:], 0); err != nil {
@@ -69,10 +74,28 @@ func NewWriteLogReader(r io.ReaderAt) (*WriteLogReader, error) {
 		return nil, fmt.Errorf("%w: sector size %d", ErrBadWriteLog, ss)
 	}
 	return &WriteLogReader{
-		r: r, sectorSize: ss, count: binary.LittleEndian.Uint64(sb[16:]),
+		r: r, size: readerSize(r), sectorSize: ss, count: binary.LittleEndian.Uint64(sb[16:]),
 		pos: ss, block: make([]byte, ss),
 	}, nil
 }
+
+// readerSize returns the size of r when r can tell it, else -1. Only a
+// regular file's Stat size counts: a block device (Linux's dm-log-writes
+// logs to one) reports 0.
+func readerSize(r io.ReaderAt) int64 {
+	switch x := r.(type) {
+	case interface{ Size() int64 }:
+		return x.Size()
+	case interface{ Stat() (os.FileInfo, error) }:
+		if fi, err := x.Stat(); err == nil && fi.Mode().IsRegular() {
+			return fi.Size()
+		}
+	}
+	return -1
+}
+
+// rewind positions lr at the first entry again.
+func (lr *WriteLogReader) rewind() { lr.pos, lr.index = lr.sectorSize, 0 }
 
 // Entries returns the number of entries the super block announces.
 func (lr *WriteLogReader) Entries() uint64 { return lr.count }
@@ -110,6 +133,10 @@ func (lr *WriteLogReader) Next() (WriteLogEntry, error) {
 	lr.pos += lr.sectorSize
 	e.dataPos = lr.pos
 	if e.HasData() {
+		if lr.size >= 0 && e.Length > lr.size-e.dataPos {
+			return WriteLogEntry{}, fmt.Errorf("%w: entry %d claims %d bytes of data at byte %d of a %d-byte log",
+				ErrBadWriteLog, lr.index, e.Length, e.dataPos, lr.size)
+		}
 		lr.pos += e.Length
 	}
 	lr.index++
@@ -150,16 +177,66 @@ type ReplayOptions struct {
 // the log started from): it applies every write and discard logged before
 // flush o.Flush, then lets o.Policy decide which of the writes logged
 // between that flush and the next one survive, and applies the survivors
-// (whole or, when torn, their kept units) in log order. Discards are
-// applied as writes of zeroes; FUA writes are always kept. It syncs dst at
-// the end and returns the report of the cut. Given the same writes in the
-// same order, the same policy and seed decide exactly as
-// VolatileCache.PowerCut does, so the image is the one the model leaves.
+// (whole or, when torn, their kept pieces) in log order. Discards and
+// zeroes are applied as WriteZeroes with unmap, so they leave holes rather
+// than allocated zeroes; FUA writes are always kept. It syncs dst at the
+// end and returns the report of the cut. Given the same writes in the same
+// order, the same policy and seed decide exactly as VolatileCache.PowerCut
+// does, so the image is the one the model leaves.
+//
+// It replays from the log's first entry, whatever lr read before, and
+// first checks the whole log as CheckWriteLogReplay does, so a damaged log
+// or a missing flush leaves dst untouched. Its memory and the report grow
+// with the number of entries, not with the lengths they claim.
 func ReplayWriteLog(lr *WriteLogReader, dst Backend, o ReplayOptions) (*PowerCutReport, error) {
-	if err := o.Policy.Validate(); err != nil {
+	if err := CheckWriteLogReplay(lr, dst.Size(), o); err != nil {
 		return nil, err
 	}
-	rp := replayer{lr: lr, dst: dst, buf: make([]byte, 1<<20), v: NewVec(1)}
+	rp := replayer{lr: lr, dst: dst, v: NewVec(1)}
+	pending, err := walkReplay(lr, dst.Size(), o, func(e WriteLogEntry) error {
+		return rp.apply(e, Extent{e.Offset, e.Length})
+	})
+	if err != nil {
+		return nil, err
+	}
+	rep, err := planReplay(o, pending)
+	if err != nil {
+		return nil, err
+	}
+	for i, e := range pending {
+		for _, x := range rep.Writes[i].keptExtents() {
+			if err := rp.apply(e, x); err != nil {
+				return rep, err
+			}
+		}
+	}
+	if err := dst.Sync(); err != nil {
+		return rep, fmt.Errorf("blk: replay: sync image: %w", err)
+	}
+	return rep, nil
+}
+
+// CheckWriteLogReplay reads the entry headers of the log (not their data)
+// as ReplayWriteLog with o would on an image of size bytes, and returns
+// what would stop the replay: a bad policy, a damaged log (ErrBadWriteLog),
+// an entry past the image, or a flush the log does not have
+// (ErrNoSuchFlush). A command calls it before it creates the output image.
+// It leaves lr at the first entry.
+func CheckWriteLogReplay(lr *WriteLogReader, size int64, o ReplayOptions) error {
+	if err := o.Policy.Validate(); err != nil {
+		return err
+	}
+	_, err := walkReplay(lr, size, o, nil)
+	lr.rewind()
+	return err
+}
+
+// walkReplay reads lr from its first entry to the end of replay o's window
+// of unstable writes, checking each entry against an image of size bytes.
+// It passes every write and discard before the window to stable (when not
+// nil) and returns those in the window.
+func walkReplay(lr *WriteLogReader, size int64, o ReplayOptions, stable func(WriteLogEntry) error) ([]WriteLogEntry, error) {
+	lr.rewind()
 	var (
 		flushes  uint64
 		unstable = o.Flush == 0
@@ -185,20 +262,27 @@ func ReplayWriteLog(lr *WriteLogReader, dst Backend, o ReplayOptions) (*PowerCut
 		if !e.HasData() && !e.IsDiscard() || e.Length == 0 {
 			continue
 		}
-		if e.Offset+e.Length > dst.Size() {
-			return nil, fmt.Errorf("%w: entry %d covers [%d, +%d), past the %d-byte image", ErrBadWriteLog, e.Index, e.Offset, e.Length, dst.Size())
+		if e.Offset+e.Length > size {
+			return nil, fmt.Errorf("%w: entry %d covers [%d, +%d), past the %d-byte image", ErrBadWriteLog, e.Index, e.Offset, e.Length, size)
 		}
-		if !unstable {
-			if err := rp.apply(e, Extent{e.Offset, e.Length}); err != nil {
+		if unstable {
+			pending = append(pending, e)
+		} else if stable != nil {
+			if err := stable(e); err != nil {
 				return nil, err
 			}
-			continue
 		}
-		pending = append(pending, e)
 	}
 	if flushes < o.Flush {
 		return nil, fmt.Errorf("%w: flush %d asked, the log has %d", ErrNoSuchFlush, o.Flush, flushes)
 	}
+	return pending, nil
+}
+
+// planReplay lets o.Policy decide the fate of the window's entries, then
+// keeps the FUA writes, which were durable at completion whatever the
+// policy says.
+func planReplay(o ReplayOptions, pending []WriteLogEntry) (*PowerCutReport, error) {
 	ws := make([]PowerCutWrite, len(pending))
 	for i, e := range pending {
 		op := OpWrite
@@ -213,33 +297,34 @@ func ReplayWriteLog(lr *WriteLogReader, dst Backend, o ReplayOptions) (*PowerCut
 	}
 	for i, e := range pending {
 		w := &rep.Writes[i]
-		if e.Flags&WriteLogFUA != 0 && w.Fate != FateKept {
-			// Durable at completion: the policy has no say.
-			if w.Fate == FateLost {
-				rep.Lost--
-			} else {
-				rep.Torn--
-			}
-			w.Fate, w.Kept = FateKept, nil
-			rep.Kept++
+		if e.Flags&WriteLogFUA == 0 || w.Fate == FateKept {
+			continue
 		}
-		for _, x := range w.keptExtents() {
-			if err := rp.apply(e, x); err != nil {
-				return rep, err
-			}
+		kept := w.Length
+		for _, x := range w.Kept {
+			kept -= x.Length
 		}
-	}
-	if err := dst.Sync(); err != nil {
-		return rep, fmt.Errorf("blk: replay: sync image: %w", err)
+		if w.Fate == FateLost {
+			rep.Lost--
+		} else {
+			rep.Torn--
+		}
+		rep.KeptBytes += kept
+		rep.LostBytes -= kept
+		w.Fate, w.Kept = FateKept, nil
+		rep.Kept++
 	}
 	return rep, nil
 }
+
+// maxReplayChunk bounds the buffer a replay copies data through.
+const maxReplayChunk = 1 << 20
 
 // replayer copies entries' data from a log to an image.
 type replayer struct {
 	lr  *WriteLogReader
 	dst Backend
-	buf []byte
+	buf []byte // grown on demand up to maxReplayChunk
 	v   *Vec
 }
 
@@ -249,10 +334,14 @@ func (rp *replayer) apply(e WriteLogEntry, x Extent) error {
 		return fmt.Errorf("%w: entry %d writes [%d, +%d) past the %d-byte image", ErrBadWriteLog, e.Index, x.Offset, x.Length, rp.dst.Size())
 	}
 	if e.IsDiscard() {
-		if err := rp.dst.WriteZeroes(x.Offset, x.Length, false); err != nil {
+		// Unmap: a hole reads as zeroes and costs no disk space.
+		if err := rp.dst.WriteZeroes(x.Offset, x.Length, true); err != nil {
 			return fmt.Errorf("blk: replay entry %d: zero [%d, +%d): %w", e.Index, x.Offset, x.Length, err)
 		}
 		return nil
+	}
+	if n := min(x.Length, maxReplayChunk); int64(len(rp.buf)) < n {
+		rp.buf = make([]byte, n)
 	}
 	for at := x.Offset; at < x.End(); {
 		n := min(int64(len(rp.buf)), x.End()-at)
@@ -262,7 +351,7 @@ func (rp *replayer) apply(e WriteLogEntry, x Extent) error {
 		}
 		var err error
 		if allZero(chunk) {
-			err = rp.dst.WriteZeroes(at, n, false)
+			err = rp.dst.WriteZeroes(at, n, true)
 		} else {
 			rp.v.Reset()
 			if err = rp.v.Append(chunk); err == nil {

@@ -8,14 +8,28 @@ import (
 	"testing"
 
 	"github.com/flushvm/flushvm/guest/harness"
+	"github.com/flushvm/flushvm/vmm/exitstatus"
 )
 
 // TestDebianLinuxBoot boots Debian's generic kernel with the test
-// initramfs under flushvm three ways in one session: to /init ending with a
-// chosen status through the debug-exit port, with --cpus 2, and with a bad
-// --kernel file that flushvm must reject in one clear line with status 2.
+// initramfs under flushvm five ways in one session: to /init ending with a
+// chosen status through the debug-exit port (and no ACPI error on the
+// way), powering off through ACPI (status 0), triple-faulting on purpose
+// (status exitstatus.GuestCrash with its report line), with --cpus 2, and
+// with a bad --kernel file that flushvm must reject in one clear line with
+// status 2.
 func TestDebianLinuxBoot(t *testing.T) {
 	a := prepare(t)
+	poweroff, err := harness.WithScript(a.Cache, a.Initramfs, "#!/bin/sh\necho about to power off\npoweroff -f\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// reboot=t asks Linux for a triple fault: the one crash a test can
+	// cause on purpose.
+	tripleFault, err := harness.WithScript(a.Cache, a.Initramfs, "#!/bin/sh\necho about to triple-fault\nreboot -f\n")
+	if err != nil {
+		t.Fatal(err)
+	}
 	badKernel := filepath.Join(t.TempDir(), "not-a-bzImage")
 	if err := os.WriteFile(badKernel, bytes.Repeat([]byte("not a kernel\n"), 400), 0o644); err != nil {
 		t.Fatal(err)
@@ -37,6 +51,34 @@ func TestDebianLinuxBoot(t *testing.T) {
 				}
 				if r.Status != 7 {
 					t.Errorf("flushvm exit status %d, want 7 (written to port 0xf4); console:\n%s", r.Status, r.Output)
+				}
+				if bytes.Contains(r.Output, []byte("ACPI BIOS Error")) || bytes.Contains(r.Output, []byte("ACPI Error")) {
+					t.Errorf("the guest reported an ACPI error:\n%s", r.Output)
+				}
+			},
+		},
+		{
+			name: "poweroff",
+			args: []string{"--kernel", a.Kernel.BzImage, "--initrd", poweroff, "--append", cmdline("script")},
+			check: func(t *testing.T, r harness.Result) {
+				if !bytes.Contains(r.Output, []byte("about to power off")) {
+					t.Fatalf("the script never ran; console:\n%s", r.Output)
+				}
+				if r.Status != exitstatus.OK || exitstatus.Crashed(r.Status, r.Output) {
+					t.Errorf("flushvm exit status %d after a guest poweroff, want 0; console:\n%s", r.Status, r.Output)
+				}
+			},
+		},
+		{
+			name: "triple_fault",
+			args: []string{"--kernel", a.Kernel.BzImage, "--initrd", tripleFault, "--append", cmdline("script") + " reboot=t"},
+			check: func(t *testing.T, r harness.Result) {
+				if !bytes.Contains(r.Output, []byte("about to triple-fault")) {
+					t.Fatalf("the script never ran; console:\n%s", r.Output)
+				}
+				if r.Status != exitstatus.GuestCrash || !exitstatus.Crashed(r.Status, r.Output) {
+					t.Errorf("flushvm exit status %d after a triple fault, want %d with a report line; console:\n%s",
+						r.Status, exitstatus.GuestCrash, r.Output)
 				}
 			},
 		},

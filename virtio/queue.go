@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
+	"sync/atomic"
 
 	"github.com/flushvm/flushvm/virtio/guestmem"
 )
@@ -131,6 +133,8 @@ type Queue struct {
 	_          [64]byte
 	nextAvail  uint16 // next avail entry Pop reads
 	availCache uint16 // last avail->idx read from the guest
+	// descReads counts descriptors read by Pop (DescriptorsRead).
+	descReads atomic.Uint64
 
 	// Used side (AddUsed, PublishUsed).
 	_         [64]byte
@@ -206,9 +210,18 @@ func (q *Queue) NextAvail() uint16 { return q.nextAvail }
 // is empty. On a malformed chain it returns an error wrapping one of the
 // Err* values above with c.Head set, so the device can still hand the head
 // back with AddUsed; ErrAvailIndex means the ring itself is broken.
-// A chain with more buffers than cap(c.Descriptors) fails with
-// ErrChainTooLong; c.Descriptors then holds its first buffers and, in the
-// last place, the chain's real last buffer.
+//
+// cap(c.Descriptors) is the caller's room: the most buffers it serves in
+// one chain (virtio-blk's seg_max+2). A chain may be longer than the queue
+// as long as it fits the room, because Linux sizes indirect tables by what
+// the device advertised, not by the ring it picked (see walkLimit). A chain
+// with more buffers than the room fails with ErrChainTooLong; when its end
+// was reached, c.Descriptors holds its first buffers and, in the last place,
+// the chain's real last buffer, else c.Descriptors is empty.
+//
+// Pop's work is linear in the chain: it reads each descriptor at most once,
+// no more than Size descriptors of the main table and walkLimit entries of
+// an indirect table.
 func (q *Queue) Pop(c *Chain) (bool, error) {
 	c.Descriptors = c.Descriptors[:0]
 	if q.nextAvail == q.availCache {
@@ -234,22 +247,30 @@ func (q *Queue) Pop(c *Chain) (bool, error) {
 	if head >= q.size {
 		return true, fmt.Errorf("%w: head %d, queue size %d", ErrDescriptorIndex, head, q.size)
 	}
-	return true, q.walk(c, head)
+	var st walkState
+	err := q.walk(c, head, &st)
+	q.descReads.Add(st.reads)
+	return true, err
 }
+
+// DescriptorsRead returns how many descriptors Pop has read from guest
+// memory since the queue was made: the host work guests caused, which tests
+// bound. It is safe to call concurrently with Pop.
+func (q *Queue) DescriptorsRead() uint64 { return q.descReads.Load() }
 
 // walk flattens the chain starting at descriptor head of the main table into
 // c.Descriptors.
-func (q *Queue) walk(c *Chain, head uint16) error {
+func (q *Queue) walk(c *Chain, head uint16, st *walkState) error {
 	idx := head
-	var st walkState
-	// A chain in the main table visits at most size descriptors; one more
-	// means it came back to a descriptor it already visited.
-	for visited := 0; ; visited++ {
-		if visited >= int(q.size) {
+	// Counting hops is the loop check: a chain in the main table has at
+	// most size descriptors, so one more hop came back to one it visited.
+	for hops := 0; ; hops++ {
+		if hops >= int(q.size) {
 			return fmt.Errorf("%w: head %d, more than %d descriptors", ErrChainLoop, c.Head, q.size)
 		}
 		o := int(idx) * descSize
 		addr, length, flags, next := readDesc(q.desc[o : o+descSize])
+		st.reads++
 		if flags&descFIndirect != 0 {
 			if !q.indirect {
 				return fmt.Errorf("%w: head %d: indirect descriptor %d without VIRTIO_F_INDIRECT_DESC", ErrIndirect, c.Head, idx)
@@ -257,16 +278,13 @@ func (q *Queue) walk(c *Chain, head uint16) error {
 			if flags&descFNext != 0 {
 				return fmt.Errorf("%w: head %d: descriptor %d has both INDIRECT and NEXT", ErrIndirect, c.Head, idx)
 			}
-			return q.walkIndirect(c, addr, length, &st)
+			return q.walkIndirect(c, addr, length, st)
 		}
-		if len(c.Descriptors) == cap(c.Descriptors) && loops(q.desc, uint32(idx), uint32(q.size)) {
-			return fmt.Errorf("%w: head %d loops", ErrChainLoop, c.Head)
-		}
-		if err := q.add(c, addr, length, flags, &st); err != nil {
+		if err := q.add(c, addr, length, flags, st); err != nil {
 			return err
 		}
 		if flags&descFNext == 0 {
-			return st.end(c, q.size)
+			return st.end(c)
 		}
 		if next >= q.size {
 			return fmt.Errorf("%w: head %d: next %d, queue size %d", ErrDescriptorIndex, c.Head, next, q.size)
@@ -281,31 +299,33 @@ func (q *Queue) walkIndirect(c *Chain, addr uint64, length uint32, st *walkState
 		return fmt.Errorf("%w: head %d: table length %d is not a positive multiple of %d", ErrIndirect, c.Head, length, descSize)
 	}
 	n := length / descSize
-	if n > maxIndirect {
-		return fmt.Errorf("%w: head %d: indirect table of %d descriptors", ErrChainTooLong, c.Head, n)
-	}
 	table, err := q.mem.Slice(addr, uint64(length))
 	if err != nil {
 		return fmt.Errorf("%w: head %d: indirect table: %w", ErrDescriptorRange, c.Head, err)
 	}
+	limit := min(n, q.walkLimit(cap(c.Descriptors)))
 	var idx uint32
-	for visited := uint32(0); ; visited++ {
-		if visited >= n {
+	for hops := uint32(0); ; hops++ {
+		if hops == limit && limit == n {
 			return fmt.Errorf("%w: head %d: indirect table of %d descriptors loops", ErrChainLoop, c.Head, n)
+		}
+		if hops == limit {
+			// The chain's end is out of reach, so is its status byte:
+			// hand back nothing a device could mistake for it.
+			c.Descriptors = c.Descriptors[:0]
+			return fmt.Errorf("%w: head %d: more than %d descriptors in an indirect table of %d", ErrChainTooLong, c.Head, limit, n)
 		}
 		o := idx * descSize
 		daddr, dlen, flags, next := readDesc(table[o : o+descSize])
+		st.reads++
 		if flags&descFIndirect != 0 {
 			return fmt.Errorf("%w: head %d: indirect descriptor inside an indirect table", ErrIndirect, c.Head)
-		}
-		if len(c.Descriptors) == cap(c.Descriptors) && loops(table, idx, n) {
-			return fmt.Errorf("%w: head %d: indirect table of %d descriptors loops", ErrChainLoop, c.Head, n)
 		}
 		if err := q.add(c, daddr, dlen, flags, st); err != nil {
 			return err
 		}
 		if flags&descFNext == 0 {
-			return st.end(c, q.size)
+			return st.end(c)
 		}
 		if uint32(next) >= n {
 			return fmt.Errorf("%w: head %d: indirect next %d, table of %d", ErrDescriptorIndex, c.Head, next, n)
@@ -314,33 +334,56 @@ func (q *Queue) walkIndirect(c *Chain, addr uint64, length uint32, st *walkState
 	}
 }
 
+// walkFloor is the fewest entries of an indirect table Pop follows: 1024,
+// the most descriptors QEMU accepts in one chain (VIRTQUEUE_MAX_SIZE) and
+// so the longest chain a driver that works on QEMU sends.
+const walkFloor = 1024
+
+// walkLimit is how many entries of one indirect table Pop follows for a
+// caller with room for room buffers: the largest of the queue size, the
+// room and walkFloor.
+//
+// Virtio 1.2 (2.7.5.3.1) forbids chains longer than the queue, but Linux
+// sizes a request by the device's seg_max and puts it in one indirect table
+// whatever ring size it picked (it halves the ring when memory is short),
+// so the room must be reachable on any ring. A chain longer than the room
+// is still walked to its end, so the device can fail it in its own status
+// byte: a driver that believed a larger seg_max (a frontend's, up to
+// walkFloor-2) must not read a stale OK for a dropped write. Past the
+// limit no driver has a reason to go; following a chain further would let
+// a guest make the host read up to 2^28 descriptors per request (the table
+// length is 32 bits), so Pop stops there and the chain has no status byte
+// Pop can find.
+func (q *Queue) walkLimit(room int) uint32 {
+	return uint32(min(max(int(q.size), room, walkFloor), math.MaxUint32))
+}
+
+// MaxPopReads is the most descriptors one Pop reads from guest memory for a
+// queue of size entries and a chain with room for room buffers: each
+// descriptor of the main table at most once, then at most walkLimit entries
+// of one indirect table. A ring pass, and so a device Reset waiting for
+// one, costs at most size times that.
+func MaxPopReads(size uint16, room int) uint64 {
+	return uint64(size) + uint64(max(int(size), room, walkFloor))
+}
+
 // walkState is what a chain walk carries from one descriptor to the next.
 type walkState struct {
 	// writable is set once a device-writable buffer was seen.
 	writable bool
 	// seen counts the chain's buffers, kept or not.
 	seen int
+	// reads counts the descriptors read from guest memory.
+	reads uint64
 }
 
 // end finishes a walk that reached the chain's last descriptor.
-//
-// No chain, indirect or not, may be longer than the queue (virtio 1.2,
-// 2.7.5.3.1); one that is was still walked to its end (the walk is bounded by
-// the queue size, or by the indirect table's length), so the device can fail
-// it in its own status byte.
-func (st *walkState) end(c *Chain, qsize uint16) error {
-	if st.seen > int(qsize) {
-		return fmt.Errorf("%w: head %d: %d buffers, queue size %d", ErrChainTooLong, c.Head, st.seen, qsize)
-	}
+func (st *walkState) end(c *Chain) error {
 	if st.seen > len(c.Descriptors) {
 		return fmt.Errorf("%w: head %d: %d buffers, room for %d", ErrChainTooLong, c.Head, st.seen, cap(c.Descriptors))
 	}
 	return nil
 }
-
-// maxIndirect bounds the work one indirect table can cost: the largest queue
-// size the spec allows.
-const maxIndirect = 32768
 
 // add validates one buffer and appends it to the chain. A chain longer than
 // cap(c.Descriptors) is walked to its end anyway, its last buffer taking the
@@ -367,22 +410,6 @@ func (q *Queue) add(c *Chain, addr uint64, length uint32, flags uint16, st *walk
 		return fmt.Errorf("%w: head %d: no room for buffers", ErrChainTooLong, c.Head)
 	}
 	return nil
-}
-
-// loops reports whether following NEXT from descriptor start of the n-entry
-// table never ends. Pop calls it only on its way to failing a chain that does
-// not fit the caller's capacity, to name the fault correctly.
-func loops(table []byte, start, n uint32) bool {
-	idx := start
-	for range n {
-		o := idx * descSize
-		_, _, flags, next := readDesc(table[o : o+descSize])
-		if flags&descFNext == 0 || uint32(next) >= n || flags&descFIndirect != 0 {
-			return false
-		}
-		idx = uint32(next)
-	}
-	return true
 }
 
 // readDesc decodes one struct virtq_desc. Each field is read exactly once:

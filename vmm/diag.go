@@ -1,7 +1,6 @@
 package vmm
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -10,6 +9,7 @@ import (
 
 	"github.com/flushvm/flushvm/kvm"
 	"github.com/flushvm/flushvm/virtio/guestmem"
+	"github.com/flushvm/flushvm/vmm/exitstatus"
 )
 
 // ErrGuestUnrunnable reports a KVM exit the machine cannot continue from
@@ -50,6 +50,63 @@ func (m *Machine) fatalExit(c *kvm.VCPU, reason kvm.ExitReason) error {
 	}
 	fmt.Fprintf(m.diag, "flushvm: %s\n", pvmHint)
 	return fmt.Errorf("vCPU %d: KVM exit %s%s: %w", c.ID(), reason, detail, ErrGuestUnrunnable)
+}
+
+// guestFailed ends the machine because vCPU c crashed or hung (status
+// exitstatus.GuestCrash or GuestHang): it prints the one-line report, the
+// event and c's registers (and extra, if any), to the diagnostic writer,
+// unless the machine was already stopping. It runs on c's thread.
+func (m *Machine) guestFailed(c *kvm.VCPU, status int, event, extra string) {
+	kind, base := ExitGuestCrash, ErrGuestCrashed
+	if status == exitstatus.GuestHang {
+		kind, base = ExitGuestHang, ErrGuestHung
+	}
+	detail := fmt.Sprintf("vCPU %d %s: %s", c.ID(), event, m.regsLine(c))
+	if extra != "" {
+		detail += "; " + extra
+	}
+	if m.stop(Result{Kind: kind, Status: status, Err: fmt.Errorf("%s: %w", detail, base)}) {
+		fmt.Fprintln(m.diag, exitstatus.Report{Status: status, Detail: detail})
+	}
+}
+
+// regsLine describes vCPU c's state in one line: instruction and stack
+// pointers, flags, control registers, and the code bytes at RIP. It runs
+// on c's thread.
+func (m *Machine) regsLine(c *kvm.VCPU) string {
+	r, err := c.Regs()
+	if err != nil {
+		return err.Error()
+	}
+	s, err := c.Sregs()
+	if err != nil {
+		return fmt.Sprintf("RIP %#x RSP %#x RFLAGS %#x; %v", r.RIP, r.RSP, r.RFLAGS, err)
+	}
+	code := "unreadable"
+	if b, err := instructionBytes(m.ram.mem, r, s, 16); err != nil {
+		code += " (" + err.Error() + ")"
+	} else {
+		code = fmt.Sprintf("% x", b)
+	}
+	return fmt.Sprintf("RIP %#x RSP %#x RFLAGS %#x (IF %d) CS %#x CR0 %#x CR2 %#x CR3 %#x CR4 %#x EFER %#x; code at RIP: %s",
+		r.RIP, r.RSP, r.RFLAGS, r.RFLAGS>>9&1, s.CS.Selector, s.CR0, s.CR2, s.CR3, s.CR4, s.EFER, code)
+}
+
+// resetStateNote returns a warning when vCPU c is in the power-on state
+// (CS:IP f000:fff0), which is what KVM on AMD (SVM) leaves after a triple
+// fault: the VMCB is undefined after a shutdown intercept, so KVM resets
+// the vCPU before it reports the exit, and the registers at the fault are
+// lost (Intel's VMX keeps them).
+func resetStateNote(c *kvm.VCPU) string {
+	r, err := c.Regs()
+	if err != nil {
+		return ""
+	}
+	s, err := c.Sregs()
+	if err != nil || r.RIP != 0xfff0 || s.CS.Selector != 0xf000 || s.CR0&cr0PE != 0 {
+		return ""
+	}
+	return "these are the vCPU's power-on registers: KVM on AMD (SVM) resets a vCPU before it reports a triple fault, so the state at the fault is lost"
 }
 
 // instructionBytes reads n bytes at CS:RIP, translating through the guest's
@@ -154,20 +211,6 @@ func (m *Machine) dumpVCPUs() {
 			m.debugf("vCPU %d: %v", c.ID(), err)
 			continue
 		}
-		// ISR at 0x100, TMR at 0x180, IRR at 0x200: 8 32-bit words each,
-		// 16 bytes apart.
-		vecs := func(base int) []int {
-			var v []int
-			for i := 0; i < 8; i++ {
-				w := binary.LittleEndian.Uint32(l.Regs[base+i*16:])
-				for b := 0; b < 32; b++ {
-					if w&(1<<b) != 0 {
-						v = append(v, i*32+b)
-					}
-				}
-			}
-			return v
-		}
 		code := "unreadable"
 		if s, err := c.Sregs(); err == nil {
 			r2 := r
@@ -180,9 +223,8 @@ func (m *Machine) dumpVCPUs() {
 		now := time.Now().UnixNano()
 		m.debugf("vCPU %d: %d exits; last entered KVM_RUN %.3f s ago, last left it %.3f s ago",
 			c.ID(), tr.exits.Load(), float64(now-tr.entered.Load())/1e9, float64(now-tr.exited.Load())/1e9)
-		m.debugf("vCPU %d: RIP %#x RFLAGS %#x (IF %v), LAPIC ID %#x TPR %#x, ISR %v IRR %v, code at RIP-8: %s",
-			c.ID(), r.RIP, r.RFLAGS, r.RFLAGS&0x200 != 0, binary.LittleEndian.Uint32(l.Regs[0x20:]),
-			binary.LittleEndian.Uint32(l.Regs[0x80:]), vecs(0x100), vecs(0x200), code)
+		m.debugf("vCPU %d: RIP %#x RFLAGS %#x (IF %v), %s, code at RIP-8: %s",
+			c.ID(), r.RIP, r.RFLAGS, r.RFLAGS&0x200 != 0, lapicLine(&l), code)
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/flushvm/flushvm/kvm"
 	"github.com/flushvm/flushvm/virtio"
 	"github.com/flushvm/flushvm/virtio/guestmem"
+	"github.com/flushvm/flushvm/vmm/exitstatus"
 )
 
 // DebugExitPort is the I/O port a guest writes one byte v to, to end the
@@ -46,6 +47,10 @@ type Config struct {
 	Diag io.Writer
 	// Debug makes the machine log why it stops to Diag.
 	Debug bool
+	// Watchdog, when positive, ends the machine with ExitGuestHang when a
+	// vCPU makes no progress with an interrupt pending for that long (see
+	// watchdog.go). Zero turns it off.
+	Watchdog time.Duration
 }
 
 // ExitKind tells why a machine stopped.
@@ -53,7 +58,8 @@ type ExitKind int
 
 // The ways a machine stops.
 const (
-	// ExitReboot: the guest rebooted or reset the machine (status 0).
+	// ExitReboot: the guest rebooted or reset the machine through the
+	// keyboard controller or the reset register at port 0xcf9 (status 0).
 	ExitReboot ExitKind = iota
 	// ExitDebugPort: the guest wrote its status to DebugExitPort.
 	ExitDebugPort
@@ -61,13 +67,39 @@ const (
 	ExitQuit
 	// ExitError: a vCPU hit an exit the machine cannot continue from.
 	ExitError
+	// ExitPowerOff: the guest powered the machine off through ACPI (S5)
+	// (status 0).
+	ExitPowerOff
+	// ExitGuestCrash: a vCPU triple-faulted (status
+	// exitstatus.GuestCrash); a report line went to Config.Diag.
+	ExitGuestCrash
+	// ExitGuestHang: the watchdog found a stalled vCPU (status
+	// exitstatus.GuestHang); a report line went to Config.Diag.
+	ExitGuestHang
+)
+
+var exitKindNames = [...]string{"reboot", "debug-port", "quit", "error", "power-off", "guest-crash", "guest-hang"}
+
+// String names the kind, e.g. "guest-crash".
+func (k ExitKind) String() string {
+	if k >= 0 && int(k) < len(exitKindNames) {
+		return exitKindNames[k]
+	}
+	return fmt.Sprintf("ExitKind(%d)", int(k))
+}
+
+// ErrGuestCrashed and ErrGuestHung are wrapped by Result.Err of
+// ExitGuestCrash and ExitGuestHang.
+var (
+	ErrGuestCrashed = errors.New("guest crashed")
+	ErrGuestHung    = errors.New("guest hung")
 )
 
 // Result is how a machine ended.
 type Result struct {
 	Kind   ExitKind
 	Status int
-	// Err is set for ExitError.
+	// Err is set for ExitError, ExitGuestCrash and ExitGuestHang.
 	Err error
 }
 
@@ -82,9 +114,13 @@ type Machine struct {
 	router *irqRouter
 	serial *serial
 	cmos   *cmos
+	pm     *pmRegs
 	cons   *console
 	diag   io.Writer
 	debug  bool
+
+	watchdog time.Duration
+	watches  []vcpuWatch // nil without a watchdog
 
 	start    time.Time
 	tids     []atomic.Int32
@@ -101,7 +137,11 @@ func New(cfg Config) (m *Machine, err error) {
 	if cfg.CPUs < 1 || cfg.CPUs > MaxCPUs {
 		return nil, fmt.Errorf("%d vCPUs: between 1 and %d supported", cfg.CPUs, MaxCPUs)
 	}
-	m = &Machine{diag: cfg.Diag, debug: cfg.Debug, bus: newPCIBus(), cmos: newCMOS(), start: time.Now()}
+	if cfg.Watchdog < 0 {
+		return nil, fmt.Errorf("watchdog bound %v: must be positive (or 0: off)", cfg.Watchdog)
+	}
+	m = &Machine{diag: cfg.Diag, debug: cfg.Debug, bus: newPCIBus(), cmos: newCMOS(), pm: &pmRegs{},
+		start: time.Now(), watchdog: cfg.Watchdog}
 	if m.diag == nil {
 		m.diag = os.Stderr
 	}
@@ -168,6 +208,12 @@ func New(cfg Config) (m *Machine, err error) {
 	}
 	m.tids = make([]atomic.Int32, cfg.CPUs)
 	m.trace = make([]vcpuTrace, cfg.CPUs)
+	if m.watchdog > 0 {
+		m.watches = make([]vcpuWatch, cfg.CPUs)
+		for i := range m.watches {
+			m.watches[i].det.bound = m.watchdog
+		}
+	}
 
 	mem := m.ram.mem
 	entry, err := loadKernel(mem, m.ram.layout, cfg.Kernel, cfg.Initrd, cfg.Cmdline)
@@ -198,12 +244,8 @@ func New(cfg Config) (m *Machine, err error) {
 		slots = append(slots, slot)
 	}
 	sig, feat := cpuLeaf1(cpuidFor(supported, 0, cfg.CPUs, tscDeadline))
-	mp, err := buildMPTable(mpConfig{cpus: cfg.CPUs, cpuSig: sig, cpuFeature: feat, pciSlots: slots}, mpTableAddr)
-	if err != nil {
+	if err = writeFirmwareTables(mem, m.ram.layout, mpConfig{cpus: cfg.CPUs, cpuSig: sig, cpuFeature: feat, pciSlots: slots}); err != nil {
 		return nil, err
-	}
-	if err = mem.WriteAt(mp, mpTableAddr); err != nil {
-		return nil, fmt.Errorf("writing MP table: %w", err)
 	}
 	if m.cons, err = newConsole(cfg.Console); err != nil {
 		return nil, fmt.Errorf("console: %w", err)
@@ -243,6 +285,15 @@ func (m *Machine) Run() Result {
 	}
 	m.serial.startOutput()
 	m.cons.start(m.serial.Receive, func() { m.stop(Result{Kind: ExitQuit}) })
+	watchDone := make(chan struct{})
+	var watchWG sync.WaitGroup
+	if m.watches != nil {
+		watchWG.Add(1)
+		go func() {
+			defer watchWG.Done()
+			m.watch(watchDone)
+		}()
+	}
 	var wg sync.WaitGroup
 	for i := range m.vcpus {
 		wg.Add(1)
@@ -252,6 +303,9 @@ func (m *Machine) Run() Result {
 		}(i)
 	}
 	wg.Wait()
+	// No kick may outlive Run: Close unmaps what kicks write to.
+	close(watchDone)
+	watchWG.Wait()
 	// Every vCPU loop ends only after stop began; wait until it has kicked
 	// them all, and make later Stop calls no-ops, so that Close cannot race
 	// with a kick.
@@ -271,20 +325,30 @@ func (m *Machine) Run() Result {
 // It is safe to call from any goroutine, e.g. a signal handler.
 func (m *Machine) Stop(status int) { m.stop(Result{Kind: ExitQuit, Status: status}) }
 
-// stop records the first result and kicks every vCPU out of KVM_RUN.
-func (m *Machine) stop(r Result) {
+// stop records the first result and kicks every vCPU out of KVM_RUN. It
+// reports whether r is the result (false: the machine was already
+// stopping).
+func (m *Machine) stop(r Result) (first bool) {
 	m.stopOnce.Do(func() {
+		first = true
 		m.result = r
+		// Before any immediate_exit: see serveWatchdog.
 		m.stopping.Store(true)
-		for i, c := range m.vcpus {
-			c.SetImmediateExit(true)
-			if tid := m.tids[i].Load(); tid != 0 {
-				// SIGURG is the Go runtime's own preemption signal, so its
-				// handler is harmless; its arrival makes KVM_RUN return EINTR.
-				_ = unix.Tgkill(unix.Getpid(), int(tid), unix.SIGURG)
-			}
+		for i := range m.vcpus {
+			m.kick(i)
 		}
 	})
+	return first
+}
+
+// kick makes vCPU i leave KVM_RUN (or not enter it) with ErrInterrupted.
+func (m *Machine) kick(i int) {
+	m.vcpus[i].SetImmediateExit(true)
+	if tid := m.tids[i].Load(); tid != 0 {
+		// SIGURG is the Go runtime's own preemption signal, so its
+		// handler is harmless; its arrival makes KVM_RUN return EINTR.
+		_ = unix.Tgkill(unix.Getpid(), int(tid), unix.SIGURG)
+	}
 }
 
 // runVCPU is the loop of one vCPU on its own locked OS thread.
@@ -304,11 +368,17 @@ func (m *Machine) runVCPU(i int) {
 			m.trace[i].exits.Add(1)
 		}
 		if errors.Is(err, kvm.ErrInterrupted) {
+			if m.watches != nil {
+				m.serveWatchdog(i, c)
+			}
 			continue
 		}
 		if err != nil {
 			m.stop(Result{Kind: ExitError, Status: 1, Err: err})
 			return
+		}
+		if m.watches != nil {
+			m.watches[i].exits.Add(1)
 		}
 		if err := m.handleExit(c, reason); err != nil {
 			m.stop(Result{Kind: ExitError, Status: 1, Err: err})
@@ -340,24 +410,26 @@ func (m *Machine) handleExit(c *kvm.VCPU, reason kvm.ExitReason) error {
 		}
 		return nil
 	case kvm.ExitShutdown:
-		// A triple fault: what Linux ends with when other reboot methods
-		// fail, and what reboot=t asks for.
-		m.debugf("vCPU %d: triple fault (KVM_EXIT_SHUTDOWN): reboot", c.ID())
+		// A triple fault. Linux reboots through the keyboard controller
+		// (reboot=k, flushvm's default) or the FADT's reset register, so
+		// a triple fault is a crash, or a reboot=t the user asked for.
+		event := "triple fault (KVM_EXIT_SHUTDOWN)"
 		if !m.serial.printed() {
-			// Linux prints before it reboots; a guest that resets
-			// before its first byte has crashed early. Still a reset
-			// (status 0), but say so instead of ending in silence.
-			rip := "unknown"
-			if r, err := c.Regs(); err == nil {
-				rip = fmt.Sprintf("%#x", r.RIP)
-			}
-			fmt.Fprintf(m.diag, "flushvm: vCPU %d triple-faulted (RIP %s) before the guest printed anything: an early guest crash, ended as a reset\n", c.ID(), rip)
+			event += " before the guest's first console byte"
 		}
-		m.stop(Result{Kind: ExitReboot})
+		m.guestFailed(c, exitstatus.GuestCrash, event, resetStateNote(c))
 		return nil
 	case kvm.ExitSystemEvent:
-		m.debugf("vCPU %d: system event %d: reboot", c.ID(), c.SystemEvent())
-		m.stop(Result{Kind: ExitReboot})
+		switch ev := c.SystemEvent(); ev {
+		case kvm.SystemEventCrash:
+			m.guestFailed(c, exitstatus.GuestCrash, "crash system event (KVM_SYSTEM_EVENT_CRASH)", "")
+		case kvm.SystemEventShutdown:
+			m.debugf("vCPU %d: system event %d: power off", c.ID(), ev)
+			m.stop(Result{Kind: ExitPowerOff})
+		default:
+			m.debugf("vCPU %d: system event %d: reboot", c.ID(), ev)
+			m.stop(Result{Kind: ExitReboot})
+		}
 		return nil
 	case kvm.ExitHLT:
 		// Only without an in-kernel LAPIC; treat a halted CPU as idle.
@@ -392,6 +464,11 @@ func (m *Machine) portOut(port uint16, data []byte) {
 		m.bus.ioOut(port, data)
 	case port == portCMOSIndex || port == portCMOSData:
 		m.cmos.Out(port, data[0])
+	case m.pm.inRange(port):
+		if m.pm.Out(port, data) {
+			m.debugf("ACPI PM1a_CNT: sleep type S5: power off")
+			m.stop(Result{Kind: ExitPowerOff})
+		}
 	}
 }
 
@@ -415,6 +492,8 @@ func (m *Machine) portIn(port uint16, data []byte) {
 	case port == portCMOSIndex || port == portCMOSData:
 		fill(data, 0xff)
 		data[0] = m.cmos.In(port)
+	case m.pm.inRange(port):
+		m.pm.In(port, data)
 	default:
 		fill(data, 0xff)
 	}

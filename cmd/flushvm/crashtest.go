@@ -153,6 +153,8 @@ type campaign struct {
 	records     int
 	at          *trigger
 	bootTimeout time.Duration
+	// log receives one line per retried boot, with its cause (nil: none).
+	log io.Writer
 }
 
 func crashtestCommand(args []string, stdout, stderr io.Writer) int {
@@ -170,6 +172,7 @@ func crashtestCommand(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	c.log = stderr
 	rep, err := c.run(ctx, &execBooter{flushvm: self}, newProgress(stderr, c.shardCuts()))
 	if rep != nil {
 		rep.printSummary(stdout)

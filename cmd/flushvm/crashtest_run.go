@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/flushvm/flushvm/vmm/exitstatus"
 )
 
 // booter runs one `flushvm run` with args and returns its exit status and
@@ -72,15 +74,35 @@ func guestCmdline(run string, args []string) string {
 // bootArgs returns the `flushvm run` arguments of a campaign boot.
 func (c *campaign) bootArgs(cmdline, diskSpec string, extra ...string) []string {
 	a := []string{"--kernel", c.kernel, "--initrd", c.initrd, "--mem", c.mem, "--cpus", strconv.Itoa(c.cpus),
-		"--append", cmdline, "--disk", diskSpec}
+		"--append", cmdline, "--disk", diskSpec, "--watchdog", bootWatchdog.String()}
 	return append(a, extra...)
 }
 
 // guestEnded reports whether the guest's /init reported the exit status it
-// ended the VM with. A boot that ends with flushvm's status 0 (a reset)
-// without it crashed: the kernel panicked (panic=-1 reboots) or
-// triple-faulted.
+// ended the VM with.
 func guestEnded(out []byte) bool { return bytes.Contains(out, []byte("flushvm-init: exit status ")) }
+
+// guestCrash reports whether a boot that ended with status and printed out
+// lost its guest, and how: flushvm reported a triple fault or a --watchdog
+// hang (exitstatus.GuestCrash, GuestHang, with their report line), or the
+// guest rebooted or powered off without its /init's exit status (a kernel
+// panic reboots: panic=-1). Any other status is the guest's own or
+// flushvm's (a power cut, a failure) and is the caller's to judge.
+func guestCrash(status int, out []byte) (string, bool) {
+	if exitstatus.Crashed(status, out) {
+		r, _ := exitstatus.Find(out)
+		return r.String(), true
+	}
+	if status == exitstatus.OK && !guestEnded(out) {
+		return "the guest rebooted without its /init's exit status (a kernel panic?)", true
+	}
+	return "", false
+}
+
+// bootWatchdog is the --watchdog of campaign boots: a guest stuck with an
+// interrupt pending ends its boot with a report (exitstatus.GuestHang)
+// long before --boot-timeout.
+const bootWatchdog = time.Minute
 
 // bootAttempts bounds the attempts of one boot whose guest crashes.
 const bootAttempts = 3
@@ -90,7 +112,7 @@ const bootAttempts = 3
 var errGuestCrashed = errors.New("the guest failed")
 
 // boot runs one boot with the campaign's time bound. A guest that crashes
-// (see guestEnded) or hangs past --boot-timeout says nothing about the
+// (see guestCrash) or hangs past --boot-timeout says nothing about the
 // disk: it is a failure of the guest or of the machine under it (nested
 // QEMU TCG, here). Such a boot runs again, after prepare (nil: nothing)
 // restores what the failed attempt may have written, and is counted in
@@ -114,15 +136,19 @@ func (c *campaign) boot(ctx context.Context, b booter, dir, name string, args []
 		if err != nil && !hung {
 			return r, fmt.Errorf("%s boot: %w (last output: %s)", name, err, lastLines(out, 3))
 		}
-		if !hung && (status != 0 || guestEnded(out)) {
+		what, crashed := guestCrash(status, out)
+		if !hung && !crashed {
 			return r, nil
 		}
+		if hung {
+			what = fmt.Sprintf("it hung (no end within --boot-timeout %v)", c.bootTimeout)
+		}
 		if attempt == bootAttempts || ctx.Err() != nil {
-			what := "crashed (flushvm status 0 without the guest's exit status)"
-			if hung {
-				what = fmt.Sprintf("hung (no end within --boot-timeout %v)", c.bootTimeout)
-			}
-			return r, fmt.Errorf("%s boot: %w: it %s on all %d attempts: %s", name, errGuestCrashed, what, bootAttempts, lastLines(out, 3))
+			return r, fmt.Errorf("%s boot: %w on all %d attempts; the last: %s: %s", name, errGuestCrashed, bootAttempts, what, lastLines(out, 3))
+		}
+		// Each retry names its cause, so a flaky machine stays visible.
+		if c.log != nil {
+			fmt.Fprintf(c.log, "flushvm crashtest: %s boot, attempt %d of %d: %s; running it again\n", name, attempt, bootAttempts, what)
 		}
 		r.crashes++
 	}

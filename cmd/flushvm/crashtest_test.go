@@ -58,6 +58,7 @@ func (g *fakeGuest) boot(ctx context.Context, args []string) (int, []byte, error
 	fs.String("mem", "", "")
 	fs.String("cpus", "", "")
 	fs.String("seed", "", "")
+	fs.Duration("watchdog", 0, "")
 	if err := fs.Parse(args); err != nil {
 		return 2, nil, nil
 	}

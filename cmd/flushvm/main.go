@@ -4,16 +4,19 @@
 //	flushvm run --kernel FILE [--initrd FILE] [--append CMDLINE] [--mem 512M]
 //	            [--cpus 1] [--disk SPEC]... [--stats FILE] [--power-cut WHEN]
 //	            [--seed N] [--write-log FILE] [--cache-bound SIZE] [--api SOCKET]
+//	            [--watchdog DURATION]
 //	flushvm vhost-user-blk --socket PATH --disk SPEC [--queues N] [--stats FILE]
 //	flushvm replay --log FILE --base IMAGE --out IMAGE --flush N [--policy P]
 //	flushvm crashtest --kernel K --initrd I --disk-size SIZE --workload NAME
 //	                  --cuts N --policy POLICY --seed S [--cache MODE] [--shard i/n]
 //	flushvm help [COMMAND]
 //
-// Exit status: what the guest asked for (0 after a guest reboot, v after a
-// one-byte write of v to I/O port 0xf4), 1 when the machine failed, 2 for a
-// usage or host-setup error, 100 after a power cut (--power-cut, or POST
-// /power-cut on the --api socket).
+// Exit status (declared in vmm/exitstatus): what the guest asked for (0
+// after a guest reboot or ACPI power-off, v after a one-byte write of v to
+// I/O port 0xf4), 1 when the machine failed, 2 for a usage or host-setup
+// error, 100 after a power cut (--power-cut, or POST /power-cut on the
+// --api socket), 101 when the guest crashed (a triple fault) and 102 when
+// it hung (--watchdog); 101 and 102 come with a report line on stderr.
 package main
 
 import (
@@ -25,13 +28,15 @@ import (
 	"strings"
 
 	"github.com/spf13/pflag"
+
+	"github.com/flushvm/flushvm/vmm/exitstatus"
 )
 
 // Exit statuses of flushvm itself.
 const (
-	exitOK      = 0
-	exitFailure = 1
-	exitUsage   = 2
+	exitOK      = exitstatus.OK
+	exitFailure = exitstatus.Failure
+	exitUsage   = exitstatus.Usage
 )
 
 // command is a flushvm subcommand. Other files add theirs with

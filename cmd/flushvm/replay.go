@@ -62,8 +62,10 @@ func (f *replayFlags) usage(w io.Writer) {
 	fmt.Fprintln(w, "with every write logged before flush N applied, plus those unstable writes that")
 	fmt.Fprintln(w, "--policy keeps, applied in log order. The unstable writes are the ones between")
 	fmt.Fprintln(w, "flush N and flush N+1 (or the end of the log); with --to-end, all writes after")
-	fmt.Fprintln(w, "flush N. Discards are applied as zeroes. With the same policy and seed it decides")
-	fmt.Fprintln(w, "as flushvm's power-cut model (blk.VolatileCache) does.")
+	fmt.Fprintln(w, "flush N. Discards and zeroes are applied as holes (they read as zeroes);")
+	fmt.Fprintf(w, "random-sectors tears a discard into at most %d pieces. With the same policy and\n", blk.MaxDiscardTearPieces)
+	fmt.Fprintln(w, "seed it decides as flushvm's power-cut model (blk.VolatileCache) does. The log")
+	fmt.Fprintln(w, "is checked whole before --out is written: a bad log or flush leaves it as it was.")
 	fmt.Fprintln(w, "Prints a one-line summary of what was kept and lost.")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Flags:")
@@ -110,6 +112,19 @@ func (f *replayFlags) run(stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("--log %s: %w", f.log, err)
 	}
+	opts := blk.ReplayOptions{Flush: f.flush, Policy: pol, Seed: f.seed, ToEnd: f.toEnd}
+	// Check the whole log before --out is replaced: a bad log or a missing
+	// flush leaves an existing --out as it was.
+	bi, err := os.Stat(f.base)
+	if err != nil {
+		return userErrorf("--base: %v", err)
+	}
+	if !bi.Mode().IsRegular() {
+		return userErrorf("--base %s: not a regular file", f.base)
+	}
+	if err := blk.CheckWriteLogReplay(lr, bi.Size(), opts); err != nil {
+		return replayError(f.log, err)
+	}
 	if err := copyImage(f.base, f.out); err != nil {
 		return err
 	}
@@ -117,15 +132,12 @@ func (f *replayFlags) run(stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	rep, err := blk.ReplayWriteLog(lr, img, blk.ReplayOptions{Flush: f.flush, Policy: pol, Seed: f.seed, ToEnd: f.toEnd})
+	rep, err := blk.ReplayWriteLog(lr, img, opts)
 	if cerr := img.Close(); cerr != nil && err == nil {
 		err = cerr
 	}
 	if err != nil {
-		if errors.Is(err, blk.ErrNoSuchFlush) {
-			return userError{err}
-		}
-		return err
+		return replayError(f.log, err)
 	}
 	if f.report != "" {
 		j, err := json.MarshalIndent(rep, "", "  ")
@@ -138,6 +150,18 @@ func (f *replayFlags) run(stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "flushvm replay: %s at flush %d: %s\n", f.out, f.flush, rep.Summary())
 	return nil
+}
+
+// replayError classifies a replay failure: asking for a flush the log does
+// not have is a usage error; the rest say what is wrong with the log.
+func replayError(log string, err error) error {
+	if errors.Is(err, blk.ErrNoSuchFlush) {
+		return userError{err}
+	}
+	if errors.Is(err, blk.ErrBadWriteLog) {
+		return fmt.Errorf("--log %s: %w", log, err)
+	}
+	return err
 }
 
 // copyImage makes out a copy of base (refusing to copy a file onto itself),

@@ -181,3 +181,39 @@ func TestReplayCommandDeterministicReport(t *testing.T) {
 		t.Fatalf("report %+v", r)
 	}
 }
+
+// TestReplayCommandKeepsOutOnRefusal: a replay refused for a missing flush
+// or a damaged log leaves an existing --out as it was.
+func TestReplayCommandKeepsOutOnRefusal(t *testing.T) {
+	fx := newReplayFixture(t)
+	badLog := filepath.Join(fx.dir, "bad.wlog")
+	if err := os.WriteFile(badLog, make([]byte, 4096), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name   string
+		log    string
+		flush  string
+		status int
+	}{
+		{"no such flush", fx.log, "5", 2},
+		{"damaged log", badLog, "0", 1},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			out := filepath.Join(fx.dir, "out.img")
+			keep := []byte("an earlier crash image")
+			if err := os.WriteFile(out, keep, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			args := []string{"replay", "--log", tc.log, "--base", fx.base, "--out", out, "--flush", tc.flush}
+			var stdout, stderr bytes.Buffer
+			if st := dispatch(args, &stdout, &stderr); st != tc.status {
+				t.Fatalf("status %d, want %d: %s", st, tc.status, stderr.String())
+			}
+			if got, err := os.ReadFile(out); err != nil || !bytes.Equal(got, keep) {
+				t.Fatalf("--out changed (%v)", err)
+			}
+		})
+	}
+}

@@ -17,11 +17,13 @@ import (
 	"github.com/flushvm/flushvm/kvm"
 	"github.com/flushvm/flushvm/virtio"
 	"github.com/flushvm/flushvm/vmm"
+	"github.com/flushvm/flushvm/vmm/exitstatus"
 )
 
 // defaultAppend is the kernel command line when --append is not given: the
 // console on the serial port, no waiting on panic, a reboot through the
-// keyboard controller (which ends the VMM with status 0), and no early PCI
+// keyboard controller (which ends the VMM with status 0; never a triple
+// fault, which flushvm reports as a guest crash), and no early PCI
 // scan (pci=noearly): on the AMD family 0xf CPU that QEMU's TCG presents to a
 // nested guest, Linux otherwise probes all 256 buses for an AGP bridge, 16k
 // port exits that cost seconds nested and find nothing in this machine.
@@ -52,6 +54,7 @@ type runFlags struct {
 	writeLog   string
 	cacheBound string
 	api        string
+	watchdog   time.Duration
 }
 
 func newRunFlags() *runFlags {
@@ -78,6 +81,9 @@ func newRunFlags() *runFlags {
 		"  in dm-log-writes format, for flushvm replay\n  e.g. --write-log run.wlog")
 	fs.StringVar(&f.cacheBound, "cache-bound", "", "most unstable data the powercut= disks' volatile cache keeps before it destages\n"+
 		"  the oldest writes (K, M or G; default 64M)\n  e.g. --cache-bound 16M")
+	fs.DurationVar(&f.watchdog, "watchdog", 0, fmt.Sprintf("end the machine with status %d when a vCPU makes no progress for DURATION: it does not\n"+
+		"  exit to flushvm and the same interrupt stays pending in its local APIC at every check\n"+
+		"  (checked every DURATION/4; a report line on stderr); 0: off\n  e.g. --watchdog 60s", exitstatus.GuestHang))
 	fs.StringVar(&f.api, "api", "", "serve the control API (HTTP+JSON) on this unix socket: GET /stats,\n"+
 		"  POST /disks/N/cache {\"wce\": false}, POST /power-cut\n"+
 		"  e.g. --api /tmp/flushvm.sock; curl --unix-socket /tmp/flushvm.sock -X POST http://vm/power-cut")
@@ -89,26 +95,41 @@ func (f *runFlags) usage(w io.Writer) {
 	fmt.Fprintln(w, "Usage: flushvm run --kernel FILE [--initrd FILE] [--append CMDLINE] [--mem 512M]")
 	fmt.Fprintln(w, "                   [--cpus 1] [--disk SPEC]... [--stats FILE] [--power-cut WHEN]")
 	fmt.Fprintln(w, "                   [--seed N] [--write-log FILE] [--cache-bound SIZE] [--api SOCKET]")
+	fmt.Fprintln(w, "                   [--watchdog DURATION]")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Boots a Linux bzImage (64-bit boot protocol) with a 16550 serial console on")
-	fmt.Fprintln(w, "ttyS0 connected to stdin/stdout, and virtio-blk PCI disks.")
+	fmt.Fprintln(w, "ttyS0 connected to stdin/stdout, and virtio-blk PCI disks. The machine has ACPI")
+	fmt.Fprintln(w, "tables (reset register, soft-off) and an MP table for kernels without ACPI.")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Flags:")
 	fmt.Fprint(w, f.fs.FlagUsagesWrapped(0))
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Ending the machine and exit status:")
 	for _, row := range [][2]string{
-		{"guest reboot (reboot=k, cf9 reset or triple fault)", "0"},
+		{"guest reboot (reboot=k, or ACPI reset register 0xcf9)", fmt.Sprint(exitstatus.OK)},
+		{"guest power-off (ACPI S5: poweroff)", fmt.Sprint(exitstatus.OK)},
 		{fmt.Sprintf("guest writes one byte v to I/O port %#x (debug exit)", vmm.DebugExitPort), "v"},
-		{"Ctrl-A x on the console (when stdin is a terminal)", "0"},
+		{"Ctrl-A x on the console (when stdin is a terminal)", fmt.Sprint(exitstatus.OK)},
 		{"SIGINT/SIGTERM to flushvm", "128+signal"},
-		{"power cut (--power-cut or POST /power-cut)", "100"},
-		{"KVM cannot run the guest (diagnostic on stderr)", "1"},
-		{"usage or host-setup error (one line on stderr)", "2"},
+		{"power cut (--power-cut or POST /power-cut)", fmt.Sprint(exitstatus.PowerCut)},
+		{"guest crash: a vCPU triple-faulted (report on stderr)", fmt.Sprint(exitstatus.GuestCrash)},
+		{"guest hang found by --watchdog (report on stderr)", fmt.Sprint(exitstatus.GuestHang)},
+		{"KVM cannot run the guest (diagnostic on stderr)", fmt.Sprint(exitstatus.Failure)},
+		{"usage or host-setup error (one line on stderr)", fmt.Sprint(exitstatus.Usage)},
 	} {
-		fmt.Fprintf(w, "  %-54s exit status %s\n", row[0], row[1])
+		fmt.Fprintf(w, "  %-56s exit status %s\n", row[0], row[1])
 	}
 	fmt.Fprintln(w, "  debug exit from a guest shell: printf '\\x05' | dd of=/dev/port bs=1 seek=244")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "A triple fault is never a reboot: Linux reboots through the keyboard")
+	fmt.Fprintln(w, "controller or the reset register (reboot=t would triple-fault on purpose and is")
+	fmt.Fprintln(w, "reported as a crash). A crash or hang prints one line on stderr, e.g.")
+	fmt.Fprintln(w, "  "+exitstatus.Report{Status: exitstatus.GuestCrash, Detail: "vCPU 0 triple fault (KVM_EXIT_SHUTDOWN): RIP ... RSP ... RFLAGS ..."}.String())
+	fmt.Fprintln(w, "  "+exitstatus.Report{Status: exitstatus.GuestHang, Detail: "vCPU 0 made no progress for 1m0s (...): RIP ...; LAPIC ... IRR [...]"}.String())
+	fmt.Fprintln(w, "with the vCPU's RIP, RSP, RFLAGS, CR0/CR2/CR3/CR4, EFER and the code bytes at")
+	fmt.Fprintln(w, "RIP (and, for a hang, its local APIC's TPR, ISR and IRR). A guest's debug exit")
+	fmt.Fprintf(w, "can return any v, %d-%d included, but never prints that line: the line (and, for\n", exitstatus.PowerCut, exitstatus.GuestHang)
+	fmt.Fprintln(w, "a power cut, the \"power_cut\" object in --stats) tells flushvm's statuses apart.")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Environment:")
 	fmt.Fprintln(w, "  FLUSHVM_DEBUG=1   log to stderr why the machine stopped, timings, vCPU and")
@@ -120,8 +141,7 @@ func (f *runFlags) usage(w io.Writer) {
 	fmt.Fprintln(w, "in flight never complete), each policy decides from --seed which unstable writes")
 	fmt.Fprintln(w, "reach the image, the write log gets the mark \""+powerCutMark+"\", and flushvm prints")
 	fmt.Fprintln(w, "one line per disk: counts kept/torn/lost and the flushvm replay command that")
-	fmt.Fprintln(w, "rebuilds the image from the write log. A guest's own debug exit could also")
-	fmt.Fprintln(w, "return 100: the \"power_cut\" object in --stats tells them apart.")
+	fmt.Fprintln(w, "rebuilds the image from the write log.")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "--kernel also accepts an uncompressed ELF vmlinux, which skips the kernel's")
 	fmt.Fprintln(w, "self-decompression (seconds when the guest runs nested under emulation).")
@@ -166,6 +186,9 @@ func (f *runFlags) run(stdout, stderr io.Writer) (status int, err error) {
 	}
 	if f.cpus < 1 || f.cpus > vmm.MaxCPUs {
 		return 0, userErrorf("--cpus %d: between 1 and %d", f.cpus, vmm.MaxCPUs)
+	}
+	if f.watchdog < 0 {
+		return 0, userErrorf("--watchdog %v: must not be negative (0 turns it off)", f.watchdog)
 	}
 	specs := make([]blk.Spec, len(f.disks))
 	for i, d := range f.disks {
@@ -235,16 +258,17 @@ func (f *runFlags) run(stdout, stderr io.Writer) (status int, err error) {
 	}
 
 	m, err := vmm.New(vmm.Config{
-		Kernel:  kernel,
-		Initrd:  initrd,
-		Cmdline: f.append,
-		MemSize: mem,
-		CPUs:    f.cpus,
-		Devices: devices,
-		Console: os.Stdin,
-		Output:  stdout,
-		Diag:    stderr,
-		Debug:   os.Getenv("FLUSHVM_DEBUG") != "",
+		Kernel:   kernel,
+		Initrd:   initrd,
+		Cmdline:  f.append,
+		MemSize:  mem,
+		CPUs:     f.cpus,
+		Devices:  devices,
+		Console:  os.Stdin,
+		Output:   stdout,
+		Diag:     stderr,
+		Debug:    os.Getenv("FLUSHVM_DEBUG") != "",
+		Watchdog: f.watchdog,
 	})
 	if err != nil {
 		if errors.Is(err, vmm.ErrBadKernel) || errors.Is(err, kvm.ErrNoKVM) || errors.Is(err, kvm.ErrPermission) {
@@ -334,6 +358,8 @@ func (f *runFlags) run(stdout, stderr io.Writer) (status int, err error) {
 	case vmm.ExitError:
 		return exitFailure, res.Err
 	default:
+		// A guest crash or hang (res.Err) is not flushvm's failure: the
+		// machine printed its report and the status says which.
 		return res.Status, nil
 	}
 }

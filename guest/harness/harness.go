@@ -105,7 +105,52 @@ type Options struct {
 	// disk; zero sizes it with ScratchSize (none unless a run is a
 	// crashtest).
 	ScratchSize int64
+	// L1Accel and L1CPU are QEMU's -accel and -cpu for L1 (DefaultL1Accel
+	// and DefaultL1CPU if empty); L1Append is added to L1's kernel command
+	// line (e.g. kvm_amd.npt=0: l1init passes MODULE.PARAM words to the
+	// modules it loads, as modprobe does).
+	L1Accel, L1CPU, L1Append string
+	// Watchdog is the `flushvm run --watchdog` bound the harness adds to
+	// every flushvm run that sets none: a guest stuck with an interrupt
+	// pending then ends with a report (exitstatus.GuestHang) instead of
+	// running into the session's timeout. Zero means DefaultWatchdog; a
+	// negative value adds none.
+	Watchdog time.Duration
+	// JobFiles are host files linked into the nested job directory,
+	// keyed by their path under it (L1 sees them under /job), for
+	// Run.Command runs that need more than flushvm.
+	JobFiles map[string]string
 }
+
+// DefaultWatchdog is the --watchdog bound of harness runs. A nested guest
+// makes no exit for seconds at a time under a loaded host, never for a
+// minute with an interrupt pending.
+const DefaultWatchdog = time.Minute
+
+// withWatchdog returns the arguments of run r with --watchdog added when r
+// is a flushvm run that sets none.
+func (o Options) withWatchdog(r Run) []string {
+	if r.sub() != SubRun || o.Watchdog < 0 {
+		return r.Args
+	}
+	for _, a := range r.Args {
+		if a == "--watchdog" || strings.HasPrefix(a, "--watchdog=") {
+			return r.Args
+		}
+	}
+	d := o.Watchdog
+	if d == 0 {
+		d = DefaultWatchdog
+	}
+	return append([]string{"--watchdog", d.String()}, r.Args...)
+}
+
+// DefaultL1Accel and DefaultL1CPU are the QEMU -accel and -cpu of the
+// nested L1 guest.
+const (
+	DefaultL1Accel = "tcg,thread=multi"
+	DefaultL1CPU   = "max"
+)
 
 // Session is what a call to Execute did.
 type Session struct {
@@ -182,7 +227,7 @@ func direct(ctx context.Context, opts Options, s *Session, runs []Run) error {
 			defer cancel()
 		}
 		var buf bytes.Buffer
-		cmd := exec.CommandContext(rctx, bin, append([]string{r.sub()}, r.Args...)...)
+		cmd := exec.CommandContext(rctx, bin, append([]string{r.sub()}, opts.withWatchdog(r)...)...)
 		w := io.MultiWriter(opts.Stdout, &buf)
 		cmd.Stdout, cmd.Stderr = w, w
 		res := Result{Start: time.Since(t0)}
@@ -258,6 +303,11 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 			return fmt.Errorf("job dir: %w", err)
 		}
 	}
+	for name, host := range opts.JobFiles {
+		if err := linkOrCopy(host, filepath.Join(dir, filepath.Clean("/"+name))); err != nil {
+			return fmt.Errorf("job dir: %w", err)
+		}
+	}
 	scratchSize := opts.ScratchSize
 	if scratchSize == 0 {
 		if scratchSize, err = ScratchSize(runs); err != nil {
@@ -270,7 +320,7 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 		argv := r.Command
 		var env []string
 		if argv == nil {
-			args, err := m.rewrite(i, r.sub(), r.Args)
+			args, err := m.rewrite(i, r.sub(), opts.withWatchdog(r))
 			if err != nil {
 				return err
 			}
@@ -309,11 +359,18 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 	if cpus == 0 {
 		cpus = 2
 	}
+	accel, cpu := opts.L1Accel, opts.L1CPU
+	if accel == "" {
+		accel = DefaultL1Accel
+	}
+	if cpu == "" {
+		cpu = DefaultL1CPU
+	}
 	qargs := []string{"-n", "5", "qemu-system-x86_64",
-		"-accel", "tcg,thread=multi", "-cpu", "max", "-m", strconv.Itoa(mem), "-smp", strconv.Itoa(cpus),
+		"-accel", accel, "-cpu", cpu, "-m", strconv.Itoa(mem), "-smp", strconv.Itoa(cpus),
 		"-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio", "-bios", firmware(),
 		"-kernel", k.BzImage, "-initrd", l1img,
-		"-append", "console=ttyS0 panic=-1 quiet loglevel=3 mitigations=off",
+		"-append", strings.TrimSpace("console=ttyS0 panic=-1 quiet loglevel=3 mitigations=off " + opts.L1Append),
 		"-virtfs", "local,path=" + qemuEscape(dir) + ",mount_tag=" + job.Tag + ",security_model=none,id=" + job.Tag,
 	}
 	for _, d := range m.disks {

@@ -2,6 +2,7 @@ package guestmem
 
 import (
 	"fmt"
+	"runtime/debug"
 	"sync/atomic"
 	"unsafe"
 )
@@ -44,22 +45,24 @@ func (m *Memory) word32(addr uint64) (*uint32, uint, error) {
 
 // LoadUint16Acquire atomically reads the little-endian uint16 at addr (which
 // must be 2-byte aligned) with acquire ordering.
-func (m *Memory) LoadUint16Acquire(addr uint64) (uint16, error) {
+func (m *Memory) LoadUint16Acquire(addr uint64) (v uint16, err error) {
 	w, shift, err := m.word32(addr)
 	if err != nil {
 		return 0, err
 	}
+	defer m.recoverFault(debug.SetPanicOnFault(true), &err)
 	return uint16(atomic.LoadUint32(w) >> shift), nil
 }
 
 // StoreUint16Release atomically writes the little-endian uint16 at addr (which
 // must be 2-byte aligned) with release ordering, leaving the neighbouring
 // 16 bits untouched. It is also a full memory barrier.
-func (m *Memory) StoreUint16Release(addr uint64, v uint16) error {
+func (m *Memory) StoreUint16Release(addr uint64, v uint16) (err error) {
 	w, shift, err := m.word32(addr)
 	if err != nil {
 		return err
 	}
+	defer m.recoverFault(debug.SetPanicOnFault(true), &err)
 	mask := uint32(0xffff) << shift
 	for {
 		old := atomic.LoadUint32(w)

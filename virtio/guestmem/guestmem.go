@@ -5,12 +5,19 @@
 // pointer. Every accessor checks that the whole range lies inside one mapped
 // region and returns ErrOutOfRange otherwise; it must never hand out memory
 // the guest does not own, and never panic on a guest-supplied address.
+//
+// Memory that another process shares with us (a vhost-user frontend's
+// memfd) can lose its backing under the mapping, which no bounds check
+// prevents. Every accessor here turns the resulting SIGBUS into an error
+// wrapping ErrFault instead of a dead process; bytes from Slice are
+// touched by the caller, so goroutines that use them run under Guard.
 package guestmem
 
 import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"sort"
 )
 
@@ -34,6 +41,8 @@ func (r Region) End() uint64 { return r.GuestAddr + uint64(len(r.Host)) }
 // address. It is safe for concurrent use; it never changes after New.
 type Memory struct {
 	regions []Region
+	// onFault, when set, hears of every fault Guard recovers.
+	onFault func(error)
 }
 
 // New returns the memory made of regions. Regions must be non-empty and must
@@ -90,78 +99,86 @@ func (m *Memory) Slice(addr, length uint64) ([]byte, error) {
 }
 
 // ReadAt copies len(p) bytes of guest memory at addr into p.
-func (m *Memory) ReadAt(p []byte, addr uint64) error {
+func (m *Memory) ReadAt(p []byte, addr uint64) (err error) {
 	b, err := m.Slice(addr, uint64(len(p)))
 	if err != nil {
 		return err
 	}
+	defer m.recoverFault(debug.SetPanicOnFault(true), &err)
 	copy(p, b)
 	return nil
 }
 
 // WriteAt copies p into guest memory at addr.
-func (m *Memory) WriteAt(p []byte, addr uint64) error {
+func (m *Memory) WriteAt(p []byte, addr uint64) (err error) {
 	b, err := m.Slice(addr, uint64(len(p)))
 	if err != nil {
 		return err
 	}
+	defer m.recoverFault(debug.SetPanicOnFault(true), &err)
 	copy(b, p)
 	return nil
 }
 
 // Uint16 reads a little-endian uint16 at addr (no ordering guarantee).
-func (m *Memory) Uint16(addr uint64) (uint16, error) {
+func (m *Memory) Uint16(addr uint64) (v uint16, err error) {
 	b, err := m.Slice(addr, 2)
 	if err != nil {
 		return 0, err
 	}
+	defer m.recoverFault(debug.SetPanicOnFault(true), &err)
 	return binary.LittleEndian.Uint16(b), nil
 }
 
 // Uint32 reads a little-endian uint32 at addr (no ordering guarantee).
-func (m *Memory) Uint32(addr uint64) (uint32, error) {
+func (m *Memory) Uint32(addr uint64) (v uint32, err error) {
 	b, err := m.Slice(addr, 4)
 	if err != nil {
 		return 0, err
 	}
+	defer m.recoverFault(debug.SetPanicOnFault(true), &err)
 	return binary.LittleEndian.Uint32(b), nil
 }
 
 // Uint64 reads a little-endian uint64 at addr (no ordering guarantee).
-func (m *Memory) Uint64(addr uint64) (uint64, error) {
+func (m *Memory) Uint64(addr uint64) (v uint64, err error) {
 	b, err := m.Slice(addr, 8)
 	if err != nil {
 		return 0, err
 	}
+	defer m.recoverFault(debug.SetPanicOnFault(true), &err)
 	return binary.LittleEndian.Uint64(b), nil
 }
 
 // PutUint16 writes v little-endian at addr (no ordering guarantee).
-func (m *Memory) PutUint16(addr uint64, v uint16) error {
+func (m *Memory) PutUint16(addr uint64, v uint16) (err error) {
 	b, err := m.Slice(addr, 2)
 	if err != nil {
 		return err
 	}
+	defer m.recoverFault(debug.SetPanicOnFault(true), &err)
 	binary.LittleEndian.PutUint16(b, v)
 	return nil
 }
 
 // PutUint32 writes v little-endian at addr (no ordering guarantee).
-func (m *Memory) PutUint32(addr uint64, v uint32) error {
+func (m *Memory) PutUint32(addr uint64, v uint32) (err error) {
 	b, err := m.Slice(addr, 4)
 	if err != nil {
 		return err
 	}
+	defer m.recoverFault(debug.SetPanicOnFault(true), &err)
 	binary.LittleEndian.PutUint32(b, v)
 	return nil
 }
 
 // PutUint64 writes v little-endian at addr (no ordering guarantee).
-func (m *Memory) PutUint64(addr uint64, v uint64) error {
+func (m *Memory) PutUint64(addr uint64, v uint64) (err error) {
 	b, err := m.Slice(addr, 8)
 	if err != nil {
 		return err
 	}
+	defer m.recoverFault(debug.SetPanicOnFault(true), &err)
 	binary.LittleEndian.PutUint64(b, v)
 	return nil
 }

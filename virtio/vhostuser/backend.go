@@ -12,6 +12,22 @@
 // the session with an error that says why, after the device has been reset,
 // so every request it already accepted has reached the host file.
 //
+// Memory regions: SET_MEM_TABLE refuses a region its file does not cover
+// (touching it would raise SIGBUS), and logs regions whose memfd is not
+// sealed against shrinking (F_SEAL_SHRINK, which QEMU's memfd backend sets),
+// but accepts them: Cloud Hypervisor and QEMU's memory-backend-file hand over
+// unsealed memfds or plain tmpfs/hugetlbfs files, legitimately. A frontend
+// that then truncates the file under the mapping ends its session with
+// ErrMemoryFault instead of killing the backend: guestmem's accessors turn
+// the SIGBUS into an error and report it through the Memory the session
+// gives the device, which wakes the session; the session handles messages
+// under guestmem.Guard. A device serving vhost-user must touch the bytes
+// Memory.Slice returns only under Memory.Guard, in every goroutine.
+//
+// Ring descriptors (kick, call, err) must be eventfds, and are made
+// non-blocking: a pipe or socket the frontend keeps full would block a
+// device goroutine in Notify, and with it Reset and the backend's shutdown.
+//
 // Reconnection: the backend does not offer INFLIGHT_SHMFD. Without it a
 // frontend that crashed cannot tell a new session which requests were in
 // flight, so serving it again could leave the guest waiting for completions
@@ -25,10 +41,14 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"os"
+	"strconv"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/flushvm/flushvm/virtio"
+	"github.com/flushvm/flushvm/virtio/guestmem"
 )
 
 // Options tune a session.
@@ -73,7 +93,8 @@ type session struct {
 	active  bool
 	activeN int
 
-	cfg *configNotifier
+	cfg   *configNotifier
+	fault *memFault
 
 	// cfgWritten holds the bytes SET_CONFIG wrote, where cfgWrittenMask is
 	// set; deactivate replays them.
@@ -84,13 +105,15 @@ type session struct {
 // Serve runs the vhost-user protocol on the connected unix stream socket fd
 // for dev until the frontend disconnects (nil) or sends something the
 // backend must refuse (an error wrapping ErrMalformed, ErrBadFD,
-// ErrBadMemory, ErrBadRing or ErrBadFeatures). Either way the device is
-// Reset, so no request is in flight, and every mapping and descriptor the
-// session received is released before Serve returns. fd stays open: the
-// caller owns it (shutting it down from another goroutine makes Serve
-// return nil).
+// ErrBadMemory, ErrBadRing or ErrBadFeatures), or its memory faults
+// (ErrMemoryFault). Either way the device is Reset, so no request is in
+// flight, and every mapping and descriptor the session received is released
+// before Serve returns. fd stays open: the caller owns it (shutting it down
+// from another goroutine makes Serve return nil; a fault in a device
+// goroutine shuts its reading side down to wake Serve).
 func Serve(fd int, dev virtio.Device, opts Options) error {
-	s := &session{dev: dev, c: newConn(fd), log: opts.Log, trace: opts.Trace, cfg: &configNotifier{fd: -1}}
+	s := &session{dev: dev, c: newConn(fd), log: opts.Log, trace: opts.Trace,
+		cfg: &configNotifier{fd: -1}, fault: &memFault{fd: fd}}
 	if s.log == nil {
 		s.log = log.Default()
 	}
@@ -100,8 +123,23 @@ func Serve(fd int, dev virtio.Device, opts Options) error {
 		s.rings[i] = &vring{kick: -1, errFD: -1, call: &callNotifier{fd: -1}}
 	}
 	defer s.teardown()
+	return s.serve()
+}
+
+// serve is Serve's message loop. Activating rings reads them, so a
+// frontend that shrank its memory faults here too: guestmem's accessors
+// return that as an error, and each message is handled under Guard for
+// whatever else (the device's Activate or Reset) touches the memory
+// directly on this goroutine.
+func (s *session) serve() error {
 	for {
 		m, err := s.c.recv()
+		if ferr := s.fault.err(); ferr != nil {
+			if m != nil {
+				closeFDs(m.FDs)
+			}
+			return ferr
+		}
 		if errors.Is(err, errDisconnected) {
 			return nil
 		}
@@ -112,10 +150,59 @@ func Serve(fd int, dev virtio.Device, opts Options) error {
 		if s.trace {
 			s.log.Printf("trace: %s flags %#x payload %x fds %d", reqName(m.Request), m.Flags, m.Payload, len(m.FDs))
 		}
-		if err := s.handle(m); err != nil {
+		err = s.guard(func() error { return s.handle(m) })
+		if errors.Is(err, guestmem.ErrFault) && !errors.Is(err, ErrMemoryFault) {
+			// Guard stopped handle on a fault, before it closed them.
+			closeFDs(m.FDs)
+			err = fmt.Errorf("%w: %w", ErrMemoryFault, err)
+		}
+		if err != nil {
 			return fmt.Errorf("vhost-user: %s (message %d): %w", reqName(m.Request), s.msgs, err)
 		}
 	}
+}
+
+// guard runs fn under the current memory's Guard, which locates a fault in
+// guest memory, or under guestmem.Guard before SET_MEM_TABLE.
+func (s *session) guard(fn func() error) error {
+	if s.mem == nil {
+		return guestmem.Guard(fn)
+	}
+	return s.mem.mem.Guard(fn)
+}
+
+// memFault records the first fault on the frontend's memory, which a
+// device goroutine may take while the session waits for the frontend's
+// next message, and wakes the session by shutting the socket's reading
+// side down.
+type memFault struct {
+	mu    sync.Mutex
+	fd    int
+	first error
+	ended bool // Serve is returning: fd may be closed and reused
+}
+
+// report is the fault handler of the Memory the device is given.
+func (f *memFault) report(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.first != nil || f.ended {
+		return
+	}
+	f.first = fmt.Errorf("%w: %w", ErrMemoryFault, err)
+	unix.Shutdown(f.fd, unix.SHUT_RD)
+}
+
+func (f *memFault) err() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.first
+}
+
+func (f *memFault) end() {
+	f.mu.Lock()
+	f.ended = true
+	f.mu.Unlock()
 }
 
 // hasReply lists requests whose answer is a payload rather than a
@@ -312,8 +399,9 @@ func (s *session) setMemTable(m *message) error {
 	if err != nil {
 		return err
 	}
+	t.mem = t.mem.WithFaultHandler(s.fault.report)
 	if n := t.unsealed(); n > 0 {
-		s.log.Printf("vhost-user: %d of %d memory regions are not sealed against shrinking; a frontend truncating them would crash this backend", n, len(regions))
+		s.log.Printf("vhost-user: %d of %d memory regions are not sealed against shrinking (F_SEAL_SHRINK); a frontend truncating one ends the session", n, len(regions))
 	}
 	s.deactivate(true)
 	if s.mem != nil {
@@ -328,16 +416,18 @@ func (s *session) setVringNum(m *message) error {
 	if err != nil {
 		return err
 	}
+	// A split ring's size is a power of two (virtio 1.2, 2.7: "Queue Size
+	// value is always a power of 2"), and the device's maximum bounds it,
+	// as queue_size does on virtio-pci. Any smaller ring is as good as
+	// the largest: what the device advertises (virtio-blk's seg_max)
+	// holds on it, because virtio.Queue serves a chain longer than the
+	// ring through an indirect table as long as the device has room for
+	// it, which is what Linux builds on a ring it had to shrink.
 	if num == 0 || num&(num-1) != 0 || num > uint32(s.dev.MaxQueueSize()) {
 		return fmt.Errorf("%w: ring %d size %d (power of two up to %d)", ErrBadRing, idx, num, s.dev.MaxQueueSize())
 	}
 	if num < uint32(s.dev.MaxQueueSize()) {
-		// The device sized what it told the driver (virtio-blk's seg_max)
-		// for rings of MaxQueueSize entries, and no chain may be longer
-		// than its ring: a driver believing seg_max would build requests
-		// this ring cannot carry. Refuse rather than fail them later.
-		return fmt.Errorf("%w: ring %d has %d entries, fewer than the device's queue size %d (the frontend's queue size must equal the backend's)",
-			ErrBadRing, idx, num, s.dev.MaxQueueSize())
+		return fmt.Errorf("%w: smaller", ErrBadRing)
 	}
 	s.stopIfServed(idx)
 	r.num = num
@@ -415,7 +505,7 @@ func (s *session) setVringFD(m *message) error {
 		}
 		if err := checkEventFD(fd); err != nil {
 			unix.Close(fd)
-			return err
+			return fmt.Errorf("ring %d: %w", idx, err)
 		}
 	} else if len(m.FDs) != 0 {
 		return fmt.Errorf("%w: NOFD set but %d descriptors sent", ErrBadFD, len(m.FDs))
@@ -442,17 +532,29 @@ func (s *session) setVringFD(m *message) error {
 	return nil
 }
 
-// checkEventFD makes sure fd is something the device can wait on and
-// signal: an eventfd (or, in tests, any readable and writable descriptor
-// that is not a regular file or directory).
+// eventFDLink is what /proc/self/fd/N points to for an eventfd.
+const eventFDLink = "anon_inode:[eventfd]"
+
+// checkEventFD makes sure fd is an eventfd and makes it non-blocking.
+//
+// Only an eventfd is both something to wait on and something to signal
+// that a frontend cannot wedge: a write to it blocks only when its counter
+// would overflow, and with O_NONBLOCK fails with EAGAIN instead, when the
+// frontend has a wake-up pending anyway. A pipe or socket kept full would
+// block a device goroutine in Notify forever, and with it the device's
+// Reset and the backend's shutdown. O_NONBLOCK belongs to the open file,
+// shared with the frontend; frontends create their eventfds non-blocking
+// (QEMU's event notifiers) or hand them to KVM, which ignores the flag.
 func checkEventFD(fd int) error {
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return fmt.Errorf("%w: fstat: %v", ErrBadFD, err)
+	link, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+	if err != nil {
+		return fmt.Errorf("%w: cannot tell what the ring descriptor is: %v", ErrBadFD, err)
 	}
-	switch st.Mode & unix.S_IFMT {
-	case unix.S_IFREG, unix.S_IFDIR, unix.S_IFBLK, unix.S_IFLNK:
-		return fmt.Errorf("%w: ring descriptor is a file (mode %#o), not an eventfd", ErrBadFD, st.Mode)
+	if link != eventFDLink {
+		return fmt.Errorf("%w: ring descriptor is %q, not an eventfd", ErrBadFD, link)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return fmt.Errorf("%w: making the eventfd non-blocking: %v", ErrBadFD, err)
 	}
 	return nil
 }
@@ -563,6 +665,9 @@ func (s *session) activate(k int) error {
 			IndirectDesc: s.acked&virtio.FeatureIndirectDesc != 0,
 			NextAvail:    r.base,
 		})
+		if errors.Is(err, guestmem.ErrFault) {
+			return fmt.Errorf("%w: ring %d: %w", ErrMemoryFault, i, err)
+		}
 		if err != nil {
 			return fmt.Errorf("%w: ring %d: %v", ErrBadRing, i, err)
 		}
@@ -669,4 +774,5 @@ func (s *session) teardown() {
 		s.mem = nil
 	}
 	s.cfg.set(-1)
+	s.fault.end()
 }

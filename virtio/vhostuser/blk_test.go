@@ -20,6 +20,26 @@ func blkHeader(typ uint32, sector uint64) []byte {
 	return binary.LittleEndian.AppendUint64(h, sector)
 }
 
+// openBlk opens flushvm's virtio-blk device on a fresh 1 MiB image, closed
+// when the test ends, and returns it with the image's path.
+func openBlk(t *testing.T, queues int, queueSize uint16) (*blk.Device, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(path, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	spec, err := blk.ParseSpec("path=" + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, err := blk.Open(spec, blk.Options{Queues: queues, MaxQueueSize: queueSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dev.Close() })
+	return dev, path
+}
+
 // submitWait submits one request on r and waits for its completion,
 // returning its status byte.
 func (f *testFrontend) submitWait(r *ring, req virtio.MockRequest) (virtio.MockSubmission, byte) {
@@ -59,19 +79,7 @@ func (f *testFrontend) submitWait(r *ring, req virtio.MockRequest) (virtio.MockS
 // guest's writeback toggle arrives through SET_CONFIG, and a hostile
 // message afterwards ends the session without losing any completed write.
 func TestBlkDevice(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "disk.img")
-	if err := os.WriteFile(path, make([]byte, 1<<20), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	spec, err := blk.ParseSpec("path=" + path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dev, err := blk.Open(spec, blk.Options{Queues: 2, MaxQueueSize: 64})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dev.Close()
+	dev, path := openBlk(t, 2, 64)
 
 	f := startFrontend(t, dev)
 	features := dev.Features() | FeatureProtocolFeatures

@@ -17,6 +17,12 @@ var (
 	// ErrBadRing reports a vring index, size or address the device cannot
 	// use: out of range, not a power of two, or outside guest memory.
 	ErrBadRing = errors.New("vhost-user: bad vring")
+	// ErrMemoryFault reports an access to the frontend's memory that
+	// faulted after SET_MEM_TABLE had accepted it: the frontend shrank a
+	// region's file under the mapping (possible when the memfd lacks
+	// F_SEAL_SHRINK). The backend survives it, but the session cannot go
+	// on with memory that is gone.
+	ErrMemoryFault = errors.New("vhost-user: frontend memory fault")
 	// ErrBadFeatures reports a frontend acking features the backend did not
 	// offer.
 	ErrBadFeatures = errors.New("vhost-user: features not offered")

@@ -389,13 +389,17 @@ func (d *fakeDevice) Activate(a virtio.Activation) error {
 	d.stop = make(chan struct{})
 	for _, b := range a.Queues {
 		d.wg.Add(1)
-		go d.serve(a.Memory, b, d.stop)
+		go func(stop chan struct{}) {
+			defer d.wg.Done()
+			// As every device serving vhost-user must: a fault on the
+			// frontend's memory ends this goroutine, not the process.
+			a.Memory.Guard(func() error { d.serve(a.Memory, b, stop); return nil })
+		}(d.stop)
 	}
 	return nil
 }
 
 func (d *fakeDevice) serve(mem *guestmem.Memory, b virtio.QueueBinding, stop chan struct{}) {
-	defer d.wg.Done()
 	c := virtio.Chain{Descriptors: make([]virtio.Descriptor, 0, 8)}
 	for {
 		select {

@@ -19,7 +19,8 @@ type callNotifier struct {
 var one = [8]byte{1}
 
 // Notify implements virtio.Notifier. With no call fd (the frontend polls)
-// it does nothing.
+// it does nothing. It never blocks: the fd is an eventfd made non-blocking
+// by checkEventFD.
 func (c *callNotifier) Notify() error {
 	c.mu.RLock()
 	defer c.mu.RUnlock()

@@ -21,6 +21,9 @@
 //	    does), reports in DIR/MODE.json, then the per-mode table.
 //	flushvm-guest crashtest-table REPORT...
 //	    the per-mode table of crashtest reports (shards of a mode add up).
+//	flushvm-guest soak [--boots N] [--vmm flushvm|qemu] [--cpus N] [--cache MODE] ...
+//	    N nested L2 boots with fio verification in one L1 session; the
+//	    failures with their diagnostics, and a count (what `make soak` does).
 //
 // The exit status is that of flushvm (or the command); 2 means a usage
 // error, 3 a harness failure.
@@ -67,6 +70,10 @@ commands:
                    out build/crashtest), then the per-mode table (make crashtest)
   crashtest-table REPORT...
                    print the per-mode table of crashtest --report files
+  soak [--boots 100] [--vmm flushvm|qemu] [--cpus 1] [--cache writethrough] [--append ARGS]
+       [--l1-accel tcg,thread=multi] [--l1-cpu max] [--l1-append ARGS]
+                   N L2 boots with fio verification in one L1 session; failures with
+                   their diagnostics, then a count (make soak)
 global flags: --scratch-size SIZE  size of L1's scratch disk (default: sized for the crashtests)
 `)
 }
@@ -94,9 +101,9 @@ func run(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	cmd, rest := fs.Arg(0), fs.Args()[1:]
-	if (cmd != "crashtest" && cmd != "campaign") || fs.Changed("timeout") {
-		// Campaigns without --timeout size their own bound from their
-		// cuts (harness.Options.Timeout bounds the session).
+	if (cmd != "crashtest" && cmd != "campaign" && cmd != "soak") || fs.Changed("timeout") {
+		// Campaigns and soaks without --timeout size their own bound from
+		// their cuts or boots (harness.Options.Timeout bounds the session).
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, *timeout)
 		defer cancel()
@@ -139,6 +146,11 @@ func run(args []string) int {
 		return campaign(ctx, opts, fs.Changed("timeout"), rest)
 	case "crashtest-table":
 		return crashtestTable(rest)
+	case "soak":
+		if !fs.Changed("timeout") {
+			opts.Timeout = 0
+		}
+		return soak(ctx, opts, rest)
 	}
 	fmt.Fprintf(os.Stderr, "flushvm-guest: unknown command %q\n", cmd)
 	usage()

@@ -60,23 +60,48 @@ func LoadModules(list string) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("module list: %w", err)
 	}
+	params := moduleParams(nil)
+	if cl, err := os.ReadFile("/proc/cmdline"); err == nil {
+		params = moduleParams(ParseCmdline(string(cl)))
+	}
 	var loaded []string
 	for _, p := range strings.Fields(string(b)) {
-		if err := loadModule(p); err != nil {
+		name := strings.TrimSuffix(p[strings.LastIndexByte(p, '/')+1:], ".ko")
+		if err := loadModule(p, params[strings.ReplaceAll(name, "-", "_")]); err != nil {
 			return loaded, err
 		}
-		loaded = append(loaded, strings.TrimSuffix(p[strings.LastIndexByte(p, '/')+1:], ".ko"))
+		loaded = append(loaded, name)
 	}
 	return loaded, nil
 }
 
-func loadModule(p string) error {
+// moduleParams collects the kernel command line's MODULE.PARAM=VALUE words
+// into each module's parameter string, as modprobe does for modules loaded
+// after boot (the kernel applies them only to built-in code).
+func moduleParams(cmdline map[string]string) map[string]string {
+	out := map[string]string{}
+	for k, v := range cmdline {
+		mod, param, ok := strings.Cut(k, ".")
+		if !ok || mod == "" || param == "" || strings.ContainsAny(mod, "/") {
+			continue
+		}
+		mod = strings.ReplaceAll(mod, "-", "_")
+		word := param
+		if v != "" {
+			word += "=" + v
+		}
+		out[mod] = strings.TrimSpace(out[mod] + " " + word)
+	}
+	return out
+}
+
+func loadModule(p, params string) error {
 	f, err := os.Open(p)
 	if err != nil {
 		return fmt.Errorf("load module: %w", err)
 	}
 	defer f.Close()
-	if err := unix.FinitModule(int(f.Fd()), "", 0); err != nil && !errors.Is(err, unix.EEXIST) {
+	if err := unix.FinitModule(int(f.Fd()), params, 0); err != nil && !errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("load module %s: %w", p, err)
 	}
 	return nil

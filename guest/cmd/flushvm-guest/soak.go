@@ -1,0 +1,51 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/flushvm/flushvm/guest/harness"
+	"github.com/spf13/pflag"
+)
+
+// soak runs `flushvm-guest soak`: N nested L2 boots with fio verification,
+// each classified, and a count of the failures with their diagnostics. It
+// exits 0 only when every boot passed.
+func soak(ctx context.Context, opts harness.Options, args []string) int {
+	fs := pflag.NewFlagSet("soak", pflag.ContinueOnError)
+	o := harness.SoakOptions{}
+	fs.IntVar(&o.Boots, "boots", 100, "L2 boots to run, one after the other in one L1 session")
+	fs.StringVar(&o.VMM, "vmm", "flushvm", "L2 monitor: flushvm, qemu (QEMU -enable-kvm inside L1, the control), or both in turn")
+	fs.IntVar(&o.CPUs, "cpus", 1, "L2 vCPUs")
+	fs.StringVar(&o.Mem, "mem", "512M", "L2 memory")
+	fs.StringVar(&o.Cache, "cache", "writethrough", "the L2 disk's cache mode")
+	fs.StringVar(&o.Append, "append", "", "added to L2's kernel command line (e.g. pci=nomsi)")
+	fs.StringVar(&o.FioSize, "fio-size", "16M", "fio's verified random-write size per boot")
+	fs.DurationVar(&o.BootTimeout, "boot-timeout", 3*time.Minute, "a boot that runs longer is a hang")
+	fs.StringVar(&opts.L1Accel, "l1-accel", harness.DefaultL1Accel, "QEMU -accel of L1")
+	fs.StringVar(&opts.L1CPU, "l1-cpu", harness.DefaultL1CPU, "QEMU -cpu of L1")
+	fs.StringVar(&opts.L1Append, "l1-append", "", "added to L1's kernel command line (e.g. kvm_amd.npt=0)")
+	if err := fs.Parse(args); err != nil {
+		fmt.Fprintf(os.Stderr, "flushvm-guest soak: %v\n", err)
+		return 2
+	}
+	if o.VMM != "flushvm" && o.VMM != "qemu" && o.VMM != "both" {
+		fmt.Fprintf(os.Stderr, "flushvm-guest soak: --vmm %q: want flushvm, qemu or both\n", o.VMM)
+		return 2
+	}
+	o.Harness = opts
+	rep, err := harness.Soak(ctx, o)
+	if rep != nil {
+		rep.Print(os.Stdout)
+	}
+	if err != nil {
+		return fail(err)
+	}
+	if err := rep.Err(); err != nil {
+		fmt.Fprintf(os.Stderr, "flushvm-guest: %v\n", err)
+		return 1
+	}
+	return 0
+}

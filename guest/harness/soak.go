@@ -1,0 +1,377 @@
+package harness
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/flushvm/flushvm/guest"
+	"github.com/flushvm/flushvm/guest/initramfs"
+	"github.com/flushvm/flushvm/guest/kernel"
+	"github.com/flushvm/flushvm/vmm/exitstatus"
+)
+
+// SoakOptions configure a soak: many L2 boots with disk I/O, one after the
+// other in one session, each classified, to measure how often a guest
+// fails to run to its end.
+type SoakOptions struct {
+	// Boots is how many L2 boots to run.
+	Boots int
+	// VMM is the L2 monitor: "flushvm" (default) or "qemu" (QEMU with
+	// -enable-kvm inside L1, the control that shares everything below
+	// the monitor with flushvm), or "both": qemu and flushvm in turn, so
+	// that both see the same host load over the session.
+	VMM string
+	// CPUs and Mem size the L2 guest (1 and 512M if zero/empty).
+	CPUs int
+	Mem  string
+	// Cache is the disk's cache mode (writethrough if empty).
+	Cache string
+	// Append is added to L2's kernel command line (e.g. pci=nomsi).
+	Append string
+	// FioSize is the fio verify job's size (16M if empty).
+	FioSize string
+	// BootTimeout bounds one L2 boot; one that runs longer is a hang.
+	BootTimeout time.Duration
+	// Harness are the session's options (L1 CPU model, accel, flushvm
+	// binary, output); its Timeout is derived from Boots when zero.
+	Harness Options
+}
+
+// SoakOutcome is how one soak boot ended.
+type SoakOutcome string
+
+// The outcomes of a soak boot.
+const (
+	// SoakPass: the guest ran fio with verification to the end and
+	// ended the VM with status 0.
+	SoakPass SoakOutcome = "pass"
+	// SoakWorkload: the guest ended normally but fio failed (a
+	// verification error is data corruption).
+	SoakWorkload SoakOutcome = "workload-failed"
+	// SoakCrash: the VM ended without the guest's /init reporting its
+	// status: a panic, a reset or a triple fault.
+	SoakCrash SoakOutcome = "crash"
+	// SoakHang: the boot ran past its time bound.
+	SoakHang SoakOutcome = "hang"
+	// SoakError: the monitor itself failed to run.
+	SoakError SoakOutcome = "error"
+)
+
+// SoakBoot is one classified boot.
+type SoakBoot struct {
+	Index    int
+	VMM      string
+	Outcome  SoakOutcome
+	Status   int
+	Duration time.Duration
+	// Detail is the diagnostic of a failed boot: the error and the last
+	// lines of its console and stderr.
+	Detail string
+}
+
+// SoakReport is a whole soak.
+type SoakReport struct {
+	Options SoakOptions
+	Session *Session
+	Boots   []SoakBoot
+}
+
+// Failures counts the boots that did not pass.
+func (r *SoakReport) Failures() int {
+	n := 0
+	for _, b := range r.Boots {
+		if b.Outcome != SoakPass {
+			n++
+		}
+	}
+	return n
+}
+
+// soakScript is L2's /run.sh: fio random writes with a data-integrity
+// flush every 16 writes and crc32c verification of everything written.
+const soakScript = `#!/bin/sh
+fio --name=soak --filename=/dev/vda --size=%s --rw=randwrite --bs=4k \
+	--ioengine=libaio --iodepth=8 --direct=1 --fdatasync=16 \
+	--verify=crc32c --verify_fatal=1 --randrepeat=0 \
+	--output-format=terse --terse-version=3 >/tmp/fio.out 2>&1
+st=$?
+if [ $st -ne 0 ]; then cat /tmp/fio.out; echo "SOAK fio failed: status $st"; exit 10; fi
+echo "SOAK fio ok"
+`
+
+// Soak runs the soak: one nested session whose runs each boot L2 once
+// under the chosen monitor with a disk on L1's tmpfs and run fio with
+// verification. It needs the nested harness.
+func Soak(ctx context.Context, o SoakOptions) (*SoakReport, error) {
+	o = o.withDefaults()
+	cache, err := guest.CacheDir()
+	if err != nil {
+		return nil, err
+	}
+	k, err := kernel.Fetch(ctx, cache)
+	if err != nil {
+		return nil, err
+	}
+	img, err := soakImage(ctx, cache, k, o.FioSize)
+	if err != nil {
+		return nil, err
+	}
+	hopts := o.Harness
+	hopts.Mode = Nested
+	hopts.JobFiles = map[string]string{"soak/bzImage": k.BzImage, "soak/initrd": img}
+	if o.VMM != "flushvm" {
+		if err := qemuBundle(hopts.JobFiles); err != nil {
+			return nil, err
+		}
+	}
+	if hopts.Timeout == 0 {
+		hopts.Timeout = 5*time.Minute + time.Duration(o.Boots)*(o.BootTimeout+time.Minute)
+	}
+	runs := make([]Run, o.Boots)
+	for i := range runs {
+		runs[i] = Run{Command: []string{"/bin/sh", "-c", o.command(i)}, Timeout: o.BootTimeout}
+	}
+	s, err := Execute(ctx, hopts, runs...)
+	rep := &SoakReport{Options: o, Session: s}
+	if s != nil {
+		for i, r := range s.Results {
+			rep.Boots = append(rep.Boots, classifySoak(i, r, o.vmm(i)))
+		}
+	}
+	return rep, err
+}
+
+func (o SoakOptions) withDefaults() SoakOptions {
+	if o.Boots <= 0 {
+		o.Boots = 1
+	}
+	if o.VMM == "" {
+		o.VMM = "flushvm"
+	}
+	if o.CPUs <= 0 {
+		o.CPUs = 1
+	}
+	if o.Mem == "" {
+		o.Mem = "512M"
+	}
+	if o.Cache == "" {
+		o.Cache = "writethrough"
+	}
+	if o.FioSize == "" {
+		o.FioSize = "16M"
+	}
+	if o.BootTimeout == 0 {
+		o.BootTimeout = 3 * time.Minute
+	}
+	return o
+}
+
+// soakDisk is the L2 disk, a sparse file on L1's tmpfs recreated per boot.
+const soakDisk = "/tmp/soak.img"
+
+// vmm is the monitor of boot i.
+func (o SoakOptions) vmm(i int) string {
+	if o.VMM == "both" {
+		return [2]string{"qemu", "flushvm"}[i%2]
+	}
+	return o.VMM
+}
+
+// command is the L1 shell command of boot i.
+func (o SoakOptions) command(i int) string {
+	cmdline := strings.TrimSpace("console=ttyS0 reboot=k panic=-1 quiet pci=noearly flushvm.run=script " + o.Append)
+	prep := fmt.Sprintf("rm -f %s && truncate -s 256M %s && ", soakDisk, soakDisk)
+	var argv []string
+	if o.vmm(i) == "qemu" {
+		prep += "[ -d /tmp/qemu ] || cp -a /job/qemu /tmp/qemu; "
+		argv = []string{"/tmp/qemu/lib/" + qemuLoader, "--library-path", "/tmp/qemu/lib", "/tmp/qemu/qemu-system-x86_64",
+			"-L", "/tmp/qemu/share", "-enable-kvm", "-cpu", "host", "-m", o.Mem, "-smp", strconv.Itoa(o.CPUs),
+			"-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio", "-bios", "/tmp/qemu/share/qboot.rom",
+			"-device", "isa-debug-exit,iobase=0xf4,iosize=0x01",
+			"-kernel", "/job/soak/bzImage", "-initrd", "/job/soak/initrd", "-append", cmdline,
+			"-drive", "file=" + soakDisk + ",if=virtio,format=raw,cache=" + o.Cache}
+	} else {
+		argv = []string{"/job/flushvm", "run", "--watchdog", DefaultWatchdog.String(),
+			"--kernel", "/job/soak/bzImage", "--initrd", "/job/soak/initrd",
+			"--mem", o.Mem, "--cpus", strconv.Itoa(o.CPUs), "--append", cmdline,
+			"--disk", "path=" + soakDisk + ",cache=" + o.Cache}
+	}
+	q := make([]string, len(argv))
+	for k, a := range argv {
+		q[k] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+	}
+	return prep + "echo 'flushvm-soak: boot " + strconv.Itoa(i) + " " + o.vmm(i) + "'; exec " + strings.Join(q, " ")
+}
+
+// soakImage is the test guest's image with fio (and its libraries) and the
+// soak script as /run.sh.
+func soakImage(ctx context.Context, cache string, k *kernel.Kernel, size string) (string, error) {
+	base, err := GuestInitramfs(ctx, cache, k)
+	if err != nil {
+		return "", err
+	}
+	fio, err := exec.LookPath("fio")
+	if err != nil {
+		return "", fmt.Errorf("soak: fio is not installed (Debian: apt-get install fio): %w", err)
+	}
+	x := initramfs.Extra()
+	x.Dynamic("/usr/bin/fio", fio)
+	x.Bytes("/run.sh", []byte(fmt.Sprintf(soakScript, size)), 0o755)
+	if err := x.Err(); err != nil {
+		return "", fmt.Errorf("soak image: %w", err)
+	}
+	return initramfs.Append(cache, base, x)
+}
+
+// qemuLoader is the x86-64 dynamic loader's file name.
+const qemuLoader = "ld-linux-x86-64.so.2"
+
+var lddPathRE = regexp.MustCompile(`(?m)(?:=>\s*)?(/\S+)\s+\(0x`)
+
+// qemuBundle adds the host's QEMU, its shared libraries and the firmware
+// an L2 boot needs to files, under qemu/ (L1 runs it through the loader
+// with --library-path, so nothing of L1's own root is needed).
+func qemuBundle(files map[string]string) error {
+	bin, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		return fmt.Errorf("soak: %w", err)
+	}
+	out, err := exec.Command("ldd", bin).Output()
+	if err != nil {
+		return fmt.Errorf("soak: ldd %s: %w", bin, err)
+	}
+	files["qemu/qemu-system-x86_64"] = bin
+	for _, m := range lddPathRE.FindAllStringSubmatch(string(out), -1) {
+		real, err := filepath.EvalSymlinks(m[1])
+		if err != nil {
+			return fmt.Errorf("soak: %w", err)
+		}
+		files["qemu/lib/"+filepath.Base(m[1])] = real
+	}
+	for _, fw := range []string{"qboot.rom", "linuxboot_dma.bin", "kvmvapic.bin"} {
+		p := filepath.Join("/usr/share/qemu", fw)
+		real, err := filepath.EvalSymlinks(p)
+		if err != nil {
+			return fmt.Errorf("soak: QEMU firmware: %w", err)
+		}
+		files["qemu/share/"+fw] = real
+	}
+	return nil
+}
+
+var soakInitStatusRE = regexp.MustCompile(`flushvm-init: exit status (\d+)`)
+
+// classifySoak decides how boot i ended from its run result.
+func classifySoak(i int, r Result, vmm string) SoakBoot {
+	b := SoakBoot{Index: i, VMM: vmm, Status: r.Status, Duration: r.Duration}
+	init := soakInitStatusRE.FindSubmatch(r.Output)
+	status := r.Status
+	if vmm == "qemu" && status&1 == 1 {
+		status >>= 1 // isa-debug-exit: (v << 1) | 1
+	}
+	report, reported := exitstatus.Find(r.Output)
+	switch {
+	case vmm == "flushvm" && exitstatus.Crashed(status, r.Output) && report.Status == exitstatus.GuestHang:
+		b.Outcome = SoakHang
+	case vmm == "flushvm" && exitstatus.Crashed(status, r.Output):
+		b.Outcome = SoakCrash
+	case r.Err != nil && strings.Contains(r.Err.Error(), "timed out"):
+		b.Outcome = SoakHang
+	case r.Err != nil:
+		b.Outcome = SoakError
+	case init == nil:
+		b.Outcome = SoakCrash
+	case status == 0 && bytes.Contains(r.Output, []byte("SOAK fio ok")):
+		b.Outcome = SoakPass
+	default:
+		b.Outcome = SoakWorkload
+	}
+	if b.Outcome != SoakPass {
+		msg := ""
+		if r.Err != nil {
+			msg = r.Err.Error() + "; "
+		}
+		if reported {
+			msg += report.String() + "; "
+		}
+		b.Detail = msg + "last output: " + lastLines(r.Output, 8)
+	}
+	return b
+}
+
+// lastLines returns the last n non-empty lines of out joined by " | ".
+func lastLines(out []byte, n int) string {
+	var keep []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.TrimSpace(l) != "" {
+			keep = append(keep, strings.TrimSpace(l))
+		}
+	}
+	if len(keep) > n {
+		keep = keep[len(keep)-n:]
+	}
+	return strings.Join(keep, " | ")
+}
+
+// Print writes the report: one line per failed boot with its diagnostic,
+// then the count.
+func (r *SoakReport) Print(w io.Writer) {
+	o := r.Options
+	counts := map[SoakOutcome]int{}
+	for _, b := range r.Boots {
+		counts[b.Outcome]++
+		if b.Outcome != SoakPass {
+			fmt.Fprintf(w, "soak: boot %d: %s (status %d, %.1f s): %s\n", b.Index, b.Outcome, b.Status, b.Duration.Seconds(), b.Detail)
+		}
+	}
+	fmt.Fprintf(w, "soak: vmm=%s cpus=%d cache=%s append=%q l1-accel=%s l1-cpu=%s l1-append=%q\n",
+		o.VMM, o.CPUs, o.Cache, o.Append, orDefault(o.Harness.L1Accel, DefaultL1Accel), orDefault(o.Harness.L1CPU, DefaultL1CPU), o.Harness.L1Append)
+	for _, vmm := range []string{"flushvm", "qemu"} {
+		var c [5]int
+		n := 0
+		for _, b := range r.Boots {
+			if b.VMM != vmm {
+				continue
+			}
+			n++
+			for k, oc := range []SoakOutcome{SoakPass, SoakCrash, SoakHang, SoakWorkload, SoakError} {
+				if b.Outcome == oc {
+					c[k]++
+				}
+			}
+		}
+		if n > 0 {
+			fmt.Fprintf(w, "soak: %s: %d boots: %d passed, %d failed (crash %d, hang %d, workload %d, error %d)\n",
+				vmm, n, c[0], n-c[0], c[1], c[2], c[3], c[4])
+		}
+	}
+	fmt.Fprintf(w, "soak: %d boots: %d passed, %d failed\n", len(r.Boots), len(r.Boots)-r.Failures(), r.Failures())
+}
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}
+
+// errSoakFailed reports a soak with failed boots.
+var errSoakFailed = errors.New("soak: boots failed")
+
+// Err is nil when every boot passed.
+func (r *SoakReport) Err() error {
+	if n := r.Failures(); n > 0 || len(r.Boots) < r.Options.Boots {
+		return fmt.Errorf("%w: %d of %d (%d ran)", errSoakFailed, n, r.Options.Boots, len(r.Boots))
+	}
+	return nil
+}
+

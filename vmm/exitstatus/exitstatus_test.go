@@ -1,0 +1,68 @@
+package exitstatus
+
+import "testing"
+
+func TestReportRoundTrip(t *testing.T) {
+	tests := []struct {
+		name string
+		r    Report
+		want string
+	}{
+		{"crash", Report{GuestCrash, "vCPU 0 triple fault (KVM_EXIT_SHUTDOWN): RIP 0x1000"},
+			"flushvm: guest crashed (exit status 101): vCPU 0 triple fault (KVM_EXIT_SHUTDOWN): RIP 0x1000"},
+		{"hang", Report{GuestHang, "vCPU 1 no progress for 30s: IRR [35 236]"},
+			"flushvm: guest hung (exit status 102): vCPU 1 no progress for 30s: IRR [35 236]"},
+		{"detail with a colon and parentheses", Report{GuestCrash, "a (b): c): d"},
+			"flushvm: guest crashed (exit status 101): a (b): c): d"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.r.String(); got != tc.want {
+				t.Fatalf("String() = %q, want %q", got, tc.want)
+			}
+			got, ok := Parse(tc.want + "\n")
+			if !ok || got != tc.r {
+				t.Errorf("Parse = %+v, %v; want %+v", got, ok, tc.r)
+			}
+		})
+	}
+}
+
+func TestParseRejects(t *testing.T) {
+	for _, line := range []string{
+		"",
+		"flushvm: guest crashed",
+		"flushvm: guest crashed (exit status 102): verb and status disagree",
+		"flushvm: guest hung (exit status x): bad number",
+		"flushvm: guest rebooted (exit status 0): not a report",
+		"guest crashed (exit status 101): no prefix",
+	} {
+		if r, ok := Parse(line); ok {
+			t.Errorf("Parse(%q) = %+v, want rejected", line, r)
+		}
+	}
+}
+
+func TestCrashed(t *testing.T) {
+	crash := Report{GuestCrash, "vCPU 0 triple fault"}.String()
+	tests := []struct {
+		name   string
+		status int
+		out    string
+		want   bool
+	}{
+		{"report and its status", GuestCrash, "[ 1.0] booting\n" + crash + "\n", true},
+		{"report after console bytes on one line", GuestCrash, "[ 1.0] half a line" + crash + "\n", true},
+		{"guest's own debug exit 101", GuestCrash, "flushvm-init: exit status 101\n", false},
+		{"report but another status", 0, crash + "\n", false},
+		{"hang status with a crash report", GuestHang, crash + "\n", false},
+		{"clean reboot", OK, "reboot: Restarting system\n", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := Crashed(tc.status, []byte(tc.out)); got != tc.want {
+				t.Errorf("Crashed(%d, %q) = %v, want %v", tc.status, tc.out, got, tc.want)
+			}
+		})
+	}
+}
