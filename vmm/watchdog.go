@@ -155,6 +155,17 @@ func (m *Machine) serveWatchdog(i int, c *kvm.VCPU) {
 	irr := lapicVectors(&l, lapicIRR)
 	now := time.Now()
 	if !w.det.observe(now, w.exits.Load(), irr) {
+		if !irr.empty() && w.det.since.Equal(now) {
+			// Kicked for not exiting in a quarter of the bound and found
+			// with a vector requested: KVM was not delivering it. The
+			// kick itself (a signal, so an IPI to the host CPU running
+			// the vCPU) often gets delivery going again, which is why
+			// this is said even when the guest then runs on: it is the
+			// trace of a lost wake-up below flushvm (see README, nested).
+			// Said once per stall, when it begins.
+			fmt.Fprintf(m.diag, "flushvm: watchdog: vCPU %d: no exit for at least %v with vectors %v requested; kicked it (%s)\n",
+				i, m.watchdog/4, irr.list(), lapicLine(&l))
+		}
 		return
 	}
 	event := fmt.Sprintf("made no progress for %v (no exit to flushvm; vectors %v requested at every sample)",

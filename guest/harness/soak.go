@@ -33,7 +33,8 @@ type SoakOptions struct {
 	// CPUs and Mem size the L2 guest (1 and 512M if zero/empty).
 	CPUs int
 	Mem  string
-	// Cache is the disk's cache mode (writethrough if empty).
+	// Cache is the disk's cache mode (writethrough if empty), or a
+	// comma-separated list of modes the boots take in turn.
 	Cache string
 	// Append is added to L2's kernel command line (e.g. pci=nomsi).
 	Append string
@@ -73,6 +74,10 @@ type SoakBoot struct {
 	Outcome  SoakOutcome
 	Status   int
 	Duration time.Duration
+	// Stalls counts flushvm's watchdog notes: times a vCPU made no exit
+	// for a quarter of the bound with an interrupt requested and had to
+	// be kicked (flushvm only; the boot may still pass).
+	Stalls int
 	// Detail is the diagnostic of a failed boot: the error and the last
 	// lines of its console and stderr.
 	Detail string
@@ -186,6 +191,15 @@ func (o SoakOptions) vmm(i int) string {
 	return o.VMM
 }
 
+// cache is the cache mode of boot i.
+func (o SoakOptions) cache(i int) string {
+	modes := strings.Split(o.Cache, ",")
+	if o.VMM == "both" {
+		i /= 2 // each VMM takes every mode in turn
+	}
+	return modes[i%len(modes)]
+}
+
 // command is the L1 shell command of boot i.
 func (o SoakOptions) command(i int) string {
 	cmdline := strings.TrimSpace("console=ttyS0 reboot=k panic=-1 quiet pci=noearly flushvm.run=script " + o.Append)
@@ -198,18 +212,18 @@ func (o SoakOptions) command(i int) string {
 			"-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio", "-bios", "/tmp/qemu/share/qboot.rom",
 			"-device", "isa-debug-exit,iobase=0xf4,iosize=0x01",
 			"-kernel", "/job/soak/bzImage", "-initrd", "/job/soak/initrd", "-append", cmdline,
-			"-drive", "file=" + soakDisk + ",if=virtio,format=raw,cache=" + o.Cache}
+			"-drive", "file=" + soakDisk + ",if=virtio,format=raw,cache=" + o.cache(i)}
 	} else {
 		argv = []string{"/job/flushvm", "run", "--watchdog", DefaultWatchdog.String(),
 			"--kernel", "/job/soak/bzImage", "--initrd", "/job/soak/initrd",
 			"--mem", o.Mem, "--cpus", strconv.Itoa(o.CPUs), "--append", cmdline,
-			"--disk", "path=" + soakDisk + ",cache=" + o.Cache}
+			"--disk", "path=" + soakDisk + ",cache=" + o.cache(i)}
 	}
 	q := make([]string, len(argv))
 	for k, a := range argv {
 		q[k] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
 	}
-	return prep + "echo 'flushvm-soak: boot " + strconv.Itoa(i) + " " + o.vmm(i) + "'; exec " + strings.Join(q, " ")
+	return prep + "echo 'flushvm-soak: boot " + strconv.Itoa(i) + " " + o.vmm(i) + " cache=" + o.cache(i) + "'; exec " + strings.Join(q, " ")
 }
 
 // soakImage is the test guest's image with fio (and its libraries) and the
@@ -272,7 +286,8 @@ var soakInitStatusRE = regexp.MustCompile(`flushvm-init: exit status (\d+)`)
 
 // classifySoak decides how boot i ended from its run result.
 func classifySoak(i int, r Result, vmm string) SoakBoot {
-	b := SoakBoot{Index: i, VMM: vmm, Status: r.Status, Duration: r.Duration}
+	b := SoakBoot{Index: i, VMM: vmm, Status: r.Status, Duration: r.Duration,
+		Stalls: bytes.Count(r.Output, []byte("flushvm: watchdog: vCPU "))}
 	init := soakInitStatusRE.FindSubmatch(r.Output)
 	status := r.Status
 	if vmm == "qemu" && status&1 == 1 {
@@ -330,7 +345,10 @@ func (r *SoakReport) Print(w io.Writer) {
 	for _, b := range r.Boots {
 		counts[b.Outcome]++
 		if b.Outcome != SoakPass {
-			fmt.Fprintf(w, "soak: boot %d: %s (status %d, %.1f s): %s\n", b.Index, b.Outcome, b.Status, b.Duration.Seconds(), b.Detail)
+			fmt.Fprintf(w, "soak: boot %d (%s): %s (status %d, %.1f s): %s\n", b.Index, b.VMM, b.Outcome, b.Status, b.Duration.Seconds(), b.Detail)
+		}
+		if b.Stalls > 0 {
+			fmt.Fprintf(w, "soak: boot %d (%s): %s after %d watchdog kick(s) of a vCPU stalled with an interrupt pending\n", b.Index, b.VMM, b.Outcome, b.Stalls)
 		}
 	}
 	fmt.Fprintf(w, "soak: vmm=%s cpus=%d cache=%s append=%q l1-accel=%s l1-cpu=%s l1-append=%q\n",

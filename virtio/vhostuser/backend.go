@@ -426,9 +426,6 @@ func (s *session) setVringNum(m *message) error {
 	if num == 0 || num&(num-1) != 0 || num > uint32(s.dev.MaxQueueSize()) {
 		return fmt.Errorf("%w: ring %d size %d (power of two up to %d)", ErrBadRing, idx, num, s.dev.MaxQueueSize())
 	}
-	if num < uint32(s.dev.MaxQueueSize()) {
-		return fmt.Errorf("%w: smaller", ErrBadRing)
-	}
 	s.stopIfServed(idx)
 	r.num = num
 	return s.reevaluate()

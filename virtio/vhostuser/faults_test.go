@@ -2,6 +2,8 @@ package vhostuser
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -68,31 +70,142 @@ func TestFrontendShrinksMemory(t *testing.T) {
 	}
 }
 
-// TestBlkSurvivesShrunkMemory is the reported crash: the frontend
-// truncates its memfd to nothing while flushvm's blk device serves it, and
-// kicks. The device's queue loop faulted in guestmem.LoadUint16Acquire
-// under Queue.Pop and took the process down; now the fault is an error,
-// the session ends with ErrMemoryFault, and the device resets.
+// TestBlkSurvivesShrunkMemory: the frontend truncates its memfd while
+// flushvm's blk device serves it. The first case is the reported crash:
+// memory truncated to nothing, then a kick; the queue loop faulted in
+// guestmem.LoadUint16Acquire under Queue.Pop and took the process down. In
+// the second only the rings stay mapped while requests are in flight in
+// the device's workers and more wait in the ring: the workers fault
+// writing status bytes, and the queue loop reading the indirect tables of
+// the others (or a worker their data, had it popped them before), all
+// outside guestmem's accessors. Each time the fault is an error, the
+// session ends with ErrMemoryFault, and the device resets, which it can
+// only do once every request that faulted was completed.
 func TestBlkSurvivesShrunkMemory(t *testing.T) {
-	dev, _ := openBlk(t, 1, 64)
-	f := startFrontend(t, dev)
-	f.negotiate(allProto, dev.Features()|FeatureProtocolFeatures)
-	f.setMemTable()
-	r := f.newRing(0, 64)
-	f.setupRing(0, r, 0)
-	f.mustAck(reqSetVringEnable, state(0, 1))
-	if _, st := f.submitWait(r, virtio.MockRequest{Header: blkHeader(blk.TypeOut, 0), Out: [][]byte{make([]byte, 512)}, Status: 1}); st != blk.StatusOK {
-		t.Fatalf("write status %d", st)
+	cases := []struct {
+		name string
+		// keep is how much of the memfd the frontend keeps; ring 0's
+		// rings take its first 8 KiB.
+		keep int64
+		// inFlight is how many writes the backend holds when the memory
+		// shrinks; queued is how many more requests wait in the ring.
+		inFlight, queued int
+	}{
+		{"truncated to nothing, then a kick", 0, 0, 0},
+		{"truncated behind the rings, requests in flight", 8 << 10, 3, 2},
 	}
-	if err := unix.Ftruncate(f.memfd, 0); err != nil {
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			disk := openGatedBlk(t)
+			f := startFrontend(t, disk.dev)
+			f.negotiate(allProto, disk.dev.Features()|FeatureProtocolFeatures)
+			f.setMemTable()
+			r := f.newRing(0, 64)
+			if _, err := r.d.Alloc(0, 8<<10); err != nil { // buffers behind the rings
+				t.Fatal(err)
+			}
+			f.setupRing(0, r, 0)
+			f.mustAck(reqSetVringEnable, state(0, 1))
+			disk.pass(1)
+			if _, st := f.submitWait(r, virtio.MockRequest{Header: blkHeader(blk.TypeOut, 0), Out: [][]byte{make([]byte, 512)}, Status: 1}); st != blk.StatusOK {
+				t.Fatalf("write status %d", st)
+			}
+			for i := range tc.inFlight {
+				submit(t, r, virtio.MockRequest{Header: blkHeader(blk.TypeOut, uint64(8*i)), Out: [][]byte{make([]byte, 4096)}, Status: 1})
+			}
+			kick(t, r)
+			disk.waitEntered(t, tc.inFlight)
+			for i := range tc.queued {
+				submit(t, r, virtio.MockRequest{Header: blkHeader(blk.TypeIn, uint64(8*i)), In: []uint32{512, 512}, Status: 1, Indirect: true})
+			}
+			// From here on this process must not touch f.mem past keep.
+			if err := unix.Ftruncate(f.memfd, tc.keep); err != nil {
+				t.Fatal(err)
+			}
+			kick(t, r)
+			disk.pass(tc.inFlight + tc.queued)
+			err := f.wait()
+			if !errors.Is(err, ErrMemoryFault) || !strings.Contains(err.Error(), "guest address") {
+				t.Fatalf("Serve = %v, want ErrMemoryFault saying where", err)
+			}
+			if st := disk.dev.Stats(); st.Writes != 1 {
+				t.Errorf("device completed %d writes, want 1", st.Writes)
+			}
+		})
+	}
+}
+
+// gatedBlk is flushvm's blk device on a file whose reads and writes wait
+// for the test to let them pass, so requests stay in flight.
+type gatedBlk struct {
+	*blk.FileBackend
+	dev     *blk.Device
+	entered chan struct{}
+	gate    chan struct{}
+}
+
+func openGatedBlk(t *testing.T) *gatedBlk {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(path, make([]byte, 1<<20), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	unix.Write(r.d.KickFD(), one[:])
-	if err := f.wait(); !errors.Is(err, ErrMemoryFault) {
-		t.Fatalf("Serve = %v, want ErrMemoryFault", err)
+	fb, err := blk.OpenFile(path, blk.FileOptions{})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if st := dev.Stats(); st.Writes != 1 {
-		t.Errorf("device completed %d writes, want 1", st.Writes)
+	g := &gatedBlk{FileBackend: fb, entered: make(chan struct{}, 64), gate: make(chan struct{}, 64)}
+	g.dev, err = blk.Open(blk.Spec{Path: path, Cache: blk.CacheWriteback}, blk.Options{MaxQueueSize: 64, Backend: g})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.dev.Close() })
+	return g
+}
+
+func (g *gatedBlk) ReadAt(v *blk.Vec, off int64) error {
+	g.entered <- struct{}{}
+	<-g.gate
+	return g.FileBackend.ReadAt(v, off)
+}
+
+func (g *gatedBlk) WriteAt(v *blk.Vec, off int64) error {
+	g.entered <- struct{}{}
+	<-g.gate
+	return g.FileBackend.WriteAt(v, off)
+}
+
+// pass lets n more reads or writes through.
+func (g *gatedBlk) pass(n int) {
+	for range n {
+		g.gate <- struct{}{}
+	}
+}
+
+// waitEntered waits for n reads or writes to reach the backend.
+func (g *gatedBlk) waitEntered(t *testing.T, n int) {
+	t.Helper()
+	for range n {
+		select {
+		case <-g.entered:
+		case <-time.After(10 * time.Second):
+			t.Fatal("request did not reach the backend")
+		}
+	}
+}
+
+func submit(t *testing.T, r *ring, req virtio.MockRequest) {
+	t.Helper()
+	if _, err := r.d.Submit(req); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// kick notifies the device without looking at the ring, which may be gone.
+func kick(t *testing.T, r *ring) {
+	t.Helper()
+	if _, err := unix.Write(r.d.KickFD(), one[:]); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -20,7 +20,7 @@ func soak(ctx context.Context, opts harness.Options, args []string) int {
 	fs.StringVar(&o.VMM, "vmm", "flushvm", "L2 monitor: flushvm, qemu (QEMU -enable-kvm inside L1, the control), or both in turn")
 	fs.IntVar(&o.CPUs, "cpus", 1, "L2 vCPUs")
 	fs.StringVar(&o.Mem, "mem", "512M", "L2 memory")
-	fs.StringVar(&o.Cache, "cache", "writethrough", "the L2 disk's cache mode")
+	fs.StringVar(&o.Cache, "cache", "writethrough", "the L2 disk's cache mode, or modes the boots take in turn (e.g. writeback,writethrough)")
 	fs.StringVar(&o.Append, "append", "", "added to L2's kernel command line (e.g. pci=nomsi)")
 	fs.StringVar(&o.FioSize, "fio-size", "16M", "fio's verified random-write size per boot")
 	fs.DurationVar(&o.BootTimeout, "boot-timeout", 3*time.Minute, "a boot that runs longer is a hang")
