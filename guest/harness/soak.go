@@ -42,6 +42,9 @@ type SoakOptions struct {
 	FioSize string
 	// BootTimeout bounds one L2 boot; one that runs longer is a hang.
 	BootTimeout time.Duration
+	// SessionBoots is how many boots share one L1 boot (25 if zero), so
+	// that an L1 that dies costs one boot, not the rest of the soak.
+	SessionBoots int
 	// Harness are the session's options (L1 CPU model, accel, flushvm
 	// binary, output); its Timeout is derived from Boots when zero.
 	Harness Options
@@ -65,6 +68,8 @@ const (
 	SoakHang SoakOutcome = "hang"
 	// SoakError: the monitor itself failed to run.
 	SoakError SoakOutcome = "error"
+	// SoakL1: the L1 guest (QEMU TCG) itself died during the boot.
+	SoakL1 SoakOutcome = "l1-died"
 )
 
 // SoakBoot is one classified boot.
@@ -86,8 +91,11 @@ type SoakBoot struct {
 // SoakReport is a whole soak.
 type SoakReport struct {
 	Options SoakOptions
-	Session *Session
-	Boots   []SoakBoot
+	// Sessions are the L1 sessions the boots ran in, in order.
+	Sessions []*Session
+	// Boots are the boots that ran, in order; a soak whose L1 died has
+	// fewer than Options.Boots.
+	Boots []SoakBoot
 }
 
 // Failures counts the boots that did not pass.
@@ -138,21 +146,60 @@ func Soak(ctx context.Context, o SoakOptions) (*SoakReport, error) {
 			return nil, err
 		}
 	}
-	if hopts.Timeout == 0 {
-		hopts.Timeout = 5*time.Minute + time.Duration(o.Boots)*(o.BootTimeout+time.Minute)
-	}
-	runs := make([]Run, o.Boots)
-	for i := range runs {
-		runs[i] = Run{Command: []string{"/bin/sh", "-c", o.command(i)}, Timeout: o.BootTimeout}
-	}
-	s, err := Execute(ctx, hopts, runs...)
-	rep := &SoakReport{Options: o, Session: s}
-	if s != nil {
-		for i, r := range s.Results {
-			rep.Boots = append(rep.Boots, classifySoak(i, r, o.vmm(i)))
+	rep := &SoakReport{Options: o}
+	for first := 0; first < o.Boots; first += o.SessionBoots {
+		n := min(o.SessionBoots, o.Boots-first)
+		if err := rep.session(ctx, hopts, first, n); err != nil {
+			return rep, err
 		}
 	}
-	return rep, err
+	return rep, nil
+}
+
+// session runs boots first..first+n-1 in one L1 session. An L1 that dies
+// (its QEMU exits before every run reported) fails the boot it was running
+// and the rest of the session's boots are not run: the next session starts
+// a fresh L1. Only the caller's context ending stops the soak.
+func (rep *SoakReport) session(ctx context.Context, hopts Options, first, n int) error {
+	o := rep.Options
+	if hopts.Timeout == 0 {
+		hopts.Timeout = 5*time.Minute + time.Duration(n)*(o.BootTimeout+time.Minute)
+	}
+	runs := make([]Run, n)
+	for k := range runs {
+		runs[k] = Run{Command: []string{"/bin/sh", "-c", o.command(first + k)}, Timeout: o.BootTimeout}
+	}
+	s, err := Execute(ctx, hopts, runs...)
+	if s != nil {
+		rep.Sessions = append(rep.Sessions, s)
+		for k, r := range s.Results {
+			rep.Boots = append(rep.Boots, classifySoak(first+k, r, o.vmm(first+k)))
+		}
+	}
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return err
+	}
+	done := 0
+	if s != nil {
+		done = len(s.Results)
+	}
+	if done < n {
+		// The boot L1 was running when it died.
+		rep.Boots = append(rep.Boots, SoakBoot{Index: first + done, VMM: o.vmm(first + done), Outcome: SoakL1,
+			Detail: err.Error() + l1Tail(s)})
+	}
+	return nil
+}
+
+// l1Tail is the end of a session's L1 console, for a boot whose L1 died.
+func l1Tail(s *Session) string {
+	if s == nil || s.Console == "" {
+		return ""
+	}
+	return "; L1 console: " + lastLines([]byte(s.Console), 6)
 }
 
 func (o SoakOptions) withDefaults() SoakOptions {
@@ -176,6 +223,9 @@ func (o SoakOptions) withDefaults() SoakOptions {
 	}
 	if o.BootTimeout == 0 {
 		o.BootTimeout = 3 * time.Minute
+	}
+	if o.SessionBoots <= 0 {
+		o.SessionBoots = 25
 	}
 	return o
 }
@@ -354,22 +404,22 @@ func (r *SoakReport) Print(w io.Writer) {
 	fmt.Fprintf(w, "soak: vmm=%s cpus=%d cache=%s append=%q l1-accel=%s l1-cpu=%s l1-append=%q\n",
 		o.VMM, o.CPUs, o.Cache, o.Append, orDefault(o.Harness.L1Accel, DefaultL1Accel), orDefault(o.Harness.L1CPU, DefaultL1CPU), o.Harness.L1Append)
 	for _, vmm := range []string{"flushvm", "qemu"} {
-		var c [5]int
+		var c [6]int
 		n := 0
 		for _, b := range r.Boots {
 			if b.VMM != vmm {
 				continue
 			}
 			n++
-			for k, oc := range []SoakOutcome{SoakPass, SoakCrash, SoakHang, SoakWorkload, SoakError} {
+			for k, oc := range []SoakOutcome{SoakPass, SoakCrash, SoakHang, SoakWorkload, SoakError, SoakL1} {
 				if b.Outcome == oc {
 					c[k]++
 				}
 			}
 		}
 		if n > 0 {
-			fmt.Fprintf(w, "soak: %s: %d boots: %d passed, %d failed (crash %d, hang %d, workload %d, error %d)\n",
-				vmm, n, c[0], n-c[0], c[1], c[2], c[3], c[4])
+			fmt.Fprintf(w, "soak: %s: %d boots: %d passed, %d failed (crash %d, hang %d, workload %d, error %d, L1 died %d)\n",
+				vmm, n, c[0], n-c[0], c[1], c[2], c[3], c[4], c[5])
 		}
 	}
 	fmt.Fprintf(w, "soak: %d boots: %d passed, %d failed\n", len(r.Boots), len(r.Boots)-r.Failures(), r.Failures())
@@ -392,4 +442,3 @@ func (r *SoakReport) Err() error {
 	}
 	return nil
 }
-

@@ -24,6 +24,7 @@ func soak(ctx context.Context, opts harness.Options, args []string) int {
 	fs.StringVar(&o.Append, "append", "", "added to L2's kernel command line (e.g. pci=nomsi)")
 	fs.StringVar(&o.FioSize, "fio-size", "16M", "fio's verified random-write size per boot")
 	fs.DurationVar(&o.BootTimeout, "boot-timeout", 3*time.Minute, "a boot that runs longer is a hang")
+	fs.IntVar(&o.SessionBoots, "session-boots", 25, "boots per L1 session (an L1 that dies costs the rest of its session)")
 	fs.StringVar(&opts.L1Accel, "l1-accel", harness.DefaultL1Accel, "QEMU -accel of L1")
 	fs.StringVar(&opts.L1CPU, "l1-cpu", harness.DefaultL1CPU, "QEMU -cpu of L1")
 	fs.StringVar(&opts.L1Append, "l1-append", "", "added to L1's kernel command line (e.g. kvm_amd.npt=0)")
