@@ -33,10 +33,13 @@ CRASHTEST_BOOT_TIMEOUT ?= 2m
 CRASHTEST_MODES       ?= writeback:$(CRASHTEST_CUTS),writethrough:$(CRASHTEST_CUTS),none:$(CRASHTEST_CUTS),directsync:$(CRASHTEST_CUTS),unsafe:$(CRASHTEST_UNSAFE_CUTS)
 CRASHTEST_OUT         ?= build/crashtest
 CRASHTEST_ARGS        ?=
-# `make soak`: SOAK_BOOTS nested L2 boots with fio verification in one L1
-# session (each ~20-30 s here); extra `flushvm-guest soak` flags in SOAK_ARGS
-# (e.g. "--vmm both" for the QEMU control, "--cpus 2", "--cache writeback").
+# `make soak`: SOAK_BOOTS nested L2 boots with fio verification, 25 per L1
+# session (each boot ~30-40 s here), taking the vCPU counts in SOAK_CPUS and
+# the cache modes in SOAK_CACHE in turn; extra `flushvm-guest soak` flags in
+# SOAK_ARGS (e.g. "--vmm both" for the QEMU-in-L1 control).
 SOAK_BOOTS ?= 100
+SOAK_CPUS  ?= 1,2
+SOAK_CACHE ?= writethrough,writeback
 SOAK_ARGS  ?=
 
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v '/integration')
@@ -110,4 +113,4 @@ crashtest:
 ## soak: SOAK_BOOTS nested L2 boots with disk I/O (fio, crc32c verify); prints every failed boot
 ## with its diagnostic and the count; exits non-zero if any boot failed.
 soak:
-	$(GO) run ./guest/cmd/flushvm-guest soak --boots $(SOAK_BOOTS) $(SOAK_ARGS)
+	$(GO) run ./guest/cmd/flushvm-guest soak --boots $(SOAK_BOOTS) --cpus $(SOAK_CPUS) --cache $(SOAK_CACHE) $(SOAK_ARGS)

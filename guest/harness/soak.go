@@ -8,14 +8,11 @@ import (
 	"io"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/flushvm/flushvm/guest"
 	"github.com/flushvm/flushvm/guest/initramfs"
-	"github.com/flushvm/flushvm/guest/kernel"
 	"github.com/flushvm/flushvm/vmm/exitstatus"
 )
 
@@ -30,8 +27,10 @@ type SoakOptions struct {
 	// the monitor with flushvm), or "both": qemu and flushvm in turn, so
 	// that both see the same host load over the session.
 	VMM string
-	// CPUs and Mem size the L2 guest (1 and 512M if zero/empty).
-	CPUs int
+	// CPUs are the L2 vCPU counts the boots take in turn ([1] if empty),
+	// changing every len(Cache modes) boots so that every count meets
+	// every mode; Mem is L2's memory (512M if empty).
+	CPUs []int
 	Mem  string
 	// Cache is the disk's cache mode (writethrough if empty), or a
 	// comma-separated list of modes the boots take in turn.
@@ -126,18 +125,15 @@ echo "SOAK fio ok"
 // verification. It needs the nested harness.
 func Soak(ctx context.Context, o SoakOptions) (*SoakReport, error) {
 	o = o.withDefaults()
-	cache, err := guest.CacheDir()
+	a, err := Prepare(ctx)
 	if err != nil {
 		return nil, err
 	}
-	k, err := kernel.Fetch(ctx, cache)
+	img, err := soakImage(a, o.FioSize)
 	if err != nil {
 		return nil, err
 	}
-	img, err := soakImage(ctx, cache, k, o.FioSize)
-	if err != nil {
-		return nil, err
-	}
+	k := a.Kernel
 	hopts := o.Harness
 	hopts.Mode = Nested
 	hopts.JobFiles = map[string]string{"soak/bzImage": k.BzImage, "soak/initrd": img}
@@ -209,8 +205,8 @@ func (o SoakOptions) withDefaults() SoakOptions {
 	if o.VMM == "" {
 		o.VMM = "flushvm"
 	}
-	if o.CPUs <= 0 {
-		o.CPUs = 1
+	if len(o.CPUs) == 0 {
+		o.CPUs = []int{1}
 	}
 	if o.Mem == "" {
 		o.Mem = "512M"
@@ -250,6 +246,14 @@ func (o SoakOptions) cache(i int) string {
 	return modes[i%len(modes)]
 }
 
+// cpus is the vCPU count of boot i.
+func (o SoakOptions) cpus(i int) int {
+	if o.VMM == "both" {
+		i /= 2
+	}
+	return o.CPUs[(i/len(strings.Split(o.Cache, ",")))%len(o.CPUs)]
+}
+
 // command is the L1 shell command of boot i.
 func (o SoakOptions) command(i int) string {
 	cmdline := strings.TrimSpace("console=ttyS0 reboot=k panic=-1 quiet pci=noearly flushvm.run=script " + o.Append)
@@ -258,7 +262,7 @@ func (o SoakOptions) command(i int) string {
 	if o.vmm(i) == "qemu" {
 		prep += "[ -d /tmp/qemu ] || cp -a /job/qemu /tmp/qemu; "
 		argv = []string{"/tmp/qemu/lib/" + qemuLoader, "--library-path", "/tmp/qemu/lib", "/tmp/qemu/qemu-system-x86_64",
-			"-L", "/tmp/qemu/share", "-enable-kvm", "-cpu", "host", "-m", o.Mem, "-smp", strconv.Itoa(o.CPUs),
+			"-L", "/tmp/qemu/share", "-enable-kvm", "-cpu", "host", "-m", o.Mem, "-smp", strconv.Itoa(o.cpus(i)),
 			"-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio", "-bios", "/tmp/qemu/share/qboot.rom",
 			"-device", "isa-debug-exit,iobase=0xf4,iosize=0x01",
 			"-kernel", "/job/soak/bzImage", "-initrd", "/job/soak/initrd", "-append", cmdline,
@@ -266,23 +270,19 @@ func (o SoakOptions) command(i int) string {
 	} else {
 		argv = []string{"/job/flushvm", "run", "--watchdog", DefaultWatchdog.String(),
 			"--kernel", "/job/soak/bzImage", "--initrd", "/job/soak/initrd",
-			"--mem", o.Mem, "--cpus", strconv.Itoa(o.CPUs), "--append", cmdline,
+			"--mem", o.Mem, "--cpus", strconv.Itoa(o.cpus(i)), "--append", cmdline,
 			"--disk", "path=" + soakDisk + ",cache=" + o.cache(i)}
 	}
 	q := make([]string, len(argv))
 	for k, a := range argv {
 		q[k] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
 	}
-	return prep + "echo 'flushvm-soak: boot " + strconv.Itoa(i) + " " + o.vmm(i) + " cache=" + o.cache(i) + "'; exec " + strings.Join(q, " ")
+	return prep + "echo 'flushvm-soak: boot " + strconv.Itoa(i) + " " + o.vmm(i) + " cpus=" + strconv.Itoa(o.cpus(i)) + " cache=" + o.cache(i) + "'; exec " + strings.Join(q, " ")
 }
 
 // soakImage is the test guest's image with fio (and its libraries) and the
 // soak script as /run.sh.
-func soakImage(ctx context.Context, cache string, k *kernel.Kernel, size string) (string, error) {
-	base, err := GuestInitramfs(ctx, cache, k)
-	if err != nil {
-		return "", err
-	}
+func soakImage(a *Artifacts, size string) (string, error) {
 	fio, err := exec.LookPath("fio")
 	if err != nil {
 		return "", fmt.Errorf("soak: fio is not installed (Debian: apt-get install fio): %w", err)
@@ -293,13 +293,11 @@ func soakImage(ctx context.Context, cache string, k *kernel.Kernel, size string)
 	if err := x.Err(); err != nil {
 		return "", fmt.Errorf("soak image: %w", err)
 	}
-	return initramfs.Append(cache, base, x)
+	return initramfs.Append(a.Cache, a.Initramfs, x)
 }
 
 // qemuLoader is the x86-64 dynamic loader's file name.
 const qemuLoader = "ld-linux-x86-64.so.2"
-
-var lddPathRE = regexp.MustCompile(`(?m)(?:=>\s*)?(/\S+)\s+\(0x`)
 
 // qemuBundle adds the host's QEMU, its shared libraries and the firmware
 // an L2 boot needs to files, under qemu/ (L1 runs it through the loader
@@ -309,17 +307,13 @@ func qemuBundle(files map[string]string) error {
 	if err != nil {
 		return fmt.Errorf("soak: %w", err)
 	}
-	out, err := exec.Command("ldd", bin).Output()
+	objs, err := initramfs.SharedObjects(bin, bin, initramfs.LibraryDirs)
 	if err != nil {
-		return fmt.Errorf("soak: ldd %s: %w", bin, err)
+		return fmt.Errorf("soak: %w", err)
 	}
 	files["qemu/qemu-system-x86_64"] = bin
-	for _, m := range lddPathRE.FindAllStringSubmatch(string(out), -1) {
-		real, err := filepath.EvalSymlinks(m[1])
-		if err != nil {
-			return fmt.Errorf("soak: %w", err)
-		}
-		files["qemu/lib/"+filepath.Base(m[1])] = real
+	for _, o := range objs {
+		files["qemu/lib/"+filepath.Base(o.Path)] = o.Source
 	}
 	for _, fw := range []string{"qboot.rom", "linuxboot_dma.bin", "kvmvapic.bin"} {
 		p := filepath.Join("/usr/share/qemu", fw)
@@ -332,13 +326,11 @@ func qemuBundle(files map[string]string) error {
 	return nil
 }
 
-var soakInitStatusRE = regexp.MustCompile(`flushvm-init: exit status (\d+)`)
-
 // classifySoak decides how boot i ended from its run result.
 func classifySoak(i int, r Result, vmm string) SoakBoot {
 	b := SoakBoot{Index: i, VMM: vmm, Status: r.Status, Duration: r.Duration,
 		Stalls: bytes.Count(r.Output, []byte("flushvm: watchdog: vCPU "))}
-	init := soakInitStatusRE.FindSubmatch(r.Output)
+	init := initStatusRE.FindSubmatch(r.Output)
 	status := r.Status
 	if vmm == "qemu" && status&1 == 1 {
 		status >>= 1 // isa-debug-exit: (v << 1) | 1
@@ -401,7 +393,7 @@ func (r *SoakReport) Print(w io.Writer) {
 			fmt.Fprintf(w, "soak: boot %d (%s): %s after %d watchdog kick(s) of a vCPU stalled with an interrupt pending\n", b.Index, b.VMM, b.Outcome, b.Stalls)
 		}
 	}
-	fmt.Fprintf(w, "soak: vmm=%s cpus=%d cache=%s append=%q l1-accel=%s l1-cpu=%s l1-append=%q\n",
+	fmt.Fprintf(w, "soak: vmm=%s cpus=%v cache=%s append=%q l1-accel=%s l1-cpu=%s l1-append=%q\n",
 		o.VMM, o.CPUs, o.Cache, o.Append, orDefault(o.Harness.L1Accel, DefaultL1Accel), orDefault(o.Harness.L1CPU, DefaultL1CPU), o.Harness.L1Append)
 	for _, vmm := range []string{"flushvm", "qemu"} {
 		var c [6]int

@@ -44,7 +44,7 @@ func TestClassifySoak(t *testing.T) {
 }
 
 func TestSoakCommand(t *testing.T) {
-	o := SoakOptions{VMM: "both", Cache: "writeback,writethrough", CPUs: 2, Append: "pci=nomsi"}.withDefaults()
+	o := SoakOptions{VMM: "both", Cache: "writeback,writethrough", CPUs: []int{2, 1}, Append: "pci=nomsi"}.withDefaults()
 	tests := []struct {
 		boot      int
 		want      []string
@@ -52,8 +52,10 @@ func TestSoakCommand(t *testing.T) {
 	}{
 		{0, []string{"/tmp/qemu/qemu-system-x86_64", "'-enable-kvm'", "'-smp' '2'", "cache=writeback'", "pci=nomsi"}, "writeback"},
 		{1, []string{"'/job/flushvm' 'run' '--watchdog' '1m0s'", "'--cpus' '2'", "cache=writeback'", "pci=nomsi"}, "writeback"},
-		{2, []string{"qemu-system-x86_64", "cache=writethrough'"}, "writethrough"},
-		{3, []string{"/job/flushvm", "cache=writethrough'"}, "writethrough"},
+		{2, []string{"qemu-system-x86_64", "'-smp' '2'", "cache=writethrough'"}, "writethrough"},
+		{3, []string{"/job/flushvm", "'--cpus' '2'", "cache=writethrough'"}, "writethrough"},
+		{4, []string{"qemu-system-x86_64", "'-smp' '1'", "cache=writeback'"}, "writeback"},
+		{7, []string{"/job/flushvm", "'--cpus' '1'", "cache=writethrough'"}, "writethrough"},
 	}
 	for _, tc := range tests {
 		cmd := o.command(tc.boot)

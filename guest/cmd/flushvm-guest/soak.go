@@ -18,7 +18,7 @@ func soak(ctx context.Context, opts harness.Options, args []string) int {
 	o := harness.SoakOptions{}
 	fs.IntVar(&o.Boots, "boots", 100, "L2 boots to run, one after the other in one L1 session")
 	fs.StringVar(&o.VMM, "vmm", "flushvm", "L2 monitor: flushvm, qemu (QEMU -enable-kvm inside L1, the control), or both in turn")
-	fs.IntVar(&o.CPUs, "cpus", 1, "L2 vCPUs")
+	fs.IntSliceVar(&o.CPUs, "cpus", []int{1}, "L2 vCPUs, or counts the boots take in turn (e.g. 1,2)")
 	fs.StringVar(&o.Mem, "mem", "512M", "L2 memory")
 	fs.StringVar(&o.Cache, "cache", "writethrough", "the L2 disk's cache mode, or modes the boots take in turn (e.g. writeback,writethrough)")
 	fs.StringVar(&o.Append, "append", "", "added to L2's kernel command line (e.g. pci=nomsi)")
