@@ -12,12 +12,13 @@ import (
 )
 
 // TestDebianLinuxBoot boots Debian's generic kernel with the test
-// initramfs under flushvm five ways in one session: to /init ending with a
+// initramfs under flushvm six ways in one session: to /init ending with a
 // chosen status through the debug-exit port (and no ACPI error on the
 // way), powering off through ACPI (status 0), triple-faulting on purpose
-// (status exitstatus.GuestCrash with its report line), with --cpus 2, and
-// with a bad --kernel file that flushvm must reject in one clear line with
-// status 2.
+// (status exitstatus.GuestCrash with its report line), panicking with
+// panic=-1 (status exitstatus.GuestCrash through pvpanic, not the reboot
+// panic= asks for), with --cpus 2, and with a bad --kernel file that
+// flushvm must reject in one clear line with status 2.
 func TestDebianLinuxBoot(t *testing.T) {
 	a := prepare(t)
 	poweroff, err := harness.WithScript(a.Cache, a.Initramfs, "#!/bin/sh\necho about to power off\npoweroff -f\n")
@@ -27,6 +28,13 @@ func TestDebianLinuxBoot(t *testing.T) {
 	// reboot=t asks Linux for a triple fault: the one crash a test can
 	// cause on purpose.
 	tripleFault, err := harness.WithScript(a.Cache, a.Initramfs, "#!/bin/sh\necho about to triple-fault\nreboot -f\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// sysrq c panics the kernel; the pvpanic-mmio module /init loaded
+	// tells flushvm before panic=-1 reboots.
+	kernelPanic, err := harness.WithScript(a.Cache, a.Initramfs,
+		"#!/bin/sh\necho 1 > /proc/sys/kernel/sysrq\necho about to panic\necho c > /proc/sysrq-trigger\n")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,6 +87,21 @@ func TestDebianLinuxBoot(t *testing.T) {
 				if r.Status != exitstatus.GuestCrash || !exitstatus.Crashed(r.Status, r.Output) {
 					t.Errorf("flushvm exit status %d after a triple fault, want %d with a report line; console:\n%s",
 						r.Status, exitstatus.GuestCrash, r.Output)
+				}
+			},
+		},
+		{
+			name: "kernel_panic",
+			args: []string{"--kernel", a.Kernel.BzImage, "--initrd", kernelPanic, "--append", cmdline("script")},
+			check: func(t *testing.T, r harness.Result) {
+				if !bytes.Contains(r.Output, []byte("about to panic")) {
+					t.Fatalf("the script never ran; console:\n%s", r.Output)
+				}
+				rep, _ := exitstatus.Find(r.Output)
+				if r.Status != exitstatus.GuestCrash || !exitstatus.Crashed(r.Status, r.Output) ||
+					!strings.Contains(rep.Detail, " "+exitstatus.KernelPanicEvent+": ") {
+					t.Errorf("flushvm exit status %d after a kernel panic, want %d with a report line naming %q; console:\n%s",
+						r.Status, exitstatus.GuestCrash, exitstatus.KernelPanicEvent, r.Output)
 				}
 			},
 		},

@@ -12,7 +12,8 @@ import (
 // They tell an ACPI kernel what the MP table tells one without ACPI (the
 // CPUs, the IOAPIC, how ISA and PCI interrupts reach it) plus what only
 // ACPI can: the reset register, and the PM1 registers and \_S5 sleep type
-// through which the guest powers the machine off. Linux finds the RSDP
+// through which the guest powers the machine off, and the pvpanic device
+// through which it reports a kernel panic. Linux finds the RSDP
 // through boot_params.acpi_rsdp_addr, or by scanning 0xe0000-0xfffff.
 //
 // Interrupts are wired as the MP table says: ISA IRQ n on IOAPIC pin n
@@ -256,7 +257,8 @@ const (
 )
 
 // buildDSDT is the DSDT: \_SB.PCI0, the PCI host bridge (PNP0A03) with its
-// windows and interrupt routing, and \_S5_, the soft-off sleep type.
+// windows and interrupt routing, \_SB.PEVT, the pvpanic device
+// (pvpanic.go), and \_S5_, the soft-off sleep type.
 func buildDSDT(c acpiConfig) ([]byte, error) {
 	var prt [][]byte
 	for _, slot := range c.pciSlots {
@@ -282,7 +284,7 @@ func buildDSDT(c acpiConfig) ([]byte, error) {
 		amlName("_PRT", amlPackage(prt...)),
 	)
 	body := concatBytes([][]byte{
-		amlScope(`\_SB_`, pci),
+		amlScope(`\_SB_`, pci, amlPvpanic()),
 		amlS5(),
 	})
 	t := append(make([]byte, sdtHeaderSize), body...)

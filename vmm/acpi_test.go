@@ -242,38 +242,110 @@ func amlLength(b []byte) (int, int) {
 	return v, n + 1
 }
 
+// amlDevices splits the body of Scope(\_SB_){...} into its Device terms
+// by name, checking that their package lengths tile the scope exactly.
+func amlDevices(t *testing.T, scope []byte) map[string][]byte {
+	t.Helper()
+	devs := map[string][]byte{}
+	for off := 0; off < len(scope); {
+		if len(scope)-off < 7 || scope[off] != amlExtOpPrefix || scope[off+1] != amlDeviceOp {
+			t.Fatalf("scope term at %d: % x, want a Device", off, scope[off:])
+		}
+		n, size := amlLength(scope[off+2:])
+		end := off + 2 + n
+		if end > len(scope) || n < size+4 {
+			t.Fatalf("Device at %d: length %d, ends at %d of the scope's %d bytes", off, n, end, len(scope))
+		}
+		name := string(scope[off+2+size : off+2+size+4])
+		devs[name] = scope[off+2+size+4 : end]
+		off = end
+	}
+	return devs
+}
+
 func checkDSDT(t *testing.T, d []byte, slots []int, mmioBase uint64) {
 	t.Helper()
 	body := d[sdtHeaderSize:]
-	// Scope(\_SB_){Device(PCI0){...}} then Name(\_S5_, ...): the
-	// package lengths must nest exactly.
+	// Scope(\_SB_){Device(PCI0){...} Device(PEVT){...}} then
+	// Name(\_S5_, ...): the package lengths must nest exactly.
 	if body[0] != amlScopeOp {
 		t.Fatalf("DSDT starts with % x, want Scope", body[:4])
 	}
-	scopeLen, _ := amlLength(body[1:])
+	scopeLen, size := amlLength(body[1:])
 	s5 := []byte{0x08, '\\', '_', 'S', '5', '_', 0x12, 0x08, 0x04, 0x0a, 0x05, 0x0a, 0x05, 0x00, 0x00}
 	if !bytes.Equal(body[1+scopeLen:], s5) {
 		t.Errorf("after the scope: % x, want Name(\\_S5_, Package(){5, 5, 0, 0}) = % x", body[1+scopeLen:], s5)
 	}
-	dev := bytes.Index(body, []byte{amlExtOpPrefix, amlDeviceOp})
-	if dev < 0 {
-		t.Fatal("no Device in the DSDT")
+	if name := string(body[1+size : 1+size+5]); name != `\_SB_` {
+		t.Fatalf("scope %q, want \\_SB_", name)
 	}
-	devLen, _ := amlLength(body[dev+2:])
-	if dev+2+devLen != 1+scopeLen || !bytes.Contains(body[dev:], []byte("PCI0")) {
-		t.Errorf("Device(PCI0) ends at %d, its scope at %d", dev+2+devLen, 1+scopeLen)
+	devs := amlDevices(t, body[1+size+5:1+scopeLen])
+	if len(devs) != 2 || devs["PCI0"] == nil || devs["PEVT"] == nil {
+		t.Fatalf("devices in \\_SB_: %d, want PCI0 and PEVT", len(devs))
 	}
-	if !bytes.Contains(body, []byte{0x08, '_', 'H', 'I', 'D', 0x0c, 0x41, 0xd0, 0x0a, 0x03}) {
-		t.Error("no Name(_HID, EisaId(\"PNP0A03\"))")
+	pci := devs["PCI0"]
+	if !bytes.HasPrefix(pci, []byte{0x08, '_', 'H', 'I', 'D', 0x0c, 0x41, 0xd0, 0x0a, 0x03}) {
+		t.Error("PCI0 does not start with Name(_HID, EisaId(\"PNP0A03\"))")
 	}
 	for _, s := range slots {
 		// Package(){0xSSSSFFFF, 0, 0, GSI}
 		want := []byte{0x12, 0x0b, 0x04, 0x0c, 0xff, 0xff, byte(s), 0, 0, 0, 0x0a, pciPin(s)}
-		if !bytes.Contains(body, want) {
+		if !bytes.Contains(pci, want) {
 			t.Errorf("no _PRT entry % x for slot %d", want, s)
 		}
 	}
-	checkCRS(t, body, mmioBase)
+	checkCRS(t, pci, mmioBase)
+	checkPvpanic(t, devs["PEVT"])
+}
+
+// checkPvpanic parses the pvpanic device: Name(_HID, "QEMU0001") and a
+// _CRS with one I/O port descriptor for the port portIn and portOut serve,
+// which is what Linux's pvpanic-mmio driver binds to and maps.
+func checkPvpanic(t *testing.T, dev []byte) {
+	t.Helper()
+	hid, crs, ok := bytes.Cut(dev, []byte{amlNameOp, '_', 'C', 'R', 'S'})
+	if !ok {
+		t.Fatalf("pvpanic device % x: no Name(_CRS)", dev)
+	}
+	if want := append([]byte{amlNameOp, '_', 'H', 'I', 'D', amlStringPrefix}, "QEMU0001\x00"...); !bytes.Equal(hid, want) {
+		t.Errorf("pvpanic device starts % x, want Name(_HID, \"QEMU0001\") = % x", hid, want)
+	}
+	if crs[0] != amlBufferOp {
+		t.Fatalf("_CRS % x is not a Buffer", crs)
+	}
+	pl, ps := amlLength(crs[1:])
+	if 1+pl != len(crs) {
+		t.Fatalf("_CRS buffer ends at %d, the device at %d", 1+pl, len(crs))
+	}
+	buf := crs[1+ps:]
+	if buf[0] != amlBytePrefix || int(buf[1]) != len(buf)-2 {
+		t.Fatalf("_CRS buffer size % x for %d bytes", buf[:2], len(buf)-2)
+	}
+	var ports []string
+	res := buf[2:]
+	for off := 0; off < len(res); {
+		tag := res[off]
+		if tag&0x80 != 0 {
+			t.Fatalf("large resource descriptor %#x in the pvpanic _CRS", tag)
+		}
+		item, n := tag>>3, int(tag&7)
+		e := res[off+1 : off+1+n]
+		switch item {
+		case 0x08: // I/O port
+			min, max := binary.LittleEndian.Uint16(e[1:]), binary.LittleEndian.Uint16(e[3:])
+			ports = append(ports, fmt.Sprintf("decode %d %#x-%#x align %d len %d", e[0], min, max, e[5], e[6]))
+		case 0x0f: // end tag
+			if off+1+n != len(res) {
+				t.Errorf("end tag at %d of %d", off, len(res))
+			}
+		default:
+			t.Errorf("unexpected small resource item %#x", item)
+		}
+		off += 1 + n
+	}
+	if want := []string{"decode 1 0x505-0x505 align 1 len 1"}; fmt.Sprint(ports) != fmt.Sprint(want) {
+		t.Errorf("pvpanic ports %v, want %v", ports, want)
+	}
 }
 
 // checkCRS walks the host bridge's resource template.
@@ -349,6 +421,8 @@ func TestAMLEncoding(t *testing.T) {
 		{"EisaId", binary.LittleEndian.AppendUint32(nil, amlEISAID("PNP0A03")), []byte{0x41, 0xd0, 0x0a, 0x03}},
 		{"_S5_ package", amlS5(), []byte{0x08, '\\', '_', 'S', '5', '_', 0x12, 0x08, 0x04, 0x0a, 0x05, 0x0a, 0x05, 0x00, 0x00}},
 		{"buffer", amlBuffer([]byte{0x79, 0}), []byte{0x11, 0x05, 0x0a, 0x02, 0x79, 0x00}},
+		{"string", amlString("QEMU0001"), append([]byte{0x0d}, "QEMU0001\x00"...)},
+		{"IO port descriptor", resIOPort(0x505, 1), []byte{0x47, 0x01, 0x05, 0x05, 0x05, 0x05, 0x01, 0x01}},
 	}
 	for _, tc := range tests {
 		if !bytes.Equal(tc.got, tc.want) {

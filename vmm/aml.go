@@ -6,7 +6,7 @@ import (
 )
 
 // A small encoder for the ACPI Machine Language the DSDT needs: named
-// integers and packages, a scope, a device, buffers of resource
+// integers, strings and packages, a scope, a device, buffers of resource
 // descriptors (ACPI 6.4, chapter 20 "ACPI Machine Language Specification"
 // and 6.4 "Resource Data Types"). Only what flushvm's tables use.
 
@@ -18,6 +18,7 @@ const (
 	amlBytePrefix   = 0x0a
 	amlWordPrefix   = 0x0b
 	amlDWordPrefix  = 0x0c
+	amlStringPrefix = 0x0d
 	amlQWordPrefix  = 0x0e
 	amlScopeOp      = 0x10
 	amlBufferOp     = 0x11
@@ -89,6 +90,12 @@ func amlInteger(v uint64) []byte {
 	}
 }
 
+// amlString encodes an ASCII string constant (NUL-terminated), e.g. a
+// _HID that is not an EISA ID.
+func amlString(s string) []byte {
+	return append(append([]byte{amlStringPrefix}, s...), 0)
+}
+
 // amlName is Name(name, value).
 func amlName(name string, value []byte) []byte {
 	return append(append([]byte{amlNameOp}, amlNameString(name)...), value...)
@@ -140,9 +147,12 @@ func amlEISAID(id string) uint32 {
 }
 
 // Resource descriptors for a _CRS buffer (ACPI 6.4, 6.4.3.5: address space
-// descriptors). General flags 0x0c: the bridge produces the range (bit 0
-// clear), positive decode, minimum and maximum fixed.
+// descriptors; 6.4.2.5: I/O port descriptor). General flags 0x0c: the
+// bridge produces the range (bit 0 clear), positive decode, minimum and
+// maximum fixed.
 const (
+	resIOPortTag    = 0x47 // small item 0x08, 7 bytes
+	resIODecode16   = 0x01
 	resWordAddress  = 0x88
 	resDWordAddress = 0x87
 	resQWordAddress = 0x8a
@@ -183,6 +193,15 @@ func resQWordMemory(min, max uint64) []byte {
 		b = binary.LittleEndian.AppendUint64(b, v)
 	}
 	return b
+}
+
+// resIOPort is IO(Decode16, port, port, 1, n): a device's n fixed ports
+// from port.
+func resIOPort(port uint16, n uint8) []byte {
+	b := []byte{resIOPortTag, resIODecode16}
+	b = binary.LittleEndian.AppendUint16(b, port)
+	b = binary.LittleEndian.AppendUint16(b, port)
+	return append(b, 1, n)
 }
 
 // resEnd ends a resource template (checksum 0: none).

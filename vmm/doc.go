@@ -5,7 +5,7 @@
 // The machine has RAM (split around a hole below 4 GiB), ACPI tables and an
 // MP table announcing its vCPUs, the IOAPIC and how ISA and PCI interrupts
 // reach it, KVM's in-kernel PIC/IOAPIC/LAPIC and PIT, a CMOS clock, the ACPI
-// PM1a registers, a 16550A serial port on 0x3f8 (IRQ 4) connected to the
+// PM1a registers, a pvpanic device, a 16550A serial port on 0x3f8 (IRQ 4) connected to the
 // console, and a PCI bus (configuration mechanism #1) whose devices' 64-bit
 // BARs lie above RAM.
 //
@@ -18,9 +18,11 @@
 //     Run with status 0;
 //   - debug exit: a one-byte write of v to I/O port 0xf4 ends Run with exit
 //     status v (0-255), so test guests can report a result;
-//   - crash: a triple fault ends Run with exitstatus.GuestCrash and a report
-//     line on Config.Diag; so does Config.Watchdog, with
-//     exitstatus.GuestHang, for a vCPU stalled with an interrupt pending;
+//   - crash: a triple fault, or a kernel panic the guest reports through
+//     the pvpanic device (port 0x505, ACPI _HID QEMU0001), ends Run with
+//     exitstatus.GuestCrash and a report line on Config.Diag; so does
+//     Config.Watchdog, with exitstatus.GuestHang, for a vCPU stalled with
+//     an interrupt pending;
 //   - Ctrl-A x on a terminal console ends Run with status 0.
 //
 // I/O ports nothing emulates read as 0xff and ignore writes. vmm must never

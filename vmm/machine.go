@@ -70,7 +70,8 @@ const (
 	// ExitPowerOff: the guest powered the machine off through ACPI (S5)
 	// (status 0).
 	ExitPowerOff
-	// ExitGuestCrash: a vCPU triple-faulted (status
+	// ExitGuestCrash: a vCPU triple-faulted or the guest kernel
+	// reported a panic through the pvpanic device (status
 	// exitstatus.GuestCrash); a report line went to Config.Diag.
 	ExitGuestCrash
 	// ExitGuestHang: the watchdog found a stalled vCPU (status
@@ -397,7 +398,7 @@ func (m *Machine) handleExit(c *kvm.VCPU, reason kvm.ExitReason) error {
 		for i := 0; i < io.Count; i++ {
 			d := io.Data[i*io.Size : (i+1)*io.Size]
 			if io.Out {
-				m.portOut(io.Port, d)
+				m.portOut(c, io.Port, d)
 			} else {
 				m.portIn(io.Port, d)
 			}
@@ -439,8 +440,8 @@ func (m *Machine) handleExit(c *kvm.VCPU, reason kvm.ExitReason) error {
 	}
 }
 
-// portOut handles a guest OUT of len(data) bytes.
-func (m *Machine) portOut(port uint16, data []byte) {
+// portOut handles vCPU c's OUT of len(data) bytes. It runs on c's thread.
+func (m *Machine) portOut(c *kvm.VCPU, port uint16, data []byte) {
 	switch {
 	case port >= portCOM1 && port < portCOM1+8:
 		m.serial.Out(port-portCOM1, data[0])
@@ -448,6 +449,10 @@ func (m *Machine) portOut(port uint16, data []byte) {
 		if len(data) == 1 {
 			m.debugf("debug exit port: status %d", data[0])
 			m.stop(Result{Kind: ExitDebugPort, Status: int(data[0])})
+		}
+	case port == portPvpanic:
+		if pvpanicPanic(data) {
+			m.guestFailed(c, exitstatus.GuestCrash, exitstatus.KernelPanicEvent, "")
 		}
 	case port == portKbdStatus:
 		if data[0] == kbdResetCommand {
@@ -487,6 +492,8 @@ func (m *Machine) portIn(port uint16, data []byte) {
 		data[0] = kbdStatusOBF
 	case port == portKbdData:
 		fill(data, 0)
+	case port == portPvpanic:
+		pvpanicIn(data)
 	case port >= portPCIAddress && port < portPCIData+4 && !(port == portResetCtl && len(data) == 1):
 		m.bus.ioIn(port, data)
 	case port == portCMOSIndex || port == portCMOSData:

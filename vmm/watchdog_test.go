@@ -78,6 +78,15 @@ var (
 	codeTripleFault = []byte{0x0f, 0x0b}
 	// mov ax, 5<<10|SLP_EN; mov dx, 0x604; out dx, ax; jmp $
 	codeACPIPowerOff = []byte{0x66, 0xb8, 0x00, 0x34, 0x66, 0xba, 0x04, 0x06, 0x66, 0xef, 0xeb, 0xfe}
+	// mov al, 1 (PANICKED); mov dx, 0x505; out dx, al; jmp $: what Linux's
+	// pvpanic driver does from its panic notifier.
+	codePvpanicPanicked = []byte{0xb0, pvpanicPanicked, 0x66, 0xba, 0x05, 0x05, 0xee, 0xeb, 0xfe}
+	// mov al, 2 (CRASH_LOADED, not offered); mov dx, 0x505; out dx, al;
+	// then debug-exit 5: the write must not end the machine.
+	codePvpanicCrashLoaded = concat([]byte{0xb0, pvpanicCrashLoaded, 0x66, 0xba, 0x05, 0x05, 0xee}, debugExit(5))
+	// mov dx, 0x505; in al, dx; out 0xf4, al; jmp $: debug-exit with the
+	// events the device offers.
+	codePvpanicRead = []byte{0x66, 0xba, 0x05, 0x05, 0xec, 0xe6, 0xf4, 0xeb, 0xfe}
 	// Enable the local APIC, start its one-shot timer (vector 0x40, 4096
 	// ticks at divide-by-1) and spin with interrupts disabled (the boot
 	// RFLAGS has IF clear): vector 0x40 stays requested forever.
@@ -122,6 +131,10 @@ func TestTinyGuestFailures(t *testing.T) {
 		{"triple fault is a crash, not a reboot", codeTripleFault, 0, 0, ExitGuestCrash, exitstatus.GuestCrash,
 			[]string{"flushvm: guest crashed (exit status 101): vCPU 0 triple fault", "RIP 0x", "CR3 0x9000", "code at RIP: 0f 0b"}},
 		{"ACPI S5 powers off", codeACPIPowerOff, 0, 0, ExitPowerOff, 0, nil},
+		{"pvpanic PANICKED is a crash, not the reboot panic= does next", codePvpanicPanicked, 0, 0, ExitGuestCrash, exitstatus.GuestCrash,
+			[]string{"flushvm: guest crashed (exit status 101): vCPU 0 " + exitstatus.KernelPanicEvent + ": RIP 0x", "CR3 0x9000", "code at RIP: eb fe"}},
+		{"pvpanic CRASH_LOADED alone is ignored", codePvpanicCrashLoaded, 0, 0, ExitDebugPort, 5, nil},
+		{"pvpanic port reads PANICKED only", codePvpanicRead, 0, 0, ExitDebugPort, pvpanicPanicked, nil},
 		{"watchdog: timer interrupt pending with IF clear", codeStuckTimer, 200 * time.Millisecond, 0, ExitGuestHang, exitstatus.GuestHang,
 			[]string{"flushvm: guest hung (exit status 102): vCPU 0 made no progress", "vectors [64]", "IRR [64]", "(IF 0)", "code at RIP: eb fe"}},
 		{"watchdog: a spinning guest with nothing pending is left alone", codeSpin, 100 * time.Millisecond, 800 * time.Millisecond, ExitQuit, 7, nil},

@@ -99,7 +99,8 @@ func (f *runFlags) usage(w io.Writer) {
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Boots a Linux bzImage (64-bit boot protocol) with a 16550 serial console on")
 	fmt.Fprintln(w, "ttyS0 connected to stdin/stdout, and virtio-blk PCI disks. The machine has ACPI")
-	fmt.Fprintln(w, "tables (reset register, soft-off) and an MP table for kernels without ACPI.")
+	fmt.Fprintln(w, "tables (reset register, soft-off, pvpanic) and an MP table for kernels")
+	fmt.Fprintln(w, "without ACPI.")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Flags:")
 	fmt.Fprint(w, f.fs.FlagUsagesWrapped(0))
@@ -113,6 +114,7 @@ func (f *runFlags) usage(w io.Writer) {
 		{"SIGINT/SIGTERM to flushvm", "128+signal"},
 		{"power cut (--power-cut or POST /power-cut)", fmt.Sprint(exitstatus.PowerCut)},
 		{"guest crash: a vCPU triple-faulted (report on stderr)", fmt.Sprint(exitstatus.GuestCrash)},
+		{"guest crash: kernel panic told through pvpanic (report)", fmt.Sprint(exitstatus.GuestCrash)},
 		{"guest hang found by --watchdog (report on stderr)", fmt.Sprint(exitstatus.GuestHang)},
 		{"KVM cannot run the guest (diagnostic on stderr)", fmt.Sprint(exitstatus.Failure)},
 		{"usage or host-setup error (one line on stderr)", fmt.Sprint(exitstatus.Usage)},
@@ -123,8 +125,11 @@ func (f *runFlags) usage(w io.Writer) {
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "A triple fault is never a reboot: Linux reboots through the keyboard")
 	fmt.Fprintln(w, "controller or the reset register (reboot=t would triple-fault on purpose and is")
-	fmt.Fprintln(w, "reported as a crash). A crash or hang prints one line on stderr, e.g.")
+	fmt.Fprintln(w, "reported as a crash). Nor is a kernel panic: Linux's pvpanic-mmio module reports")
+	fmt.Fprintln(w, "it to the ACPI pvpanic device (_HID QEMU0001, port 0x505) before panic= reboots.")
+	fmt.Fprintln(w, "A crash or hang prints one line on stderr, e.g.")
 	fmt.Fprintln(w, "  "+exitstatus.Report{Status: exitstatus.GuestCrash, Detail: "vCPU 0 triple fault (KVM_EXIT_SHUTDOWN): RIP ... RSP ... RFLAGS ..."}.String())
+	fmt.Fprintln(w, "  "+exitstatus.Report{Status: exitstatus.GuestCrash, Detail: "vCPU 0 " + exitstatus.KernelPanicEvent + ": RIP ... RSP ... RFLAGS ..."}.String())
 	fmt.Fprintln(w, "  "+exitstatus.Report{Status: exitstatus.GuestHang, Detail: "vCPU 0 made no progress for 1m0s (...): RIP ...; LAPIC ... IRR [...]"}.String())
 	fmt.Fprintln(w, "with the vCPU's RIP, RSP, RFLAGS, CR0/CR2/CR3/CR4, EFER and the code bytes at")
 	fmt.Fprintln(w, "RIP (and, for a hang, its local APIC's TPR, ISR and IRR). A guest's debug exit")

@@ -22,8 +22,8 @@ type Artifacts struct {
 	// busybox, guest/fsyncstress as /bin/fsyncstress, guest/rename as
 	// /bin/rename, the host's e2fsprogs (/sbin/mke2fs and /sbin/e2fsck with
 	// their loader and shared libraries, and /etc/mke2fs.conf when the host
-	// has one) for the crash-test modes, and the virtio-blk and ext4
-	// modules.
+	// has one) for the crash-test modes, and the virtio-blk, pvpanic and
+	// ext4 modules.
 	Initramfs string
 }
 

@@ -25,9 +25,14 @@ import (
 // generic kernel image.
 const MetaPackage = "linux-image-amd64"
 
-// GuestModules are the modules every flushvm test guest loads for its
-// virtio-blk disks, in load order (see each .ko's depends= field).
-var GuestModules = []string{"virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "virtio_blk"}
+// GuestModules are the modules every flushvm test guest loads, in load
+// order (see each .ko's depends= field): virtio-blk for its disks, and
+// pvpanic-mmio, which binds to the machine's ACPI pvpanic device (_HID
+// QEMU0001) so that a guest kernel panic ends flushvm with
+// exitstatus.GuestCrash instead of the reboot panic= asks for. Debian
+// builds pvpanic-mmio and the pvpanic core it depends on as modules.
+var GuestModules = []string{"virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "virtio_blk",
+	"pvpanic", "pvpanic_mmio"}
 
 // Ext4Modules mount an ext4 file system; Debian 6.1 builds ext4 as a module
 // and its checksums need the crc32c crypto driver, which nothing would load

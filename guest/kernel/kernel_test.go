@@ -50,7 +50,7 @@ func TestModulesLoadOrder(t *testing.T) {
 		want  []string // exact order, when non-nil
 		after [][2]string
 	}{
-		{name: "virtio-blk stack", ask: GuestModules, want: GuestModules},
+		{name: "test guest: virtio-blk and pvpanic", ask: GuestModules, want: GuestModules},
 		{name: "9p pulls its deps first", ask: []string{"9p"}, want: []string{"9pnet", "netfs", "fscache", "9p"}},
 		{name: "L1", ask: L1Modules, after: [][2]string{{"irqbypass", "kvm"}, {"kvm", "kvm_amd"}, {"ccp", "kvm_amd"}, {"virtio_ring", "9pnet_virtio"}, {"9pnet", "9p"}}},
 		{name: "dash names fold", ask: []string{"kvm-amd"}, after: [][2]string{{"kvm", "kvm_amd"}}},

@@ -31,8 +31,9 @@ const (
 	Usage = 2
 	// PowerCut: the power of the powercut= disks was cut.
 	PowerCut = 100
-	// GuestCrash: a vCPU triple-faulted (KVM_EXIT_SHUTDOWN); flushvm
-	// printed a Report.
+	// GuestCrash: a vCPU triple-faulted (KVM_EXIT_SHUTDOWN) or the
+	// guest kernel panicked and said so through the pvpanic device;
+	// flushvm printed a Report.
 	GuestCrash = 101
 	// GuestHang: the watchdog found a vCPU that made no progress with an
 	// interrupt pending; flushvm printed a Report.
@@ -48,6 +49,11 @@ type Report struct {
 	// "vCPU 0 triple fault (KVM_EXIT_SHUTDOWN): RIP 0x... RSP 0x... code ...".
 	Detail string
 }
+
+// KernelPanicEvent is the event a GuestCrash report's Detail names, after
+// the vCPU, when the guest kernel reported a panic through the pvpanic
+// device: "vCPU 0 guest kernel panic (pvpanic): RIP 0x...".
+const KernelPanicEvent = "guest kernel panic (pvpanic)"
 
 // linePrefix starts every report line; the word after it says which
 // status follows.

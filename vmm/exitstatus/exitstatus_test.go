@@ -10,6 +10,8 @@ func TestReportRoundTrip(t *testing.T) {
 	}{
 		{"crash", Report{GuestCrash, "vCPU 0 triple fault (KVM_EXIT_SHUTDOWN): RIP 0x1000"},
 			"flushvm: guest crashed (exit status 101): vCPU 0 triple fault (KVM_EXIT_SHUTDOWN): RIP 0x1000"},
+		{"kernel panic", Report{GuestCrash, "vCPU 0 " + KernelPanicEvent + ": RIP 0xffffffff81000000"},
+			"flushvm: guest crashed (exit status 101): vCPU 0 guest kernel panic (pvpanic): RIP 0xffffffff81000000"},
 		{"hang", Report{GuestHang, "vCPU 1 no progress for 30s: IRR [35 236]"},
 			"flushvm: guest hung (exit status 102): vCPU 1 no progress for 30s: IRR [35 236]"},
 		{"detail with a colon and parentheses", Report{GuestCrash, "a (b): c): d"},
