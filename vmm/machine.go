@@ -197,23 +197,8 @@ func New(cfg Config) (m *Machine, err error) {
 	if err != nil {
 		return nil, err
 	}
-	for i := 0; i < cfg.CPUs; i++ {
-		c, err := m.vm.CreateVCPU(i)
-		if err != nil {
-			return nil, err
-		}
-		m.vcpus = append(m.vcpus, c)
-		if err := c.SetCPUID2(cpuidFor(supported, i, cfg.CPUs, tscDeadline)); err != nil {
-			return nil, fmt.Errorf("vCPU %d: %w", i, err)
-		}
-	}
-	m.tids = make([]atomic.Int32, cfg.CPUs)
-	m.trace = make([]vcpuTrace, cfg.CPUs)
-	if m.watchdog > 0 {
-		m.watches = make([]vcpuWatch, cfg.CPUs)
-		for i := range m.watches {
-			m.watches[i].det.bound = m.watchdog
-		}
+	if err = m.createVCPUs(cfg.CPUs, supported, tscDeadline); err != nil {
+		return nil, err
 	}
 
 	mem := m.ram.mem
@@ -228,21 +213,9 @@ func New(cfg Config) (m *Machine, err error) {
 		return nil, err
 	}
 
-	var slots []int
-	base := m.ram.layout.mmioBase()
-	for i, d := range cfg.Devices {
-		slot := i + 1
-		p := &slotPlatform{vm: m.vm, router: m.router, pin: pciPin(slot)}
-		bar0 := base + uint64(i)*2*barWindow
-		f, err := newVirtioFunction(d, p, mem, bar0, bar0+barWindow)
-		if err != nil {
-			return nil, fmt.Errorf("virtio device %d (PCI slot %d): %w", i, slot, err)
-		}
-		if err := m.bus.attach(slot, f); err != nil {
-			f.Close()
-			return nil, err
-		}
-		slots = append(slots, slot)
+	slots, err := m.attachDevices(cfg.Devices)
+	if err != nil {
+		return nil, err
 	}
 	sig, feat := cpuLeaf1(cpuidFor(supported, 0, cfg.CPUs, tscDeadline))
 	if err = writeFirmwareTables(mem, m.ram.layout, mpConfig{cpus: cfg.CPUs, cpuSig: sig, cpuFeature: feat, pciSlots: slots}); err != nil {
@@ -252,6 +225,52 @@ func New(cfg Config) (m *Machine, err error) {
 		return nil, fmt.Errorf("console: %w", err)
 	}
 	return m, nil
+}
+
+// createVCPUs creates n vCPUs with their CPUID tables and the per-vCPU
+// state the run loop and the watchdog keep.
+func (m *Machine) createVCPUs(n int, supported []kvm.CPUIDEntry, tscDeadline bool) error {
+	for i := 0; i < n; i++ {
+		c, err := m.vm.CreateVCPU(i)
+		if err != nil {
+			return err
+		}
+		m.vcpus = append(m.vcpus, c)
+		if err := c.SetCPUID2(cpuidFor(supported, i, n, tscDeadline)); err != nil {
+			return fmt.Errorf("vCPU %d: %w", i, err)
+		}
+	}
+	m.tids = make([]atomic.Int32, n)
+	m.trace = make([]vcpuTrace, n)
+	if m.watchdog > 0 {
+		m.watches = make([]vcpuWatch, n)
+		for i := range m.watches {
+			m.watches[i].det.bound = m.watchdog
+		}
+	}
+	return nil
+}
+
+// attachDevices attaches the devices as PCI functions at devices 1, 2, ...
+// in order and returns their slots.
+func (m *Machine) attachDevices(devices []virtio.Device) ([]int, error) {
+	var slots []int
+	base := m.ram.layout.mmioBase()
+	for i, d := range devices {
+		slot := i + 1
+		p := &slotPlatform{vm: m.vm, router: m.router, pin: pciPin(slot)}
+		bar0 := base + uint64(i)*2*barWindow
+		f, err := newVirtioFunction(d, p, m.ram.mem, bar0, bar0+barWindow)
+		if err != nil {
+			return nil, fmt.Errorf("virtio device %d (PCI slot %d): %w", i, slot, err)
+		}
+		if err := m.bus.attach(slot, f); err != nil {
+			f.Close()
+			return nil, err
+		}
+		slots = append(slots, slot)
+	}
+	return slots, nil
 }
 
 // barWindow is the guest address space reserved for each BAR of a function.

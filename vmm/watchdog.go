@@ -104,6 +104,12 @@ type vcpuWatch struct {
 	det    stallDetector // the vCPU thread's
 }
 
+// kickLimit is the least time a kicked vCPU may take to come back from
+// KVM_RUN before the watchdog says it ignores kicks: a vCPU thread on a
+// loaded host can wait that long for a CPU, while one that ignores
+// signals never comes back at all.
+const kickLimit = 5 * time.Second
+
 // watch is the watchdog goroutine: every bound/4 it kicks each vCPU that
 // has not exited since the previous tick, until done is closed.
 func (m *Machine) watch(done <-chan struct{}) {
@@ -124,7 +130,7 @@ func (m *Machine) watch(done <-chan struct{}) {
 			}
 			if w.sample.CompareAndSwap(false, true) {
 				w.asked.Store(time.Now().UnixNano())
-			} else if age := time.Duration(time.Now().UnixNano() - w.asked.Load()); age > m.watchdog && !w.warned {
+			} else if age := time.Duration(time.Now().UnixNano() - w.asked.Load()); age > max(m.watchdog, kickLimit) && !w.warned {
 				// Nothing to sample: KVM_RUN does not return even to
 				// a signal. Say so once; the machine cannot be stopped
 				// either.
