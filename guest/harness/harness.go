@@ -194,7 +194,7 @@ func Execute(ctx context.Context, opts Options, runs ...Run) (*Session, error) {
 		err = direct(ctx, opts, s, runs)
 	} else {
 		fmt.Fprintf(opts.Log, "flushvm-harness: running flushvm nested in a QEMU TCG L1 guest (%s)\n", s.Reason)
-		err = nested(ctx, opts, s, runs)
+		err = nestedOnceMore(ctx, opts, s, runs)
 	}
 	s.Wall = time.Since(start)
 	if err != nil && ctx.Err() == context.DeadlineExceeded {

@@ -1,0 +1,78 @@
+package harness
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestL0Failure(t *testing.T) {
+	const tf = "flushvm: guest crashed (exit status 101): vCPU 0 triple fault (KVM_EXIT_SHUTDOWN): RIP 0xfff0\n"
+	tests := []struct {
+		name string
+		s    *Session
+		err  error
+		want bool
+	}{
+		{"clean", &Session{Results: []Result{{Output: []byte("flushvm-init: exit status 0\n")}}}, nil, false},
+		{"triple fault mid-run", &Session{Results: []Result{{}, {Status: 101, Output: []byte("fio...\n" + tf)}}}, nil, true},
+		{"reboot=t on purpose", &Session{Results: []Result{{Status: 101, Output: []byte("[ 1.0] reboot: Restarting system\n" + tf)}}}, nil, false},
+		{"kernel panic is not retried", &Session{Results: []Result{{Status: 101, Output: []byte(
+			"flushvm: guest crashed (exit status 101): vCPU 0 guest kernel panic (pvpanic): RIP 0x1\n")}}}, nil, false},
+		{"guest's own 101", &Session{Results: []Result{{Status: 101, Output: []byte("flushvm-init: exit status 101\n")}}}, nil, false},
+		{"L1 died", &Session{}, errors.New("QEMU L1: exit status 1: x"), true},
+		{"no status from L1", &Session{}, ErrNoStatus, true},
+		{"other harness error", &Session{}, errors.New("job dir: no space"), false},
+	}
+	for _, tc := range tests {
+		if _, got := l0Failure(context.Background(), tc.s, tc.err); got != tc.want {
+			t.Errorf("%s: retry %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, got := l0Failure(ctx, &Session{}, ErrNoStatus); got {
+		t.Error("a cancelled session is not retried")
+	}
+}
+
+func TestRetryableAndWritableDisks(t *testing.T) {
+	if retryable([]Run{{Args: []string{"--kernel", "k"}}, {Command: []string{"/bin/sh"}}}) {
+		t.Error("a session with a command (a soak) must not be retried")
+	}
+	if retryable([]Run{{Subcommand: SubCrashtest}}) {
+		t.Error("a campaign retries its own boots")
+	}
+	if !retryable([]Run{{Args: []string{"--kernel", "k"}}}) {
+		t.Error("flushvm runs are retried")
+	}
+	got := writableDisks([]string{"--disk", "path=a.img,cache=none", "--disk=path=b.img", "--disk", "path=ro.img,readonly=on", "--kernel", "k"})
+	if strings.Join(got, " ") != "a.img b.img" {
+		t.Errorf("writable disks %v", got)
+	}
+}
+
+func TestDiskSnapshotRestores(t *testing.T) {
+	t.Setenv("FLUSHVM_CACHE", t.TempDir())
+	disk := filepath.Join(t.TempDir(), "d.img")
+	if err := os.WriteFile(disk, []byte("before"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := snapshotDisks([]Run{{Args: []string{"--disk", "path=" + disk}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer snap.remove()
+	if err := os.WriteFile(disk, []byte("after a crashed run"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := snap.restore(); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(disk); string(b) != "before" {
+		t.Errorf("restored disk holds %q", b)
+	}
+}
