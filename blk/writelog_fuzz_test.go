@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/flushvm/flushvm/internal/fuzzseed"
 )
 
 // The write-log fuzz targets take a log packed to fuzzLogStride bytes per
@@ -210,22 +212,15 @@ func linuxShapedLog() []byte {
 // marshalFuzzInput writes the corpus file `go test` reads for one input of
 // FuzzWriteLogReplay (internal/fuzz's "go test fuzz v1" encoding).
 func marshalFuzzInput(packed []byte, flush uint64, policy uint8) []byte {
-	return fmt.Appendf(nil, "go test fuzz v1\n[]byte(%q)\nuint64(%d)\nuint8(%d)\n", packed, flush, policy)
+	return fuzzseed.Encode(packed, flush, policy)
 }
 
 // TestWriteLogFuzzCorpus checks that testdata/fuzz/FuzzWriteLogReplay holds
 // the seeds writeLogFuzzSeeds builds, and that each one replays. To
 // regenerate them after changing the writer or the seeds:
 //
-//	FLUSHVM_REGEN_FUZZ_CORPUS=1 go test -run '^TestWriteLogFuzzCorpus$' ./blk/
+//	FLUSHVM_UPDATE_FUZZ_SEEDS=1 go test -run '^TestWriteLogFuzzCorpus$' ./blk/
 func TestWriteLogFuzzCorpus(t *testing.T) {
-	dir := filepath.Join("testdata", "fuzz", "FuzzWriteLogReplay")
-	regen := os.Getenv("FLUSHVM_REGEN_FUZZ_CORPUS") == "1"
-	if regen {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
 	pols := allTestPolicies()
 	for _, s := range writeLogFuzzSeeds(t) {
 		packed := packFuzzLog(s.log)
@@ -237,16 +232,6 @@ func TestWriteLogFuzzCorpus(t *testing.T) {
 		if _, err := ReplayWriteLog(lr, &pcDisk{data: make([]byte, fuzzImageSize)}, o); err != nil {
 			t.Fatalf("%s: seed does not replay: %v", s.name, err)
 		}
-		want := marshalFuzzInput(packed, s.flush, s.policy)
-		path := filepath.Join(dir, "seed-"+s.name)
-		if regen {
-			if err := os.WriteFile(path, want, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			continue
-		}
-		if got, err := os.ReadFile(path); err != nil || !bytes.Equal(got, want) {
-			t.Fatalf("%s is missing or stale (%v): regenerate with FLUSHVM_REGEN_FUZZ_CORPUS=1 go test -run '^TestWriteLogFuzzCorpus$' ./blk/", path, err)
-		}
+		fuzzseed.Check(t, "FuzzWriteLogReplay", "seed-"+s.name, marshalFuzzInput(packed, s.flush, s.policy))
 	}
 }

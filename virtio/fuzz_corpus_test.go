@@ -4,16 +4,12 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-	"flag"
 	"fmt"
-	"os"
-	"path/filepath"
 	"testing"
 
+	"github.com/flushvm/flushvm/internal/fuzzseed"
 	"github.com/flushvm/flushvm/virtio/guestmem"
 )
-
-var update = flag.Bool("update", false, "rewrite testdata/fuzz/FuzzPop from the mock driver")
 
 // fuzzSeed is one seed of FuzzPop: a ring shape, what the mock driver,
 // laid out like fuzzShape.config, puts in it, and what the first Pop
@@ -306,21 +302,15 @@ func firstPop(host []byte, s fuzzShape) error {
 
 // marshalFuzzPop writes one corpus file in `go test fuzz v1` format.
 func marshalFuzzPop(shape fuzzShape, image []byte) []byte {
-	return fmt.Appendf(nil, "go test fuzz v1\nuint16(%d)\n[]byte(%q)\n", uint16(shape), image)
+	return fuzzseed.Encode(uint16(shape), image)
 }
 
 // TestFuzzPopCorpus checks that testdata/fuzz/FuzzPop holds the seeds of
 // fuzzPopSeeds, each of which decodes back to exactly the memory the mock
 // driver built. Regenerate the corpus with
 //
-//	go test ./virtio/ -run TestFuzzPopCorpus -update
+//	FLUSHVM_UPDATE_FUZZ_SEEDS=1 go test ./virtio/ -run TestFuzzPopCorpus
 func TestFuzzPopCorpus(t *testing.T) {
-	dir := filepath.Join("testdata", "fuzz", "FuzzPop")
-	if *update {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
 	for _, s := range fuzzPopSeeds() {
 		mem, err := seedImage(s)
 		if err != nil {
@@ -335,17 +325,6 @@ func TestFuzzPopCorpus(t *testing.T) {
 		if err := firstPop(back, s.shape); !errors.Is(err, s.first) || (err == nil) != (s.first == nil) {
 			t.Errorf("%s: first Pop: %v, want %v", s.name, err, s.first)
 		}
-		want := marshalFuzzPop(s.shape, image)
-		path := filepath.Join(dir, s.name)
-		if *update {
-			if err := os.WriteFile(path, want, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			continue
-		}
-		got, err := os.ReadFile(path)
-		if err != nil || !bytes.Equal(got, want) {
-			t.Errorf("%s is missing or stale (%v): run go test ./virtio/ -run TestFuzzPopCorpus -update", path, err)
-		}
+		fuzzseed.Check(t, "FuzzPop", s.name, marshalFuzzPop(s.shape, image))
 	}
 }

@@ -1,18 +1,13 @@
 package pci
 
 import (
-	"bytes"
 	"encoding/binary"
-	"flag"
 	"fmt"
-	"os"
-	"path/filepath"
 	"testing"
 
+	"github.com/flushvm/flushvm/internal/fuzzseed"
 	"github.com/flushvm/flushvm/virtio"
 )
-
-var update = flag.Bool("update", false, "rewrite testdata/fuzz/FuzzGuestAccess from the Linux access sequences")
 
 // Operation kinds of FuzzGuestAccess's 13-byte records: kind, bar,
 // offset (uint16), width, value (uint64), all little-endian.
@@ -336,14 +331,8 @@ func record(t *testing.T, s guestAccessSeed) (*recorder, error) {
 // access sequence that does what it imitates on the transport. Regenerate
 // the corpus with
 //
-//	go test ./virtio/pci/ -run TestFuzzGuestAccessCorpus -update
+//	go test ./virtio/pci/ -run TestFuzzGuestAccessCorpus
 func TestFuzzGuestAccessCorpus(t *testing.T) {
-	dir := filepath.Join("testdata", "fuzz", "FuzzGuestAccess")
-	if *update {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
 	for _, s := range guestAccessSeeds() {
 		c, err := record(t, s)
 		if err != nil {
@@ -352,17 +341,6 @@ func TestFuzzGuestAccessCorpus(t *testing.T) {
 		if n := len(c.r.dev.activations); n != s.activations {
 			t.Errorf("%s: %d activations, want %d (last error %v)", s.name, n, s.activations, c.r.tr.LastError())
 		}
-		want := fmt.Appendf(nil, "go test fuzz v1\n[]byte(%q)\n", c.ops)
-		path := filepath.Join(dir, s.name)
-		if *update {
-			if err := os.WriteFile(path, want, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			continue
-		}
-		got, err := os.ReadFile(path)
-		if err != nil || !bytes.Equal(got, want) {
-			t.Errorf("%s is missing or stale (%v): run go test ./virtio/pci/ -run TestFuzzGuestAccessCorpus -update", path, err)
-		}
+		fuzzseed.Check(t, "FuzzGuestAccess", s.name, fuzzseed.Encode(c.ops))
 	}
 }
