@@ -8,15 +8,15 @@ import (
 	"testing"
 
 	"github.com/flushvm/flushvm/guest/harness"
-	"github.com/flushvm/flushvm/vmm/exitstatus"
+	"github.com/flushvm/flushvm/protocol"
 )
 
 // TestDebianLinuxBoot boots Debian's generic kernel with the test
 // initramfs under flushvm six ways in one session: to /init ending with a
 // chosen status through the debug-exit port (and no ACPI error on the
 // way), powering off through ACPI (status 0), triple-faulting on purpose
-// (status exitstatus.GuestCrash with its report line), panicking with
-// panic=-1 (status exitstatus.GuestCrash through pvpanic, not the reboot
+// (status protocol.ExitGuestCrash with its report line), panicking with
+// panic=-1 (status protocol.ExitGuestCrash through pvpanic, not the reboot
 // panic= asks for), with --cpus 2, and with a bad --kernel file that
 // flushvm must reject in one clear line with status 2.
 func TestDebianLinuxBoot(t *testing.T) {
@@ -72,7 +72,7 @@ func TestDebianLinuxBoot(t *testing.T) {
 				if !bytes.Contains(r.Output, []byte("about to power off")) {
 					t.Fatalf("the script never ran; console:\n%s", r.Output)
 				}
-				if r.Status != exitstatus.OK || exitstatus.Crashed(r.Status, r.Output) {
+				if r.Status != protocol.ExitOK || protocol.Crashed(r.Status, r.Output) {
 					t.Errorf("flushvm exit status %d after a guest poweroff, want 0; console:\n%s", r.Status, r.Output)
 				}
 			},
@@ -84,9 +84,9 @@ func TestDebianLinuxBoot(t *testing.T) {
 				if !bytes.Contains(r.Output, []byte("about to triple-fault")) {
 					t.Fatalf("the script never ran; console:\n%s", r.Output)
 				}
-				if r.Status != exitstatus.GuestCrash || !exitstatus.Crashed(r.Status, r.Output) {
+				if r.Status != protocol.ExitGuestCrash || !protocol.Crashed(r.Status, r.Output) {
 					t.Errorf("flushvm exit status %d after a triple fault, want %d with a report line; console:\n%s",
-						r.Status, exitstatus.GuestCrash, r.Output)
+						r.Status, protocol.ExitGuestCrash, r.Output)
 				}
 			},
 		},
@@ -97,11 +97,11 @@ func TestDebianLinuxBoot(t *testing.T) {
 				if !bytes.Contains(r.Output, []byte("about to panic")) {
 					t.Fatalf("the script never ran; console:\n%s", r.Output)
 				}
-				rep, _ := exitstatus.Find(r.Output)
-				if r.Status != exitstatus.GuestCrash || !exitstatus.Crashed(r.Status, r.Output) ||
-					!strings.Contains(rep.Detail, " "+exitstatus.KernelPanicEvent+": ") {
+				rep, _ := protocol.FindCrashReport(r.Output)
+				if r.Status != protocol.ExitGuestCrash || !protocol.Crashed(r.Status, r.Output) ||
+					!strings.Contains(rep.Detail, " "+protocol.KernelPanicEvent+": ") {
 					t.Errorf("flushvm exit status %d after a kernel panic, want %d with a report line naming %q; console:\n%s",
-						r.Status, exitstatus.GuestCrash, exitstatus.KernelPanicEvent, r.Output)
+						r.Status, protocol.ExitGuestCrash, protocol.KernelPanicEvent, r.Output)
 				}
 			},
 		},

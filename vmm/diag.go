@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/flushvm/flushvm/kvm"
+	"github.com/flushvm/flushvm/protocol"
 	"github.com/flushvm/flushvm/virtio/guestmem"
-	"github.com/flushvm/flushvm/vmm/exitstatus"
 )
 
 // ErrGuestUnrunnable reports a KVM exit the machine cannot continue from
@@ -53,12 +53,12 @@ func (m *Machine) fatalExit(c *kvm.VCPU, reason kvm.ExitReason) error {
 }
 
 // guestFailed ends the machine because vCPU c crashed or hung (status
-// exitstatus.GuestCrash or GuestHang): it prints the one-line report, the
+// protocol.ExitGuestCrash or GuestHang): it prints the one-line report, the
 // event and c's registers (and extra, if any), to the diagnostic writer,
 // unless the machine was already stopping. It runs on c's thread.
 func (m *Machine) guestFailed(c *kvm.VCPU, status int, event, extra string) {
 	kind, base := ExitGuestCrash, ErrGuestCrashed
-	if status == exitstatus.GuestHang {
+	if status == protocol.ExitGuestHang {
 		kind, base = ExitGuestHang, ErrGuestHung
 	}
 	detail := fmt.Sprintf("vCPU %d %s: %s", c.ID(), event, m.regsLine(c))
@@ -66,7 +66,7 @@ func (m *Machine) guestFailed(c *kvm.VCPU, status int, event, extra string) {
 		detail += "; " + extra
 	}
 	if m.stop(Result{Kind: kind, Status: status, Err: fmt.Errorf("%s: %w", detail, base)}) {
-		fmt.Fprintln(m.diag, exitstatus.Report{Status: status, Detail: detail})
+		fmt.Fprintln(m.diag, protocol.CrashReport{Status: status, Detail: detail})
 	}
 }
 

@@ -20,8 +20,8 @@
 //     status v (0-255), so test guests can report a result;
 //   - crash: a triple fault, or a kernel panic the guest reports through
 //     the pvpanic device (port 0x505, ACPI _HID QEMU0001), ends Run with
-//     exitstatus.GuestCrash and a report line on Config.Diag; so does
-//     Config.Watchdog, with exitstatus.GuestHang, for a vCPU stalled with
+//     protocol.ExitGuestCrash and a report line on Config.Diag; so does
+//     Config.Watchdog, with protocol.ExitGuestHang, for a vCPU stalled with
 //     an interrupt pending;
 //   - Ctrl-A x on a terminal console ends Run with status 0.
 //

@@ -13,9 +13,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flushvm/flushvm/kvm"
+	"github.com/flushvm/flushvm/protocol"
 	"github.com/flushvm/flushvm/virtio"
 	"github.com/flushvm/flushvm/virtio/guestmem"
-	"github.com/flushvm/flushvm/vmm/exitstatus"
 )
 
 // DebugExitPort is the I/O port a guest writes one byte v to, to end the
@@ -72,10 +72,10 @@ const (
 	ExitPowerOff
 	// ExitGuestCrash: a vCPU triple-faulted or the guest kernel
 	// reported a panic through the pvpanic device (status
-	// exitstatus.GuestCrash); a report line went to Config.Diag.
+	// protocol.ExitGuestCrash); a report line went to Config.Diag.
 	ExitGuestCrash
 	// ExitGuestHang: the watchdog found a stalled vCPU (status
-	// exitstatus.GuestHang); a report line went to Config.Diag.
+	// protocol.ExitGuestHang); a report line went to Config.Diag.
 	ExitGuestHang
 )
 
@@ -437,12 +437,12 @@ func (m *Machine) handleExit(c *kvm.VCPU, reason kvm.ExitReason) error {
 		if !m.serial.printed() {
 			event += " before the guest's first console byte"
 		}
-		m.guestFailed(c, exitstatus.GuestCrash, event, resetStateNote(c))
+		m.guestFailed(c, protocol.ExitGuestCrash, event, resetStateNote(c))
 		return nil
 	case kvm.ExitSystemEvent:
 		switch ev := c.SystemEvent(); ev {
 		case kvm.SystemEventCrash:
-			m.guestFailed(c, exitstatus.GuestCrash, "crash system event (KVM_SYSTEM_EVENT_CRASH)", "")
+			m.guestFailed(c, protocol.ExitGuestCrash, "crash system event (KVM_SYSTEM_EVENT_CRASH)", "")
 		case kvm.SystemEventShutdown:
 			m.debugf("vCPU %d: system event %d: power off", c.ID(), ev)
 			m.stop(Result{Kind: ExitPowerOff})
@@ -471,7 +471,7 @@ func (m *Machine) portOut(c *kvm.VCPU, port uint16, data []byte) {
 		}
 	case port == portPvpanic:
 		if pvpanicPanic(data) {
-			m.guestFailed(c, exitstatus.GuestCrash, exitstatus.KernelPanicEvent, "")
+			m.guestFailed(c, protocol.ExitGuestCrash, protocol.KernelPanicEvent, "")
 		}
 	case port == portKbdStatus:
 		if data[0] == kbdResetCommand {

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/flushvm/flushvm/kvm"
-	"github.com/flushvm/flushvm/vmm/exitstatus"
+	"github.com/flushvm/flushvm/protocol"
 )
 
 // The watchdog (Config.Watchdog) finds a vCPU that is stuck with an
@@ -176,7 +176,7 @@ func (m *Machine) serveWatchdog(i int, c *kvm.VCPU) {
 	}
 	event := fmt.Sprintf("made no progress for %v (no exit to flushvm; vectors %v requested at every sample)",
 		now.Sub(w.det.since).Round(time.Millisecond), w.det.pending.list())
-	m.guestFailed(c, exitstatus.GuestHang, event, lapicLine(&l))
+	m.guestFailed(c, protocol.ExitGuestHang, event, lapicLine(&l))
 }
 
 // lapicLine describes a local APIC's interrupt state.

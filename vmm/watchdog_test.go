@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flushvm/flushvm/vmm/exitstatus"
+	"github.com/flushvm/flushvm/protocol"
 )
 
 func vectors(vs ...int) vectorSet {
@@ -128,14 +128,14 @@ func TestTinyGuestFailures(t *testing.T) {
 		wantStatus int
 		wantDiag   []string // each must appear; nil: no diagnostics at all
 	}{
-		{"triple fault is a crash, not a reboot", codeTripleFault, 0, 0, ExitGuestCrash, exitstatus.GuestCrash,
+		{"triple fault is a crash, not a reboot", codeTripleFault, 0, 0, ExitGuestCrash, protocol.ExitGuestCrash,
 			[]string{"flushvm: guest crashed (exit status 101): vCPU 0 triple fault", "RIP 0x", "CR3 0x9000", "code at RIP: 0f 0b"}},
 		{"ACPI S5 powers off", codeACPIPowerOff, 0, 0, ExitPowerOff, 0, nil},
-		{"pvpanic PANICKED is a crash, not the reboot panic= does next", codePvpanicPanicked, 0, 0, ExitGuestCrash, exitstatus.GuestCrash,
-			[]string{"flushvm: guest crashed (exit status 101): vCPU 0 " + exitstatus.KernelPanicEvent + ": RIP 0x", "CR3 0x9000", "code at RIP: eb fe"}},
+		{"pvpanic PANICKED is a crash, not the reboot panic= does next", codePvpanicPanicked, 0, 0, ExitGuestCrash, protocol.ExitGuestCrash,
+			[]string{"flushvm: guest crashed (exit status 101): vCPU 0 " + protocol.KernelPanicEvent + ": RIP 0x", "CR3 0x9000", "code at RIP: eb fe"}},
 		{"pvpanic CRASH_LOADED alone is ignored", codePvpanicCrashLoaded, 0, 0, ExitDebugPort, 5, nil},
 		{"pvpanic port reads PANICKED only", codePvpanicRead, 0, 0, ExitDebugPort, pvpanicPanicked, nil},
-		{"watchdog: timer interrupt pending with IF clear", codeStuckTimer, 200 * time.Millisecond, 0, ExitGuestHang, exitstatus.GuestHang,
+		{"watchdog: timer interrupt pending with IF clear", codeStuckTimer, 200 * time.Millisecond, 0, ExitGuestHang, protocol.ExitGuestHang,
 			[]string{"flushvm: guest hung (exit status 102): vCPU 0 made no progress", "vectors [64]", "IRR [64]", "(IF 0)", "code at RIP: eb fe"}},
 		{"watchdog: a spinning guest with nothing pending is left alone", codeSpin, 100 * time.Millisecond, 800 * time.Millisecond, ExitQuit, 7, nil},
 	}
@@ -156,7 +156,7 @@ func TestTinyGuestFailures(t *testing.T) {
 			if tc.wantDiag != nil {
 				// The report, after at most one note that the stall began.
 				notes := strings.Count(diag, "flushvm: watchdog: ")
-				if r, ok := exitstatus.Find([]byte(diag)); !ok || r.Status != tc.wantStatus || strings.Count(diag, "\n") != 1+notes || notes > 1 {
+				if r, ok := protocol.FindCrashReport([]byte(diag)); !ok || r.Status != tc.wantStatus || strings.Count(diag, "\n") != 1+notes || notes > 1 {
 					t.Errorf("want exactly one report line with status %d, got %+v %v:\n%s", tc.wantStatus, r, ok, diag)
 				}
 			}

@@ -18,7 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/flushvm/flushvm/vmm/exitstatus"
+	"github.com/flushvm/flushvm/protocol"
 )
 
 // booter runs one `flushvm run` with args and returns its exit status and
@@ -84,23 +84,23 @@ func guestEnded(out []byte) bool { return bytes.Contains(out, []byte("flushvm-in
 
 // guestCrash reports whether a boot that ended with status and printed out
 // lost its guest, and how: flushvm reported a triple fault or a --watchdog
-// hang (exitstatus.GuestCrash, GuestHang, with their report line), or the
+// hang (protocol.ExitGuestCrash, GuestHang, with their report line), or the
 // guest rebooted or powered off without its /init's exit status (a kernel
 // panic reboots: panic=-1). Any other status is the guest's own or
 // flushvm's (a power cut, a failure) and is the caller's to judge.
 func guestCrash(status int, out []byte) (string, bool) {
-	if exitstatus.Crashed(status, out) {
-		r, _ := exitstatus.Find(out)
+	if protocol.Crashed(status, out) {
+		r, _ := protocol.FindCrashReport(out)
 		return r.String(), true
 	}
-	if status == exitstatus.OK && !guestEnded(out) {
+	if status == protocol.ExitOK && !guestEnded(out) {
 		return "the guest rebooted without its /init's exit status (a kernel panic?)", true
 	}
 	return "", false
 }
 
 // bootWatchdog is the --watchdog of campaign boots: a guest stuck with an
-// interrupt pending ends its boot with a report (exitstatus.GuestHang)
+// interrupt pending ends its boot with a report (protocol.ExitGuestHang)
 // long before --boot-timeout.
 const bootWatchdog = time.Minute
 

@@ -11,7 +11,7 @@
 //	                  --cuts N --policy POLICY --seed S [--cache MODE] [--shard i/n]
 //	flushvm help [COMMAND]
 //
-// Exit status (declared in vmm/exitstatus): what the guest asked for (0
+// Exit status (declared in package protocol): what the guest asked for (0
 // after a guest reboot or ACPI power-off, v after a one-byte write of v to
 // I/O port 0xf4), 1 when the machine failed, 2 for a usage or host-setup
 // error, 100 after a power cut (--power-cut, or POST /power-cut on the
@@ -29,14 +29,14 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/flushvm/flushvm/vmm/exitstatus"
+	"github.com/flushvm/flushvm/protocol"
 )
 
 // Exit statuses of flushvm itself.
 const (
-	exitOK      = exitstatus.OK
-	exitFailure = exitstatus.Failure
-	exitUsage   = exitstatus.Usage
+	exitOK      = protocol.ExitOK
+	exitFailure = protocol.ExitFailure
+	exitUsage   = protocol.ExitUsage
 )
 
 // command is a flushvm subcommand. Other files add theirs with

@@ -15,9 +15,9 @@ import (
 
 	"github.com/flushvm/flushvm/blk"
 	"github.com/flushvm/flushvm/kvm"
+	"github.com/flushvm/flushvm/protocol"
 	"github.com/flushvm/flushvm/virtio"
 	"github.com/flushvm/flushvm/vmm"
-	"github.com/flushvm/flushvm/vmm/exitstatus"
 )
 
 // defaultAppend is the kernel command line when --append is not given: the
@@ -83,7 +83,7 @@ func newRunFlags() *runFlags {
 		"  the oldest writes (K, M or G; default 64M)\n  e.g. --cache-bound 16M")
 	fs.DurationVar(&f.watchdog, "watchdog", 0, fmt.Sprintf("end the machine with status %d when a vCPU makes no progress for DURATION: it does not\n"+
 		"  exit to flushvm and the same interrupt stays pending in its local APIC at every check\n"+
-		"  (checked every DURATION/4; a report line on stderr); 0: off\n  e.g. --watchdog 60s", exitstatus.GuestHang))
+		"  (checked every DURATION/4; a report line on stderr); 0: off\n  e.g. --watchdog 60s", protocol.ExitGuestHang))
 	fs.StringVar(&f.api, "api", "", "serve the control API (HTTP+JSON) on this unix socket: GET /stats,\n"+
 		"  POST /disks/N/cache {\"wce\": false}, POST /power-cut\n"+
 		"  e.g. --api /tmp/flushvm.sock; curl --unix-socket /tmp/flushvm.sock -X POST http://vm/power-cut")
@@ -107,17 +107,17 @@ func (f *runFlags) usage(w io.Writer) {
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Ending the machine and exit status:")
 	for _, row := range [][2]string{
-		{"guest reboot (reboot=k, or ACPI reset register 0xcf9)", fmt.Sprint(exitstatus.OK)},
-		{"guest power-off (ACPI S5: poweroff)", fmt.Sprint(exitstatus.OK)},
+		{"guest reboot (reboot=k, or ACPI reset register 0xcf9)", fmt.Sprint(protocol.ExitOK)},
+		{"guest power-off (ACPI S5: poweroff)", fmt.Sprint(protocol.ExitOK)},
 		{fmt.Sprintf("guest writes one byte v to I/O port %#x (debug exit)", vmm.DebugExitPort), "v"},
-		{"Ctrl-A x on the console (when stdin is a terminal)", fmt.Sprint(exitstatus.OK)},
+		{"Ctrl-A x on the console (when stdin is a terminal)", fmt.Sprint(protocol.ExitOK)},
 		{"SIGINT/SIGTERM to flushvm", "128+signal"},
-		{"power cut (--power-cut or POST /power-cut)", fmt.Sprint(exitstatus.PowerCut)},
-		{"guest crash: a vCPU triple-faulted (report on stderr)", fmt.Sprint(exitstatus.GuestCrash)},
-		{"guest crash: kernel panic told through pvpanic (report)", fmt.Sprint(exitstatus.GuestCrash)},
-		{"guest hang found by --watchdog (report on stderr)", fmt.Sprint(exitstatus.GuestHang)},
-		{"KVM cannot run the guest (diagnostic on stderr)", fmt.Sprint(exitstatus.Failure)},
-		{"usage or host-setup error (one line on stderr)", fmt.Sprint(exitstatus.Usage)},
+		{"power cut (--power-cut or POST /power-cut)", fmt.Sprint(protocol.ExitPowerCut)},
+		{"guest crash: a vCPU triple-faulted (report on stderr)", fmt.Sprint(protocol.ExitGuestCrash)},
+		{"guest crash: kernel panic told through pvpanic (report)", fmt.Sprint(protocol.ExitGuestCrash)},
+		{"guest hang found by --watchdog (report on stderr)", fmt.Sprint(protocol.ExitGuestHang)},
+		{"KVM cannot run the guest (diagnostic on stderr)", fmt.Sprint(protocol.ExitFailure)},
+		{"usage or host-setup error (one line on stderr)", fmt.Sprint(protocol.ExitUsage)},
 	} {
 		fmt.Fprintf(w, "  %-56s exit status %s\n", row[0], row[1])
 	}
@@ -128,12 +128,12 @@ func (f *runFlags) usage(w io.Writer) {
 	fmt.Fprintln(w, "reported as a crash). Nor is a kernel panic: Linux's pvpanic-mmio module reports")
 	fmt.Fprintln(w, "it to the ACPI pvpanic device (_HID QEMU0001, port 0x505) before panic= reboots.")
 	fmt.Fprintln(w, "A crash or hang prints one line on stderr, e.g.")
-	fmt.Fprintln(w, "  "+exitstatus.Report{Status: exitstatus.GuestCrash, Detail: "vCPU 0 triple fault (KVM_EXIT_SHUTDOWN): RIP ... RSP ... RFLAGS ..."}.String())
-	fmt.Fprintln(w, "  "+exitstatus.Report{Status: exitstatus.GuestCrash, Detail: "vCPU 0 " + exitstatus.KernelPanicEvent + ": RIP ... RSP ... RFLAGS ..."}.String())
-	fmt.Fprintln(w, "  "+exitstatus.Report{Status: exitstatus.GuestHang, Detail: "vCPU 0 made no progress for 1m0s (...): RIP ...; LAPIC ... IRR [...]"}.String())
+	fmt.Fprintln(w, "  "+protocol.CrashReport{Status: protocol.ExitGuestCrash, Detail: "vCPU 0 triple fault (KVM_EXIT_SHUTDOWN): RIP ... RSP ... RFLAGS ..."}.String())
+	fmt.Fprintln(w, "  "+protocol.CrashReport{Status: protocol.ExitGuestCrash, Detail: "vCPU 0 " + protocol.KernelPanicEvent + ": RIP ... RSP ... RFLAGS ..."}.String())
+	fmt.Fprintln(w, "  "+protocol.CrashReport{Status: protocol.ExitGuestHang, Detail: "vCPU 0 made no progress for 1m0s (...): RIP ...; LAPIC ... IRR [...]"}.String())
 	fmt.Fprintln(w, "with the vCPU's RIP, RSP, RFLAGS, CR0/CR2/CR3/CR4, EFER and the code bytes at")
 	fmt.Fprintln(w, "RIP (and, for a hang, its local APIC's TPR, ISR and IRR). A guest's debug exit")
-	fmt.Fprintf(w, "can return any v, %d-%d included, but never prints that line: the line (and, for\n", exitstatus.PowerCut, exitstatus.GuestHang)
+	fmt.Fprintf(w, "can return any v, %d-%d included, but never prints that line: the line (and, for\n", protocol.ExitPowerCut, protocol.ExitGuestHang)
 	fmt.Fprintln(w, "a power cut, the \"power_cut\" object in --stats) tells flushvm's statuses apart.")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Environment:")

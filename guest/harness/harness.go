@@ -112,7 +112,7 @@ type Options struct {
 	L1Accel, L1CPU, L1Append string
 	// Watchdog is the `flushvm run --watchdog` bound the harness adds to
 	// every flushvm run that sets none: a guest stuck with an interrupt
-	// pending then ends with a report (exitstatus.GuestHang) instead of
+	// pending then ends with a report (protocol.ExitGuestHang) instead of
 	// running into the session's timeout. Zero means DefaultWatchdog; a
 	// negative value adds none.
 	Watchdog time.Duration

@@ -10,7 +10,7 @@ import (
 	"strings"
 
 	"github.com/flushvm/flushvm/guest"
-	"github.com/flushvm/flushvm/vmm/exitstatus"
+	"github.com/flushvm/flushvm/protocol"
 )
 
 // The one retry of the nested harness. A nested L2 guest that triple-faults,
@@ -32,7 +32,7 @@ func l0Failure(ctx context.Context, s *Session, err error) (string, bool) {
 	}
 	if s != nil {
 		for i, r := range s.Results {
-			if rep, ok := exitstatus.Find(r.Output); ok && exitstatus.Crashed(r.Status, r.Output) &&
+			if rep, ok := protocol.FindCrashReport(r.Output); ok && protocol.Crashed(r.Status, r.Output) &&
 				strings.Contains(rep.Detail, tripleFaultEvent) && !strings.Contains(string(r.Output), kernelRestart) {
 				return fmt.Sprintf("run %d: %s", i, rep), true
 			}

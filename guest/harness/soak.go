@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/flushvm/flushvm/guest/initramfs"
-	"github.com/flushvm/flushvm/vmm/exitstatus"
+	"github.com/flushvm/flushvm/protocol"
 )
 
 // SoakOptions configure a soak: many L2 boots with disk I/O, one after the
@@ -335,11 +335,11 @@ func classifySoak(i int, r Result, vmm string) SoakBoot {
 	if vmm == "qemu" && status&1 == 1 {
 		status >>= 1 // isa-debug-exit: (v << 1) | 1
 	}
-	report, reported := exitstatus.Find(r.Output)
+	report, reported := protocol.FindCrashReport(r.Output)
 	switch {
-	case vmm == "flushvm" && exitstatus.Crashed(status, r.Output) && report.Status == exitstatus.GuestHang:
+	case vmm == "flushvm" && protocol.Crashed(status, r.Output) && report.Status == protocol.ExitGuestHang:
 		b.Outcome = SoakHang
-	case vmm == "flushvm" && exitstatus.Crashed(status, r.Output):
+	case vmm == "flushvm" && protocol.Crashed(status, r.Output):
 		b.Outcome = SoakCrash
 	case r.Err != nil && strings.Contains(r.Err.Error(), "timed out"):
 		b.Outcome = SoakHang

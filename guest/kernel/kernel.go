@@ -29,7 +29,7 @@ const MetaPackage = "linux-image-amd64"
 // order (see each .ko's depends= field): virtio-blk for its disks, and
 // pvpanic-mmio, which binds to the machine's ACPI pvpanic device (_HID
 // QEMU0001) so that a guest kernel panic ends flushvm with
-// exitstatus.GuestCrash instead of the reboot panic= asks for. Debian
+// protocol.ExitGuestCrash instead of the reboot panic= asks for. Debian
 // builds pvpanic-mmio and the pvpanic core it depends on as modules.
 var GuestModules = []string{"virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "virtio_blk",
 	"pvpanic", "pvpanic_mmio"}

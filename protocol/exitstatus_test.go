@@ -1,20 +1,20 @@
-package exitstatus
+package protocol
 
 import "testing"
 
 func TestReportRoundTrip(t *testing.T) {
 	tests := []struct {
 		name string
-		r    Report
+		r    CrashReport
 		want string
 	}{
-		{"crash", Report{GuestCrash, "vCPU 0 triple fault (KVM_EXIT_SHUTDOWN): RIP 0x1000"},
+		{"crash", CrashReport{ExitGuestCrash, "vCPU 0 triple fault (KVM_EXIT_SHUTDOWN): RIP 0x1000"},
 			"flushvm: guest crashed (exit status 101): vCPU 0 triple fault (KVM_EXIT_SHUTDOWN): RIP 0x1000"},
-		{"kernel panic", Report{GuestCrash, "vCPU 0 " + KernelPanicEvent + ": RIP 0xffffffff81000000"},
+		{"kernel panic", CrashReport{ExitGuestCrash, "vCPU 0 " + KernelPanicEvent + ": RIP 0xffffffff81000000"},
 			"flushvm: guest crashed (exit status 101): vCPU 0 guest kernel panic (pvpanic): RIP 0xffffffff81000000"},
-		{"hang", Report{GuestHang, "vCPU 1 no progress for 30s: IRR [35 236]"},
+		{"hang", CrashReport{ExitGuestHang, "vCPU 1 no progress for 30s: IRR [35 236]"},
 			"flushvm: guest hung (exit status 102): vCPU 1 no progress for 30s: IRR [35 236]"},
-		{"detail with a colon and parentheses", Report{GuestCrash, "a (b): c): d"},
+		{"detail with a colon and parentheses", CrashReport{ExitGuestCrash, "a (b): c): d"},
 			"flushvm: guest crashed (exit status 101): a (b): c): d"},
 	}
 	for _, tc := range tests {
@@ -22,7 +22,7 @@ func TestReportRoundTrip(t *testing.T) {
 			if got := tc.r.String(); got != tc.want {
 				t.Fatalf("String() = %q, want %q", got, tc.want)
 			}
-			got, ok := Parse(tc.want + "\n")
+			got, ok := ParseCrashReport(tc.want + "\n")
 			if !ok || got != tc.r {
 				t.Errorf("Parse = %+v, %v; want %+v", got, ok, tc.r)
 			}
@@ -39,26 +39,26 @@ func TestParseRejects(t *testing.T) {
 		"flushvm: guest rebooted (exit status 0): not a report",
 		"guest crashed (exit status 101): no prefix",
 	} {
-		if r, ok := Parse(line); ok {
-			t.Errorf("Parse(%q) = %+v, want rejected", line, r)
+		if r, ok := ParseCrashReport(line); ok {
+			t.Errorf("ParseCrashReport(%q) = %+v, want rejected", line, r)
 		}
 	}
 }
 
 func TestCrashed(t *testing.T) {
-	crash := Report{GuestCrash, "vCPU 0 triple fault"}.String()
+	crash := CrashReport{ExitGuestCrash, "vCPU 0 triple fault"}.String()
 	tests := []struct {
 		name   string
 		status int
 		out    string
 		want   bool
 	}{
-		{"report and its status", GuestCrash, "[ 1.0] booting\n" + crash + "\n", true},
-		{"report after console bytes on one line", GuestCrash, "[ 1.0] half a line" + crash + "\n", true},
-		{"guest's own debug exit 101", GuestCrash, "flushvm-init: exit status 101\n", false},
+		{"report and its status", ExitGuestCrash, "[ 1.0] booting\n" + crash + "\n", true},
+		{"report after console bytes on one line", ExitGuestCrash, "[ 1.0] half a line" + crash + "\n", true},
+		{"guest's own debug exit 101", ExitGuestCrash, "flushvm-init: exit status 101\n", false},
 		{"report but another status", 0, crash + "\n", false},
-		{"hang status with a crash report", GuestHang, crash + "\n", false},
-		{"clean reboot", OK, "reboot: Restarting system\n", false},
+		{"hang status with a crash report", ExitGuestHang, crash + "\n", false},
+		{"clean reboot", ExitOK, "reboot: Restarting system\n", false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,0 +1,125 @@
+// Package protocol holds the contracts between flushvm's binaries and the
+// programs and tests that run them, each with its formatter and parser side
+// by side. It imports only the standard library, so that programs which
+// must not link the VMM (the nested harness, guest programs) can read them.
+//
+// Exit statuses (this file): the statuses `flushvm run` chooses itself, and
+// the one line it prints on stderr when it ends a machine because the guest
+// crashed or hung. A guest can end flushvm with any status 0-255 through the
+// debug-exit port, so a status alone never proves that flushvm chose it:
+// ExitGuestCrash and ExitGuestHang come with the report line
+// (FindCrashReport), a guest's own debug exit does not.
+package protocol
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// The exit statuses of `flushvm run` that flushvm chooses itself. A clean
+// guest reboot, reset or ACPI power-off ends with ExitOK; other guest-chosen
+// statuses are the debug-exit byte.
+const (
+	// ExitOK: the guest rebooted, reset or powered the machine off.
+	ExitOK = 0
+	// ExitFailure: the machine failed (KVM could not run the guest, a host
+	// error).
+	ExitFailure = 1
+	// ExitUsage: a usage or host-setup error.
+	ExitUsage = 2
+	// ExitPowerCut: the power of the powercut= disks was cut.
+	ExitPowerCut = 100
+	// ExitGuestCrash: a vCPU triple-faulted (KVM_EXIT_SHUTDOWN) or the
+	// guest kernel panicked and said so through the pvpanic device;
+	// flushvm printed a CrashReport.
+	ExitGuestCrash = 101
+	// ExitGuestHang: the watchdog found a vCPU that made no progress with an
+	// interrupt pending; flushvm printed a CrashReport.
+	ExitGuestHang = 102
+)
+
+// CrashReport is the line flushvm prints on stderr when it ends the machine
+// with ExitGuestCrash or ExitGuestHang.
+type CrashReport struct {
+	// Status is ExitGuestCrash or ExitGuestHang.
+	Status int
+	// Detail names the vCPU and the event, then its registers, e.g.
+	// "vCPU 0 triple fault (KVM_EXIT_SHUTDOWN): RIP 0x... RSP 0x... code ...".
+	Detail string
+}
+
+// KernelPanicEvent is the event a ExitGuestCrash report's Detail names, after
+// the vCPU, when the guest kernel reported a panic through the pvpanic
+// device: "vCPU 0 guest kernel panic (pvpanic): RIP 0x...".
+const KernelPanicEvent = "guest kernel panic (pvpanic)"
+
+// linePrefix starts every report line; the word after it says which
+// status follows.
+const linePrefix = "flushvm: guest "
+
+// verbs are the words after linePrefix, by status.
+var verbs = map[int]string{ExitGuestCrash: "crashed", ExitGuestHang: "hung"}
+
+// String formats r as the one line flushvm prints (without the newline).
+func (r CrashReport) String() string {
+	v, ok := verbs[r.Status]
+	if !ok {
+		v = "ended"
+	}
+	return fmt.Sprintf("%s%s (exit status %d): %s", linePrefix, v, r.Status, strings.ReplaceAll(r.Detail, "\n", " "))
+}
+
+// ParseCrashReport parses one report line as String formats it.
+func ParseCrashReport(line string) (CrashReport, bool) {
+	rest, ok := strings.CutPrefix(strings.TrimRight(line, "\r\n"), linePrefix)
+	if !ok {
+		return CrashReport{}, false
+	}
+	verb, rest, ok := strings.Cut(rest, " (exit status ")
+	if !ok {
+		return CrashReport{}, false
+	}
+	num, detail, ok := strings.Cut(rest, "): ")
+	if !ok {
+		return CrashReport{}, false
+	}
+	st, err := strconv.Atoi(num)
+	if err != nil || verbs[st] != verb {
+		return CrashReport{}, false
+	}
+	return CrashReport{Status: st, Detail: detail}, true
+}
+
+// FindCrashReport returns the last report line in out (flushvm's combined output, or
+// its stderr). A run that ended with ExitGuestCrash or ExitGuestHang but has no
+// report ended through the guest's own debug exit.
+func FindCrashReport(out []byte) (CrashReport, bool) {
+	var last CrashReport
+	found := false
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		// The guest's console shares the stream: the report may follow
+		// console bytes on the same line.
+		if i := strings.Index(line, linePrefix); i >= 0 {
+			if r, ok := ParseCrashReport(line[i:]); ok {
+				last, found = r, true
+			}
+		}
+	}
+	return last, found
+}
+
+// Crashed reports whether a run that ended with status and printed out
+// ended because flushvm saw its guest crash or hang.
+func Crashed(status int, out []byte) bool {
+	if status != ExitGuestCrash && status != ExitGuestHang {
+		return false
+	}
+	r, ok := FindCrashReport(out)
+	return ok && r.Status == status
+}
