@@ -84,7 +84,7 @@ func guestEnded(out []byte) bool { return bytes.Contains(out, []byte("flushvm-in
 
 // guestCrash reports whether a boot that ended with status and printed out
 // lost its guest, and how: flushvm reported a triple fault or a --watchdog
-// hang (protocol.ExitGuestCrash, GuestHang, with their report line), or the
+// hang (protocol.ExitGuestCrash, ExitGuestHang, with their report line), or the
 // guest rebooted or powered off without its /init's exit status (a kernel
 // panic reboots: panic=-1). Any other status is the guest's own or
 // flushvm's (a power cut, a failure) and is the caller's to judge.

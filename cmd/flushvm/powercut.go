@@ -10,11 +10,13 @@ import (
 	"time"
 
 	"github.com/flushvm/flushvm/blk"
+
+	"github.com/flushvm/flushvm/protocol"
 )
 
 // exitPowerCut is flushvm run's exit status after a power cut (by
-// --power-cut or the API's POST /power-cut).
-const exitPowerCut = 100
+// --power-cut or the API's POST /power-cut), as package protocol declares.
+const exitPowerCut = protocol.ExitPowerCut
 
 // powerCutMark is the MARK entry the write log gets at the cut.
 const powerCutMark = "flushvm-power-cut"

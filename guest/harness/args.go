@@ -134,16 +134,23 @@ func (m *mapper) input(host string) (string, error) {
 	return l1, nil
 }
 
+// diskSpecPath returns a --disk SPEC's path= (empty without one) and
+// whether it says readonly=on.
+func diskSpecPath(spec string) (path string, readonly bool) {
+	for _, kv := range strings.Split(spec, ",") {
+		if p, ok := strings.CutPrefix(kv, "path="); ok {
+			path = p
+		}
+		readonly = readonly || kv == "readonly=on"
+	}
+	return path, readonly
+}
+
 // disk maps a --disk SPEC's path= to the L1 virtio-blk device that carries
 // the host file, leaving every other key as given.
 func (m *mapper) disk(spec string) (string, error) {
 	parts := strings.Split(spec, ",")
-	readonly := false
-	for _, p := range parts {
-		if p == "readonly=on" {
-			readonly = true
-		}
-	}
+	_, readonly := diskSpecPath(spec)
 	for idx, p := range parts {
 		host, ok := strings.CutPrefix(p, "path=")
 		if !ok {

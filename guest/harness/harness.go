@@ -130,13 +130,8 @@ const DefaultWatchdog = time.Minute
 // withWatchdog returns the arguments of run r with --watchdog added when r
 // is a flushvm run that sets none.
 func (o Options) withWatchdog(r Run) []string {
-	if r.sub() != SubRun || o.Watchdog < 0 {
+	if _, set := FlagValue(r.Args, "watchdog"); set || r.sub() != SubRun || o.Watchdog < 0 {
 		return r.Args
-	}
-	for _, a := range r.Args {
-		if a == "--watchdog" || strings.HasPrefix(a, "--watchdog=") {
-			return r.Args
-		}
 	}
 	d := o.Watchdog
 	if d == 0 {

@@ -159,14 +159,7 @@ func writableDisks(args []string) []string {
 		if !ok {
 			continue
 		}
-		path, readonly := "", false
-		for _, kv := range strings.Split(spec, ",") {
-			if p, isPath := strings.CutPrefix(kv, "path="); isPath {
-				path = p
-			}
-			readonly = readonly || kv == "readonly=on"
-		}
-		if path != "" && !readonly {
+		if path, readonly := diskSpecPath(spec); path != "" && !readonly {
 			out = append(out, path)
 		}
 	}
