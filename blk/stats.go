@@ -37,8 +37,3 @@ type Stats struct {
 	FlushesElided uint64 `json:"flushes_elided"`
 	FlushesMerged uint64 `json:"flushes_merged"`
 }
-
-// StatsFile is the whole --stats JSON document.
-type StatsFile struct {
-	Disks []Stats `json:"disks"`
-}

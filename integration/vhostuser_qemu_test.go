@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/flushvm/flushvm/blk"
+	"github.com/flushvm/flushvm/disk"
 	"github.com/flushvm/flushvm/guest"
 	"github.com/flushvm/flushvm/guest/initramfs"
 	"github.com/flushvm/flushvm/guest/kernel"
@@ -152,11 +153,11 @@ type vhuGuest struct {
 func vhuBoot(t *testing.T, a *vhuArtifacts, cacheOpt string, queues int, script string, extra *initramfs.Builder) vhuGuest {
 	t.Helper()
 	dir := t.TempDir()
-	disk := filepath.Join(dir, "disk.img")
-	if err := os.WriteFile(disk, nil, 0o644); err != nil {
+	img := filepath.Join(dir, "img.img")
+	if err := os.WriteFile(img, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Truncate(disk, 128<<20); err != nil {
+	if err := os.Truncate(img, 128<<20); err != nil {
 		t.Fatal(err)
 	}
 	extra.Bytes("/run.sh", []byte(script), 0o755)
@@ -170,7 +171,7 @@ func vhuBoot(t *testing.T, a *vhuArtifacts, cacheOpt string, queues int, script 
 	defer cancel()
 	var stderr bytes.Buffer
 	be := exec.CommandContext(ctx, "nice", a.flushvm, "vhost-user-blk", "--socket", sock,
-		"--disk", "path="+disk+cacheOpt, "--queues", strconv.Itoa(queues), "--stats", statsFile)
+		"--img", "path="+img+cacheOpt, "--queues", strconv.Itoa(queues), "--stats", statsFile)
 	be.Stderr = &stderr
 	if err := be.Start(); err != nil {
 		t.Fatal(err)
@@ -191,7 +192,7 @@ func vhuBoot(t *testing.T, a *vhuArtifacts, cacheOpt string, queues int, script 
 	q.Stdout, q.Stderr = &console, &console
 	t0 := time.Now()
 	qerr := q.Run()
-	t.Logf("guest boot: qemu-system-x86_64 -accel tcg, vhost-user-blk-pci num-queues=%d -> flushvm vhost-user-blk --disk path=DISK%s --queues %d: %.1f s wall%s",
+	t.Logf("guest boot: qemu-system-x86_64 -accel tcg, vhost-user-blk-pci num-queues=%d -> flushvm vhost-user-blk --img path=DISK%s --queues %d: %.1f s wall%s",
 		queues, cacheOpt, queues, time.Since(t0).Seconds(), vhuUptime(console.String()))
 	done := make(chan error, 1)
 	go func() { done <- be.Wait() }()
@@ -203,7 +204,7 @@ func vhuBoot(t *testing.T, a *vhuArtifacts, cacheOpt string, queues int, script 
 		<-done
 		t.Fatalf("flushvm did not exit after QEMU disconnected; stderr:\n%s", stderr.String())
 	}
-	g := vhuGuest{console: console.String(), disk: disk, stderr: stderr.String()}
+	g := vhuGuest{console: console.String(), disk: img, stderr: stderr.String()}
 	if qerr != nil {
 		t.Fatalf("qemu: %v; console:\n%s\nflushvm:\n%s", qerr, g.console, g.stderr)
 	}
@@ -215,11 +216,11 @@ func vhuBoot(t *testing.T, a *vhuArtifacts, cacheOpt string, queues int, script 
 	if err != nil {
 		t.Fatalf("--stats: %v; flushvm:\n%s", err, g.stderr)
 	}
-	var doc blk.StatsFile
+	var doc disk.Stats
 	if err := json.Unmarshal(b, &doc); err != nil || len(doc.Disks) != 1 {
 		t.Fatalf("--stats %s: %v", b, err)
 	}
-	g.stats = doc.Disks[0]
+	g.stats = doc.Disks[0].Stats
 	return g
 }
 

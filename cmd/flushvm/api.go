@@ -11,6 +11,8 @@ import (
 	"os"
 	"strconv"
 	"time"
+
+	"github.com/flushvm/flushvm/disk"
 )
 
 // The --api control socket: HTTP/1.1 with JSON bodies on a unix socket.
@@ -41,7 +43,7 @@ var errWCERefused = errors.New("the device kept its write cache state (the drive
 // a fake in tests.
 type controller interface {
 	// Stats returns the stats document now.
-	Stats() statsDoc
+	Stats() disk.Stats
 	// SetWriteCache turns disk i's write cache on or off.
 	SetWriteCache(i int, on bool) error
 	// PowerCut cuts the power now.

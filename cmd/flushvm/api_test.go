@@ -17,6 +17,7 @@ import (
 	"testing"
 
 	"github.com/flushvm/flushvm/blk"
+	"github.com/flushvm/flushvm/disk"
 	"github.com/flushvm/flushvm/kvm"
 )
 
@@ -29,12 +30,12 @@ type fakeController struct {
 	refuse bool
 }
 
-func (f *fakeController) Stats() statsDoc {
+func (f *fakeController) Stats() disk.Stats {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var doc statsDoc
+	var doc disk.Stats
 	for i, w := range f.wce {
-		doc.Disks = append(doc.Disks, diskStats{Stats: blk.Stats{Path: fmt.Sprintf("d%d.img", i), Cache: blk.CacheWriteback, WCE: w}})
+		doc.Disks = append(doc.Disks, disk.DiskStats{Stats: blk.Stats{Path: fmt.Sprintf("d%d.img", i), Cache: blk.CacheWriteback, WCE: w}})
 	}
 	return doc
 }
@@ -241,7 +242,7 @@ func TestRunPowerCutTinyGuest(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var doc statsDoc
+			var doc disk.Stats
 			if err := json.Unmarshal(b, &doc); err != nil {
 				t.Fatal(err)
 			}
@@ -271,7 +272,7 @@ func TestRunPowerCutTinyGuest(t *testing.T) {
 // powercut= disk and happens once.
 func TestRunController(t *testing.T) {
 	dir := t.TempDir()
-	open := func(spec string, ps *powerSupply) *disk {
+	open := func(spec string, ps *disk.PowerSupply) *disk.Disk {
 		p := filepath.Join(dir, fmt.Sprintf("d%d.img", len(spec)))
 		if err := os.WriteFile(p, make([]byte, 1<<20), 0o644); err != nil {
 			t.Fatal(err)
@@ -280,14 +281,14 @@ func TestRunController(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		d, err := openDisk(sp, "", 0, ps)
+		d, err := disk.Open(sp, "", 0, ps)
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { d.dev.Close() })
+		t.Cleanup(func() { d.Dev.Close() })
 		return d
 	}
-	plain := &runController{disks: []*disk{open(",cache=writeback", nil)}}
+	plain := &runController{disks: []*disk.Disk{open(",cache=writeback", nil)}}
 	h := newAPIHandler(plain)
 	for _, tc := range []struct {
 		body string
@@ -295,8 +296,8 @@ func TestRunController(t *testing.T) {
 	}{{`{"wce": false}`, false}, {`{"wce": true}`, true}} {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest("POST", "/disks/0/cache", strings.NewReader(tc.body)))
-		if rec.Code != 200 || plain.disks[0].dev.WriteCache() != tc.want {
-			t.Fatalf("%s: %d %s, write cache %v", tc.body, rec.Code, rec.Body, plain.disks[0].dev.WriteCache())
+		if rec.Code != 200 || plain.disks[0].Dev.WriteCache() != tc.want {
+			t.Fatalf("%s: %d %s, write cache %v", tc.body, rec.Code, rec.Body, plain.disks[0].Dev.WriteCache())
 		}
 	}
 	if err := plain.SetWriteCache(1, true); !errors.Is(err, errNoSuchDisk) {
@@ -306,10 +307,10 @@ func TestRunController(t *testing.T) {
 		t.Fatalf("power cut without a powercut= disk: %v", err)
 	}
 
-	ps := newPowerSupply()
+	ps := disk.NewPowerSupply()
 	stops := 0
-	ps.stop = func() { stops++ }
-	pc := &runController{disks: []*disk{open(",powercut=lose-all", ps)}, ps: ps}
+	ps.Stop = func() { stops++ }
+	pc := &runController{disks: []*disk.Disk{open(",powercut=lose-all", ps)}, ps: ps}
 	if err := pc.PowerCut(); err != nil || !ps.IsCut() || stops != 1 {
 		t.Fatalf("power cut: %v (cut %v, stops %d)", err, ps.IsCut(), stops)
 	}

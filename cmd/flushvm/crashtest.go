@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/flushvm/flushvm/blk"
+	"github.com/flushvm/flushvm/protocol"
 )
 
 func init() {
@@ -151,7 +152,7 @@ type campaign struct {
 	mem         string
 	cpus        int
 	records     int
-	at          *trigger
+	at          *protocol.Trigger
 	bootTimeout time.Duration
 	// log receives one line per retried boot, with its cause (nil: none).
 	log io.Writer
@@ -214,7 +215,7 @@ func (f *crashtestFlags) campaign() (*campaign, error) {
 	if c.initrd, err = existingAbs("initrd", f.initrd); err != nil {
 		return nil, err
 	}
-	size, err := parseByteSize(f.diskSize)
+	size, err := protocol.ParseSize(f.diskSize, protocol.BareBytes)
 	if err != nil || size < 16<<20 || size%512 != 0 {
 		return nil, userErrorf("--disk-size %q: want at least 16M, a multiple of 512 bytes", f.diskSize)
 	}
@@ -242,8 +243,8 @@ func (f *crashtestFlags) campaign() (*campaign, error) {
 		return nil, userError{err}
 	}
 	if f.at != "" {
-		t, err := parseTrigger(f.at)
-		if err != nil || t.kind == triggerAfter {
+		t, err := protocol.ParseTrigger(f.at)
+		if err != nil || t.Kind == protocol.TriggerAfter {
 			return nil, userErrorf("--at %q: want writes=N or flushes=N", f.at)
 		}
 		c.at = &t
@@ -251,7 +252,7 @@ func (f *crashtestFlags) campaign() (*campaign, error) {
 	if f.cpus < 1 || f.cpus > 64 {
 		return nil, userErrorf("--cpus %d: want 1..64", f.cpus)
 	}
-	if _, err := parseByteSize(f.mem); err != nil {
+	if _, err := protocol.ParseSize(f.mem, protocol.BareBytes); err != nil {
 		return nil, userErrorf("--mem %q: %v", f.mem, err)
 	}
 	if f.bootTimeout <= 0 {

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/flushvm/flushvm/disk"
 )
 
 // acks are the acknowledgements a workload printed on the console.
@@ -130,7 +132,7 @@ func (r *cutResult) readPowerCut(path string) error {
 	if err != nil {
 		return fmt.Errorf("workload --stats: %w", err)
 	}
-	var doc statsDoc
+	var doc disk.Stats
 	if err := json.Unmarshal(b, &doc); err != nil || len(doc.Disks) != 1 {
 		return fmt.Errorf("workload --stats %s: want one disk: %v", path, err)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/flushvm/flushvm/disk"
 	"github.com/flushvm/flushvm/protocol"
 )
 
@@ -269,7 +270,7 @@ func (c *campaign) calibrate(ctx context.Context, b booter, dir, template string
 
 // cutPoint draws cut k's trigger from its seed: a write or (when the mode
 // flushes at all) a flush, uniformly over the calibrated run.
-func (c *campaign) cutPoint(seed uint64, cal calibration) trigger {
+func (c *campaign) cutPoint(seed uint64, cal calibration) protocol.Trigger {
 	if c.at != nil {
 		return *c.at
 	}
@@ -278,9 +279,9 @@ func (c *campaign) cutPoint(seed uint64, cal calibration) trigger {
 	// calibration run would end before such a cut.
 	span := func(n uint64) uint64 { return max(1, n*95/100) }
 	if cal.Flushes > 0 && r.IntN(2) == 1 {
-		return trigger{kind: triggerFlushes, n: 1 + r.Uint64N(span(cal.Flushes))}
+		return protocol.Trigger{Kind: protocol.TriggerFlushes, N: 1 + r.Uint64N(span(cal.Flushes))}
 	}
-	return trigger{kind: triggerWrites, n: 1 + r.Uint64N(span(cal.Writes))}
+	return protocol.Trigger{Kind: protocol.TriggerWrites, N: 1 + r.Uint64N(span(cal.Writes))}
 }
 
 // cut runs cut k: the workload boot with the power cut, then the checker.
@@ -344,7 +345,7 @@ func (c *campaign) cut(ctx context.Context, b booter, dir, template string, k in
 }
 
 // reproCommand is the command that runs cut seed again at the same point.
-func (c *campaign) reproCommand(seed uint64, at trigger) string {
+func (c *campaign) reproCommand(seed uint64, at protocol.Trigger) string {
 	a := []string{"flushvm", "crashtest", "--kernel", c.kernel, "--initrd", c.initrd, "--disk-size", c.diskSizeArg,
 		"--workload", c.workload, "--cuts", "1", "--policy", c.policy, "--seed", strconv.FormatUint(seed, 10),
 		"--cache", string(c.cache), "--at", at.String()}
@@ -359,7 +360,7 @@ func (c *campaign) reproCommand(seed uint64, at trigger) string {
 	}
 	a = append(a, "--dir", "crash-"+strconv.FormatUint(seed, 10))
 	for i, s := range a {
-		a[i] = shellQuote(s)
+		a[i] = disk.ShellQuote(s)
 	}
 	return strings.Join(a, " ")
 }

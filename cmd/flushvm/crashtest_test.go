@@ -14,6 +14,8 @@ import (
 
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
+
+	"github.com/flushvm/flushvm/protocol"
 )
 
 // fakeGuest stands in for `flushvm run` with flushvm's guest image: it
@@ -406,25 +408,25 @@ func TestJudge(t *testing.T) {
 func TestCutPoint(t *testing.T) {
 	cal := calibration{Writes: 300, Flushes: 40}
 	c := testCampaign(t)
-	seen := map[triggerKind]int{}
+	seen := map[protocol.TriggerKind]int{}
 	for seed := uint64(0); seed < 200; seed++ {
 		a, b := c.cutPoint(seed, cal), c.cutPoint(seed, cal)
 		if a != b {
 			t.Fatalf("seed %d: %v then %v", seed, a, b)
 		}
 		limit := cal.Writes
-		if a.kind == triggerFlushes {
+		if a.Kind == protocol.TriggerFlushes {
 			limit = cal.Flushes
 		}
-		if a.n < 1 || a.n > limit {
+		if a.N < 1 || a.N > limit {
 			t.Fatalf("seed %d: %v outside 1..%d", seed, a, limit)
 		}
-		seen[a.kind]++
+		seen[a.Kind]++
 	}
-	if seen[triggerWrites] == 0 || seen[triggerFlushes] == 0 {
+	if seen[protocol.TriggerWrites] == 0 || seen[protocol.TriggerFlushes] == 0 {
 		t.Errorf("cut points %v: want both kinds", seen)
 	}
-	if p := c.cutPoint(7, calibration{Writes: 10}); p.kind != triggerWrites {
+	if p := c.cutPoint(7, calibration{Writes: 10}); p.Kind != protocol.TriggerWrites {
 		t.Errorf("a mode that never flushes got %v", p)
 	}
 	pinned := testCampaign(t, "--at", "flushes=3")

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/flushvm/flushvm/blk"
+	"github.com/flushvm/flushvm/disk"
 	"github.com/flushvm/flushvm/kvm"
 )
 
@@ -47,8 +48,8 @@ func TestCommandLine(t *testing.T) {
 	}
 	notKernel := filepath.Join(dir, "notkernel")
 	os.WriteFile(notKernel, bytes.Repeat([]byte("not a kernel\n"), 100), 0o644)
-	disk := filepath.Join(dir, "disk.img")
-	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o644); err != nil {
+	img := filepath.Join(dir, "disk.img")
+	if err := os.WriteFile(img, make([]byte, 1<<20), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	stats := filepath.Join(dir, "stats.json")
@@ -78,7 +79,7 @@ func TestCommandLine(t *testing.T) {
 		{"disk file missing", []string{"run", "--kernel", kernel, "--disk", "path=" + filepath.Join(dir, "none.img")}, true, 2, "", "--disk"},
 		{"not a bzImage", []string{"run", "--kernel", notKernel}, true, 2, "", "not a bootable bzImage"},
 		{"guest status", []string{"run", "--kernel", kernel, "--mem", "64M"}, true, 3, "ok", ""},
-		{"guest status, 2 vCPUs, disk, stats", []string{"run", "--kernel", kernel, "--mem", "64M", "--cpus", "2", "--disk", "path=" + disk + ",cache=writethrough", "--stats", stats}, true, 3, "ok", ""},
+		{"guest status, 2 vCPUs, disk, stats", []string{"run", "--kernel", kernel, "--mem", "64M", "--cpus", "2", "--disk", "path=" + img + ",cache=writethrough", "--stats", stats}, true, 3, "ok", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -110,39 +111,11 @@ func TestCommandLine(t *testing.T) {
 	if err != nil {
 		t.Fatalf("--stats file: %v", err)
 	}
-	var doc blk.StatsFile
+	var doc disk.Stats
 	if err := json.Unmarshal(b, &doc); err != nil {
 		t.Fatal(err)
 	}
-	if len(doc.Disks) != 1 || doc.Disks[0].Path != disk || doc.Disks[0].Cache != blk.CacheWritethrough {
-		t.Errorf("stats = %+v, want one writethrough disk %s", doc, disk)
-	}
-}
-
-func TestParseSize(t *testing.T) {
-	tests := []struct {
-		in   string
-		want uint64
-		ok   bool
-	}{
-		{"512M", 512 << 20, true},
-		{"512m", 512 << 20, true},
-		{"1G", 1 << 30, true},
-		{"2GiB", 2 << 30, true},
-		{"65536K", 64 << 20, true},
-		{"256", 256 << 20, true},
-		{"1MB", 1 << 20, true},
-		{"", 0, false},
-		{"0", 0, false},
-		{"-1G", 0, false},
-		{"1T", 0, false},
-		{"G", 0, false},
-		{"99999999999G", 0, false},
-	}
-	for _, tc := range tests {
-		got, err := parseSize(tc.in)
-		if (err == nil) != tc.ok || got != tc.want {
-			t.Errorf("parseSize(%q) = %d, %v; want %d, ok %v", tc.in, got, err, tc.want, tc.ok)
-		}
+	if len(doc.Disks) != 1 || doc.Disks[0].Path != img || doc.Disks[0].Cache != blk.CacheWritethrough {
+		t.Errorf("stats = %+v, want one writethrough disk %s", doc, img)
 	}
 }

@@ -11,46 +11,9 @@ import (
 	"time"
 
 	"github.com/flushvm/flushvm/blk"
+	"github.com/flushvm/flushvm/disk"
+	"github.com/flushvm/flushvm/protocol"
 )
-
-func TestParseTrigger(t *testing.T) {
-	tests := []struct {
-		in   string
-		want trigger
-		bad  bool
-	}{
-		{"after=1.5s", trigger{kind: triggerAfter, after: 1500 * time.Millisecond}, false},
-		{"after=200ms", trigger{kind: triggerAfter, after: 200 * time.Millisecond}, false},
-		{"flushes=1", trigger{kind: triggerFlushes, n: 1}, false},
-		{"writes=1000", trigger{kind: triggerWrites, n: 1000}, false},
-		{"after=0s", trigger{}, true},
-		{"after=-1s", trigger{}, true},
-		{"after=soon", trigger{}, true},
-		{"flushes=0", trigger{}, true},
-		{"writes=-3", trigger{}, true},
-		{"writes=", trigger{}, true},
-		{"writes", trigger{}, true},
-		{"reads=3", trigger{}, true},
-		{"", trigger{}, true},
-	}
-	for _, tc := range tests {
-		t.Run(tc.in, func(t *testing.T) {
-			got, err := parseTrigger(tc.in)
-			if tc.bad {
-				if !errors.Is(err, errBadTrigger) {
-					t.Fatalf("parseTrigger(%q) = %v, %v; want errBadTrigger", tc.in, got, err)
-				}
-				return
-			}
-			if err != nil || got != tc.want {
-				t.Fatalf("parseTrigger(%q) = %+v, %v; want %+v", tc.in, got, err, tc.want)
-			}
-			if again, err := parseTrigger(got.String()); err != nil || again != got {
-				t.Fatalf("String() %q does not parse back: %+v, %v", got.String(), again, err)
-			}
-		})
-	}
-}
 
 func TestParseSpecPowerCut(t *testing.T) {
 	tests := []struct {
@@ -132,28 +95,6 @@ func TestPowerCutFlagErrors(t *testing.T) {
 	}
 }
 
-func TestParseByteSize(t *testing.T) {
-	tests := []struct {
-		in   string
-		want uint64
-		bad  bool
-	}{
-		{"4096", 4096, false},
-		{"64K", 64 << 10, false},
-		{"16M", 16 << 20, false},
-		{"1G", 1 << 30, false},
-		{"0", 0, true},
-		{"-1", 0, true},
-		{"1T", 0, true},
-	}
-	for _, tc := range tests {
-		got, err := parseByteSize(tc.in)
-		if (err != nil) != tc.bad || got != tc.want {
-			t.Errorf("parseByteSize(%q) = %d, %v; want %d (error %v)", tc.in, got, err, tc.want, tc.bad)
-		}
-	}
-}
-
 // diskOp is one call a test makes on a disk stack, as the device would.
 type diskOp struct {
 	sync bool
@@ -207,20 +148,20 @@ func TestCutBackendTriggers(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			trig, err := parseTrigger(tc.trig)
+			trig, err := protocol.ParseTrigger(tc.trig)
 			if err != nil {
 				t.Fatal(err)
 			}
-			ps := newPowerSupply()
-			ps.arm(trig)
+			ps := disk.NewPowerSupply()
+			ps.Arm(trig)
 			var stops atomic.Int32
-			ps.stop = func() { stops.Add(1) }
-			d, err := openDisk(sp, logPath, 0, ps)
+			ps.Stop = func() { stops.Add(1) }
+			d, err := disk.Open(sp, logPath, 0, ps)
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer d.dev.Close()
-			b := d.dev.Backend()
+			defer d.Dev.Close()
+			b := d.Dev.Backend()
 
 			held := make(chan error, len(tc.ops))
 			for i, op := range tc.ops {
@@ -253,7 +194,7 @@ func TestCutBackendTriggers(t *testing.T) {
 				t.Fatalf("a call completed after the cut: %v", err)
 			case <-time.After(50 * time.Millisecond):
 			}
-			ps.release()
+			ps.Release()
 			for range len(tc.ops) - tc.cutAt {
 				if err := <-held; !errors.Is(err, blk.ErrPowerLost) {
 					t.Fatalf("held call returned %v, want ErrPowerLost", err)
@@ -262,17 +203,17 @@ func TestCutBackendTriggers(t *testing.T) {
 			if n := stops.Load(); n != 1 {
 				t.Fatalf("machine told to stop %d times, want 1", n)
 			}
-			if _, err := d.powerCut(ps.Why(), 5); err != nil {
+			if _, err := d.PowerCut(ps.Why(), 5); err != nil {
 				t.Fatal(err)
 			}
-			if d.cut.CompletedFlushes != tc.flushes {
-				t.Errorf("completed flushes %d, want %d", d.cut.CompletedFlushes, tc.flushes)
+			if d.Cut.CompletedFlushes != tc.flushes {
+				t.Errorf("completed flushes %d, want %d", d.Cut.CompletedFlushes, tc.flushes)
 			}
-			line := d.summary("disk 0")
+			line := d.Summary("disk 0")
 			if !strings.Contains(line, "flushvm replay") || !strings.Contains(line, ps.Why()) || strings.Contains(line, "\n") {
 				t.Errorf("summary %q", line)
 			}
-			if err := d.dev.Close(); err != nil {
+			if err := d.Dev.Close(); err != nil {
 				t.Fatal(err)
 			}
 			got, err := os.ReadFile(img)
@@ -292,7 +233,7 @@ func TestCutBackendTriggers(t *testing.T) {
 
 			// The printed replay command rebuilds the same image.
 			out := filepath.Join(dir, "crash.img")
-			cmd := strings.NewReplacer("BASE", base, "crash.img", out).Replace(d.cut.Replay)
+			cmd := strings.NewReplacer("BASE", base, "crash.img", out).Replace(d.Cut.Replay)
 			args := strings.Fields(strings.TrimPrefix(cmd, "flushvm "))
 			var stdout, stderr bytes.Buffer
 			if st := dispatch(args, &stdout, &stderr); st != exitOK {
@@ -314,56 +255,5 @@ func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
 	for !cond() {
 		time.Sleep(time.Millisecond)
-	}
-}
-
-// TestCacheBoundDestage checks that --cache-bound reaches the volatile
-// cache: with room for one unstable 4 KiB write, older writes are destaged
-// (so lose-all keeps them), the stats count them, and the summary warns
-// that a replay of the write log is then not exact.
-func TestCacheBoundDestage(t *testing.T) {
-	dir := t.TempDir()
-	img := filepath.Join(dir, "disk.img")
-	if err := os.WriteFile(img, make([]byte, 64<<10), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	sp, err := blk.ParseSpec("path=" + img + ",powercut=lose-all")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ps := newPowerSupply()
-	d, err := openDisk(sp, filepath.Join(dir, "run.wlog"), 4096, ps)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.dev.Close()
-	for i := range 3 {
-		v := blk.NewVec(1)
-		v.Append(bytes.Repeat([]byte{byte(i + 1)}, 4096))
-		if err := d.dev.Backend().WriteAt(v, int64(i)*4096); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ps.Cut("test")
-	ps.release()
-	rep, err := d.powerCut(ps.Why(), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d.cut.Destaged != 2 || rep.Unstable != 1 || rep.Lost != 1 {
-		t.Fatalf("destaged %d, report %s; want 2 destaged, 1 lost", d.cut.Destaged, rep.Summary())
-	}
-	if line := d.summary("disk 0"); !strings.Contains(line, "inexact: 2 writes destaged") {
-		t.Errorf("summary %q does not warn about destaged writes", line)
-	}
-	d.dev.Close()
-	got, err := os.ReadFile(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, want := range []byte{1, 2, 0} {
-		if got[i*4096] != want {
-			t.Errorf("block %d holds %d, want %d", i, got[i*4096], want)
-		}
 	}
 }

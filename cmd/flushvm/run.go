@@ -6,14 +6,13 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
 
 	"github.com/flushvm/flushvm/blk"
+	"github.com/flushvm/flushvm/disk"
 	"github.com/flushvm/flushvm/kvm"
 	"github.com/flushvm/flushvm/protocol"
 	"github.com/flushvm/flushvm/virtio"
@@ -144,7 +143,7 @@ func (f *runFlags) usage(w io.Writer) {
 	fmt.Fprintln(w, "random-sectors[:512|:4k], prefix; any cache mode, not readonly=on) sits on a")
 	fmt.Fprintln(w, "volatile write cache. When the power is cut the machine stops at once (requests")
 	fmt.Fprintln(w, "in flight never complete), each policy decides from --seed which unstable writes")
-	fmt.Fprintln(w, "reach the image, the write log gets the mark \""+powerCutMark+"\", and flushvm prints")
+	fmt.Fprintln(w, "reach the image, the write log gets the mark \""+protocol.PowerCutMark+"\", and flushvm prints")
 	fmt.Fprintln(w, "one line per disk: counts kept/torn/lost and the flushvm replay command that")
 	fmt.Fprintln(w, "rebuilds the image from the write log.")
 	fmt.Fprintln(w)
@@ -185,7 +184,7 @@ func (f *runFlags) run(stdout, stderr io.Writer) (status int, err error) {
 	if f.kernel == "" {
 		return 0, userErrorf("--kernel FILE is required")
 	}
-	mem, err := parseSize(f.mem)
+	mem, err := protocol.ParseSize(f.mem, protocol.BareMiB)
 	if err != nil {
 		return 0, userErrorf("--mem: %v", err)
 	}
@@ -219,31 +218,32 @@ func (f *runFlags) run(stdout, stderr io.Writer) (status int, err error) {
 		return 0, userError{err}
 	}
 
-	var disks []*disk
+	var disks []*disk.Disk
 	// final is the stats as the guest left them, taken before the machine
 	// closes: closing resets the devices, which would report the cache
 	// mode's default write cache instead of the guest's last choice.
-	var final *statsDoc
+	var final *disk.Stats
 	ps := pc.supply
 	defer func() {
 		// Held requests (after a cut) fail once nothing can see them, so
 		// the devices can close.
 		if ps != nil {
-			ps.release()
+			ps.Release()
 		}
 		// The stats file is written on every path out of run once disks
 		// may exist, then the disks are closed.
 		if f.stats != "" {
-			doc := collectStats(disks)
+			doc := disk.Collect(disks)
 			if final != nil {
 				doc = *final
 			}
-			if werr := writeStatsDoc(f.stats, doc); werr != nil && err == nil {
+			if werr := disk.WriteStats(f.stats, doc); werr != nil && err == nil {
+				werr = userErrorf("--stats: %v", fileError(errors.Unwrap(werr)))
 				err = werr
 			}
 		}
 		for _, d := range disks {
-			if cerr := d.dev.Close(); cerr != nil && err == nil {
+			if cerr := d.Dev.Close(); cerr != nil && err == nil {
 				err = fmt.Errorf("closing disk: %w", cerr)
 			}
 		}
@@ -254,12 +254,12 @@ func (f *runFlags) run(stdout, stderr io.Writer) (status int, err error) {
 		if i == pc.logDisk {
 			logPath = f.writeLog
 		}
-		d, err := openDisk(sp, logPath, pc.bound, ps)
+		d, err := disk.Open(sp, logPath, pc.bound, ps)
 		if err != nil {
 			return 0, userErrorf("--disk %s: %v", f.disks[i], err)
 		}
 		disks = append(disks, d)
-		devices = append(devices, d.dev)
+		devices = append(devices, d.Dev)
 	}
 
 	m, err := vmm.New(vmm.Config{
@@ -288,12 +288,12 @@ func (f *runFlags) run(stdout, stderr io.Writer) (status int, err error) {
 	}()
 	// Deferred calls run last-in first-out: this one runs before m.Close.
 	defer func() {
-		doc := collectStats(disks)
+		doc := disk.Collect(disks)
 		final = &doc
 	}()
 
 	if ps != nil {
-		ps.stop = func() { m.Stop(exitPowerCut) }
+		ps.Stop = func() { m.Stop(exitPowerCut) }
 	}
 	var api *apiServer
 	if f.api != "" {
@@ -309,8 +309,8 @@ func (f *runFlags) run(stdout, stderr io.Writer) (status int, err error) {
 			}
 		}()
 	}
-	if pc.trig.kind == triggerAfter {
-		t := time.AfterFunc(pc.trig.after, func() { ps.Cut("power cut by --power-cut " + pc.trig.String()) })
+	if pc.trig.Kind == protocol.TriggerAfter {
+		t := time.AfterFunc(pc.trig.After, func() { ps.Cut("power cut by --power-cut " + pc.trig.String()) })
 		defer t.Stop()
 	}
 
@@ -342,16 +342,16 @@ func (f *runFlags) run(stdout, stderr io.Writer) (status int, err error) {
 	if ps != nil && ps.IsCut() {
 		// The vCPUs are stopped: now the held requests may fail, and the
 		// policies decide what the images keep.
-		ps.release()
+		ps.Release()
 		var cutErr error
 		for i, d := range disks {
-			if d.cache == nil {
+			if !d.HasPowerCut() {
 				continue
 			}
-			if _, err := d.powerCut(ps.Why(), f.seed); err != nil {
+			if _, err := d.PowerCut(ps.Why(), f.seed); err != nil {
 				cutErr = errors.Join(cutErr, fmt.Errorf("power cut of disk %d: %w", i, err))
 			}
-			fmt.Fprintln(stderr, d.summary(fmt.Sprintf("disk %d (%s)", i, d.dev.Spec().Path)))
+			fmt.Fprintln(stderr, d.Summary(fmt.Sprintf("disk %d (%s)", i, d.Dev.Spec().Path)))
 		}
 		if cutErr != nil {
 			return exitFailure, cutErr
@@ -381,13 +381,13 @@ func fileError(err error) error {
 // powerCutConfig is what the power-cut flags ask for, checked against the
 // disks.
 type powerCutConfig struct {
-	trig trigger // kind "" when --power-cut is not given
+	trig protocol.Trigger // kind "" when --power-cut is not given
 	// bound is --cache-bound (0: the default).
 	bound int64
 	// logDisk is the disk --write-log records (-1: none).
 	logDisk int
 	// supply is the machine's power supply (nil: no powercut= disk).
-	supply *powerSupply
+	supply *disk.PowerSupply
 }
 
 // powerCutSetup checks the power-cut flags against the disks.
@@ -406,7 +406,7 @@ func (f *runFlags) powerCutSetup(specs []blk.Spec) (powerCutConfig, error) {
 		return nil
 	}
 	if f.powerCut != "" {
-		t, err := parseTrigger(f.powerCut)
+		t, err := protocol.ParseTrigger(f.powerCut)
 		if err != nil {
 			return pc, userErrorf("--power-cut: %v", err)
 		}
@@ -421,7 +421,7 @@ func (f *runFlags) powerCutSetup(specs []blk.Spec) (powerCutConfig, error) {
 		}
 	}
 	if f.cacheBound != "" {
-		b, err := parseByteSize(f.cacheBound)
+		b, err := protocol.ParseSize(f.cacheBound, protocol.BareBytes)
 		if err != nil {
 			return pc, userErrorf("--cache-bound: %v", err)
 		}
@@ -445,29 +445,16 @@ func (f *runFlags) powerCutSetup(specs []blk.Spec) (powerCutConfig, error) {
 		}
 	}
 	if len(cutDisks) > 0 {
-		pc.supply = newPowerSupply()
-		pc.supply.arm(pc.trig)
+		pc.supply = disk.NewPowerSupply()
+		pc.supply.Arm(pc.trig)
 	}
 	return pc, nil
 }
 
-// parseByteSize parses a size in bytes: a number with K, M or G (powers of
-// 1024); a plain number is bytes, unlike --mem.
-func parseByteSize(s string) (uint64, error) {
-	t := strings.TrimSpace(s)
-	if v, err := strconv.ParseUint(t, 10, 64); err == nil {
-		if v == 0 {
-			return 0, fmt.Errorf("bad size %q: must not be 0", s)
-		}
-		return v, nil
-	}
-	return parseSize(s)
-}
-
 // runController is the API's view of the running machine.
 type runController struct {
-	disks []*disk
-	ps    *powerSupply
+	disks []*disk.Disk
+	ps    *disk.PowerSupply
 }
 
 // virtioBlkCfgWriteback is the offset of the writeback field in the
@@ -475,7 +462,7 @@ type runController struct {
 const virtioBlkCfgWriteback = 32
 
 // Stats returns the stats document now.
-func (c *runController) Stats() statsDoc { return collectStats(c.disks) }
+func (c *runController) Stats() disk.Stats { return disk.Collect(c.disks) }
 
 // SetWriteCache turns disk i's write cache on or off as the guest would,
 // through the configuration space's writeback field. The guest is not
@@ -484,7 +471,7 @@ func (c *runController) SetWriteCache(i int, on bool) error {
 	if i < 0 || i >= len(c.disks) {
 		return fmt.Errorf("%w: disk %d (the machine has %d)", errNoSuchDisk, i, len(c.disks))
 	}
-	d := c.disks[i].dev
+	d := c.disks[i].Dev
 	v := byte(0)
 	if on {
 		v = 1

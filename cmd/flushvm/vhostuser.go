@@ -4,7 +4,6 @@ package main
 // frontend (QEMU's vhost-user-blk-pci, Cloud Hypervisor, crosvm).
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flushvm/flushvm/blk"
+	"github.com/flushvm/flushvm/disk"
 	"github.com/flushvm/flushvm/virtio/vhostuser"
 )
 
@@ -86,7 +86,7 @@ func vhostUserBlk(args []string, logger *log.Logger) error {
 	fs := pflag.NewFlagSet("vhost-user-blk", pflag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	socket := fs.String("socket", "", "unix socket PATH to listen on")
-	disk := fs.String("disk", "", "disk SPEC: path=FILE[,cache=MODE][,readonly=on|off][,serial=S]")
+	diskSpec := fs.String("disk", "", "disk SPEC: path=FILE[,cache=MODE][,readonly=on|off][,serial=S]")
 	queues := fs.Int("queues", 1, fmt.Sprintf("number of request queues (1..%d)", blk.MaxQueues))
 	queueSize := fs.Uint16("queue-size", 128, "ring size of every queue; must equal the frontend's (QEMU vhost-user-blk-pci queue-size)")
 	statsPath := fs.String("stats", "", "write the statistics JSON document to FILE at exit")
@@ -101,14 +101,14 @@ func vhostUserBlk(args []string, logger *log.Logger) error {
 		return fmt.Errorf("%w: unexpected argument %q (see --help)", errVhostUsage, fs.Arg(0))
 	case *socket == "":
 		return fmt.Errorf("%w: --socket PATH is required", errVhostUsage)
-	case *disk == "":
+	case *diskSpec == "":
 		return fmt.Errorf("%w: --disk SPEC is required", errVhostUsage)
 	case *queues < 1 || *queues > blk.MaxQueues:
 		return fmt.Errorf("%w: --queues %d: want 1..%d", errVhostUsage, *queues, blk.MaxQueues)
 	case *queueSize < 4 || *queueSize > blk.MaxQueueSizeLimit || *queueSize&(*queueSize-1) != 0:
 		return fmt.Errorf("%w: --queue-size %d: want a power of two, 4..%d", errVhostUsage, *queueSize, blk.MaxQueueSizeLimit)
 	}
-	spec, err := blk.ParseSpec(*disk)
+	spec, err := blk.ParseSpec(*diskSpec)
 	if err != nil {
 		return fmt.Errorf("%w: --disk: %v", errVhostUsage, err)
 	}
@@ -186,7 +186,7 @@ func vhostUserBlk(args []string, logger *log.Logger) error {
 		}
 	}
 	if *statsPath != "" {
-		if err := writeVhostStats(*statsPath, blk.StatsFile{Disks: []blk.Stats{dev.Stats()}}); err != nil {
+		if err := disk.WriteStats(*statsPath, disk.Stats{Disks: []disk.DiskStats{{Stats: dev.Stats()}}}); err != nil {
 			if sessionErr != nil {
 				logger.Print(sessionErr)
 			}
@@ -194,22 +194,4 @@ func vhostUserBlk(args []string, logger *log.Logger) error {
 		}
 	}
 	return sessionErr
-}
-
-// writeVhostStats writes the --stats document atomically (a reader never
-// sees half of it).
-func writeVhostStats(path string, doc blk.StatsFile) error {
-	b, err := json.MarshalIndent(doc, "", "  ")
-	if err != nil {
-		return fmt.Errorf("stats: %w", err)
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
-		return fmt.Errorf("stats: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("stats: %w", err)
-	}
-	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flushvm/flushvm/blk"
+	"github.com/flushvm/flushvm/disk"
 )
 
 func TestVhostUserBlkUsage(t *testing.T) {
@@ -99,13 +100,13 @@ func waitCode(t *testing.T, code chan int, stderr *lockedBuffer) int {
 	}
 }
 
-func readStats(t *testing.T, path string) blk.StatsFile {
+func readStats(t *testing.T, path string) disk.Stats {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var doc blk.StatsFile
+	var doc disk.Stats
 	if err := json.Unmarshal(b, &doc); err != nil || len(doc.Disks) != 1 {
 		t.Fatalf("stats %s: %v", b, err)
 	}

@@ -3,7 +3,6 @@ package harness
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -12,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/flushvm/flushvm/guest/internal/job"
+	"github.com/flushvm/flushvm/protocol"
 )
 
 // Subcommands of flushvm a Run can name.
@@ -28,9 +28,6 @@ const ScratchMount = "/scratch"
 // scratchSlack is the scratch disk's room beyond the campaigns' images
 // (file system metadata, boot logs, the journal).
 const scratchSlack = 256 << 20
-
-// ErrBadSize reports a size argument the harness cannot read.
-var ErrBadSize = errors.New("bad size")
 
 // crashtestValueFlags are the flushvm crashtest flags that take a value.
 // --kernel and --initrd are inputs, --report an output copied back, --dir
@@ -57,33 +54,6 @@ func FlagValue(args []string, name string) (string, bool) {
 	return val, found
 }
 
-// ParseSize reads a size with an optional K, M, G or T suffix (powers of
-// 1024), as flushvm's own flags take it.
-func ParseSize(s string) (int64, error) {
-	t := strings.TrimSuffix(strings.ToUpper(strings.TrimSpace(s)), "B")
-	shift := 0
-	if n := len(t); n > 0 {
-		switch t[n-1] {
-		case 'K':
-			shift = 10
-		case 'M':
-			shift = 20
-		case 'G':
-			shift = 30
-		case 'T':
-			shift = 40
-		}
-		if shift > 0 {
-			t = t[:n-1]
-		}
-	}
-	v, err := strconv.ParseInt(t, 10, 64)
-	if err != nil || v < 0 || v > (1<<62)>>shift {
-		return 0, fmt.Errorf("%w: %q (want e.g. 128M, 1G)", ErrBadSize, s)
-	}
-	return v << shift, nil
-}
-
 // ScratchSize is how large the scratch disk of a session must be for its
 // crashtest runs: each needs room for the template image, a calibration or
 // cut image and a spare (3 x --disk-size), plus every cut's image when
@@ -102,7 +72,8 @@ func ScratchSize(runs []Run) (int64, error) {
 			total += 64 << 20
 			continue
 		}
-		disk, err := ParseSize(sz)
+		size, err := protocol.ParseSize(sz, protocol.BareBytes)
+		disk := int64(size)
 		if err != nil {
 			return 0, fmt.Errorf("crashtest --disk-size: %w", err)
 		}

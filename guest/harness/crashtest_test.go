@@ -3,7 +3,6 @@ package harness
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,33 +11,6 @@ import (
 	"testing"
 	"time"
 )
-
-func TestParseSize(t *testing.T) {
-	tests := []struct {
-		in   string
-		want int64
-		err  bool
-	}{
-		{"128M", 128 << 20, false},
-		{"1G", 1 << 30, false},
-		{"512k", 512 << 10, false},
-		{"4096", 4096, false},
-		{"2GB", 2 << 30, false},
-		{"", 0, true},
-		{"-1M", 0, true},
-		{"12X", 0, true},
-		{"99999999999T", 0, true},
-	}
-	for _, tt := range tests {
-		got, err := ParseSize(tt.in)
-		if (err != nil) != tt.err || got != tt.want {
-			t.Errorf("ParseSize(%q) = %d, %v; want %d, error %v", tt.in, got, err, tt.want, tt.err)
-		}
-		if err != nil && !errors.Is(err, ErrBadSize) {
-			t.Errorf("ParseSize(%q): error %v is not ErrBadSize", tt.in, err)
-		}
-	}
-}
 
 func TestScratchSize(t *testing.T) {
 	ct := func(args ...string) Run { return Run{Subcommand: SubCrashtest, Args: args} }

@@ -40,8 +40,10 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/flushvm/flushvm/guest/harness"
 	"github.com/spf13/pflag"
+
+	"github.com/flushvm/flushvm/guest/harness"
+	"github.com/flushvm/flushvm/protocol"
 )
 
 func main() {
@@ -110,7 +112,8 @@ func run(args []string) int {
 	}
 	opts := harness.Options{Mode: mode, Stdout: os.Stdout, Log: os.Stderr, Timeout: *timeout, Flushvm: *flushvm}
 	if *scratch != "" {
-		if opts.ScratchSize, err = harness.ParseSize(*scratch); err != nil || opts.ScratchSize < 16<<20 {
+		size, err := protocol.ParseSize(*scratch, protocol.BareBytes)
+		if opts.ScratchSize = int64(size); err != nil || opts.ScratchSize < 16<<20 {
 			fmt.Fprintf(os.Stderr, "flushvm-guest: --scratch-size %q: want at least 16M\n", *scratch)
 			return 2
 		}

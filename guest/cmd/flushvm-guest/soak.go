@@ -6,8 +6,9 @@ import (
 	"os"
 	"time"
 
-	"github.com/flushvm/flushvm/guest/harness"
 	"github.com/spf13/pflag"
+
+	"github.com/flushvm/flushvm/guest/harness"
 )
 
 // soak runs `flushvm-guest soak`: N nested L2 boots with fio verification,

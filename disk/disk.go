@@ -1,4 +1,4 @@
-package main
+package disk
 
 import (
 	"encoding/json"
@@ -8,33 +8,35 @@ import (
 	"strings"
 
 	"github.com/flushvm/flushvm/blk"
+	"github.com/flushvm/flushvm/protocol"
 )
 
-// disk is one --disk of flushvm run with the layers under its device.
-type disk struct {
-	dev *blk.Device
+// Disk is one --disk of a machine with the layers under its device.
+type Disk struct {
+	// Dev is the virtio-blk device.
+	Dev *blk.Device
 	// cache is the power-cut model (powercut= disks only).
 	cache *blk.VolatileCache
 	// log is the --write-log layer (on the disk --write-log names).
 	log     *blk.WriteLog
 	logPath string
-	// cut is what the power cut did to this disk (after a cut).
-	cut *powerCutStats
+	// Cut is what the power cut did to this disk (after a cut).
+	Cut *PowerCutStats
 }
 
-// diskStats is one disk's entry in the --stats document and GET /stats:
+// DiskStats is one disk's entry in the --stats document and GET /stats:
 // blk.Stats plus, for power-cut disks, the model's counters and the cut's
 // report (additive fields: the blk.Stats names stay as they are).
-type diskStats struct {
+type DiskStats struct {
 	blk.Stats
 	// VolatileCache are the power-cut model's counters (powercut= disks).
 	VolatileCache *blk.VolatileCacheStats `json:"volatile_cache,omitempty"`
 	// PowerCut says what the cut did (after a power cut).
-	PowerCut *powerCutStats `json:"power_cut,omitempty"`
+	PowerCut *PowerCutStats `json:"power_cut,omitempty"`
 }
 
-// powerCutStats is the "power_cut" object of a disk in --stats.
-type powerCutStats struct {
+// PowerCutStats is the "power_cut" object of a disk in --stats.
+type PowerCutStats struct {
 	// Cause says what cut the power: the trigger and the call it fired on,
 	// or the API.
 	Cause string `json:"cause"`
@@ -57,28 +59,28 @@ type powerCutStats struct {
 	Error string `json:"error,omitempty"`
 }
 
-// statsDoc is the whole --stats document.
-type statsDoc struct {
-	Disks []diskStats `json:"disks"`
+// Stats is the whole --stats document (and GET /stats).
+type Stats struct {
+	Disks []DiskStats `json:"disks"`
 }
 
-// openDisk opens the disk sp describes: device -> [cut layer] -> [write
+// Open opens the disk sp describes: device -> [cut layer] -> [write
 // log] -> [volatile cache] -> file. ps is nil when no disk has powercut=.
-func openDisk(sp blk.Spec, logPath string, bound int64, ps *powerSupply) (*disk, error) {
+func Open(sp blk.Spec, logPath string, bound int64, ps *PowerSupply) (*Disk, error) {
 	needStack := sp.HasPowerCut() || logPath != ""
 	if !needStack {
 		dev, err := blk.Open(sp, blk.Options{})
 		if err != nil {
 			return nil, err
 		}
-		return &disk{dev: dev}, nil
+		return &Disk{Dev: dev}, nil
 	}
 	direct := sp.Cache == blk.CacheNone || sp.Cache == blk.CacheDirectSync
 	fb, err := blk.OpenFile(sp.Path, blk.FileOptions{ReadOnly: sp.ReadOnly, Direct: direct})
 	if err != nil {
 		return nil, err
 	}
-	d := &disk{logPath: logPath}
+	d := &Disk{logPath: logPath}
 	var b blk.Backend = fb
 	if sp.HasPowerCut() {
 		c, err := blk.NewVolatileCache(b, blk.VolatileCacheOptions{MaxUnstableBytes: bound})
@@ -100,15 +102,15 @@ func openDisk(sp blk.Spec, logPath string, bound int64, ps *powerSupply) (*disk,
 		ps.caches = append(ps.caches, d.cache)
 		b = ps.wire(b)
 	}
-	if d.dev, err = blk.Open(sp, blk.Options{Backend: b}); err != nil {
+	if d.Dev, err = blk.Open(sp, blk.Options{Backend: b}); err != nil {
 		return nil, err
 	}
 	return d, nil
 }
 
-// stats returns the disk's --stats entry.
-func (d *disk) stats() diskStats {
-	s := diskStats{Stats: d.dev.Stats(), PowerCut: d.cut}
+// Stats returns the disk's --stats entry.
+func (d *Disk) Stats() DiskStats {
+	s := DiskStats{Stats: d.Dev.Stats(), PowerCut: d.Cut}
 	if d.cache != nil {
 		cs := d.cache.Stats()
 		s.VolatileCache = &cs
@@ -116,45 +118,45 @@ func (d *disk) stats() diskStats {
 	return s
 }
 
-// powerCut applies the disk's policy after the machine stopped, marks the
-// write log, and records the result in d.cut.
-func (d *disk) powerCut(cause string, seed uint64) (*blk.PowerCutReport, error) {
+// PowerCut applies the disk's policy after the machine stopped, marks the
+// write log, and records the result in d.Cut.
+func (d *Disk) PowerCut(cause string, seed uint64) (*blk.PowerCutReport, error) {
 	if d.cache == nil {
 		return nil, nil
 	}
 	st := d.cache.Stats()
-	pol := d.dev.Spec().PowerCut
+	pol := d.Dev.Spec().PowerCut
 	rep, err := d.cache.PowerCut(pol, seed)
-	d.cut = &powerCutStats{
+	d.Cut = &PowerCutStats{
 		Cause:            cause,
 		CompletedFlushes: st.Syncs,
 		Destaged:         st.Destaged,
 		Report:           rep,
 	}
 	if err != nil {
-		d.cut.Error = err.Error()
+		d.Cut.Error = err.Error()
 	}
 	if d.log != nil {
-		d.cut.WriteLog = d.logPath
-		d.cut.Replay = replayCommandLine(d.logPath, st.Syncs, pol, seed)
-		if merr := d.log.Mark(powerCutMark); merr != nil {
+		d.Cut.WriteLog = d.logPath
+		d.Cut.Replay = ReplayCommandLine(d.logPath, st.Syncs, pol, seed)
+		if merr := d.log.Mark(protocol.PowerCutMark); merr != nil {
 			err = errors.Join(err, fmt.Errorf("write log mark: %w", merr))
 		}
 	}
 	return rep, err
 }
 
-// replayCommandLine is the flushvm replay command that rebuilds the crash
+// ReplayCommandLine is the flushvm replay command that rebuilds the crash
 // image from the write log: every write after the last completed flush is
 // unstable (--to-end: a flush in flight at the cut covered nothing).
-func replayCommandLine(logPath string, flushes uint64, pol blk.PowerCutPolicy, seed uint64) string {
+func ReplayCommandLine(logPath string, flushes uint64, pol blk.PowerCutPolicy, seed uint64) string {
 	return fmt.Sprintf("flushvm replay --log %s --base BASE --out crash.img --flush %d --to-end --policy %s --seed %d",
-		shellQuote(logPath), flushes, pol, seed)
+		ShellQuote(logPath), flushes, pol, seed)
 }
 
-// summary is the one-line account of a cut printed on stderr.
-func (d *disk) summary(name string) string {
-	c := d.cut
+// Summary is the one-line account of a cut printed on stderr.
+func (d *Disk) Summary(name string) string {
+	c := d.Cut
 	var b strings.Builder
 	fmt.Fprintf(&b, "flushvm: %s: %s", name, c.Cause)
 	if c.Report != nil {
@@ -174,31 +176,41 @@ func (d *disk) summary(name string) string {
 	return b.String()
 }
 
-// shellQuote quotes s for a POSIX shell when it needs it.
-func shellQuote(s string) string {
+// ShellQuote quotes s for a POSIX shell when it needs it.
+func ShellQuote(s string) string {
 	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:,+@%") == "" {
 		return s
 	}
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
-// writeStatsDoc writes doc as the --stats file.
-func writeStatsDoc(path string, doc statsDoc) error {
+// Collect returns the stats document of disks.
+func Collect(disks []*Disk) Stats {
+	doc := Stats{Disks: make([]DiskStats, 0, len(disks))}
+	for _, d := range disks {
+		doc.Disks = append(doc.Disks, d.Stats())
+	}
+	return doc
+}
+
+// WriteStats writes doc to path atomically: a reader (a harness polling
+// the file) never sees half a document.
+func WriteStats(path string, doc Stats) error {
 	b, err := json.MarshalIndent(doc, "", "  ")
 	if err != nil {
-		return fmt.Errorf("--stats: %w", err)
+		return fmt.Errorf("stats: %w", err)
 	}
-	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
-		return userErrorf("--stats: %v", fileError(err))
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("stats: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("stats: %w", err)
 	}
 	return nil
 }
 
-// collectStats returns the stats document of disks.
-func collectStats(disks []*disk) statsDoc {
-	doc := statsDoc{Disks: make([]diskStats, 0, len(disks))}
-	for _, d := range disks {
-		doc.Disks = append(doc.Disks, d.stats())
-	}
-	return doc
-}
+// HasPowerCut reports whether the disk has the power-cut model
+// (powercut=), so a power cut has something to decide about it.
+func (d *Disk) HasPowerCut() bool { return d.cache != nil }
