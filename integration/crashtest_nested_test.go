@@ -12,40 +12,8 @@ import (
 	"time"
 
 	"github.com/flushvm/flushvm/guest/harness"
+	"github.com/flushvm/flushvm/protocol"
 )
-
-// crashtestSummary is the part of a `flushvm crashtest --report` the test
-// checks.
-type crashtestSummary struct {
-	Cache       string `json:"cache"`
-	Policy      string `json:"policy"`
-	Calibration struct {
-		Writes  int `json:"writes"`
-		Flushes int `json:"flushes"`
-		Acks    int `json:"acks"`
-	} `json:"calibration"`
-	Results []struct {
-		Cut       int    `json:"cut"`
-		At        string `json:"at"`
-		PowerCut  bool   `json:"power_cut"`
-		Acked     int    `json:"acked"`
-		LostAcked int    `json:"lost_acked"`
-		Fsck      int    `json:"fsck_status"`
-		Reason    string `json:"reason"`
-		Error     string `json:"error"`
-		Image     string `json:"image"`
-	} `json:"results"`
-	Summary struct {
-		Cuts          int `json:"cuts"`
-		PowerCuts     int `json:"power_cuts"`
-		Errors        int `json:"errors"`
-		Acked         int `json:"acked"`
-		LostAcked     int `json:"lost_acked"`
-		FsckErrors    int `json:"fsck_errors"`
-		MountFailures int `json:"mount_failures"`
-		Violations    int `json:"violations"`
-	} `json:"summary"`
-}
 
 // TestDebianLinuxCrashtestCampaignsNested runs two small `flushvm
 // crashtest` campaigns of Debian guests running fsyncstress on ext4, in one
@@ -108,7 +76,7 @@ func TestDebianLinuxCrashtestCampaignsNested(t *testing.T) {
 		}
 		t.Fatalf("harness: %v", err)
 	}
-	read := func(t *testing.T, path string, r harness.Result) crashtestSummary {
+	read := func(t *testing.T, path string, r harness.Result) protocol.CrashtestReport {
 		t.Helper()
 		t.Logf("campaign ran %.1f s; its summary:\n%s", r.Duration.Seconds(), summaryOf(r.Output))
 		if r.Err != nil {
@@ -118,7 +86,7 @@ func TestDebianLinuxCrashtestCampaignsNested(t *testing.T) {
 		if err != nil {
 			t.Fatalf("--report was not copied back: %v; output:\n%s", err, r.Output)
 		}
-		var rep crashtestSummary
+		var rep protocol.CrashtestReport
 		if err := json.Unmarshal(b, &rep); err != nil {
 			t.Fatalf("--report: %v: %s", err, b)
 		}
@@ -130,7 +98,7 @@ func TestDebianLinuxCrashtestCampaignsNested(t *testing.T) {
 		}
 		t.Logf("calibration: %d writes, %d flushes, %d acknowledgements", rep.Calibration.Writes, rep.Calibration.Flushes, rep.Calibration.Acks)
 		for _, c := range rep.Results {
-			t.Logf("cut %d at %s: power cut %v, %d acknowledged, %d lost, fsck %d %s%s", c.Cut, c.At, c.PowerCut, c.Acked, c.LostAcked, c.Fsck, c.Reason, c.Error)
+			t.Logf("cut %d at %s: power cut %v, %d acknowledged, %d lost, fsck %d %s%s", c.Cut, c.At, c.PowerCut, c.Acked, c.LostAcked, c.FsckStatus, c.Reason, c.Error)
 		}
 		return rep
 	}

@@ -2,20 +2,13 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
-	"time"
 
-	"github.com/spf13/pflag"
-
-	"github.com/flushvm/flushvm/blk"
+	"github.com/flushvm/flushvm/crashtest"
 	"github.com/flushvm/flushvm/protocol"
 )
 
@@ -24,146 +17,18 @@ func init() {
 		name:    "crashtest",
 		summary: "run a crash-test campaign: cut the power under a workload, check what it acknowledged survived",
 		run:     crashtestCommand,
-		usage:   func(w io.Writer) { newCrashtestFlags().usage(w) },
+		usage:   func(w io.Writer) { crashtest.NewFlags().Usage(w) },
 	})
 }
 
-// Exit statuses of flushvm crashtest beyond exitOK and exitUsage.
-const (
-	// exitViolations: at least one cut lost acknowledged data or left a
-	// file system fsck does not accept.
-	exitViolations = 1
-	// exitCampaignFailed: boots failed, so the campaign could not check
-	// every cut (and found no violation in those it checked).
-	exitCampaignFailed = 3
-)
-
-// crashWorkloads are the workloads the guest image runs, with the
-// arguments that size them (n: records per writer or versions).
-var crashWorkloads = map[string]func(n int) []string{
-	"fsyncstress": func(n int) []string {
-		return []string{"-writers", strconv.Itoa(fsyncstressWriters), "-records", strconv.Itoa(n), "-size", "4096"}
-	},
-	"rename": func(n int) []string { return []string{"-versions", strconv.Itoa(n), "-size", "16384"} },
-}
-
-// fsyncstressWriters is the number of concurrent writers of the
-// fsyncstress workload.
-const fsyncstressWriters = 4
-
-// crashtestFlags are the flags of `flushvm crashtest` (a contract: batch
-// systems and `make crashtest` call it).
-type crashtestFlags struct {
-	fs          *pflag.FlagSet
-	kernel      string
-	initrd      string
-	diskSize    string
-	workload    string
-	cuts        int
-	policy      string
-	seed        uint64
-	cache       string
-	shard       string
-	report      string
-	dir         string
-	mem         string
-	cpus        int
-	records     int
-	at          string
-	bootTimeout time.Duration
-}
-
-func newCrashtestFlags() *crashtestFlags {
-	f := &crashtestFlags{fs: pflag.NewFlagSet("crashtest", pflag.ContinueOnError)}
-	fs := f.fs
-	fs.SortFlags = false
-	fs.StringVar(&f.kernel, "kernel", "", "guest kernel, bzImage or ELF vmlinux (required)\n  e.g. --kernel /boot/vmlinuz-6.1.0-56-amd64")
-	fs.StringVar(&f.initrd, "initrd", "", "flushvm's guest initramfs: its /init, the workloads, e2fsprogs (required;\n"+
-		"  go run ./guest/cmd/flushvm-guest artifacts builds it and prints its path)\n  e.g. --initrd build/cache/initramfs/x-88418736.cpio.gz")
-	fs.StringVar(&f.diskSize, "disk-size", "", "size of the guest's disk, formatted ext4 by the guest (K/M/G suffixes) (required)\n  e.g. --disk-size 128M")
-	fs.StringVar(&f.workload, "workload", "", "what the guest runs and acknowledges: fsyncstress (records, each acknowledged\n"+
-		"  after its fdatasync) or rename (atomic replace: write, fsync, rename, fsync dir) (required)\n  e.g. --workload fsyncstress")
-	fs.IntVar(&f.cuts, "cuts", 0, "power cuts in the campaign (across all shards) (required)\n  e.g. --cuts 20")
-	fs.StringVar(&f.policy, "policy", "", "which unstable writes survive each cut: lose-all, keep-all, random-subset,\n"+
-		"  random-sectors[:512|:4k] or prefix (required)\n  e.g. --policy random-subset")
-	fs.Uint64Var(&f.seed, "seed", 0, "campaign seed: cut K uses seed S+K for its cut point and its policy (required)\n  e.g. --seed 1")
-	fs.StringVar(&f.cache, "cache", "writeback", "cache mode of the disk under test: writeback, writethrough, none, directsync\n"+
-		"  or unsafe (none and directsync need O_DIRECT in --dir)\n  e.g. --cache none")
-	fs.StringVar(&f.shard, "shard", "1/1", "run only shard i of n: the cuts K with K mod n = i-1\n  e.g. --shard 2/8")
-	fs.StringVar(&f.report, "report", "", "write the campaign's JSON report to FILE\n  e.g. --report crashtest.json")
-	fs.StringVar(&f.dir, "dir", "", "work directory for disk images and boot logs; the images and logs of failing\n"+
-		"  cuts are kept there (default: a temporary directory, removed afterwards)\n  e.g. --dir /var/tmp/crash")
-	fs.StringVar(&f.mem, "mem", "512M", "guest memory of each boot\n  e.g. --mem 1G")
-	fs.IntVar(&f.cpus, "cpus", 2, "vCPUs of each boot\n  e.g. --cpus 1")
-	fs.IntVar(&f.records, "records", 100, "workload size: records per writer (fsyncstress, 4 writers) or versions (rename)\n  e.g. --records 50")
-	fs.StringVar(&f.at, "at", "", "cut every cut at this point instead of a seeded random one (to reproduce a cut):\n"+
-		"  writes=N or flushes=N, counted from the workload boot's start\n  e.g. --at writes=345")
-	fs.DurationVar(&f.bootTimeout, "boot-timeout", 5*time.Minute, "bound on each guest boot\n  e.g. --boot-timeout 10m")
-	fs.Usage = func() {}
-	return f
-}
-
-func (f *crashtestFlags) usage(w io.Writer) {
-	fmt.Fprintln(w, "Usage: flushvm crashtest --kernel K --initrd I --disk-size SIZE --workload NAME --cuts N")
-	fmt.Fprintln(w, "                         --policy POLICY --seed S [--cache MODE] [--shard i/n] [--report FILE]")
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Runs a crash-test campaign. A guest formats a fresh disk (ext4) once; a")
-	fmt.Fprintln(w, "calibration boot runs the workload to the end and counts the writes and flushes")
-	fmt.Fprintln(w, "that reach the disk. Then for each cut: a copy of the fresh disk, a boot running")
-	fmt.Fprintln(w, "the workload on the power-cut model (powercut=POLICY) with the power cut at a")
-	fmt.Fprintln(w, "seeded random write or flush of that range, recording every acknowledgement the")
-	fmt.Fprintln(w, "workload printed on the serial console before the cut; then a checker boot on")
-	fmt.Fprintln(w, "the crashed image: mount (journal replay), the workload's own check against the")
-	fmt.Fprintln(w, "acknowledgements, e2fsck -fn. A cut violates durability when an acknowledged")
-	fmt.Fprintln(w, "record is lost or damaged, or fsck finds errors. Every boot is a `flushvm run`")
-	fmt.Fprintln(w, "of this binary, so this host needs a KVM that boots Linux (see README: on hosts")
-	fmt.Fprintln(w, "without one, `go run ./guest/cmd/flushvm-guest crashtest` runs it nested).")
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Progress goes to stderr, the summary to stdout: cuts, violations, the first")
-	fmt.Fprintln(w, "failing cut and the command that reproduces it.")
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Flags:")
-	fmt.Fprint(w, f.fs.FlagUsagesWrapped(0))
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Exit status: 0 no violation, 1 violations found, 2 usage error, 3 boots failed")
-	fmt.Fprintln(w, "(some cuts could not be checked; no violation among the others).")
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Example:")
-	fmt.Fprintln(w, "  flushvm crashtest --kernel vmlinuz --initrd guest.cpio.gz --disk-size 128M \\")
-	fmt.Fprintln(w, "      --workload fsyncstress --cuts 20 --policy random-subset --seed 1 \\")
-	fmt.Fprintln(w, "      --cache writeback --report writeback.json")
-}
-
-// campaign is a validated crashtest configuration.
-type campaign struct {
-	kernel, initrd string
-	diskSize       int64
-	workload       string
-	workloadArgs   []string
-	cuts           int
-	policy         string
-	seed           uint64
-	cache          blk.CacheMode
-	shardIndex     int // 1-based
-	shardCount     int
-	// dir is --dir: when given, failing cuts' files are kept there.
-	dir         string
-	diskSizeArg string // --disk-size as given, for reproduce commands
-	mem         string
-	cpus        int
-	records     int
-	at          *protocol.Trigger
-	bootTimeout time.Duration
-	// log receives one line per retried boot, with its cause (nil: none).
-	log io.Writer
-}
-
+// crashtestCommand wires `flushvm crashtest` to the crashtest library:
+// flags, the campaign, progress on stderr, the summary on stdout.
 func crashtestCommand(args []string, stdout, stderr io.Writer) int {
-	f := newCrashtestFlags()
-	if status, ok := parseCommandFlags("crashtest", f.fs, f.usage, args, stdout, stderr); !ok {
+	f := crashtest.NewFlags()
+	if status, ok := parseCommandFlags("crashtest", f.FS, f.Usage, args, stdout, stderr); !ok {
 		return status
 	}
-	c, err := f.campaign()
+	c, err := f.Campaign()
 	if err != nil {
 		return commandFailed("crashtest", err, stderr)
 	}
@@ -173,12 +38,11 @@ func crashtestCommand(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	c.log = stderr
-	rep, err := c.run(ctx, &execBooter{flushvm: self}, newProgress(stderr, c.shardCuts()))
+	rep, err := c.Run(ctx, &crashtest.ExecBooter{Flushvm: self}, crashtest.NewProgress(stderr, c.ShardCuts()), stderr)
 	if rep != nil {
-		rep.printSummary(stdout)
-		if f.report != "" {
-			if werr := rep.write(f.report); werr != nil {
+		rep.PrintSummary(stdout)
+		if f.Report != "" {
+			if werr := rep.Write(f.Report); werr != nil {
 				fmt.Fprintf(stderr, "flushvm crashtest: %v\n", werr)
 				if err == nil {
 					return exitFailure
@@ -190,111 +54,7 @@ func crashtestCommand(args []string, stdout, stderr io.Writer) int {
 		if status := commandFailed("crashtest", err, stderr); status == exitUsage {
 			return status
 		}
-		return exitCampaignFailed
+		return protocol.CrashtestFailed
 	}
-	return rep.exitStatus()
+	return rep.ExitStatus()
 }
-
-// campaign validates the flags.
-func (f *crashtestFlags) campaign() (*campaign, error) {
-	for _, req := range []struct{ name, val string }{{"kernel", f.kernel}, {"initrd", f.initrd}, {"disk-size", f.diskSize},
-		{"workload", f.workload}, {"policy", f.policy}} {
-		if req.val == "" {
-			return nil, userErrorf("--%s is required", req.name)
-		}
-	}
-	if !f.fs.Changed("seed") {
-		return nil, userErrorf("--seed is required (the campaign is reproducible from it)")
-	}
-	c := &campaign{workload: f.workload, cuts: f.cuts, policy: f.policy, seed: f.seed, dir: f.dir,
-		diskSizeArg: f.diskSize, mem: f.mem, cpus: f.cpus, records: f.records, bootTimeout: f.bootTimeout}
-	var err error
-	if c.kernel, err = existingAbs("kernel", f.kernel); err != nil {
-		return nil, err
-	}
-	if c.initrd, err = existingAbs("initrd", f.initrd); err != nil {
-		return nil, err
-	}
-	size, err := protocol.ParseSize(f.diskSize, protocol.BareBytes)
-	if err != nil || size < 16<<20 || size%512 != 0 {
-		return nil, userErrorf("--disk-size %q: want at least 16M, a multiple of 512 bytes", f.diskSize)
-	}
-	c.diskSize = int64(size)
-	args, ok := crashWorkloads[f.workload]
-	if !ok {
-		return nil, userErrorf("--workload %q: want fsyncstress or rename", f.workload)
-	}
-	if f.records < 1 || f.records > 100000 {
-		return nil, userErrorf("--records %d: want 1..100000", f.records)
-	}
-	c.workloadArgs = args(f.records)
-	if f.cuts < 1 {
-		return nil, userErrorf("--cuts %d: want at least 1", f.cuts)
-	}
-	pol, err := blk.ParsePowerCutPolicy(f.policy)
-	if err != nil {
-		return nil, userErrorf("--policy: %v", err)
-	}
-	c.policy = pol.String()
-	if c.cache, err = blk.ParseCacheMode(f.cache); err != nil {
-		return nil, userErrorf("--cache: %v", err)
-	}
-	if c.shardIndex, c.shardCount, err = parseShard(f.shard); err != nil {
-		return nil, userError{err}
-	}
-	if f.at != "" {
-		t, err := protocol.ParseTrigger(f.at)
-		if err != nil || t.Kind == protocol.TriggerAfter {
-			return nil, userErrorf("--at %q: want writes=N or flushes=N", f.at)
-		}
-		c.at = &t
-	}
-	if f.cpus < 1 || f.cpus > 64 {
-		return nil, userErrorf("--cpus %d: want 1..64", f.cpus)
-	}
-	if _, err := protocol.ParseSize(f.mem, protocol.BareBytes); err != nil {
-		return nil, userErrorf("--mem %q: %v", f.mem, err)
-	}
-	if f.bootTimeout <= 0 {
-		return nil, userErrorf("--boot-timeout must be positive")
-	}
-	return c, nil
-}
-
-// existingAbs returns the absolute form of --flag's path, which must exist.
-func existingAbs(flag, path string) (string, error) {
-	abs, err := filepath.Abs(path)
-	if err == nil {
-		_, err = os.Stat(abs)
-	}
-	if err != nil {
-		return "", userErrorf("--%s: %v", flag, err)
-	}
-	return abs, nil
-}
-
-// parseShard parses --shard i/n (1 <= i <= n).
-func parseShard(s string) (int, int, error) {
-	a, b, ok := strings.Cut(s, "/")
-	i, err1 := strconv.Atoi(a)
-	n, err2 := strconv.Atoi(b)
-	if !ok || err1 != nil || err2 != nil || n < 1 || i < 1 || i > n {
-		return 0, 0, fmt.Errorf("--shard %q: want i/n with 1 <= i <= n, e.g. 2/8", s)
-	}
-	return i, n, nil
-}
-
-// shardCuts returns the campaign's cut numbers that belong to this shard.
-func (c *campaign) shardCuts() []int {
-	var ks []int
-	for k := 0; k < c.cuts; k++ {
-		if k%c.shardCount == c.shardIndex-1 {
-			ks = append(ks, k)
-		}
-	}
-	return ks
-}
-
-// errBootFailed reports a boot that did not end as the campaign needs
-// (the template or calibration boot: the campaign cannot go on).
-var errBootFailed = errors.New("boot failed")

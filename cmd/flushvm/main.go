@@ -29,6 +29,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/flushvm/flushvm/crashtest"
 	"github.com/flushvm/flushvm/protocol"
 )
 
@@ -140,7 +141,8 @@ func parseCommandFlags(name string, fs *pflag.FlagSet, usage func(io.Writer), ar
 func commandFailed(name string, err error, stderr io.Writer) int {
 	fmt.Fprintf(stderr, "flushvm %s: %s\n", name, oneLine(err))
 	var ue userError
-	if errors.As(err, &ue) {
+	var ce crashtest.UsageError
+	if errors.As(err, &ue) || errors.As(err, &ce) {
 		return exitUsage
 	}
 	return exitFailure

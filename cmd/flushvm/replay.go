@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/flushvm/flushvm/blk"
+	"github.com/flushvm/flushvm/internal/sparse"
 )
 
 func init() {
@@ -186,7 +187,7 @@ func copyImage(base, out string) error {
 	if err != nil {
 		return userErrorf("--out: %v", err)
 	}
-	if err := copyData(src, dst, si.Size()); err != nil {
+	if err := sparse.CopyData(src, dst, si.Size()); err != nil {
 		dst.Close()
 		return fmt.Errorf("copy --base to --out: %w", err)
 	}

@@ -15,12 +15,7 @@ import (
 	"time"
 
 	"github.com/flushvm/flushvm/guest/harness"
-)
-
-// Exit statuses of flushvm crashtest (see `flushvm crashtest --help`).
-const (
-	crashtestViolations = 1
-	crashtestFailed     = 3
+	"github.com/flushvm/flushvm/protocol"
 )
 
 // errUsage marks a command line the crashtest commands reject.
@@ -214,13 +209,13 @@ func campaign(ctx context.Context, opts harness.Options, timeoutSet bool, args [
 	}
 	statuses := make([]int, len(runs))
 	for i := range statuses {
-		statuses[i] = crashtestFailed
+		statuses[i] = protocol.CrashtestFailed
 	}
 	for i, res := range results {
 		statuses[i] = res.Status
 		if res.Err != nil {
 			fmt.Fprintf(os.Stderr, "flushvm-guest: campaign cache=%s: %v\n", modes[i].cache, res.Err)
-			statuses[i] = crashtestFailed
+			statuses[i] = protocol.CrashtestFailed
 		}
 	}
 	rows, err := readReports(reports)
@@ -286,52 +281,33 @@ func judgeCampaign(w io.Writer, modes []campaignMode, statuses []int, rows []tab
 		switch {
 		case !ok:
 			fmt.Fprintf(w, "cache=%s: the campaign left no report (flushvm crashtest exit status %d)\n", m.cache, statuses[i])
-			status = max(status, crashtestFailed)
-		case r.cuts == 0 || (r.errors == 0 && statuses[i] != 0 && statuses[i] != crashtestViolations):
+			status = max(status, protocol.CrashtestFailed)
+		case r.cuts == 0 || (r.errors == 0 && statuses[i] != 0 && statuses[i] != protocol.CrashtestViolations):
 			fmt.Fprintf(w, "cache=%s: the campaign could not run to its end (flushvm crashtest exit status %d; its output says why)\n",
 				m.cache, statuses[i])
-			status = max(status, crashtestFailed)
+			status = max(status, protocol.CrashtestFailed)
 		case r.errors > 0:
 			fmt.Fprintf(w, "cache=%s: %d of %d cuts could not be checked (flushvm crashtest exit status %d)\n",
 				m.cache, r.errors, r.cuts, statuses[i])
-			status = max(status, crashtestFailed)
+			status = max(status, protocol.CrashtestFailed)
 		case m.cache == "unsafe" && r.policy != "keep-all" && r.violations == 0:
 			fmt.Fprintf(w, "cache=unsafe: no cut lost an acknowledged record: the oracle never failed\n")
-			status = max(status, crashtestViolations)
+			status = max(status, protocol.CrashtestViolations)
 		case m.cache == "unsafe":
 			fmt.Fprintf(w, "cache=unsafe: %d of %d cuts violated durability (%d acknowledged records lost), as they may: the oracle can fail\n",
 				r.violations, r.cuts, r.lostAcked)
 		case r.violations > 0:
 			fmt.Fprintf(w, "cache=%s: FAIL: %d of %d cuts violated durability\n", m.cache, r.violations, r.cuts)
-			status = max(status, crashtestViolations)
+			status = max(status, protocol.CrashtestViolations)
 		}
 	}
 	if readErr != nil {
-		status = max(status, crashtestFailed)
+		status = max(status, protocol.CrashtestFailed)
 	}
 	if status == 0 {
 		fmt.Fprintln(w, "every safe cache mode kept every acknowledged record; every crashed file system was clean")
 	}
 	return status
-}
-
-// report is the part of a `flushvm crashtest --report` the table reads.
-type report struct {
-	Workload string `json:"workload"`
-	Cache    string `json:"cache"`
-	Policy   string `json:"policy"`
-	Seed     uint64 `json:"seed"`
-	Summary  struct {
-		Cuts          int     `json:"cuts"`
-		PowerCuts     int     `json:"power_cuts"`
-		Errors        int     `json:"errors"`
-		Acked         int     `json:"acked"`
-		LostAcked     int     `json:"lost_acked"`
-		FsckErrors    int     `json:"fsck_errors"`
-		MountFailures int     `json:"mount_failures"`
-		Violations    int     `json:"violations"`
-		Seconds       float64 `json:"seconds"`
-	} `json:"summary"`
 }
 
 // tableRow is one cache mode of the table: the sum of its reports (shards
@@ -369,7 +345,7 @@ func readReports(paths []string) ([]tableRow, error) {
 	var bad []string
 	for _, p := range paths {
 		b, err := os.ReadFile(p)
-		var r report
+		var r protocol.CrashtestReport
 		if err == nil {
 			err = json.Unmarshal(b, &r)
 		}

@@ -1,4 +1,4 @@
-package main
+package crashtest
 
 import (
 	"bytes"
@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flushvm/flushvm/disk"
+	"github.com/flushvm/flushvm/protocol"
 )
 
 // acks are the acknowledgements a workload printed on the console.
@@ -80,54 +81,9 @@ func (a acks) ackedArg(workload string) string {
 	return strings.Join(s, ":")
 }
 
-// cutResult is one cut in the report.
-type cutResult struct {
-	// Cut is the cut's number in the campaign; Seed = campaign seed + Cut
-	// drew its cut point and its policy's choices.
-	Cut  int    `json:"cut"`
-	Seed uint64 `json:"seed"`
-	// At is the cut point (a --power-cut trigger).
-	At string `json:"at"`
-	// PowerCut is false when the workload ended before reaching At.
-	PowerCut       bool `json:"power_cut"`
-	WorkloadStatus int  `json:"workload_status"`
-	// Acked counts the acknowledged records (rename: the last
-	// acknowledged version).
-	Acked int `json:"acked"`
-	// Unstable, Kept, Torn and Lost are the power-cut model's report:
-	// writes not covered by a completed flush and their fates.
-	Unstable int `json:"unstable_writes"`
-	Kept     int `json:"kept_writes"`
-	Torn     int `json:"torn_writes"`
-	Lost     int `json:"lost_writes"`
-	// CheckStatus is the checker boot's exit status; MountFailed says the
-	// crashed file system did not mount; FsckStatus is e2fsck -fn's status
-	// (-1: not reported).
-	CheckStatus int  `json:"check_status"`
-	MountFailed bool `json:"mount_failed"`
-	FsckStatus  int  `json:"fsck_status"`
-	// LostAcked counts acknowledged records missing or damaged after the
-	// cut; Extra counts unacknowledged records that survived.
-	LostAcked int `json:"lost_acked"`
-	Extra     int `json:"extra"`
-	// Violation: acknowledged data lost, or a file system fsck rejects.
-	Violation bool   `json:"violation"`
-	Reason    string `json:"reason,omitempty"`
-	// GuestCrashes counts this cut's boots retried because the guest
-	// crashed or hung (not the disk's doing: see guestEnded).
-	GuestCrashes int `json:"guest_crashes"`
-	// Error says why the cut could not be checked.
-	Error   string  `json:"error,omitempty"`
-	Seconds float64 `json:"seconds"`
-	// Repro reproduces this cut; Image is its crashed image (kept when
-	// it failed and --dir was given).
-	Repro string `json:"repro"`
-	Image string `json:"image,omitempty"`
-}
-
 // readPowerCut fills in the model's report from the workload boot's
 // --stats.
-func (r *cutResult) readPowerCut(path string) error {
+func readPowerCut(r *protocol.CrashtestCut, path string) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("workload --stats: %w", err)
@@ -148,7 +104,7 @@ func (r *cutResult) readPowerCut(path string) error {
 }
 
 // judge reads the checker boot's console and decides the cut.
-func (r *cutResult) judge(workload string, b bootResult) {
+func judge(r *protocol.CrashtestCut, workload string, b bootResult) {
 	r.CheckStatus = b.status
 	r.FsckStatus = -1
 	sawCheck := false
@@ -223,50 +179,19 @@ func keyInt(s, key string) (int, error) {
 	return strconv.Atoi(v)
 }
 
-// crashReport is the campaign's JSON report (--report).
-type crashReport struct {
-	Workload    string      `json:"workload"`
-	Records     int         `json:"records"`
-	Cache       string      `json:"cache"`
-	Policy      string      `json:"policy"`
-	Seed        uint64      `json:"seed"`
-	Cuts        int         `json:"cuts"`
-	Shard       string      `json:"shard"`
-	DiskSize    int64       `json:"disk_size"`
-	Kernel      string      `json:"kernel"`
-	Initrd      string      `json:"initrd"`
-	Calibration calibration `json:"calibration"`
-	Results     []cutResult `json:"results"`
-	Summary     crashTotals `json:"summary"`
+// Report is a campaign's report as it runs: the --report document plus the
+// verdict and summary that follow from it.
+type Report struct {
+	protocol.CrashtestReport
 }
 
-// crashTotals sums a campaign's cuts.
-type crashTotals struct {
-	Cuts       int `json:"cuts"`
-	PowerCuts  int `json:"power_cuts"`
-	NoCut      int `json:"ended_before_cut"`
-	Errors     int `json:"errors"`
-	Acked      int `json:"acked"`
-	LostAcked  int `json:"lost_acked"`
-	FsckErrors int `json:"fsck_errors"`
-	// MountFailures counts crashed file systems that did not mount.
-	MountFailures int `json:"mount_failures"`
-	// GuestCrashes counts boots retried because the guest crashed or hung.
-	GuestCrashes  int     `json:"guest_crashes"`
-	Violations    int     `json:"violations"`
-	Seconds       float64 `json:"seconds"`
-	CutsPerMinute float64 `json:"cuts_per_minute"`
-	// FirstFailure is the first cut with a violation.
-	FirstFailure *cutResult `json:"first_failure,omitempty"`
-}
-
-func newCrashReport(c *campaign) *crashReport {
-	return &crashReport{Workload: c.workload, Records: c.records, Cache: string(c.cache), Policy: c.policy, Seed: c.seed,
+func newReport(c *Campaign) *Report {
+	return &Report{protocol.CrashtestReport{Workload: c.workload, Records: c.records, Cache: string(c.cache), Policy: c.policy, Seed: c.seed,
 		Cuts: c.cuts, Shard: fmt.Sprintf("%d/%d", c.shardIndex, c.shardCount), DiskSize: c.diskSize,
-		Kernel: c.kernel, Initrd: c.initrd, Results: []cutResult{}}
+		Kernel: c.kernel, Initrd: c.initrd, Results: []protocol.CrashtestCut{}}}
 }
 
-func (r *crashReport) add(res cutResult) {
+func (r *Report) add(res protocol.CrashtestCut) {
 	r.Results = append(r.Results, res)
 	s := &r.Summary
 	s.Cuts++
@@ -296,25 +221,25 @@ func (r *crashReport) add(res cutResult) {
 	}
 }
 
-func (r *crashReport) finish(d time.Duration) {
+func (r *Report) finish(d time.Duration) {
 	r.Summary.Seconds = d.Seconds()
 	if d > 0 {
 		r.Summary.CutsPerMinute = float64(r.Summary.Cuts) / d.Minutes()
 	}
 }
 
-// exitStatus is crashtest's exit status for a finished campaign.
-func (r *crashReport) exitStatus() int {
+// ExitStatus is crashtest's exit status for a finished campaign.
+func (r *Report) ExitStatus() int {
 	switch {
 	case r.Summary.Violations > 0:
-		return exitViolations
+		return protocol.CrashtestViolations
 	case r.Summary.Errors > 0:
-		return exitCampaignFailed
+		return protocol.CrashtestFailed
 	}
-	return exitOK
+	return protocol.ExitOK
 }
 
-func (r *crashReport) write(path string) error {
+func (r *Report) Write(path string) error {
 	b, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
 		return fmt.Errorf("--report: %w", err)
@@ -326,7 +251,7 @@ func (r *crashReport) write(path string) error {
 }
 
 // unit names what the workload acknowledges.
-func (r *crashReport) unit() string {
+func (r *Report) unit() string {
 	if r.Workload == "rename" {
 		return "versions (last acknowledged, summed)"
 	}
@@ -334,7 +259,7 @@ func (r *crashReport) unit() string {
 }
 
 // printSummary writes the human summary.
-func (r *crashReport) printSummary(w io.Writer) {
+func (r *Report) PrintSummary(w io.Writer) {
 	s := r.Summary
 	fmt.Fprintf(w, "flushvm crashtest: %s on ext4, cache=%s, policy %s, seed %d, shard %s of %d cuts\n",
 		r.Workload, r.Cache, r.Policy, r.Seed, r.Shard, r.Cuts)
@@ -380,9 +305,9 @@ func (r *crashReport) printSummary(w io.Writer) {
 	}
 }
 
-// progress shows the campaign's progress on stderr: a bar redrawn in place
+// Progress shows the campaign's progress on stderr: a bar redrawn in place
 // on a terminal, one line per cut otherwise (logs, CI, nested consoles).
-type progress struct {
+type Progress struct {
 	w       io.Writer
 	tty     bool
 	total   int
@@ -390,8 +315,8 @@ type progress struct {
 	cutTime time.Duration // the finished cuts' time
 }
 
-func newProgress(w io.Writer, cuts []int) *progress {
-	p := &progress{w: w, total: len(cuts)}
+func NewProgress(w io.Writer, cuts []int) *Progress {
+	p := &Progress{w: w, total: len(cuts)}
 	if f, ok := w.(*os.File); ok {
 		if _, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err == nil {
 			p.tty = true
@@ -401,12 +326,12 @@ func newProgress(w io.Writer, cuts []int) *progress {
 }
 
 // note prints a line about the campaign's set-up.
-func (p *progress) note(format string, a ...any) {
+func (p *Progress) note(format string, a ...any) {
 	fmt.Fprintf(p.w, "crashtest: "+format+"\n", a...)
 }
 
 // cut reports a finished cut.
-func (p *progress) cut(res cutResult, rep *crashReport) {
+func (p *Progress) cut(res protocol.CrashtestCut, rep *Report) {
 	p.n++
 	p.cutTime += time.Duration(res.Seconds * float64(time.Second))
 	s := rep.Summary
@@ -437,7 +362,7 @@ func (p *progress) cut(res cutResult, rep *crashReport) {
 }
 
 // done ends the bar.
-func (p *progress) done() {
+func (p *Progress) done() {
 	if p.tty && p.n > 0 {
 		fmt.Fprintln(p.w)
 	}

@@ -1,4 +1,4 @@
-package main
+package crashtest
 
 import (
 	"bytes"
@@ -13,30 +13,29 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/flushvm/flushvm/disk"
+	"github.com/flushvm/flushvm/internal/sparse"
 	"github.com/flushvm/flushvm/protocol"
 )
 
-// booter runs one `flushvm run` with args and returns its exit status and
+// Booter runs one `flushvm run` with args and returns its exit status and
 // everything it printed (the guest's console and flushvm's own lines).
-type booter interface {
-	boot(ctx context.Context, args []string) (status int, out []byte, err error)
+type Booter interface {
+	Boot(ctx context.Context, args []string) (status int, out []byte, err error)
 }
 
-// execBooter boots by running the flushvm binary as a child process, so a
+// ExecBooter boots by running the flushvm binary as a child process, so a
 // power cut (which ends the VMM) ends only that child.
-type execBooter struct {
-	flushvm string
+type ExecBooter struct {
+	// Flushvm is the flushvm binary.
+	Flushvm string
 }
 
-func (b *execBooter) boot(ctx context.Context, args []string) (int, []byte, error) {
+func (b *ExecBooter) Boot(ctx context.Context, args []string) (int, []byte, error) {
 	var out bytes.Buffer
-	cmd := exec.CommandContext(ctx, b.flushvm, append([]string{"run"}, args...)...)
+	cmd := exec.CommandContext(ctx, b.Flushvm, append([]string{"run"}, args...)...)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.WaitDelay = 10 * time.Second
 	err := cmd.Run()
@@ -73,7 +72,7 @@ func guestCmdline(run string, args []string) string {
 }
 
 // bootArgs returns the `flushvm run` arguments of a campaign boot.
-func (c *campaign) bootArgs(cmdline, diskSpec string, extra ...string) []string {
+func (c *Campaign) bootArgs(cmdline, diskSpec string, extra ...string) []string {
 	a := []string{"--kernel", c.kernel, "--initrd", c.initrd, "--mem", c.mem, "--cpus", strconv.Itoa(c.cpus),
 		"--append", cmdline, "--disk", diskSpec, "--watchdog", bootWatchdog.String()}
 	return append(a, extra...)
@@ -118,7 +117,7 @@ var errGuestCrashed = errors.New("the guest failed")
 // QEMU TCG, here). Such a boot runs again, after prepare (nil: nothing)
 // restores what the failed attempt may have written, and is counted in
 // bootResult.crashes. name labels the log file in dir.
-func (c *campaign) boot(ctx context.Context, b booter, dir, name string, args []string, prepare func() error) (bootResult, error) {
+func (c *Campaign) boot(ctx context.Context, b Booter, dir, name string, args []string, prepare func() error) (bootResult, error) {
 	var r bootResult
 	for attempt := 1; ; attempt++ {
 		if prepare != nil {
@@ -127,7 +126,7 @@ func (c *campaign) boot(ctx context.Context, b booter, dir, name string, args []
 			}
 		}
 		bctx, cancel := context.WithTimeout(ctx, c.bootTimeout)
-		status, out, err := b.boot(bctx, args)
+		status, out, err := b.Boot(bctx, args)
 		hung := err != nil && errors.Is(bctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil
 		cancel()
 		r.status, r.out = status, out
@@ -155,22 +154,12 @@ func (c *campaign) boot(ctx context.Context, b booter, dir, name string, args []
 	}
 }
 
-// calibration is what a whole, uncut workload run sends to the disk.
-type calibration struct {
-	// Writes counts writes, discards and write-zeroes (what writes=N
-	// counts); Flushes the flushes that reached the disk (flushes=N).
-	Writes  uint64  `json:"writes"`
-	Flushes uint64  `json:"flushes"`
-	Acks    int     `json:"acks"`
-	Seconds float64 `json:"seconds"`
-	// GuestCrashes counts boots retried because the guest crashed or
-	// hung.
-	GuestCrashes int `json:"guest_crashes"`
-}
-
-// run runs the campaign's shard.
-func (c *campaign) run(ctx context.Context, b booter, prog *progress) (*crashReport, error) {
-	rep := newCrashReport(c)
+// Run runs the campaign's shard: boots through b, progress to prog, one
+// line per retried boot (with its cause) to log (nil: none). The report is
+// returned even when the campaign stops early.
+func (c *Campaign) Run(ctx context.Context, b Booter, prog *Progress, log io.Writer) (*Report, error) {
+	c.log = log
+	rep := newReport(c)
 	start := time.Now()
 	defer func() { rep.finish(time.Since(start)) }()
 	dir := c.dir
@@ -182,7 +171,7 @@ func (c *campaign) run(ctx context.Context, b booter, prog *progress) (*crashRep
 		defer os.RemoveAll(d)
 		dir = d
 	} else if err := os.MkdirAll(dir, 0o755); err != nil {
-		return rep, userErrorf("--dir: %v", err)
+		return rep, usageErrorf("--dir: %v", err)
 	}
 	template := filepath.Join(dir, "template.img")
 	defer os.Remove(template)
@@ -198,7 +187,7 @@ func (c *campaign) run(ctx context.Context, b booter, prog *progress) (*crashRep
 	rep.Calibration = cal
 	prog.note("calibration: %d writes, %d flushes reach the disk, %d acknowledgements, %.1f s",
 		cal.Writes, cal.Flushes, cal.Acks, cal.Seconds)
-	for _, k := range c.shardCuts() {
+	for _, k := range c.ShardCuts() {
 		if ctx.Err() != nil {
 			return rep, ctx.Err()
 		}
@@ -213,9 +202,9 @@ func (c *campaign) run(ctx context.Context, b booter, prog *progress) (*crashRep
 }
 
 // format makes the template image: a fresh file the guest formats.
-func (c *campaign) format(ctx context.Context, b booter, dir, template string) error {
+func (c *Campaign) format(ctx context.Context, b Booter, dir, template string) error {
 	args := c.bootArgs(guestCmdline("mkfs", nil), "path="+template+",cache=writeback")
-	r, err := c.boot(ctx, b, dir, "format", args, func() error { return createImage(template, c.diskSize) })
+	r, err := c.boot(ctx, b, dir, "format", args, func() error { return sparse.Create(template, c.diskSize) })
 	if err != nil {
 		return err
 	}
@@ -228,25 +217,25 @@ func (c *campaign) format(ctx context.Context, b booter, dir, template string) e
 
 // calibrate runs the workload to its end on a copy of the template and
 // counts what reached the disk, to place the cuts inside the run.
-func (c *campaign) calibrate(ctx context.Context, b booter, dir, template string) (calibration, error) {
-	img := filepath.Join(dir, "calibration.img")
-	stats := filepath.Join(dir, "calibration.stats.json")
+func (c *Campaign) calibrate(ctx context.Context, b Booter, dir, template string) (protocol.CrashtestCalibration, error) {
+	img := filepath.Join(dir, "protocol.CrashtestCalibration.img")
+	stats := filepath.Join(dir, "protocol.CrashtestCalibration.stats.json")
 	defer os.Remove(img)
 	defer os.Remove(stats)
 	t0 := time.Now()
 	args := c.bootArgs(guestCmdline("crash:"+c.workload, c.workloadArgs),
 		"path="+img+",cache="+string(c.cache)+",powercut="+c.policy, "--stats", stats)
-	r, err := c.boot(ctx, b, dir, "calibration", args, func() error { return copySparse(template, img) })
+	r, err := c.boot(ctx, b, dir, "protocol.CrashtestCalibration", args, func() error { return sparse.Copy(template, img) })
 	if err != nil {
-		return calibration{}, err
+		return protocol.CrashtestCalibration{}, err
 	}
 	if r.status != 0 {
-		return calibration{}, fmt.Errorf("%w: the calibration boot (the %s workload without a power cut) ended with status %d: %s",
+		return protocol.CrashtestCalibration{}, fmt.Errorf("%w: the protocol.CrashtestCalibration boot (the %s workload without a power cut) ended with status %d: %s",
 			errBootFailed, c.workload, r.status, lastLines(r.out, 5))
 	}
 	sb, err := os.ReadFile(stats)
 	if err != nil {
-		return calibration{}, fmt.Errorf("calibration --stats: %w", err)
+		return protocol.CrashtestCalibration{}, fmt.Errorf("protocol.CrashtestCalibration --stats: %w", err)
 	}
 	var doc struct {
 		Disks []struct {
@@ -257,20 +246,20 @@ func (c *campaign) calibrate(ctx context.Context, b booter, dir, template string
 		} `json:"disks"`
 	}
 	if err := json.Unmarshal(sb, &doc); err != nil || len(doc.Disks) != 1 {
-		return calibration{}, fmt.Errorf("calibration --stats %s: want one disk: %v", stats, err)
+		return protocol.CrashtestCalibration{}, fmt.Errorf("protocol.CrashtestCalibration --stats %s: want one disk: %v", stats, err)
 	}
 	d := doc.Disks[0]
-	cal := calibration{Writes: d.Writes + d.Discards + d.WriteZeroes, Flushes: d.HostSyncs,
+	cal := protocol.CrashtestCalibration{Writes: d.Writes + d.Discards + d.WriteZeroes, Flushes: d.HostSyncs,
 		Acks: parseAcks(r.out).lines, Seconds: time.Since(t0).Seconds(), GuestCrashes: r.crashes}
 	if cal.Writes == 0 {
-		return cal, fmt.Errorf("%w: the calibration boot wrote nothing to the disk", errBootFailed)
+		return cal, fmt.Errorf("%w: the protocol.CrashtestCalibration boot wrote nothing to the disk", errBootFailed)
 	}
 	return cal, nil
 }
 
 // cutPoint draws cut k's trigger from its seed: a write or (when the mode
 // flushes at all) a flush, uniformly over the calibrated run.
-func (c *campaign) cutPoint(seed uint64, cal calibration) protocol.Trigger {
+func (c *Campaign) cutPoint(seed uint64, cal protocol.CrashtestCalibration) protocol.Trigger {
 	if c.at != nil {
 		return *c.at
 	}
@@ -285,10 +274,10 @@ func (c *campaign) cutPoint(seed uint64, cal calibration) protocol.Trigger {
 }
 
 // cut runs cut k: the workload boot with the power cut, then the checker.
-func (c *campaign) cut(ctx context.Context, b booter, dir, template string, k int, cal calibration) (res cutResult) {
+func (c *Campaign) cut(ctx context.Context, b Booter, dir, template string, k int, cal protocol.CrashtestCalibration) (res protocol.CrashtestCut) {
 	seed := c.seed + uint64(k)
 	at := c.cutPoint(seed, cal)
-	res = cutResult{Cut: k, Seed: seed, At: at.String()}
+	res = protocol.CrashtestCut{Cut: k, Seed: seed, At: at.String()}
 	res.Repro = c.reproCommand(seed, at)
 	name := fmt.Sprintf("cut-%d", k)
 	img := filepath.Join(dir, name+".img")
@@ -306,7 +295,7 @@ func (c *campaign) cut(ctx context.Context, b booter, dir, template string, k in
 	args := c.bootArgs(guestCmdline("crash:"+c.workload, c.workloadArgs),
 		"path="+img+",cache="+string(c.cache)+",powercut="+c.policy,
 		"--power-cut", at.String(), "--seed", strconv.FormatUint(seed, 10), "--stats", stats)
-	r, err := c.boot(ctx, b, dir, name+".workload", args, func() error { return copySparse(template, img) })
+	r, err := c.boot(ctx, b, dir, name+".workload", args, func() error { return sparse.Copy(template, img) })
 	res.GuestCrashes += r.crashes
 	if err != nil {
 		res.Error = err.Error()
@@ -316,9 +305,9 @@ func (c *campaign) cut(ctx context.Context, b booter, dir, template string, k in
 	acks := parseAcks(r.out)
 	res.Acked = acks.count()
 	switch r.status {
-	case exitPowerCut:
+	case protocol.ExitPowerCut:
 		res.PowerCut = true
-		if err := res.readPowerCut(stats); err != nil {
+		if err := readPowerCut(&res, stats); err != nil {
 			res.Error = err.Error()
 			return res
 		}
@@ -340,12 +329,12 @@ func (c *campaign) cut(ctx context.Context, b booter, dir, template string, k in
 		res.Error = err.Error()
 		return res
 	}
-	res.judge(c.workload, r)
+	judge(&res, c.workload, r)
 	return res
 }
 
 // reproCommand is the command that runs cut seed again at the same point.
-func (c *campaign) reproCommand(seed uint64, at protocol.Trigger) string {
+func (c *Campaign) reproCommand(seed uint64, at protocol.Trigger) string {
 	a := []string{"flushvm", "crashtest", "--kernel", c.kernel, "--initrd", c.initrd, "--disk-size", c.diskSizeArg,
 		"--workload", c.workload, "--cuts", "1", "--policy", c.policy, "--seed", strconv.FormatUint(seed, 10),
 		"--cache", string(c.cache), "--at", at.String()}
@@ -380,71 +369,4 @@ func lastLines(out []byte, n int) string {
 		return "(no output)"
 	}
 	return strings.Join(ls, " | ")
-}
-
-// createImage creates a sparse file of size bytes (replacing any).
-func createImage(path string, size int64) error {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return fmt.Errorf("create %s: %w", path, err)
-	}
-	if err := f.Truncate(size); err != nil {
-		f.Close()
-		return fmt.Errorf("size %s: %w", path, err)
-	}
-	return f.Close()
-}
-
-// copySparse copies src to dst, skipping src's holes so a mostly empty
-// image costs only its data.
-func copySparse(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return fmt.Errorf("copy image: %w", err)
-	}
-	defer in.Close()
-	fi, err := in.Stat()
-	if err != nil {
-		return fmt.Errorf("copy image: %w", err)
-	}
-	out, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return fmt.Errorf("copy image: %w", err)
-	}
-	if err := copyData(in, out, fi.Size()); err != nil {
-		out.Close()
-		return fmt.Errorf("copy %s to %s: %w", src, dst, err)
-	}
-	return out.Close()
-}
-
-// copyData makes out (empty, or to be overwritten) a copy of in, size
-// bytes long: it copies in's data extents to the same offsets, found with
-// SEEK_DATA/SEEK_HOLE (without them, everything), and leaves in's holes as
-// holes in out.
-func copyData(in, out *os.File, size int64) error {
-	for off := int64(0); off < size; {
-		data, err := in.Seek(off, unix.SEEK_DATA)
-		if errors.Is(err, syscall.ENXIO) {
-			break // only a hole from off to the end
-		}
-		if err != nil {
-			data = off // no SEEK_DATA here: copy the rest whole
-		}
-		hole, err := in.Seek(data, unix.SEEK_HOLE)
-		if err != nil {
-			hole = size
-		}
-		if _, err := out.Seek(data, io.SeekStart); err != nil {
-			return err
-		}
-		if _, err := in.Seek(data, io.SeekStart); err != nil {
-			return err
-		}
-		if _, err := io.CopyN(out, in, hole-data); err != nil {
-			return err
-		}
-		off = hole
-	}
-	return out.Truncate(size)
 }

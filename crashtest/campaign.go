@@ -1,0 +1,262 @@
+// Package crashtest is flushvm's crash-test campaign engine: it formats a
+// disk in a guest, calibrates a workload, cuts the power at seeded points of
+// its run, checks what the workload acknowledged against what survived, and
+// reports. Boots go through a Booter (flushvm run as a child process, or a
+// fake guest in tests); the report schema and exit statuses are package
+// protocol's.
+package crashtest
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/flushvm/flushvm/blk"
+	"github.com/flushvm/flushvm/protocol"
+)
+
+// Workloads are the workloads the guest image runs, with the
+// arguments that size them (n: records per writer or versions).
+var Workloads = map[string]func(n int) []string{
+	"fsyncstress": func(n int) []string {
+		return []string{"-writers", strconv.Itoa(fsyncstressWriters), "-records", strconv.Itoa(n), "-size", "4096"}
+	},
+	"rename": func(n int) []string { return []string{"-versions", strconv.Itoa(n), "-size", "16384"} },
+}
+
+// fsyncstressWriters is the number of concurrent writers of the
+// fsyncstress workload.
+const fsyncstressWriters = 4
+
+// Flags are the flags of `flushvm crashtest` (a contract: batch
+// systems and `make crashtest` call it).
+type Flags struct {
+	// FS holds the flags; parse the command line with it.
+	FS       *pflag.FlagSet
+	kernel   string
+	initrd   string
+	diskSize string
+	workload string
+	cuts     int
+	policy   string
+	seed     uint64
+	cache    string
+	shard    string
+	// Report is --report: where the command writes the report.
+	Report      string
+	dir         string
+	mem         string
+	cpus        int
+	records     int
+	at          string
+	bootTimeout time.Duration
+}
+
+func NewFlags() *Flags {
+	f := &Flags{FS: pflag.NewFlagSet("crashtest", pflag.ContinueOnError)}
+	fs := f.FS
+	fs.SortFlags = false
+	fs.StringVar(&f.kernel, "kernel", "", "guest kernel, bzImage or ELF vmlinux (required)\n  e.g. --kernel /boot/vmlinuz-6.1.0-56-amd64")
+	fs.StringVar(&f.initrd, "initrd", "", "flushvm's guest initramfs: its /init, the workloads, e2fsprogs (required;\n"+
+		"  go run ./guest/cmd/flushvm-guest artifacts builds it and prints its path)\n  e.g. --initrd build/cache/initramfs/x-88418736.cpio.gz")
+	fs.StringVar(&f.diskSize, "disk-size", "", "size of the guest's disk, formatted ext4 by the guest (K/M/G suffixes) (required)\n  e.g. --disk-size 128M")
+	fs.StringVar(&f.workload, "workload", "", "what the guest runs and acknowledges: fsyncstress (records, each acknowledged\n"+
+		"  after its fdatasync) or rename (atomic replace: write, fsync, rename, fsync dir) (required)\n  e.g. --workload fsyncstress")
+	fs.IntVar(&f.cuts, "cuts", 0, "power cuts in the Campaign (across all shards) (required)\n  e.g. --cuts 20")
+	fs.StringVar(&f.policy, "policy", "", "which unstable writes survive each cut: lose-all, keep-all, random-subset,\n"+
+		"  random-sectors[:512|:4k] or prefix (required)\n  e.g. --policy random-subset")
+	fs.Uint64Var(&f.seed, "seed", 0, "Campaign seed: cut K uses seed S+K for its cut point and its policy (required)\n  e.g. --seed 1")
+	fs.StringVar(&f.cache, "cache", "writeback", "cache mode of the disk under test: writeback, writethrough, none, directsync\n"+
+		"  or unsafe (none and directsync need O_DIRECT in --dir)\n  e.g. --cache none")
+	fs.StringVar(&f.shard, "shard", "1/1", "run only shard i of n: the cuts K with K mod n = i-1\n  e.g. --shard 2/8")
+	fs.StringVar(&f.Report, "report", "", "write the Campaign's JSON report to FILE\n  e.g. --report crashtest.json")
+	fs.StringVar(&f.dir, "dir", "", "work directory for disk images and boot logs; the images and logs of failing\n"+
+		"  cuts are kept there (default: a temporary directory, removed afterwards)\n  e.g. --dir /var/tmp/crash")
+	fs.StringVar(&f.mem, "mem", "512M", "guest memory of each boot\n  e.g. --mem 1G")
+	fs.IntVar(&f.cpus, "cpus", 2, "vCPUs of each boot\n  e.g. --cpus 1")
+	fs.IntVar(&f.records, "records", 100, "workload size: records per writer (fsyncstress, 4 writers) or versions (rename)\n  e.g. --records 50")
+	fs.StringVar(&f.at, "at", "", "cut every cut at this point instead of a seeded random one (to reproduce a cut):\n"+
+		"  writes=N or flushes=N, counted from the workload boot's start\n  e.g. --at writes=345")
+	fs.DurationVar(&f.bootTimeout, "boot-timeout", 5*time.Minute, "bound on each guest boot\n  e.g. --boot-timeout 10m")
+	fs.Usage = func() {}
+	return f
+}
+
+func (f *Flags) Usage(w io.Writer) {
+	fmt.Fprintln(w, "Usage: flushvm crashtest --kernel K --initrd I --disk-size SIZE --workload NAME --cuts N")
+	fmt.Fprintln(w, "                         --policy POLICY --seed S [--cache MODE] [--shard i/n] [--report FILE]")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Runs a crash-test Campaign. A guest formats a fresh disk (ext4) once; a")
+	fmt.Fprintln(w, "protocol.CrashtestCalibration boot runs the workload to the end and counts the writes and flushes")
+	fmt.Fprintln(w, "that reach the disk. Then for each cut: a copy of the fresh disk, a boot running")
+	fmt.Fprintln(w, "the workload on the power-cut model (powercut=POLICY) with the power cut at a")
+	fmt.Fprintln(w, "seeded random write or flush of that range, recording every acknowledgement the")
+	fmt.Fprintln(w, "workload printed on the serial console before the cut; then a checker boot on")
+	fmt.Fprintln(w, "the crashed image: mount (journal replay), the workload's own check against the")
+	fmt.Fprintln(w, "acknowledgements, e2fsck -fn. A cut violates durability when an acknowledged")
+	fmt.Fprintln(w, "record is lost or damaged, or fsck finds errors. Every boot is a `flushvm run`")
+	fmt.Fprintln(w, "of this binary, so this host needs a KVM that boots Linux (see README: on hosts")
+	fmt.Fprintln(w, "without one, `go run ./guest/cmd/flushvm-guest crashtest` runs it nested).")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Progress goes to stderr, the summary to stdout: cuts, violations, the first")
+	fmt.Fprintln(w, "failing cut and the command that reproduces it.")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Flags:")
+	fmt.Fprint(w, f.FS.FlagUsagesWrapped(0))
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Exit status: 0 no violation, 1 violations found, 2 usage error, 3 boots failed")
+	fmt.Fprintln(w, "(some cuts could not be checked; no violation among the others).")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Example:")
+	fmt.Fprintln(w, "  flushvm crashtest --kernel vmlinuz --initrd guest.cpio.gz --disk-size 128M \\")
+	fmt.Fprintln(w, "      --workload fsyncstress --cuts 20 --policy random-subset --seed 1 \\")
+	fmt.Fprintln(w, "      --cache writeback --report writeback.json")
+}
+
+// Campaign is a validated crashtest configuration.
+type Campaign struct {
+	kernel, initrd string
+	diskSize       int64
+	workload       string
+	workloadArgs   []string
+	cuts           int
+	policy         string
+	seed           uint64
+	cache          blk.CacheMode
+	shardIndex     int // 1-based
+	shardCount     int
+	// dir is --dir: when given, failing cuts' files are kept there.
+	dir         string
+	diskSizeArg string // --disk-size as given, for reproduce commands
+	mem         string
+	cpus        int
+	records     int
+	at          *protocol.Trigger
+	bootTimeout time.Duration
+	// log receives one line per retried boot, with its cause (nil: none).
+	log io.Writer
+}
+
+// Campaign validates the flags and returns the campaign they describe;
+// errors the user can fix are UsageError.
+func (f *Flags) Campaign() (*Campaign, error) {
+	for _, req := range []struct{ name, val string }{{"kernel", f.kernel}, {"initrd", f.initrd}, {"disk-size", f.diskSize},
+		{"workload", f.workload}, {"policy", f.policy}} {
+		if req.val == "" {
+			return nil, usageErrorf("--%s is required", req.name)
+		}
+	}
+	if !f.FS.Changed("seed") {
+		return nil, usageErrorf("--seed is required (the Campaign is reproducible from it)")
+	}
+	c := &Campaign{workload: f.workload, cuts: f.cuts, policy: f.policy, seed: f.seed, dir: f.dir,
+		diskSizeArg: f.diskSize, mem: f.mem, cpus: f.cpus, records: f.records, bootTimeout: f.bootTimeout}
+	var err error
+	if c.kernel, err = existingAbs("kernel", f.kernel); err != nil {
+		return nil, err
+	}
+	if c.initrd, err = existingAbs("initrd", f.initrd); err != nil {
+		return nil, err
+	}
+	size, err := protocol.ParseSize(f.diskSize, protocol.BareBytes)
+	if err != nil || size < 16<<20 || size%512 != 0 {
+		return nil, usageErrorf("--disk-size %q: want at least 16M, a multiple of 512 bytes", f.diskSize)
+	}
+	c.diskSize = int64(size)
+	args, ok := Workloads[f.workload]
+	if !ok {
+		return nil, usageErrorf("--workload %q: want fsyncstress or rename", f.workload)
+	}
+	if f.records < 1 || f.records > 100000 {
+		return nil, usageErrorf("--records %d: want 1..100000", f.records)
+	}
+	c.workloadArgs = args(f.records)
+	if f.cuts < 1 {
+		return nil, usageErrorf("--cuts %d: want at least 1", f.cuts)
+	}
+	pol, err := blk.ParsePowerCutPolicy(f.policy)
+	if err != nil {
+		return nil, usageErrorf("--policy: %v", err)
+	}
+	c.policy = pol.String()
+	if c.cache, err = blk.ParseCacheMode(f.cache); err != nil {
+		return nil, usageErrorf("--cache: %v", err)
+	}
+	if c.shardIndex, c.shardCount, err = parseShard(f.shard); err != nil {
+		return nil, UsageError{err}
+	}
+	if f.at != "" {
+		t, err := protocol.ParseTrigger(f.at)
+		if err != nil || t.Kind == protocol.TriggerAfter {
+			return nil, usageErrorf("--at %q: want writes=N or flushes=N", f.at)
+		}
+		c.at = &t
+	}
+	if f.cpus < 1 || f.cpus > 64 {
+		return nil, usageErrorf("--cpus %d: want 1..64", f.cpus)
+	}
+	if _, err := protocol.ParseSize(f.mem, protocol.BareBytes); err != nil {
+		return nil, usageErrorf("--mem %q: %v", f.mem, err)
+	}
+	if f.bootTimeout <= 0 {
+		return nil, usageErrorf("--boot-timeout must be positive")
+	}
+	return c, nil
+}
+
+// existingAbs returns the absolute form of --flag's path, which must exist.
+func existingAbs(flag, path string) (string, error) {
+	abs, err := filepath.Abs(path)
+	if err == nil {
+		_, err = os.Stat(abs)
+	}
+	if err != nil {
+		return "", usageErrorf("--%s: %v", flag, err)
+	}
+	return abs, nil
+}
+
+// parseShard parses --shard i/n (1 <= i <= n).
+func parseShard(s string) (int, int, error) {
+	a, b, ok := strings.Cut(s, "/")
+	i, err1 := strconv.Atoi(a)
+	n, err2 := strconv.Atoi(b)
+	if !ok || err1 != nil || err2 != nil || n < 1 || i < 1 || i > n {
+		return 0, 0, fmt.Errorf("--shard %q: want i/n with 1 <= i <= n, e.g. 2/8", s)
+	}
+	return i, n, nil
+}
+
+// ShardCuts returns the campaign's cut numbers that belong to this shard.
+func (c *Campaign) ShardCuts() []int {
+	var ks []int
+	for k := 0; k < c.cuts; k++ {
+		if k%c.shardCount == c.shardIndex-1 {
+			ks = append(ks, k)
+		}
+	}
+	return ks
+}
+
+// errBootFailed reports a boot that did not end as the campaign needs
+// (the template or calibration boot: the campaign cannot go on).
+var errBootFailed = errors.New("boot failed")
+
+// UsageError is an error in a campaign's flags, which the user can fix
+// (flushvm crashtest exits with protocol.ExitUsage).
+type UsageError struct{ Err error }
+
+// Error returns the message.
+func (e UsageError) Error() string { return e.Err.Error() }
+
+// Unwrap returns the underlying error.
+func (e UsageError) Unwrap() error { return e.Err }
+
+func usageErrorf(format string, a ...any) error { return UsageError{fmt.Errorf(format, a...)} }

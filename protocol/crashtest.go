@@ -1,0 +1,112 @@
+package protocol
+
+// `flushvm crashtest` contracts: its exit statuses and its --report schema,
+// which batch systems and `flushvm-harness crashtest-table` read.
+
+// Exit statuses of `flushvm crashtest` beyond ExitOK and ExitUsage.
+const (
+	// CrashtestViolations: at least one cut lost acknowledged data or
+	// left a file system its checker does not accept.
+	CrashtestViolations = 1
+	// CrashtestFailed: boots failed, so the campaign could not check every
+	// cut (and found no violation in those it checked).
+	CrashtestFailed = 3
+)
+
+// CrashtestReport is `flushvm crashtest --report`: the campaign's
+// configuration, its calibration run, every cut and their sum. Shards of one
+// campaign (same seed and cuts, different --shard) add up.
+type CrashtestReport struct {
+	Workload    string               `json:"workload"`
+	Records     int                  `json:"records"`
+	Cache       string               `json:"cache"`
+	Policy      string               `json:"policy"`
+	Seed        uint64               `json:"seed"`
+	Cuts        int                  `json:"cuts"`
+	Shard       string               `json:"shard"`
+	DiskSize    int64                `json:"disk_size"`
+	Kernel      string               `json:"kernel"`
+	Initrd      string               `json:"initrd"`
+	Calibration CrashtestCalibration `json:"calibration"`
+	Results     []CrashtestCut       `json:"results"`
+	Summary     CrashtestTotals      `json:"summary"`
+}
+
+// CrashtestTotals sums a campaign's cuts.
+type CrashtestTotals struct {
+	Cuts       int `json:"cuts"`
+	PowerCuts  int `json:"power_cuts"`
+	NoCut      int `json:"ended_before_cut"`
+	Errors     int `json:"errors"`
+	Acked      int `json:"acked"`
+	LostAcked  int `json:"lost_acked"`
+	FsckErrors int `json:"fsck_errors"`
+	// MountFailures counts crashed file systems that did not mount.
+	MountFailures int `json:"mount_failures"`
+	// GuestCrashes counts boots retried because the guest crashed or hung.
+	GuestCrashes  int     `json:"guest_crashes"`
+	Violations    int     `json:"violations"`
+	Seconds       float64 `json:"seconds"`
+	CutsPerMinute float64 `json:"cuts_per_minute"`
+	// FirstFailure is the first cut with a violation.
+	FirstFailure *CrashtestCut `json:"first_failure,omitempty"`
+}
+
+// CrashtestCut is one cut in a crashtest report.
+type CrashtestCut struct {
+	// Cut is the cut's number in the campaign; Seed = campaign seed + Cut
+	// drew its cut point and its policy's choices.
+	Cut  int    `json:"cut"`
+	Seed uint64 `json:"seed"`
+	// At is the cut point (a --power-cut trigger).
+	At string `json:"at"`
+	// PowerCut is false when the workload ended before reaching At.
+	PowerCut       bool `json:"power_cut"`
+	WorkloadStatus int  `json:"workload_status"`
+	// Acked counts the acknowledged records (rename: the last
+	// acknowledged version).
+	Acked int `json:"acked"`
+	// Unstable, Kept, Torn and Lost are the power-cut model's report:
+	// writes not covered by a completed flush and their fates.
+	Unstable int `json:"unstable_writes"`
+	Kept     int `json:"kept_writes"`
+	Torn     int `json:"torn_writes"`
+	Lost     int `json:"lost_writes"`
+	// CheckStatus is the checker boot's exit status; MountFailed says the
+	// crashed file system did not mount; FsckStatus is e2fsck -fn's status
+	// (-1: not reported).
+	CheckStatus int  `json:"check_status"`
+	MountFailed bool `json:"mount_failed"`
+	FsckStatus  int  `json:"fsck_status"`
+	// LostAcked counts acknowledged records missing or damaged after the
+	// cut; Extra counts unacknowledged records that survived.
+	LostAcked int `json:"lost_acked"`
+	Extra     int `json:"extra"`
+	// Violation: acknowledged data lost, or a file system fsck rejects.
+	Violation bool   `json:"violation"`
+	Reason    string `json:"reason,omitempty"`
+	// GuestCrashes counts this cut's boots retried because the guest
+	// crashed or hung (not the disk's doing).
+	GuestCrashes int `json:"guest_crashes"`
+	// Error says why the cut could not be checked.
+	Error   string  `json:"error,omitempty"`
+	Seconds float64 `json:"seconds"`
+	// Repro reproduces this cut; Image is its crashed image (kept when
+	// it failed and --dir was given).
+	Repro string `json:"repro"`
+	Image string `json:"image,omitempty"`
+}
+
+// CrashtestCalibration is what a whole, uncut workload run sends to the
+// disk; the campaign draws its cut points from it.
+type CrashtestCalibration struct {
+	// Writes counts writes, discards and write-zeroes (what writes=N
+	// counts); Flushes the flushes that reached the disk (flushes=N).
+	Writes  uint64  `json:"writes"`
+	Flushes uint64  `json:"flushes"`
+	Acks    int     `json:"acks"`
+	Seconds float64 `json:"seconds"`
+	// GuestCrashes counts boots retried because the guest crashed or
+	// hung.
+	GuestCrashes int `json:"guest_crashes"`
+}
