@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flushvm/flushvm/disk"
+	"github.com/flushvm/flushvm/internal/lines"
 	"github.com/flushvm/flushvm/protocol"
 )
 
@@ -142,7 +143,7 @@ func judge(r *protocol.CrashtestCut, workload string, b bootResult) {
 	if r.MountFailed {
 		why = append(why, "the crashed file system does not mount")
 	} else if !sawCheck && r.Error == "" {
-		r.Error = "the checker printed no CHECK line: " + lastLines(b.out, 3)
+		r.Error = "the checker printed no CHECK line: " + lines.Last(b.out, 3)
 	}
 	switch {
 	case r.LostAcked > 0:
@@ -152,7 +153,7 @@ func judge(r *protocol.CrashtestCut, workload string, b bootResult) {
 		// version was acknowledged yet.
 		why = append(why, "the workload's checker found damaged data")
 	case checker > 1 && r.Error == "" && !r.MountFailed:
-		r.Error = fmt.Sprintf("the workload's checker failed (status %d): %s", checker, lastLines(b.out, 3))
+		r.Error = fmt.Sprintf("the workload's checker failed (status %d): %s", checker, lines.Last(b.out, 3))
 	}
 	switch {
 	case r.FsckStatus > 0 && r.FsckStatus < 8:
@@ -164,7 +165,7 @@ func judge(r *protocol.CrashtestCut, workload string, b bootResult) {
 			r.Error = fmt.Sprintf("e2fsck could not check the image (status %d)", r.FsckStatus)
 		}
 	case r.FsckStatus < 0 && r.Error == "":
-		r.Error = "the checker printed no fsck status: " + lastLines(b.out, 3)
+		r.Error = "the checker printed no fsck status: " + lines.Last(b.out, 3)
 	}
 	r.Violation = len(why) > 0
 	r.Reason = strings.Join(why, "; ")

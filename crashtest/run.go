@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/flushvm/flushvm/disk"
+	"github.com/flushvm/flushvm/internal/lines"
 	"github.com/flushvm/flushvm/internal/sparse"
 	"github.com/flushvm/flushvm/protocol"
 )
@@ -134,7 +135,7 @@ func (c *Campaign) boot(ctx context.Context, b Booter, dir, name string, args []
 			err = fmt.Errorf("%s log: %w", name, werr)
 		}
 		if err != nil && !hung {
-			return r, fmt.Errorf("%s boot: %w (last output: %s)", name, err, lastLines(out, 3))
+			return r, fmt.Errorf("%s boot: %w (last output: %s)", name, err, lines.Last(out, 3))
 		}
 		what, crashed := guestCrash(status, out)
 		if !hung && !crashed {
@@ -144,7 +145,7 @@ func (c *Campaign) boot(ctx context.Context, b Booter, dir, name string, args []
 			what = fmt.Sprintf("it hung (no end within --boot-timeout %v)", c.bootTimeout)
 		}
 		if attempt == bootAttempts || ctx.Err() != nil {
-			return r, fmt.Errorf("%s boot: %w on all %d attempts; the last: %s: %s", name, errGuestCrashed, bootAttempts, what, lastLines(out, 3))
+			return r, fmt.Errorf("%s boot: %w on all %d attempts; the last: %s: %s", name, errGuestCrashed, bootAttempts, what, lines.Last(out, 3))
 		}
 		// Each retry names its cause, so a flaky machine stays visible.
 		if c.log != nil {
@@ -210,7 +211,7 @@ func (c *Campaign) format(ctx context.Context, b Booter, dir, template string) e
 	}
 	if r.status != 0 || !bytes.Contains(r.out, []byte("flushvm-init: mkfs /dev/vda: ok")) {
 		return fmt.Errorf("%w: the mkfs boot ended with status %d (is --initrd flushvm's guest image with e2fsprogs?): %s",
-			errBootFailed, r.status, lastLines(r.out, 5))
+			errBootFailed, r.status, lines.Last(r.out, 5))
 	}
 	return nil
 }
@@ -231,7 +232,7 @@ func (c *Campaign) calibrate(ctx context.Context, b Booter, dir, template string
 	}
 	if r.status != 0 {
 		return protocol.CrashtestCalibration{}, fmt.Errorf("%w: the protocol.CrashtestCalibration boot (the %s workload without a power cut) ended with status %d: %s",
-			errBootFailed, c.workload, r.status, lastLines(r.out, 5))
+			errBootFailed, c.workload, r.status, lines.Last(r.out, 5))
 	}
 	sb, err := os.ReadFile(stats)
 	if err != nil {
@@ -316,7 +317,7 @@ func (c *Campaign) cut(ctx context.Context, b Booter, dir, template string, k in
 		// it): the run sent fewer writes or flushes than the
 		// calibration run and ended before its cut. Still check it.
 	default:
-		res.Error = fmt.Sprintf("the workload boot ended with status %d: %s", r.status, lastLines(r.out, 3))
+		res.Error = fmt.Sprintf("the workload boot ended with status %d: %s", r.status, lines.Last(r.out, 3))
 		return res
 	}
 	// The guest's check mode adds -check and the mount point.
@@ -352,21 +353,4 @@ func (c *Campaign) reproCommand(seed uint64, at protocol.Trigger) string {
 		a[i] = disk.ShellQuote(s)
 	}
 	return strings.Join(a, " ")
-}
-
-// lastLines returns the last n non-empty lines of out, joined by " | ".
-func lastLines(out []byte, n int) string {
-	var ls []string
-	for _, l := range strings.Split(string(out), "\n") {
-		if strings.TrimSpace(l) != "" {
-			ls = append(ls, strings.TrimSpace(l))
-		}
-	}
-	if len(ls) > n {
-		ls = ls[len(ls)-n:]
-	}
-	if len(ls) == 0 {
-		return "(no output)"
-	}
-	return strings.Join(ls, " | ")
 }

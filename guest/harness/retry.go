@@ -5,11 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 
 	"github.com/flushvm/flushvm/guest"
+	"github.com/flushvm/flushvm/internal/sparse"
 	"github.com/flushvm/flushvm/protocol"
 )
 
@@ -121,7 +121,7 @@ func snapshotDisks(runs []Run) (*diskSnapshot, error) {
 				}
 			}
 			c := filepath.Join(snap.dir, fmt.Sprintf("%d.img", len(snap.files)))
-			if err := sparseCopy(p, c); err != nil {
+			if err := sparse.Copy(p, c); err != nil {
 				snap.remove()
 				return nil, err
 			}
@@ -133,7 +133,7 @@ func snapshotDisks(runs []Run) (*diskSnapshot, error) {
 
 func (s *diskSnapshot) restore() error {
 	for disk, c := range s.files {
-		if err := sparseCopy(c, disk); err != nil {
+		if err := sparse.Copy(c, disk); err != nil {
 			return err
 		}
 	}
@@ -164,12 +164,4 @@ func writableDisks(args []string) []string {
 		}
 	}
 	return out
-}
-
-// sparseCopy copies src over dst, keeping holes.
-func sparseCopy(src, dst string) error {
-	if out, err := exec.Command("cp", "--sparse=always", src, dst).CombinedOutput(); err != nil {
-		return fmt.Errorf("copy %s to %s: %v: %s", src, dst, err, strings.TrimSpace(string(out)))
-	}
-	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/flushvm/flushvm/guest/initramfs"
+	"github.com/flushvm/flushvm/internal/lines"
 	"github.com/flushvm/flushvm/protocol"
 )
 
@@ -195,7 +196,7 @@ func l1Tail(s *Session) string {
 	if s == nil || s.Console == "" {
 		return ""
 	}
-	return "; L1 console: " + lastLines([]byte(s.Console), 6)
+	return "; L1 console: " + lines.Last([]byte(s.Console), 6)
 }
 
 func (o SoakOptions) withDefaults() SoakOptions {
@@ -360,23 +361,9 @@ func classifySoak(i int, r Result, vmm string) SoakBoot {
 		if reported {
 			msg += report.String() + "; "
 		}
-		b.Detail = msg + "last output: " + lastLines(r.Output, 8)
+		b.Detail = msg + "last output: " + lines.Last(r.Output, 8)
 	}
 	return b
-}
-
-// lastLines returns the last n non-empty lines of out joined by " | ".
-func lastLines(out []byte, n int) string {
-	var keep []string
-	for _, l := range strings.Split(string(out), "\n") {
-		if strings.TrimSpace(l) != "" {
-			keep = append(keep, strings.TrimSpace(l))
-		}
-	}
-	if len(keep) > n {
-		keep = keep[len(keep)-n:]
-	}
-	return strings.Join(keep, " | ")
 }
 
 // Print writes the report: one line per failed boot with its diagnostic,
