@@ -44,7 +44,7 @@ SOAK_ARGS  ?=
 
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v '/integration')
 
-.PHONY: soak crashtest bench-vhost all build run run-nodisk test unit fuzz-smoke fuzz integration lint artifacts clean
+.PHONY: deps soak crashtest bench-vhost all build run run-nodisk test unit fuzz-smoke fuzz integration lint artifacts clean
 
 all: build
 
@@ -54,21 +54,27 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o build/bin/flushvm ./cmd/flushvm
 	$(GO) build -o build/bin/flushvm-guest ./guest/cmd/flushvm-guest
 
+## deps: install the Debian packages the guests and the nested harness need (as root: one
+## apt-get line, said on stdout; otherwise it stops with the command to run). run, test and
+## the targets that boot guests do it first.
+deps:
+	@scripts/deps.sh
+
 ## artifacts: fetch the kernel and build the guest initramfs (cached).
-artifacts:
+artifacts: deps
 	$(GO) run ./guest/cmd/flushvm-guest artifacts
 
 ## run: boot a test guest under flushvm (nested on hosts without usable KVM)
 ## with a fresh sparse ext4 disk, show the machine from /init and run fsyncstress.
-run:
+run: deps
 	$(GO) run ./guest/cmd/flushvm-guest --timeout $(RUN_TIMEOUT) demo --disk $(DEMO)
 
 ## run-nodisk: the same boot without a disk: only the machine line from /init.
-run-nodisk:
+run-nodisk: deps
 	$(GO) run ./guest/cmd/flushvm-guest --timeout $(RUN_TIMEOUT) demo $(DEMO)
 
 ## test: unit tests, a short fuzz of every Fuzz target, then the Linux-guest integration tests.
-test: unit fuzz-smoke integration
+test: deps unit fuzz-smoke integration
 
 unit:
 	$(GO) test -count=1 -timeout 15m $(UNIT_PKGS)
@@ -85,7 +91,7 @@ fuzz:
 fuzz-long:
 	FUZZ_LONG_EXECS=$(FUZZ_LONG_EXECS) FUZZ_LONG_TIME=$(FUZZ_LONG_TIME) scripts/fuzz-long.sh
 
-integration:
+integration: deps
 	$(GO) test -count=1 -v -timeout $(INTEGRATION_TIMEOUT) ./integration/...
 
 ## lint: formatting, vet and staticcheck (pinned).
@@ -99,12 +105,12 @@ clean:
 	rm -rf build/bin build/cache/jobs
 
 ## bench-vhost: fio in a QEMU TCG guest against flushvm vhost-user-blk, qemu-storage-daemon and QEMU's virtio-blk (table, CSV, SVG under build/bench-vhost).
-bench-vhost:
+bench-vhost: deps
 	scripts/bench-vhost.sh
 
 ## crashtest: the full crash-test campaign: a flushvm crashtest per cache mode (one L1 session when
 ## nested), JSON reports in $(CRASHTEST_OUT)/MODE.json, then one per-mode table (also table.md).
-crashtest:
+crashtest: deps
 	$(GO) run ./guest/cmd/flushvm-guest campaign --modes $(CRASHTEST_MODES) --out $(CRASHTEST_OUT) \
 		--workload $(CRASHTEST_WORKLOAD) --policy $(CRASHTEST_POLICY) --seed $(CRASHTEST_SEED) \
 		--disk-size $(CRASHTEST_DISK_SIZE) --records $(CRASHTEST_RECORDS) --cpus $(CRASHTEST_CPUS) \
@@ -112,5 +118,5 @@ crashtest:
 
 ## soak: SOAK_BOOTS nested L2 boots with disk I/O (fio, crc32c verify); prints every failed boot
 ## with its diagnostic and the count; exits non-zero if any boot failed.
-soak:
+soak: deps
 	$(GO) run ./guest/cmd/flushvm-guest soak --boots $(SOAK_BOOTS) --cpus $(SOAK_CPUS) --cache $(SOAK_CACHE) $(SOAK_ARGS)
