@@ -260,3 +260,12 @@ func (e UsageError) Error() string { return e.Err.Error() }
 func (e UsageError) Unwrap() error { return e.Err }
 
 func usageErrorf(format string, a ...any) error { return UsageError{fmt.Errorf(format, a...)} }
+
+// writers is the number of concurrent writers of the campaign's workload
+// (0: rename, which acknowledges versions).
+func (c *Campaign) writers() int {
+	if c.workload == "fsyncstress" {
+		return fsyncstressWriters
+	}
+	return 0
+}

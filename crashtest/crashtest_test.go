@@ -320,7 +320,7 @@ func TestParseAcks(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			a := parseAcks([]byte(tc.out))
+			a := parseAcks([]byte(tc.out), fsyncstressWriters)
 			if got := a.ackedArg(tc.workload); got != tc.wantArg || a.count() != tc.wantCount {
 				t.Errorf("acked %q count %d, want %q %d", got, a.count(), tc.wantArg, tc.wantCount)
 			}

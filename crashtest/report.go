@@ -22,38 +22,27 @@ type acks struct {
 	// lines counts the well-formed ACK lines.
 	lines int
 	// perWriter[w] is 1 + the last record writer w acknowledged
-	// (fsyncstress).
-	perWriter [fsyncstressWriters]int
+	// (fsyncstress: one entry per writer of the campaign).
+	perWriter []int
 	// version is the last version acknowledged (rename).
 	version int
 }
 
-// parseAcks collects the ACK lines of out. Only whole lines count: an
-// acknowledgement cut off by the power cut was never made.
-func parseAcks(out []byte) acks {
-	var a acks
+// parseAcks collects the ACK lines of out from a workload of writers
+// writers (0 for rename). Only whole lines count: an acknowledgement cut
+// off by the power cut was never made.
+func parseAcks(out []byte, writers int) acks {
+	a := acks{perWriter: make([]int, writers)}
 	whole := out[:bytes.LastIndexByte(out, '\n')+1]
 	for _, line := range strings.Split(string(whole), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 3 || f[0] != "ACK" {
+		ack, ok := protocol.ParseAck(line, writers)
+		if !ok {
 			continue
 		}
-		switch {
-		case f[1] == "fsyncstress" && len(f) == 4:
-			w, err1 := strconv.Atoi(f[2])
-			seq, err2 := strconv.Atoi(f[3])
-			if err1 != nil || err2 != nil || w < 0 || w >= fsyncstressWriters || seq < 0 {
-				continue
-			}
-			a.perWriter[w] = max(a.perWriter[w], seq+1)
-		case f[1] == "rename" && len(f) == 3:
-			v, err := strconv.Atoi(f[2])
-			if err != nil || v < 1 {
-				continue
-			}
-			a.version = max(a.version, v)
-		default:
-			continue
+		if ack.Workload == "rename" {
+			a.version = max(a.version, ack.Version)
+		} else {
+			a.perWriter[ack.Writer] = max(a.perWriter[ack.Writer], ack.Seq+1)
 		}
 		a.lines++
 	}
@@ -107,38 +96,22 @@ func readPowerCut(r *protocol.CrashtestCut, path string) error {
 // judge reads the checker boot's console and decides the cut.
 func judge(r *protocol.CrashtestCut, workload string, b bootResult) {
 	r.CheckStatus = b.status
-	r.FsckStatus = -1
+	v := protocol.CheckVerdict{CheckerStatus: -1, FsckStatus: -1}
 	sawCheck := false
-	checker := -1 // the workload checker's exit status
 	for _, line := range strings.Split(string(b.out), "\n") {
-		line = strings.TrimSpace(line)
-		if rest, ok := strings.CutPrefix(line, "flushvm-check: fsck status "); ok {
-			if n, err := strconv.Atoi(rest); err == nil {
-				r.FsckStatus = n
-			}
+		if protocol.ParseCheckLine(&v, line, workload) {
+			continue
 		}
-		if strings.HasPrefix(line, "flushvm-check: mount failed") {
-			r.MountFailed = true
-		}
-		if rest, ok := strings.CutPrefix(line, "flushvm-check: "+workload+" status "); ok {
-			if n, err := strconv.Atoi(rest); err == nil {
-				checker = n
-			}
-		}
-		f := strings.Fields(line)
-		if len(f) == 5 && f[0] == "CHECK" && f[1] == workload {
-			acked, err1 := keyInt(f[2], "acked")
-			lost, err2 := keyInt(f[3], "lost")
-			extra, err3 := keyInt(f[4], "extra")
-			if err1 == nil && err2 == nil && err3 == nil {
-				sawCheck = true
-				r.LostAcked, r.Extra = lost, extra
-				if acked != r.Acked {
-					r.Error = fmt.Sprintf("the checker counted %d acknowledged records, the console showed %d", acked, r.Acked)
-				}
+		if c, ok := protocol.ParseCheck(strings.TrimSpace(line), workload); ok {
+			sawCheck = true
+			r.LostAcked, r.Extra = c.Lost, c.Extra
+			if c.Acked != r.Acked {
+				r.Error = fmt.Sprintf("the checker counted %d acknowledged records, the console showed %d", c.Acked, r.Acked)
 			}
 		}
 	}
+	r.FsckStatus, r.MountFailed = v.FsckStatus, v.MountFailed
+	checker := v.CheckerStatus
 	var why []string
 	if r.MountFailed {
 		why = append(why, "the crashed file system does not mount")
@@ -169,15 +142,6 @@ func judge(r *protocol.CrashtestCut, workload string, b bootResult) {
 	}
 	r.Violation = len(why) > 0
 	r.Reason = strings.Join(why, "; ")
-}
-
-// keyInt parses "key=N".
-func keyInt(s, key string) (int, error) {
-	v, ok := strings.CutPrefix(s, key+"=")
-	if !ok {
-		return 0, fmt.Errorf("want %s=N, got %q", key, s)
-	}
-	return strconv.Atoi(v)
 }
 
 // Report is a campaign's report as it runs: the --report document plus the

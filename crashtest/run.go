@@ -81,7 +81,10 @@ func (c *Campaign) bootArgs(cmdline, diskSpec string, extra ...string) []string 
 
 // guestEnded reports whether the guest's /init reported the exit status it
 // ended the VM with.
-func guestEnded(out []byte) bool { return bytes.Contains(out, []byte("flushvm-init: exit status ")) }
+func guestEnded(out []byte) bool {
+	_, ok := protocol.FindInitExit(out)
+	return ok
+}
 
 // guestCrash reports whether a boot that ended with status and printed out
 // lost its guest, and how: flushvm reported a triple fault or a --watchdog
@@ -209,7 +212,7 @@ func (c *Campaign) format(ctx context.Context, b Booter, dir, template string) e
 	if err != nil {
 		return err
 	}
-	if r.status != 0 || !bytes.Contains(r.out, []byte("flushvm-init: mkfs /dev/vda: ok")) {
+	if r.status != 0 || !bytes.Contains(r.out, []byte(protocol.FormatMkfsOK("/dev/vda"))) {
 		return fmt.Errorf("%w: the mkfs boot ended with status %d (is --initrd flushvm's guest image with e2fsprogs?): %s",
 			errBootFailed, r.status, lines.Last(r.out, 5))
 	}
@@ -251,7 +254,7 @@ func (c *Campaign) calibrate(ctx context.Context, b Booter, dir, template string
 	}
 	d := doc.Disks[0]
 	cal := protocol.CrashtestCalibration{Writes: d.Writes + d.Discards + d.WriteZeroes, Flushes: d.HostSyncs,
-		Acks: parseAcks(r.out).lines, Seconds: time.Since(t0).Seconds(), GuestCrashes: r.crashes}
+		Acks: parseAcks(r.out, c.writers()).lines, Seconds: time.Since(t0).Seconds(), GuestCrashes: r.crashes}
 	if cal.Writes == 0 {
 		return cal, fmt.Errorf("%w: the protocol.CrashtestCalibration boot wrote nothing to the disk", errBootFailed)
 	}
@@ -303,7 +306,7 @@ func (c *Campaign) cut(ctx context.Context, b Booter, dir, template string, k in
 		return res
 	}
 	res.WorkloadStatus = r.status
-	acks := parseAcks(r.out)
+	acks := parseAcks(r.out, c.writers())
 	res.Acked = acks.count()
 	switch r.status {
 	case protocol.ExitPowerCut:

@@ -169,7 +169,7 @@ func (m *Machine) serveWatchdog(i int, c *kvm.VCPU) {
 			// this is said even when the guest then runs on: it is the
 			// trace of a lost wake-up below flushvm (see README, nested).
 			// Said once per stall, when it begins.
-			fmt.Fprintf(m.diag, "flushvm: watchdog: vCPU %d: no exit for at least %v with vectors %v requested; kicked it (%s)\n",
+			fmt.Fprintf(m.diag, protocol.WatchdogKicked+"%d: no exit for at least %v with vectors %v requested; kicked it (%s)\n",
 				i, m.watchdog/4, irr.list(), lapicLine(&l))
 		}
 		return

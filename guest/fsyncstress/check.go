@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+
+	"github.com/flushvm/flushvm/protocol"
 )
 
 // tally counts what the checker found.
@@ -28,7 +30,7 @@ func checkRun(c config, out io.Writer) int {
 		fmt.Fprintf(out, "fsyncstress-check: %v\n", err)
 		return exitError
 	}
-	fmt.Fprintf(out, "CHECK fsyncstress acked=%d lost=%d extra=%d\n", t.acked, t.lost, t.extra)
+	fmt.Fprintln(out, protocol.Check{Workload: "fsyncstress", Acked: t.acked, Lost: t.lost, Extra: t.extra})
 	if t.lost > 0 {
 		return exitViolation
 	}

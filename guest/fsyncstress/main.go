@@ -49,6 +49,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/flushvm/flushvm/protocol"
 )
 
 // Exit statuses.
@@ -296,11 +298,7 @@ func writer(c config, w int, acks *lineWriter) ([]time.Duration, error) {
 			continue
 		}
 		// Only now is the record durable: acknowledge it.
-		line = append(line[:0], "ACK fsyncstress "...)
-		line = strconv.AppendInt(line, int64(w), 10)
-		line = append(line, ' ')
-		line = strconv.AppendInt(line, int64(seq), 10)
-		line = append(line, '\n')
+		line = protocol.AppendAckFsyncstress(line[:0], w, seq)
 		if err := acks.writeLine(line); err != nil {
 			return lat, fmt.Errorf("writer %d record %d: acknowledge: %w", w, seq, err)
 		}

@@ -7,10 +7,10 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
-	"regexp"
-	"strconv"
 	"strings"
 	"time"
+
+	"github.com/flushvm/flushvm/protocol"
 )
 
 // QEMU boots what `flushvm run ARGS` would boot under plain QEMU TCG with
@@ -89,14 +89,11 @@ func QEMU(ctx context.Context, stdout io.Writer, args []string) (int, []byte, er
 	}
 	// QEMU exited 0: the guest rebooted without using the port (isa-debug
 	// exit statuses are always odd). Recover the status init printed.
-	if m := initStatusRE.FindSubmatch(buf.Bytes()); m != nil {
-		n, _ := strconv.Atoi(string(m[1]))
+	if n, ok := protocol.FindInitExit(buf.Bytes()); ok {
 		return n, buf.Bytes(), nil
 	}
 	return 0, buf.Bytes(), nil
 }
-
-var initStatusRE = regexp.MustCompile(`flushvm-init: exit status (\d+)`)
 
 // qemuDrive turns a flushvm --disk SPEC into a QEMU -drive value. It
 // parses the SPEC itself (rather than through blk) so the stand-in keeps

@@ -330,8 +330,8 @@ func qemuBundle(files map[string]string) error {
 // classifySoak decides how boot i ended from its run result.
 func classifySoak(i int, r Result, vmm string) SoakBoot {
 	b := SoakBoot{Index: i, VMM: vmm, Status: r.Status, Duration: r.Duration,
-		Stalls: bytes.Count(r.Output, []byte("flushvm: watchdog: vCPU "))}
-	init := initStatusRE.FindSubmatch(r.Output)
+		Stalls: protocol.CountWatchdogKicks(r.Output)}
+	_, ended := protocol.FindInitExit(r.Output)
 	status := r.Status
 	if vmm == "qemu" && status&1 == 1 {
 		status >>= 1 // isa-debug-exit: (v << 1) | 1
@@ -346,7 +346,7 @@ func classifySoak(i int, r Result, vmm string) SoakBoot {
 		b.Outcome = SoakHang
 	case r.Err != nil:
 		b.Outcome = SoakError
-	case init == nil:
+	case !ended:
 		b.Outcome = SoakCrash
 	case status == 0 && bytes.Contains(r.Output, []byte("SOAK fio ok")):
 		b.Outcome = SoakPass

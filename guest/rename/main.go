@@ -42,6 +42,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/flushvm/flushvm/protocol"
 )
 
 // target and tmpName are the file names the workload uses in -dir.
@@ -135,7 +137,7 @@ func workload(c config, out io.Writer) error {
 			return fmt.Errorf("version %d: fsync %s: %w", v, c.dir, err)
 		}
 		// Only now is the replace durable: acknowledge it.
-		if _, err := fmt.Fprintf(out, "ACK rename %d\n", v); err != nil {
+		if _, err := fmt.Fprintln(out, protocol.FormatAckRename(v)); err != nil {
 			return err
 		}
 	}
@@ -198,7 +200,7 @@ func check(c config, out io.Writer) int {
 	if status == exitError {
 		return status
 	}
-	fmt.Fprintf(out, "CHECK rename acked=%d lost=%d extra=%d\n", c.acked, lost, extra)
+	fmt.Fprintln(out, protocol.Check{Workload: "rename", Acked: c.acked, Lost: lost, Extra: extra})
 	return status
 }
 

@@ -7,8 +7,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/flushvm/flushvm/guest/internal/pid1"
 	"golang.org/x/sys/unix"
+
+	"github.com/flushvm/flushvm/guest/internal/pid1"
+	"github.com/flushvm/flushvm/protocol"
 )
 
 // The crash-test modes work on the first virtio-blk disk, formatted ext4.
@@ -18,8 +20,6 @@ const (
 	// diskWait bounds the wait for the disk's device node: virtio_blk
 	// probes asynchronously, and a nested guest is slow.
 	diskWait = 30 * time.Second
-	// checkPrefix marks the check mode's verdict lines.
-	checkPrefix = "flushvm-check"
 )
 
 // Exit statuses of the disk modes beyond the workload's own.
@@ -103,7 +103,7 @@ func (d diskModes) mkfs() int {
 		d.logf(prefix, "mkfs %s: %v", disk, err)
 		return exitDiskSetup
 	}
-	d.logf(prefix, "mkfs %s: ok", disk)
+	fmt.Fprintln(d.out, protocol.FormatMkfsOK(disk))
 	return 0
 }
 
@@ -140,28 +140,28 @@ func (d diskModes) check(w string, extra []string) int {
 	}
 	passed := true
 	if err := d.sys.mount(); err != nil {
-		d.logf(checkPrefix, "mount failed: %v", err)
+		fmt.Fprintln(d.out, protocol.FormatCheckMountFailed(err))
 		passed = false
 	} else {
 		st, err := d.sys.run(argv)
 		if err != nil {
-			d.logf(checkPrefix, "%s: %v", w, err)
+			d.logf(protocol.CheckPrefix, "%s: %v", w, err)
 		}
-		d.logf(checkPrefix, "%s status %d", w, st)
+		fmt.Fprintln(d.out, protocol.FormatCheckStatus(w, st))
 		if st != 0 {
 			passed = false
 		}
 		if err := d.sys.unmount(); err != nil {
 			// e2fsck below then sees a mounted file system and says so.
-			d.logf(checkPrefix, "umount failed: %v", err)
+			d.logf(protocol.CheckPrefix, "umount failed: %v", err)
 			passed = false
 		}
 	}
 	st, err := d.sys.run([]string{"/sbin/e2fsck", "-fn", disk})
 	if err != nil {
-		d.logf(checkPrefix, "e2fsck: %v", err)
+		d.logf(protocol.CheckPrefix, "e2fsck: %v", err)
 	}
-	d.logf(checkPrefix, "fsck status %d", st)
+	fmt.Fprintln(d.out, protocol.FormatFsckStatus(st))
 	if !passed || st != 0 {
 		return exitCheckFailed
 	}

@@ -49,11 +49,13 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/flushvm/flushvm/guest/internal/pid1"
 	"golang.org/x/sys/unix"
+
+	"github.com/flushvm/flushvm/guest/internal/pid1"
+	"github.com/flushvm/flushvm/protocol"
 )
 
-const prefix = "flushvm-init"
+const prefix = protocol.InitPrefix
 
 func main() {
 	status := run()
@@ -141,7 +143,7 @@ func command(name string, args ...string) (int, error) {
 
 // end ends the VM with status; init must never return.
 func end(status int) {
-	pid1.Logf(prefix, "exit status %d", status)
+	fmt.Println(protocol.FormatInitExit(status))
 	if err := pid1.DebugExit(uint8(status)); err != nil {
 		pid1.Logf(prefix, "%v; rebooting instead", err)
 	}
