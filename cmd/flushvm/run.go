@@ -15,7 +15,6 @@ import (
 	"github.com/flushvm/flushvm/disk"
 	"github.com/flushvm/flushvm/kvm"
 	"github.com/flushvm/flushvm/protocol"
-	"github.com/flushvm/flushvm/virtio"
 	"github.com/flushvm/flushvm/vmm"
 )
 
@@ -181,139 +180,113 @@ func runCommand(args []string, stdout, stderr io.Writer) int {
 // run boots the machine and returns its exit status. Errors are user errors
 // (userError) or failures of the VMM.
 func (f *runFlags) run(stdout, stderr io.Writer) (status int, err error) {
-	if f.kernel == "" {
-		return 0, userErrorf("--kernel FILE is required")
-	}
-	mem, err := protocol.ParseSize(f.mem, protocol.BareMiB)
-	if err != nil {
-		return 0, userErrorf("--mem: %v", err)
-	}
-	if f.cpus < 1 || f.cpus > vmm.MaxCPUs {
-		return 0, userErrorf("--cpus %d: between 1 and %d", f.cpus, vmm.MaxCPUs)
-	}
-	if f.watchdog < 0 {
-		return 0, userErrorf("--watchdog %v: must not be negative (0 turns it off)", f.watchdog)
-	}
-	specs := make([]blk.Spec, len(f.disks))
-	for i, d := range f.disks {
-		if specs[i], err = blk.ParseSpec(d); err != nil {
-			return 0, userErrorf("--disk: %v", err)
-		}
-	}
-	pc, err := f.powerCutSetup(specs)
+	cfg, specs, pc, err := f.machineConfig(stdout, stderr)
 	if err != nil {
 		return 0, err
 	}
-	kernel, err := os.ReadFile(f.kernel)
-	if err != nil {
-		return 0, userErrorf("--kernel: %v", fileError(err))
-	}
-	var initrd []byte
-	if f.initrd != "" {
-		if initrd, err = os.ReadFile(f.initrd); err != nil {
-			return 0, userErrorf("--initrd: %v", fileError(err))
-		}
-	}
-	if err := kvm.Available(); err != nil {
-		return 0, userError{err}
-	}
-
-	var disks []*disk.Disk
-	// final is the stats as the guest left them, taken before the machine
-	// closes: closing resets the devices, which would report the cache
-	// mode's default write cache instead of the guest's last choice.
-	var final *disk.Stats
-	ps := pc.supply
-	defer func() {
-		// Held requests (after a cut) fail once nothing can see them, so
-		// the devices can close.
-		if ps != nil {
-			ps.Release()
-		}
-		// The stats file is written on every path out of run once disks
-		// may exist, then the disks are closed.
-		if f.stats != "" {
-			doc := disk.Collect(disks)
-			if final != nil {
-				doc = *final
-			}
-			if werr := disk.WriteStats(f.stats, doc); werr != nil && err == nil {
-				werr = userErrorf("--stats: %v", fileError(errors.Unwrap(werr)))
-				err = werr
-			}
-		}
-		for _, d := range disks {
-			if cerr := d.Dev.Close(); cerr != nil && err == nil {
-				err = fmt.Errorf("closing disk: %w", cerr)
-			}
-		}
-	}()
-	devices := make([]virtio.Device, 0, len(specs))
+	s := &runSession{f: f, pc: pc}
+	defer func() { err = s.close(err) }()
 	for i, sp := range specs {
 		logPath := ""
 		if i == pc.logDisk {
 			logPath = f.writeLog
 		}
-		d, err := disk.Open(sp, logPath, pc.bound, ps)
+		d, err := disk.Open(sp, logPath, pc.bound, pc.supply)
 		if err != nil {
 			return 0, userErrorf("--disk %s: %v", f.disks[i], err)
 		}
-		disks = append(disks, d)
-		devices = append(devices, d.Dev)
+		s.disks = append(s.disks, d)
+		cfg.Devices = append(cfg.Devices, d.Dev)
 	}
-
-	m, err := vmm.New(vmm.Config{
-		Kernel:   kernel,
-		Initrd:   initrd,
-		Cmdline:  f.append,
-		MemSize:  mem,
-		CPUs:     f.cpus,
-		Devices:  devices,
-		Console:  os.Stdin,
-		Output:   stdout,
-		Diag:     stderr,
-		Debug:    os.Getenv("FLUSHVM_DEBUG") != "",
-		Watchdog: f.watchdog,
-	})
-	if err != nil {
+	if s.m, err = vmm.New(cfg); err != nil {
 		if errors.Is(err, vmm.ErrBadKernel) || errors.Is(err, kvm.ErrNoKVM) || errors.Is(err, kvm.ErrPermission) {
 			return 0, userErrorf("%s: %v", f.kernel, err)
 		}
 		return 0, err
 	}
-	defer func() {
-		if cerr := m.Close(); cerr != nil && err == nil {
-			err = fmt.Errorf("closing machine: %w", cerr)
-		}
-	}()
-	// Deferred calls run last-in first-out: this one runs before m.Close.
-	defer func() {
-		doc := disk.Collect(disks)
-		final = &doc
-	}()
-
-	if ps != nil {
-		ps.Stop = func() { m.Stop(exitPowerCut) }
+	if pc.supply != nil {
+		pc.supply.Stop = func() { s.m.Stop(exitPowerCut) }
 	}
-	var api *apiServer
 	if f.api != "" {
-		if api, err = startAPI(f.api, newAPIHandler(&runController{disks: disks, ps: ps})); err != nil {
+		if s.api, err = startAPI(f.api, newAPIHandler(&runController{disks: s.disks, ps: pc.supply})); err != nil {
 			return 0, userErrorf("--api: %v", err)
 		}
-		defer func() {
-			// Closed again (a no-op) on early returns.
-			if api != nil {
-				if cerr := api.Close(); cerr != nil && err == nil {
-					err = fmt.Errorf("--api: %w", cerr)
-				}
-			}
-		}()
 	}
-	if pc.trig.Kind == protocol.TriggerAfter {
-		t := time.AfterFunc(pc.trig.After, func() { ps.Cut("power cut by --power-cut " + pc.trig.String()) })
-		defer t.Stop()
+	res := s.runMachine(stderr)
+	if pc.supply != nil && pc.supply.IsCut() {
+		return s.applyPowerCut(stderr)
 	}
+	if res.Kind == vmm.ExitError {
+		return exitFailure, res.Err
+	}
+	// A guest crash or hang (res.Err) is not flushvm's failure: the
+	// machine printed its report and the status says which.
+	return res.Status, nil
+}
 
+// machineConfig checks the flags and reads the kernel and initrd: the
+// machine's configuration without its devices, the disks' specs and the
+// power-cut set-up. Nothing is opened yet.
+func (f *runFlags) machineConfig(stdout, stderr io.Writer) (vmm.Config, []blk.Spec, powerCutConfig, error) {
+	var cfg vmm.Config
+	var pc powerCutConfig
+	if f.kernel == "" {
+		return cfg, nil, pc, userErrorf("--kernel FILE is required")
+	}
+	mem, err := protocol.ParseSize(f.mem, protocol.BareMiB)
+	if err != nil {
+		return cfg, nil, pc, userErrorf("--mem: %v", err)
+	}
+	if f.cpus < 1 || f.cpus > vmm.MaxCPUs {
+		return cfg, nil, pc, userErrorf("--cpus %d: between 1 and %d", f.cpus, vmm.MaxCPUs)
+	}
+	if f.watchdog < 0 {
+		return cfg, nil, pc, userErrorf("--watchdog %v: must not be negative (0 turns it off)", f.watchdog)
+	}
+	specs := make([]blk.Spec, len(f.disks))
+	for i, d := range f.disks {
+		if specs[i], err = blk.ParseSpec(d); err != nil {
+			return cfg, nil, pc, userErrorf("--disk: %v", err)
+		}
+	}
+	if pc, err = f.powerCutSetup(specs); err != nil {
+		return cfg, nil, pc, err
+	}
+	cfg = vmm.Config{Cmdline: f.append, MemSize: mem, CPUs: f.cpus, Console: os.Stdin, Output: stdout, Diag: stderr,
+		Debug: os.Getenv("FLUSHVM_DEBUG") != "", Watchdog: f.watchdog}
+	if cfg.Kernel, err = os.ReadFile(f.kernel); err != nil {
+		return cfg, nil, pc, userErrorf("--kernel: %v", fileError(err))
+	}
+	if f.initrd != "" {
+		if cfg.Initrd, err = os.ReadFile(f.initrd); err != nil {
+			return cfg, nil, pc, userErrorf("--initrd: %v", fileError(err))
+		}
+	}
+	if err := kvm.Available(); err != nil {
+		return cfg, nil, pc, userError{err}
+	}
+	return cfg, specs, pc, nil
+}
+
+// runSession is one `flushvm run` once its disks open: the disks, the
+// machine and the API server, which close in one place (close) in a fixed
+// order.
+type runSession struct {
+	f     *runFlags
+	pc    powerCutConfig
+	disks []*disk.Disk
+	m     *vmm.Machine
+	api   *apiServer
+}
+
+// runMachine runs the machine to its end: the --power-cut after= timer,
+// SIGINT/SIGTERM/SIGHUP (which stop it with 128+signal), then the API
+// server closes, so no request sees the disks while a cut is applied.
+func (s *runSession) runMachine(stderr io.Writer) vmm.Result {
+	if t := s.pc.trig; t.Kind == protocol.TriggerAfter {
+		timer := time.AfterFunc(t.After, func() { s.pc.supply.Cut("power cut by --power-cut " + t.String()) })
+		defer timer.Stop()
+	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	done := make(chan struct{})
@@ -321,52 +294,78 @@ func (f *runFlags) run(stdout, stderr io.Writer) (status int, err error) {
 	go func() {
 		defer close(sigDone)
 		select {
-		case s := <-sigs:
-			m.Stop(128 + int(s.(syscall.Signal)))
+		case sig := <-sigs:
+			s.m.Stop(128 + int(sig.(syscall.Signal)))
 		case <-done:
 		}
 	}()
-	res := m.Run()
+	res := s.m.Run()
 	close(done)
 	<-sigDone
 	signal.Stop(sigs)
-	if api != nil {
-		// No request may see the disks while the cut is applied.
-		cerr := api.Close()
-		api = nil
+	if s.api != nil {
+		cerr := s.api.Close()
+		s.api = nil
 		if cerr != nil {
 			fmt.Fprintf(stderr, "flushvm run: --api: %s\n", oneLine(cerr))
 		}
 	}
+	return res
+}
 
-	if ps != nil && ps.IsCut() {
-		// The vCPUs are stopped: now the held requests may fail, and the
-		// policies decide what the images keep.
-		ps.Release()
-		var cutErr error
-		for i, d := range disks {
-			if !d.HasPowerCut() {
-				continue
-			}
-			if _, err := d.PowerCut(ps.Why(), f.seed); err != nil {
-				cutErr = errors.Join(cutErr, fmt.Errorf("power cut of disk %d: %w", i, err))
-			}
-			fmt.Fprintln(stderr, d.Summary(fmt.Sprintf("disk %d (%s)", i, d.Dev.Spec().Path)))
+// applyPowerCut decides, once the vCPUs are stopped, what each power-cut
+// disk keeps, and prints one line per disk.
+func (s *runSession) applyPowerCut(stderr io.Writer) (int, error) {
+	ps := s.pc.supply
+	// Now the held requests may fail: no guest sees them.
+	ps.Release()
+	var cutErr error
+	for i, d := range s.disks {
+		if !d.HasPowerCut() {
+			continue
 		}
-		if cutErr != nil {
-			return exitFailure, cutErr
+		if _, err := d.PowerCut(ps.Why(), s.f.seed); err != nil {
+			cutErr = errors.Join(cutErr, fmt.Errorf("power cut of disk %d: %w", i, err))
 		}
-		return exitPowerCut, nil
+		fmt.Fprintln(stderr, d.Summary(fmt.Sprintf("disk %d (%s)", i, d.Dev.Spec().Path)))
 	}
+	if cutErr != nil {
+		return exitFailure, cutErr
+	}
+	return exitPowerCut, nil
+}
 
-	switch res.Kind {
-	case vmm.ExitError:
-		return exitFailure, res.Err
-	default:
-		// A guest crash or hang (res.Err) is not flushvm's failure: the
-		// machine printed its report and the status says which.
-		return res.Status, nil
+// close ends the session in this order: the API server (if still open);
+// the stats as the guest left them, taken before the machine closes
+// (closing resets the devices, which would report the cache mode's default
+// write cache instead of the guest's last choice); the machine; the held
+// requests; the --stats file, written on every path out of run once disks
+// may exist; the disks. It returns err, or the first error of these steps.
+func (s *runSession) close(err error) error {
+	keep := func(e error, format string) {
+		if e != nil && err == nil {
+			err = fmt.Errorf(format, e)
+		}
 	}
+	if s.api != nil {
+		keep(s.api.Close(), "--api: %w")
+	}
+	doc := disk.Collect(s.disks)
+	if s.m != nil {
+		keep(s.m.Close(), "closing machine: %w")
+	}
+	if s.pc.supply != nil {
+		s.pc.supply.Release()
+	}
+	if s.f.stats != "" {
+		if werr := disk.WriteStats(s.f.stats, doc); werr != nil && err == nil {
+			err = userErrorf("--stats: %v", fileError(errors.Unwrap(werr)))
+		}
+	}
+	for _, d := range s.disks {
+		keep(d.Dev.Close(), "closing disk: %w")
+	}
+	return err
 }
 
 // fileError drops the Go-specific "open" prefix clutter from a file error.
