@@ -10,7 +10,7 @@ FUZZTIME    ?= 60s
 # for FUZZ_LONG_TIME, whichever comes first (see scripts/fuzz-long.sh).
 FUZZ_LONG_EXECS ?= 10000000
 FUZZ_LONG_TIME  ?= 30m
-# Extra flags for `make run` (flushvm-guest demo): e.g. DEMO="--cache unsafe --cpus 1".
+# Extra flags for `make run` (flushvm-harness demo): e.g. DEMO="--cache unsafe --cpus 1".
 DEMO        ?=
 # Bound on one `make run` (it must finish in < 3 minutes from a warm cache).
 RUN_TIMEOUT ?= 170s
@@ -35,7 +35,7 @@ CRASHTEST_OUT         ?= build/crashtest
 CRASHTEST_ARGS        ?=
 # `make soak`: SOAK_BOOTS nested L2 boots with fio verification, 25 per L1
 # session (each boot ~30-40 s here), taking the vCPU counts in SOAK_CPUS and
-# the cache modes in SOAK_CACHE in turn; extra `flushvm-guest soak` flags in
+# the cache modes in SOAK_CACHE in turn; extra `flushvm-harness soak` flags in
 # SOAK_ARGS (e.g. "--vmm both" for the QEMU-in-L1 control).
 SOAK_BOOTS ?= 100
 SOAK_CPUS  ?= 1,2
@@ -52,7 +52,7 @@ all: build
 build:
 	mkdir -p build/bin
 	CGO_ENABLED=0 $(GO) build -trimpath -o build/bin/flushvm ./cmd/flushvm
-	$(GO) build -o build/bin/flushvm-guest ./guest/cmd/flushvm-guest
+	$(GO) build -o build/bin/flushvm-harness ./cmd/flushvm-harness
 
 ## deps: install the Debian packages the guests and the nested harness need (as root: one
 ## apt-get line, said on stdout; otherwise it stops with the command to run). run, test and
@@ -62,16 +62,16 @@ deps:
 
 ## artifacts: fetch the kernel and build the guest initramfs (cached).
 artifacts: deps
-	$(GO) run ./guest/cmd/flushvm-guest artifacts
+	$(GO) run ./cmd/flushvm-harness artifacts
 
 ## run: boot a test guest under flushvm (nested on hosts without usable KVM)
 ## with a fresh sparse ext4 disk, show the machine from /init and run fsyncstress.
 run: deps
-	$(GO) run ./guest/cmd/flushvm-guest --timeout $(RUN_TIMEOUT) demo --disk $(DEMO)
+	$(GO) run ./cmd/flushvm-harness --timeout $(RUN_TIMEOUT) demo --disk $(DEMO)
 
 ## run-nodisk: the same boot without a disk: only the machine line from /init.
 run-nodisk: deps
-	$(GO) run ./guest/cmd/flushvm-guest --timeout $(RUN_TIMEOUT) demo $(DEMO)
+	$(GO) run ./cmd/flushvm-harness --timeout $(RUN_TIMEOUT) demo $(DEMO)
 
 ## test: unit tests, a short fuzz of every Fuzz target, then the Linux-guest integration tests.
 test: deps unit fuzz-smoke integration
@@ -111,7 +111,7 @@ bench-vhost: deps
 ## crashtest: the full crash-test campaign: a flushvm crashtest per cache mode (one L1 session when
 ## nested), JSON reports in $(CRASHTEST_OUT)/MODE.json, then one per-mode table (also table.md).
 crashtest: deps
-	$(GO) run ./guest/cmd/flushvm-guest campaign --modes $(CRASHTEST_MODES) --out $(CRASHTEST_OUT) \
+	$(GO) run ./cmd/flushvm-harness campaign --modes $(CRASHTEST_MODES) --out $(CRASHTEST_OUT) \
 		--workload $(CRASHTEST_WORKLOAD) --policy $(CRASHTEST_POLICY) --seed $(CRASHTEST_SEED) \
 		--disk-size $(CRASHTEST_DISK_SIZE) --records $(CRASHTEST_RECORDS) --cpus $(CRASHTEST_CPUS) \
 		--boot-timeout $(CRASHTEST_BOOT_TIMEOUT) $(CRASHTEST_ARGS)
@@ -119,4 +119,4 @@ crashtest: deps
 ## soak: SOAK_BOOTS nested L2 boots with disk I/O (fio, crc32c verify); prints every failed boot
 ## with its diagnostic and the count; exits non-zero if any boot failed.
 soak: deps
-	$(GO) run ./guest/cmd/flushvm-guest soak --boots $(SOAK_BOOTS) --cpus $(SOAK_CPUS) --cache $(SOAK_CACHE) $(SOAK_ARGS)
+	$(GO) run ./cmd/flushvm-harness soak --boots $(SOAK_BOOTS) --cpus $(SOAK_CPUS) --cache $(SOAK_CACHE) $(SOAK_ARGS)

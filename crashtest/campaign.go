@@ -65,7 +65,7 @@ func NewFlags() *Flags {
 	fs.SortFlags = false
 	fs.StringVar(&f.kernel, "kernel", "", "guest kernel, bzImage or ELF vmlinux (required)\n  e.g. --kernel /boot/vmlinuz-6.1.0-56-amd64")
 	fs.StringVar(&f.initrd, "initrd", "", "flushvm's guest initramfs: its /init, the workloads, e2fsprogs (required;\n"+
-		"  go run ./guest/cmd/flushvm-guest artifacts builds it and prints its path)\n  e.g. --initrd build/cache/initramfs/x-88418736.cpio.gz")
+		"  go run ./cmd/flushvm-harness artifacts builds it and prints its path)\n  e.g. --initrd build/cache/initramfs/x-88418736.cpio.gz")
 	fs.StringVar(&f.diskSize, "disk-size", "", "size of the guest's disk, formatted ext4 by the guest (K/M/G suffixes) (required)\n  e.g. --disk-size 128M")
 	fs.StringVar(&f.workload, "workload", "", "what the guest runs and acknowledges: fsyncstress (records, each acknowledged\n"+
 		"  after its fdatasync) or rename (atomic replace: write, fsync, rename, fsync dir) (required)\n  e.g. --workload fsyncstress")
@@ -103,7 +103,7 @@ func (f *Flags) Usage(w io.Writer) {
 	fmt.Fprintln(w, "acknowledgements, e2fsck -fn. A cut violates durability when an acknowledged")
 	fmt.Fprintln(w, "record is lost or damaged, or fsck finds errors. Every boot is a `flushvm run`")
 	fmt.Fprintln(w, "of this binary, so this host needs a KVM that boots Linux (see README: on hosts")
-	fmt.Fprintln(w, "without one, `go run ./guest/cmd/flushvm-guest crashtest` runs it nested).")
+	fmt.Fprintln(w, "without one, `go run ./cmd/flushvm-harness crashtest` runs it nested).")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Progress goes to stderr, the summary to stdout: cuts, violations, the first")
 	fmt.Fprintln(w, "failing cut and the command that reproduces it.")

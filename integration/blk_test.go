@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flushvm/flushvm/guest/harness"
+	"github.com/flushvm/flushvm/host/harness"
 )
 
 // diskStats is the part of a --stats disk entry these tests read.

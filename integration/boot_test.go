@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/flushvm/flushvm/guest/harness"
+	"github.com/flushvm/flushvm/host/harness"
 	"github.com/flushvm/flushvm/protocol"
 )
 

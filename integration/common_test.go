@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flushvm/flushvm/guest/harness"
+	"github.com/flushvm/flushvm/host/harness"
 )
 
 var (

@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flushvm/flushvm/guest/harness"
-	"github.com/flushvm/flushvm/guest/initramfs"
+	"github.com/flushvm/flushvm/host/harness"
+	"github.com/flushvm/flushvm/host/initramfs"
 )
 
 // TestNestedL1Harness boots the nested harness's QEMU TCG L1 guest once

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/flushvm/flushvm/guest/harness"
+	"github.com/flushvm/flushvm/host/harness"
 )
 
 // powerCutExitStatus is flushvm run's exit status after a power cut (see

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flushvm/flushvm/guest/harness"
+	"github.com/flushvm/flushvm/host/harness"
 )
 
 // TestQEMUStandInLinuxBoot boots the same Debian kernel and test initramfs

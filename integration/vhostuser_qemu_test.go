@@ -22,9 +22,9 @@ import (
 
 	"github.com/flushvm/flushvm/blk"
 	"github.com/flushvm/flushvm/disk"
-	"github.com/flushvm/flushvm/guest"
-	"github.com/flushvm/flushvm/guest/initramfs"
-	"github.com/flushvm/flushvm/guest/kernel"
+	"github.com/flushvm/flushvm/host"
+	"github.com/flushvm/flushvm/host/initramfs"
+	"github.com/flushvm/flushvm/host/kernel"
 )
 
 var (
@@ -65,7 +65,7 @@ func vhuPrepare(t *testing.T) *vhuArtifacts {
 }
 
 func vhuBuild(ctx context.Context) (*vhuArtifacts, error) {
-	cache, err := guest.CacheDir()
+	cache, err := host.CacheDir()
 	if err != nil {
 		return nil, err
 	}
@@ -94,7 +94,7 @@ func vhuBuild(ctx context.Context) (*vhuArtifacts, error) {
 		// package is mid-edit).
 		return &vhuArtifacts{cache: cache, kernel: k.BzImage, base: img, flushvm: bin}, nil
 	}
-	root, err := guest.RepoRoot()
+	root, err := host.RepoRoot()
 	if err != nil {
 		return nil, err
 	}

@@ -24,7 +24,8 @@ var rules = []struct {
 	forbidden  []string
 }{
 	{prefix: "/protocol", stdlibOnly: true},
-	{prefix: "/guest", forbidden: vmmPackages},
+	{prefix: "/guest", forbidden: append([]string{"/host"}, vmmPackages...)},
+	{prefix: "/host", forbidden: vmmPackages},
 	{prefix: "/internal", forbidden: vmmPackages},
 	{prefix: "/blk", forbidden: []string{"/vmm", "/kvm", "/disk", "/crashtest", "/cmd/"}},
 	{prefix: "/virtio", forbidden: []string{"/vmm", "/kvm", "/blk", "/disk", "/crashtest", "/cmd/"}},

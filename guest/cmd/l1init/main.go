@@ -28,9 +28,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/flushvm/flushvm/guest/internal/job"
-	"github.com/flushvm/flushvm/guest/internal/pid1"
 	"golang.org/x/sys/unix"
+
+	"github.com/flushvm/flushvm/guest/internal/pid1"
+	"github.com/flushvm/flushvm/protocol"
 )
 
 const prefix = "flushvm-l1"
@@ -55,14 +56,14 @@ func run() error {
 		return err
 	}
 	pid1.Logf(prefix, "%v", m)
-	if err := os.MkdirAll(job.Mount, 0o755); err != nil {
-		return fmt.Errorf("mkdir %s: %w", job.Mount, err)
+	if err := os.MkdirAll(protocol.L1JobMount, 0o755); err != nil {
+		return fmt.Errorf("mkdir %s: %w", protocol.L1JobMount, err)
 	}
-	if err := unix.Mount(job.Tag, job.Mount, "9p", 0, "trans=virtio,version=9p2000.L,msize=262144,access=any"); err != nil {
-		return fmt.Errorf("mount 9p %s on %s: %w", job.Tag, job.Mount, err)
+	if err := unix.Mount(protocol.L1JobTag, protocol.L1JobMount, "9p", 0, "trans=virtio,version=9p2000.L,msize=262144,access=any"); err != nil {
+		return fmt.Errorf("mount 9p %s on %s: %w", protocol.L1JobTag, protocol.L1JobMount, err)
 	}
 	defer unix.Sync()
-	j, err := job.Read(job.Mount)
+	j, err := protocol.ReadL1Job(protocol.L1JobMount)
 	if err != nil {
 		return err
 	}
@@ -94,7 +95,7 @@ func run() error {
 		} else {
 			rec = strconv.Itoa(status)
 		}
-		if werr := os.WriteFile(job.StatusFile(job.Mount, i), []byte(rec+"\n"), 0o644); werr != nil {
+		if werr := os.WriteFile(protocol.L1StatusFile(protocol.L1JobMount, i), []byte(rec+"\n"), 0o644); werr != nil {
 			return fmt.Errorf("record run %d: %w", i, werr)
 		}
 	}
@@ -104,7 +105,7 @@ func run() error {
 // mountScratch mounts the job's scratch disk and returns what unmounts it,
 // so the host finds a clean file system (nothing left in the journal) if
 // it reads the image afterwards.
-func mountScratch(sc *job.Scratch) (func(), error) {
+func mountScratch(sc *protocol.L1Scratch) (func(), error) {
 	if err := pid1.WaitForFiles([]string{sc.Device}, 10*time.Second); err != nil {
 		return nil, fmt.Errorf("scratch disk: %w", err)
 	}
@@ -127,11 +128,11 @@ func mountScratch(sc *job.Scratch) (func(), error) {
 
 // runOne runs one command with its output on the console and in its log
 // file and returns its exit status and peak RSS in KiB.
-func runOne(i int, r job.Run) (status int, maxRSS int64, err error) {
+func runOne(i int, r protocol.L1Run) (status int, maxRSS int64, err error) {
 	if len(r.Argv) == 0 {
 		return 0, 0, errors.New("empty command")
 	}
-	log, err := os.Create(job.LogFile(job.Mount, i))
+	log, err := os.Create(protocol.L1LogFile(protocol.L1JobMount, i))
 	if err != nil {
 		return 0, 0, fmt.Errorf("log: %w", err)
 	}
@@ -163,7 +164,7 @@ func runOne(i int, r job.Run) (status int, maxRSS int64, err error) {
 	}
 	cmd := exec.CommandContext(ctx, r.Argv[0], r.Argv[1:]...)
 	cmd.Stdout, cmd.Stderr = guestOut, out
-	cmd.Dir = job.Mount
+	cmd.Dir = protocol.L1JobMount
 	if len(r.Env) > 0 {
 		cmd.Env = append(os.Environ(), r.Env...)
 	}

@@ -21,7 +21,7 @@ import (
 const DebugExitPort = 0xf4
 
 // ModuleList is where initramfs images list their modules in load order
-// (guest/initramfs.ModuleListPath).
+// (host/initramfs.ModuleListPath).
 const ModuleList = "/etc/flushvm/modules"
 
 // Logf prints one line on the console with the program's prefix.

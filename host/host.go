@@ -1,13 +1,14 @@
-// Package guest holds what flushvm needs to boot real Linux test guests:
-// the Debian kernel fetch (guest/kernel), initramfs images built in Go
-// (guest/initramfs), the programs that run inside guests (guest/cmd/init,
-// guest/cmd/l1init, guest/fsyncstress) and the harness that runs
-// `flushvm run` directly or nested inside a QEMU L1 guest (guest/harness).
+// Package host holds the host tooling that boots real Linux test guests for
+// flushvm: the Debian kernel fetch (host/kernel), initramfs images built in
+// Go (host/initramfs) around the programs that run inside guests (under
+// guest/), and the harness that runs `flushvm run` directly or nested
+// inside a QEMU L1 guest (host/harness, command cmd/flushvm-harness).
 //
 // This package itself only answers where the repository and the artifact
-// cache are. Nothing under guest/ may import the VMM packages: the harness
-// drives flushvm as a separate binary, exactly as a user would.
-package guest
+// cache are. Nothing under host/ or guest/ imports the VMM packages (the
+// internal/layout test keeps it so): the harness drives flushvm as a
+// separate binary, exactly as a user would.
+package host
 
 import (
 	"errors"

@@ -34,10 +34,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/flushvm/flushvm/guest"
-	"github.com/flushvm/flushvm/guest/initramfs"
-	"github.com/flushvm/flushvm/guest/internal/job"
-	"github.com/flushvm/flushvm/guest/kernel"
+	"github.com/flushvm/flushvm/host"
+	"github.com/flushvm/flushvm/host/initramfs"
+	"github.com/flushvm/flushvm/host/kernel"
+	"github.com/flushvm/flushvm/protocol"
 )
 
 // DefaultTimeout bounds a whole session when Options.Timeout is zero.
@@ -258,7 +258,7 @@ func (r Run) sub() string {
 }
 
 func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
-	cache, err := guest.CacheDir()
+	cache, err := host.CacheDir()
 	if err != nil {
 		return err
 	}
@@ -310,7 +310,7 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 		}
 	}
 	m := newMapper(dir)
-	j := &job.Job{}
+	j := &protocol.L1Job{}
 	for i, r := range runs {
 		argv := r.Command
 		var env []string
@@ -319,14 +319,14 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 			if err != nil {
 				return err
 			}
-			argv = append([]string{job.Mount + "/flushvm", r.sub()}, args...)
+			argv = append([]string{protocol.L1JobMount + "/flushvm", r.sub()}, args...)
 		}
 		if scratchSize > 0 && r.Command == nil && r.sub() == SubCrashtest {
 			// A campaign without --dir keeps its images in a temporary
 			// directory: on the scratch disk, and removed as it ends.
 			env = append(env, "TMPDIR="+ScratchMount)
 		}
-		j.Runs = append(j.Runs, job.Run{Argv: argv, TimeoutSec: int(r.Timeout.Seconds()), Env: env})
+		j.Runs = append(j.Runs, protocol.L1Run{Argv: argv, TimeoutSec: int(r.Timeout.Seconds()), Env: env})
 	}
 	for _, d := range m.disks {
 		j.WaitFor = append(j.WaitFor, d.l1)
@@ -341,10 +341,10 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 		if err := FreshExt4(ctx, scratch, strconv.FormatInt(scratchSize, 10)); err != nil {
 			return fmt.Errorf("scratch disk: %w", err)
 		}
-		j.Scratch = &job.Scratch{Device: "/dev/vd" + string(rune('a'+len(m.disks))), Mount: ScratchMount}
+		j.Scratch = &protocol.L1Scratch{Device: "/dev/vd" + string(rune('a'+len(m.disks))), Mount: ScratchMount}
 		fmt.Fprintf(opts.Log, "flushvm-harness: scratch disk %s (%d MiB sparse, ext4) on %s in L1\n", scratch, scratchSize>>20, ScratchMount)
 	}
-	if err := job.Write(dir, j); err != nil {
+	if err := protocol.WriteL1Job(dir, j); err != nil {
 		return err
 	}
 	mem, cpus := opts.L1Mem, opts.L1CPUs
@@ -366,7 +366,7 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 		"-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio", "-bios", firmware(),
 		"-kernel", k.BzImage, "-initrd", l1img,
 		"-append", strings.TrimSpace("console=ttyS0 panic=-1 quiet loglevel=3 mitigations=off " + opts.L1Append),
-		"-virtfs", "local,path=" + qemuEscape(dir) + ",mount_tag=" + job.Tag + ",security_model=none,id=" + job.Tag,
+		"-virtfs", "local,path=" + qemuEscape(dir) + ",mount_tag=" + protocol.L1JobTag + ",security_model=none,id=" + protocol.L1JobTag,
 	}
 	for _, d := range m.disks {
 		drive := "file=" + qemuEscape(d.host) + ",if=virtio,format=raw,cache=writeback,aio=threads"
@@ -448,11 +448,11 @@ func commandsOnly(runs []Run) bool {
 func collect(dir string, i int, watch *console) (Result, error) {
 	res := Result{}
 	res.Start, res.Duration, res.MaxRSSKiB = watch.runTimes(i)
-	b, err := os.ReadFile(job.StatusFile(dir, i))
+	b, err := os.ReadFile(protocol.L1StatusFile(dir, i))
 	if err != nil {
 		return res, fmt.Errorf("run %d: %w (last console line: %s)", i, ErrNoStatus, watch.tail())
 	}
-	out, _ := os.ReadFile(job.LogFile(dir, i))
+	out, _ := os.ReadFile(protocol.L1LogFile(dir, i))
 	// The L2 serial console ends lines with CRLF; callers match lines.
 	res.Output = bytes.ReplaceAll(out, []byte{'\r'}, nil)
 	st := strings.TrimSpace(string(b))

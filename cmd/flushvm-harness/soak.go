@@ -8,10 +8,10 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/flushvm/flushvm/guest/harness"
+	"github.com/flushvm/flushvm/host/harness"
 )
 
-// soak runs `flushvm-guest soak`: N nested L2 boots with fio verification,
+// soak runs `flushvm-harness soak`: N nested L2 boots with fio verification,
 // each classified, and a count of the failures with their diagnostics. It
 // exits 0 only when every boot passed.
 func soak(ctx context.Context, opts harness.Options, args []string) int {
@@ -30,11 +30,11 @@ func soak(ctx context.Context, opts harness.Options, args []string) int {
 	fs.StringVar(&opts.L1CPU, "l1-cpu", harness.DefaultL1CPU, "QEMU -cpu of L1")
 	fs.StringVar(&opts.L1Append, "l1-append", "", "added to L1's kernel command line (e.g. kvm_amd.npt=0)")
 	if err := fs.Parse(args); err != nil {
-		fmt.Fprintf(os.Stderr, "flushvm-guest soak: %v\n", err)
+		fmt.Fprintf(os.Stderr, "flushvm-harness soak: %v\n", err)
 		return 2
 	}
 	if o.VMM != "flushvm" && o.VMM != "qemu" && o.VMM != "both" {
-		fmt.Fprintf(os.Stderr, "flushvm-guest soak: --vmm %q: want flushvm, qemu or both\n", o.VMM)
+		fmt.Fprintf(os.Stderr, "flushvm-harness soak: --vmm %q: want flushvm, qemu or both\n", o.VMM)
 		return 2
 	}
 	o.Harness = opts
@@ -46,7 +46,7 @@ func soak(ctx context.Context, opts harness.Options, args []string) int {
 		return fail(err)
 	}
 	if err := rep.Err(); err != nil {
-		fmt.Fprintf(os.Stderr, "flushvm-guest: %v\n", err)
+		fmt.Fprintf(os.Stderr, "flushvm-harness: %v\n", err)
 		return 1
 	}
 	return 0

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flushvm/flushvm/guest"
+	"github.com/flushvm/flushvm/host"
 )
 
 // fetch unpacks (or reuses) the Debian kernel in the artifact cache.
@@ -33,7 +33,7 @@ func fetchNow(t *testing.T) (*Kernel, error) {
 	if _, err := exec.LookPath("apt-get"); err != nil {
 		t.Skip("needs Debian's apt to fetch the kernel package")
 	}
-	cache, err := guest.CacheDir()
+	cache, err := host.CacheDir()
 	if err != nil {
 		return nil, err
 	}

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/flushvm/flushvm/guest/initramfs"
+	"github.com/flushvm/flushvm/host/initramfs"
 	"github.com/flushvm/flushvm/internal/lines"
 	"github.com/flushvm/flushvm/protocol"
 )

@@ -15,7 +15,7 @@
 //
 // Usage (from the repository root; `make bench-vhost` runs it):
 //
-//	go run ./guest/cmd/benchvhost [-reps 3] [-runtime 5] [-out build/bench-vhost]
+//	go run ./cmd/benchvhost [-reps 3] [-runtime 5] [-out build/bench-vhost]
 package main
 
 import (
@@ -38,9 +38,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/flushvm/flushvm/guest"
-	"github.com/flushvm/flushvm/guest/initramfs"
-	"github.com/flushvm/flushvm/guest/kernel"
+	"github.com/flushvm/flushvm/host"
+	"github.com/flushvm/flushvm/host/initramfs"
+	"github.com/flushvm/flushvm/host/kernel"
 )
 
 // job is one fio job, run in the guest against /dev/vda.
@@ -209,7 +209,7 @@ func fillDisk(path string, mib int) error {
 // buildImage builds the kernel and an initramfs holding fio (and its
 // shared libraries) and the benchmark script.
 func buildImage(ctx context.Context, runtime int) (kernelPath, initrd string, err error) {
-	cache, err := guest.CacheDir()
+	cache, err := host.CacheDir()
 	if err != nil {
 		return "", "", err
 	}

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/flushvm/flushvm/guest/harness"
+	"github.com/flushvm/flushvm/host/harness"
 )
 
 func TestTakeFlag(t *testing.T) {

@@ -14,7 +14,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/flushvm/flushvm/guest/harness"
+	"github.com/flushvm/flushvm/host/harness"
 	"github.com/flushvm/flushvm/protocol"
 )
 
@@ -182,7 +182,7 @@ func campaign(ctx context.Context, opts harness.Options, timeoutSet bool, args [
 		runs, reports, err = campaignRuns(modes, out, args)
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "flushvm-guest campaign: %v\n", err)
+		fmt.Fprintf(os.Stderr, "flushvm-harness campaign: %v\n", err)
 		return 2
 	}
 	if err := os.MkdirAll(out, 0o755); err != nil {
@@ -205,7 +205,7 @@ func campaign(ctx context.Context, opts harness.Options, timeoutSet bool, args [
 	results, err := executeCampaigns(ctx, opts, runs)
 	if err != nil {
 		// The campaigns that finished still make their rows.
-		fmt.Fprintf(os.Stderr, "flushvm-guest: %v\n", err)
+		fmt.Fprintf(os.Stderr, "flushvm-harness: %v\n", err)
 	}
 	statuses := make([]int, len(runs))
 	for i := range statuses {
@@ -214,13 +214,13 @@ func campaign(ctx context.Context, opts harness.Options, timeoutSet bool, args [
 	for i, res := range results {
 		statuses[i] = res.Status
 		if res.Err != nil {
-			fmt.Fprintf(os.Stderr, "flushvm-guest: campaign cache=%s: %v\n", modes[i].cache, res.Err)
+			fmt.Fprintf(os.Stderr, "flushvm-harness: campaign cache=%s: %v\n", modes[i].cache, res.Err)
 			statuses[i] = protocol.CrashtestFailed
 		}
 	}
 	rows, err := readReports(reports)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "flushvm-guest: %v\n", err)
+		fmt.Fprintf(os.Stderr, "flushvm-harness: %v\n", err)
 	}
 	// The table and the verdict also go to OUT/table.md, to quote.
 	var doc bytes.Buffer
@@ -232,9 +232,9 @@ func campaign(ctx context.Context, opts harness.Options, timeoutSet bool, args [
 	status := judgeCampaign(w, modes, statuses, rows, err)
 	table := filepath.Join(out, "table.md")
 	if werr := os.WriteFile(table, doc.Bytes(), 0o644); werr != nil {
-		fmt.Fprintf(os.Stderr, "flushvm-guest: %v\n", werr)
+		fmt.Fprintf(os.Stderr, "flushvm-harness: %v\n", werr)
 	} else {
-		fmt.Fprintf(os.Stderr, "flushvm-guest: reports and table.md in %s\n", out)
+		fmt.Fprintf(os.Stderr, "flushvm-harness: reports and table.md in %s\n", out)
 	}
 	return status
 }
@@ -260,7 +260,7 @@ func executeCampaigns(ctx context.Context, opts harness.Options, runs []harness.
 		if !errors.Is(err, harness.ErrNoStatus) || attempt == 2 || ctx.Err() != nil || s == nil || s.Mode != harness.Nested {
 			return results, err
 		}
-		fmt.Fprintf(os.Stderr, "flushvm-guest: L1 ended under campaign %d of %d (%v); running the %d left in a new L1 session\n",
+		fmt.Fprintf(os.Stderr, "flushvm-harness: L1 ended under campaign %d of %d (%v); running the %d left in a new L1 session\n",
 			len(results)+1, len(runs), err, len(runs)-len(results))
 	}
 }
@@ -461,7 +461,7 @@ func row(name string, r tableRow) []string {
 // crashtestTable prints the table of the given reports.
 func crashtestTable(args []string) int {
 	if len(args) == 0 {
-		fmt.Fprintln(os.Stderr, "usage: flushvm-guest crashtest-table REPORT.json...")
+		fmt.Fprintln(os.Stderr, "usage: flushvm-harness crashtest-table REPORT.json...")
 		return 2
 	}
 	rows, err := readReports(args)

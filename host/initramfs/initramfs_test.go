@@ -9,8 +9,9 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/flushvm/flushvm/guest/kernel"
 	"github.com/u-root/u-root/pkg/cpio"
+
+	"github.com/flushvm/flushvm/host/kernel"
 )
 
 // records decodes one gzip'ed cpio archive.

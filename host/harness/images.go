@@ -7,9 +7,9 @@ import (
 	"os/exec"
 	"path/filepath"
 
-	"github.com/flushvm/flushvm/guest"
-	"github.com/flushvm/flushvm/guest/initramfs"
-	"github.com/flushvm/flushvm/guest/kernel"
+	"github.com/flushvm/flushvm/host"
+	"github.com/flushvm/flushvm/host/initramfs"
+	"github.com/flushvm/flushvm/host/kernel"
 )
 
 // Artifacts are the cached guest images every run needs.
@@ -30,7 +30,7 @@ type Artifacts struct {
 // Prepare fetches the kernel and builds the L2 initramfs (each only when
 // its inputs changed).
 func Prepare(ctx context.Context) (*Artifacts, error) {
-	cache, err := guest.CacheDir()
+	cache, err := host.CacheDir()
 	if err != nil {
 		return nil, err
 	}

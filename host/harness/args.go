@@ -9,7 +9,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/flushvm/flushvm/guest/internal/job"
+	"github.com/flushvm/flushvm/protocol"
 )
 
 // ErrTooManyDisks reports more distinct disks than L1 has virtio-blk names
@@ -124,9 +124,9 @@ func (m *mapper) input(host string) (string, error) {
 	}
 	m.n++
 	name := strconv.Itoa(m.n) + "-" + filepath.Base(abs)
-	l1 := job.Mount + "/in/" + name
+	l1 := protocol.L1JobMount + "/in/" + name
 	if fi, err := os.Stat(abs); err != nil || !fi.Mode().IsRegular() {
-		l1 = job.Mount + "/missing/" + filepath.Base(abs)
+		l1 = protocol.L1JobMount + "/missing/" + filepath.Base(abs)
 	} else if err := linkOrCopy(abs, filepath.Join(m.jobDir, "in", name)); err != nil {
 		return "", fmt.Errorf("map %s into L1: %w", host, err)
 	}
@@ -164,7 +164,7 @@ func (m *mapper) disk(spec string) (string, error) {
 			abs = real
 		}
 		if _, err := os.Stat(abs); err != nil {
-			parts[idx] = "path=" + job.Mount + "/missing/" + filepath.Base(abs)
+			parts[idx] = "path=" + protocol.L1JobMount + "/missing/" + filepath.Base(abs)
 			continue
 		}
 		var d *disk
@@ -191,9 +191,9 @@ func (m *mapper) disk(spec string) (string, error) {
 // outFile maps an output file of run i to the job directory.
 func (m *mapper) outFile(i int, host, kind, ext string) string {
 	name := fmt.Sprintf("%s-%d-%d%s", kind, i, len(m.stats[i]), ext)
-	m.stats[i] = append(m.stats[i], statsCopy{l1: filepath.Join(m.jobDir, job.OutDir, name), host: host,
+	m.stats[i] = append(m.stats[i], statsCopy{l1: filepath.Join(m.jobDir, protocol.L1JobOutDir, name), host: host,
 		stats: kind == "stats", report: kind == "report"})
-	return job.Mount + "/" + job.OutDir + "/" + name
+	return protocol.L1JobMount + "/" + protocol.L1JobOutDir + "/" + name
 }
 
 // hostPath maps an L1 disk path back to the host file.

@@ -1,27 +1,27 @@
-// Command flushvm-guest runs flushvm where it can boot Linux and prepares
+// Command flushvm-harness runs flushvm where it can boot Linux and prepares
 // the guest artifacts it boots.
 //
-//	flushvm-guest [--mode auto|direct|nested] [--timeout 10m] run FLUSHVM-RUN-ARGS...
+//	flushvm-harness [--mode auto|direct|nested] [--timeout 10m] run FLUSHVM-RUN-ARGS...
 //	    flushvm run with host paths: directly on a host with hardware
 //	    virtualization, else nested inside a QEMU TCG L1 guest.
-//	flushvm-guest [--timeout D] l1 CMD ARGS...
+//	flushvm-harness [--timeout D] l1 CMD ARGS...
 //	    run a command inside the nested L1 guest (flushvm is /job/flushvm).
-//	flushvm-guest artifacts
+//	flushvm-harness artifacts
 //	    fetch the kernel, build the test initramfs, print their paths.
-//	flushvm-guest [--timeout D] qemu FLUSHVM-RUN-ARGS...
+//	flushvm-harness [--timeout D] qemu FLUSHVM-RUN-ARGS...
 //	    boot the same guest under plain QEMU TCG (a stand-in for flushvm).
-//	flushvm-guest demo [--cpus N] [--mem SIZE] [--disk] [--cache MODE]
+//	flushvm-harness demo [--cpus N] [--mem SIZE] [--disk] [--cache MODE]
 //	    what `make run` does: boot the test guest with sensible defaults.
-//	flushvm-guest [--timeout D] [--scratch-size SIZE] crashtest FLUSHVM-CRASHTEST-ARGS...
+//	flushvm-harness [--timeout D] [--scratch-size SIZE] crashtest FLUSHVM-CRASHTEST-ARGS...
 //	    flushvm crashtest with host paths, as one run (nested: in one L1
 //	    session, its images on a scratch disk); --kernel and --initrd
 //	    default to the test guest's.
-//	flushvm-guest campaign [--modes MODE:CUTS,...] [--out DIR] FLUSHVM-CRASHTEST-ARGS...
+//	flushvm-harness campaign [--modes MODE:CUTS,...] [--out DIR] FLUSHVM-CRASHTEST-ARGS...
 //	    one crashtest per cache mode in one session (what `make crashtest`
 //	    does), reports in DIR/MODE.json, then the per-mode table.
-//	flushvm-guest crashtest-table REPORT...
+//	flushvm-harness crashtest-table REPORT...
 //	    the per-mode table of crashtest reports (shards of a mode add up).
-//	flushvm-guest soak [--boots N] [--vmm flushvm|qemu] [--cpus N] [--cache MODE] ...
+//	flushvm-harness soak [--boots N] [--vmm flushvm|qemu] [--cpus N] [--cache MODE] ...
 //	    N nested L2 boots with fio verification in one L1 session; the
 //	    failures with their diagnostics, and a count (what `make soak` does).
 //
@@ -42,7 +42,7 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/flushvm/flushvm/guest/harness"
+	"github.com/flushvm/flushvm/host/harness"
 	"github.com/flushvm/flushvm/protocol"
 )
 
@@ -51,12 +51,12 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprint(os.Stderr, `usage: flushvm-guest [--mode auto|direct|nested] [--timeout 10m] [--flushvm BIN] COMMAND ARGS...
+	fmt.Fprint(os.Stderr, `usage: flushvm-harness [--mode auto|direct|nested] [--timeout 10m] [--flushvm BIN] COMMAND ARGS...
 commands:
   run ARGS...      flushvm run ARGS (host paths) directly or nested in a QEMU L1 guest
-                   e.g. flushvm-guest run --kernel vmlinuz --initrd initrd.gz --append "console=ttyS0"
+                   e.g. flushvm-harness run --kernel vmlinuz --initrd initrd.gz --append "console=ttyS0"
   l1 CMD ARGS...   run CMD inside the nested L1 guest (flushvm is /job/flushvm)
-                   e.g. flushvm-guest l1 /bin/sh -c 'ls -l /dev/kvm'
+                   e.g. flushvm-harness l1 /bin/sh -c 'ls -l /dev/kvm'
   artifacts        fetch the kernel, build the test initramfs, print their paths
   qemu ARGS...     boot what flushvm run ARGS would, under plain QEMU TCG
   demo [--cpus N] [--mem SIZE] [--disk] [--cache MODE]
@@ -64,7 +64,7 @@ commands:
   crashtest ARGS...
                    flushvm crashtest ARGS (host paths) directly or nested in one L1 session,
                    with a scratch ext4 disk for its images; --kernel/--initrd default to the
-                   test guest's. e.g. flushvm-guest crashtest --disk-size 128M \
+                   test guest's. e.g. flushvm-harness crashtest --disk-size 128M \
                      --workload fsyncstress --cuts 5 --policy random-subset --seed 1 --report r.json
   campaign [--modes MODE:CUTS,...] [--out DIR] ARGS...
                    a crashtest per cache mode in one session (default modes
@@ -81,7 +81,7 @@ global flags: --scratch-size SIZE  size of L1's scratch disk (default: sized for
 }
 
 func run(args []string) int {
-	fs := pflag.NewFlagSet("flushvm-guest", pflag.ContinueOnError)
+	fs := pflag.NewFlagSet("flushvm-harness", pflag.ContinueOnError)
 	fs.SetInterspersed(false)
 	fs.Usage = usage
 	modeName := fs.String("mode", "auto", "where flushvm runs: auto, direct or nested")
@@ -95,7 +95,7 @@ func run(args []string) int {
 	mode, err := harness.ParseMode(*modeName)
 	if err != nil || fs.NArg() == 0 {
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "flushvm-guest: %v\n", err)
+			fmt.Fprintf(os.Stderr, "flushvm-harness: %v\n", err)
 		}
 		usage()
 		return 2
@@ -114,7 +114,7 @@ func run(args []string) int {
 	if *scratch != "" {
 		size, err := protocol.ParseSize(*scratch, protocol.BareBytes)
 		if opts.ScratchSize = int64(size); err != nil || opts.ScratchSize < 16<<20 {
-			fmt.Fprintf(os.Stderr, "flushvm-guest: --scratch-size %q: want at least 16M\n", *scratch)
+			fmt.Fprintf(os.Stderr, "flushvm-harness: --scratch-size %q: want at least 16M\n", *scratch)
 			return 2
 		}
 	}
@@ -155,7 +155,7 @@ func run(args []string) int {
 		}
 		return soak(ctx, opts, rest)
 	}
-	fmt.Fprintf(os.Stderr, "flushvm-guest: unknown command %q\n", cmd)
+	fmt.Fprintf(os.Stderr, "flushvm-harness: unknown command %q\n", cmd)
 	usage()
 	return 2
 }
@@ -177,7 +177,7 @@ func session(ctx context.Context, opts harness.Options, r harness.Run) int {
 }
 
 func fail(err error) int {
-	fmt.Fprintf(os.Stderr, "flushvm-guest: %v\n", err)
+	fmt.Fprintf(os.Stderr, "flushvm-harness: %v\n", err)
 	return 3
 }
 
@@ -199,7 +199,7 @@ func demo(ctx context.Context, opts harness.Options, args []string) int {
 	if err != nil {
 		return fail(err)
 	}
-	fmt.Fprintf(os.Stderr, "flushvm-guest: kernel %s (%s), initramfs %s\n", a.Kernel.Release, a.Kernel.Version, a.Initramfs)
+	fmt.Fprintf(os.Stderr, "flushvm-harness: kernel %s (%s), initramfs %s\n", a.Kernel.Release, a.Kernel.Version, a.Initramfs)
 	run := []string{"--kernel", a.Kernel.BzImage, "--mem", *mem, "--cpus", fmt.Sprint(*cpus)}
 	cmdline := "console=ttyS0 panic=-1 quiet"
 	initrd := a.Initramfs
@@ -224,7 +224,7 @@ func demo(ctx context.Context, opts harness.Options, args []string) int {
 			run = append(run, "--stats", stats)
 		}
 		cmdline += " flushvm.run=script"
-		fmt.Fprintf(os.Stderr, "flushvm-guest: disk %s (%s sparse, ext4, cache=%s)\n", img, *size, *cache)
+		fmt.Fprintf(os.Stderr, "flushvm-harness: disk %s (%s sparse, ext4, cache=%s)\n", img, *size, *cache)
 	}
 	run = append(run, "--initrd", initrd, "--append", cmdline)
 	if *qemu {
@@ -234,7 +234,7 @@ func demo(ctx context.Context, opts harness.Options, args []string) int {
 		}
 		return st
 	}
-	fmt.Fprintf(os.Stderr, "flushvm-guest: flushvm run %s\n", strings.Join(run, " "))
+	fmt.Fprintf(os.Stderr, "flushvm-harness: flushvm run %s\n", strings.Join(run, " "))
 	st := session(ctx, opts, harness.Run{Args: run})
 	if stats != "" {
 		printStats(stats)
@@ -247,7 +247,7 @@ func demo(ctx context.Context, opts harness.Options, args []string) int {
 func printStats(path string) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "flushvm-guest: no --stats from flushvm: %v\n", err)
+		fmt.Fprintf(os.Stderr, "flushvm-harness: no --stats from flushvm: %v\n", err)
 		return
 	}
 	var doc struct {
@@ -256,11 +256,11 @@ func printStats(path string) {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.UseNumber() // print counters as integers
 	if err := dec.Decode(&doc); err != nil {
-		fmt.Fprintf(os.Stderr, "flushvm-guest: --stats: %v\n", err)
+		fmt.Fprintf(os.Stderr, "flushvm-harness: --stats: %v\n", err)
 		return
 	}
 	for i, d := range doc.Disks {
-		fmt.Fprintf(os.Stderr, "flushvm-guest: disk vd%c cache=%v: writes %v, flushes %v, host_syncs %v, bytes_written %v, errors %v\n",
+		fmt.Fprintf(os.Stderr, "flushvm-harness: disk vd%c cache=%v: writes %v, flushes %v, host_syncs %v, bytes_written %v, errors %v\n",
 			'a'+i, d["cache"], d["writes"], d["flushes"], d["host_syncs"], d["bytes_written"], d["errors"])
 	}
 }

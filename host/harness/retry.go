@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/flushvm/flushvm/guest"
+	"github.com/flushvm/flushvm/host"
 	"github.com/flushvm/flushvm/internal/sparse"
 	"github.com/flushvm/flushvm/protocol"
 )
@@ -99,7 +99,7 @@ type diskSnapshot struct {
 // snapshotDisks copies every writable --disk file of runs (sparse, so a
 // mostly empty image costs what it holds).
 func snapshotDisks(runs []Run) (*diskSnapshot, error) {
-	cache, err := guest.CacheDir()
+	cache, err := host.CacheDir()
 	if err != nil {
 		return nil, err
 	}

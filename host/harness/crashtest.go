@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/flushvm/flushvm/guest/internal/job"
 	"github.com/flushvm/flushvm/protocol"
 )
 
@@ -170,7 +169,7 @@ func (m *mapper) hostPaths(i int, b []byte) []byte {
 // writes them.
 func (m *mapper) toHost(s string, run int, quote func(string) string) string {
 	for host, l1 := range m.inputs {
-		if strings.HasPrefix(l1, job.Mount+"/in/") {
+		if strings.HasPrefix(l1, protocol.L1JobMount+"/in/") {
 			s = strings.ReplaceAll(s, l1, quote(host))
 		}
 	}

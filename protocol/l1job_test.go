@@ -1,4 +1,4 @@
-package job
+package protocol
 
 import (
 	"os"
@@ -8,30 +8,30 @@ import (
 	"testing"
 )
 
-func TestWriteRead(t *testing.T) {
+func TestL1JobWriteRead(t *testing.T) {
 	tests := []struct {
 		name string
-		job  Job
+		job  L1Job
 		// has and lacks are substrings of the job file.
 		has, lacks []string
 	}{
-		{"runs only", Job{Runs: []Run{{Argv: []string{"/job/flushvm", "run", "--kernel=/job/in/1-k"}}}},
+		{"runs only", L1Job{Runs: []L1Run{{Argv: []string{"/job/flushvm", "run", "--kernel=/job/in/1-k"}}}},
 			[]string{`"argv"`}, []string{"scratch", "env", "wait_for", "timeout_sec"}},
-		{"scratch and env", Job{
-			Runs:    []Run{{Argv: []string{"/job/flushvm", "crashtest"}, TimeoutSec: 60, Env: []string{"TMPDIR=/scratch"}}},
+		{"scratch and env", L1Job{
+			Runs:    []L1Run{{Argv: []string{"/job/flushvm", "crashtest"}, TimeoutSec: 60, Env: []string{"TMPDIR=/scratch"}}},
 			WaitFor: []string{"/dev/vda"},
-			Scratch: &Scratch{Device: "/dev/vdb", Mount: "/scratch"},
+			Scratch: &L1Scratch{Device: "/dev/vdb", Mount: "/scratch"},
 		}, []string{`"scratch": {`, `"device": "/dev/vdb"`, `"mount": "/scratch"`, `"TMPDIR=/scratch"`, `"timeout_sec": 60`}, nil},
 	}
 	for _, tt := range tests {
 		dir := t.TempDir()
-		if err := Write(dir, &tt.job); err != nil {
+		if err := WriteL1Job(dir, &tt.job); err != nil {
 			t.Fatalf("%s: %v", tt.name, err)
 		}
-		if fi, err := os.Stat(filepath.Join(dir, OutDir)); err != nil || !fi.IsDir() {
+		if fi, err := os.Stat(filepath.Join(dir, L1JobOutDir)); err != nil || !fi.IsDir() {
 			t.Errorf("%s: no out directory: %v", tt.name, err)
 		}
-		b, err := os.ReadFile(filepath.Join(dir, File))
+		b, err := os.ReadFile(filepath.Join(dir, L1JobFile))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -45,7 +45,7 @@ func TestWriteRead(t *testing.T) {
 				t.Errorf("%s: job file has %s:\n%s", tt.name, s, b)
 			}
 		}
-		got, err := Read(dir)
+		got, err := ReadL1Job(dir)
 		if err != nil {
 			t.Fatalf("%s: %v", tt.name, err)
 		}
@@ -53,7 +53,7 @@ func TestWriteRead(t *testing.T) {
 			t.Errorf("%s: read back %+v, want %+v", tt.name, *got, tt.job)
 		}
 	}
-	if _, err := Read(t.TempDir()); err == nil {
-		t.Error("Read of a directory without a job file succeeded")
+	if _, err := ReadL1Job(t.TempDir()); err == nil {
+		t.Error("ReadL1Job of a directory without a job file succeeded")
 	}
 }

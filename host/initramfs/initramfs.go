@@ -26,9 +26,10 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/flushvm/flushvm/guest"
-	"github.com/flushvm/flushvm/guest/kernel"
 	"github.com/u-root/u-root/pkg/cpio"
+
+	"github.com/flushvm/flushvm/host"
+	"github.com/flushvm/flushvm/host/kernel"
 )
 
 // ModuleListPath is where an image lists its kernel modules, one path per
@@ -194,11 +195,11 @@ func (b *Builder) GoProgram(ctx context.Context, name, pkg string) {
 // the cache and returns its path. Go's build cache makes repeat builds
 // cheap.
 func BuildGo(ctx context.Context, pkg string) (string, error) {
-	root, err := guest.RepoRoot()
+	root, err := host.RepoRoot()
 	if err != nil {
 		return "", fmt.Errorf("build %s: %w", pkg, err)
 	}
-	cache, err := guest.CacheDir()
+	cache, err := host.CacheDir()
 	if err != nil {
 		return "", err
 	}

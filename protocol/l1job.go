@@ -1,0 +1,99 @@
+package protocol
+
+// The L1 job: the contract between the nested harness on the host and the
+// L1 guest's init, the job file the host writes into the shared job
+// directory, and the files L1 writes back.
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+)
+
+// L1JobTag is the 9p mount tag of the shared job directory; L1 mounts it
+// at L1JobMount.
+const (
+	L1JobTag   = "flushvmjob"
+	L1JobMount = "/job"
+	// L1JobFile is the job description inside the job directory.
+	L1JobFile = "job.json"
+	// L1JobOutDir is where L1 writes results, inside the job directory.
+	L1JobOutDir = "out"
+)
+
+// L1Job is what the L1 guest runs, in order.
+type L1Job struct {
+	// Runs are the commands to run one after the other.
+	Runs []L1Run `json:"runs"`
+	// WaitFor lists device nodes (the job's disks) that must exist before
+	// the first run.
+	WaitFor []string `json:"wait_for,omitempty"`
+	// Scratch, when set, is a disk L1 mounts before the first run: a file
+	// system with O_DIRECT (L1's own tmpfs has none) for the images of
+	// campaigns run inside L1.
+	Scratch *L1Scratch `json:"scratch,omitempty"`
+}
+
+// L1Scratch is a host-formatted ext4 disk that L1 mounts read-write for the
+// whole job. It is mounted with discard, so files deleted in L1 give their
+// space back to the sparse host file.
+type L1Scratch struct {
+	// Device is the L1 block device (e.g. /dev/vdb); it is also waited
+	// for like WaitFor.
+	Device string `json:"device"`
+	// Mount is the directory L1 mounts it on (created if missing).
+	Mount string `json:"mount"`
+}
+
+// L1Run is one command in L1.
+type L1Run struct {
+	// Argv is the command and its arguments, with L1 paths.
+	Argv []string `json:"argv"`
+	// TimeoutSec bounds the command; 0 means no bound inside L1 (the host
+	// still bounds the whole QEMU run).
+	TimeoutSec int `json:"timeout_sec,omitempty"`
+	// Env are NAME=VALUE settings added to L1 init's environment for
+	// this command (e.g. TMPDIR on the scratch disk).
+	Env []string `json:"env,omitempty"`
+}
+
+// L1StatusFile is where L1 records run i's exit status (a decimal number, or
+// "error: ..." when the command could not be started).
+func L1StatusFile(dir string, i int) string {
+	return filepath.Join(dir, L1JobOutDir, "run-"+strconv.Itoa(i)+".status")
+}
+
+// L1LogFile is where L1 records run i's combined output.
+func L1LogFile(dir string, i int) string {
+	return filepath.Join(dir, L1JobOutDir, "run-"+strconv.Itoa(i)+".log")
+}
+
+// ReadL1Job reads the job file in dir.
+func ReadL1Job(dir string) (*L1Job, error) {
+	b, err := os.ReadFile(filepath.Join(dir, L1JobFile))
+	if err != nil {
+		return nil, fmt.Errorf("job: %w", err)
+	}
+	var j L1Job
+	if err := json.Unmarshal(b, &j); err != nil {
+		return nil, fmt.Errorf("job %s: %w", filepath.Join(dir, L1JobFile), err)
+	}
+	return &j, nil
+}
+
+// WriteL1Job writes the job file into dir and creates the out directory.
+func WriteL1Job(dir string, j *L1Job) error {
+	b, err := json.MarshalIndent(j, "", "  ")
+	if err != nil {
+		return fmt.Errorf("job: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, L1JobOutDir), 0o777); err != nil {
+		return fmt.Errorf("job: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, L1JobFile), b, 0o644); err != nil {
+		return fmt.Errorf("job: %w", err)
+	}
+	return nil
+}
