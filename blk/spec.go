@@ -1,9 +1,9 @@
 package blk
 
 import (
-	"errors"
 	"fmt"
-	"strings"
+
+	"github.com/flushvm/flushvm/protocol"
 )
 
 // CacheMode is a host cache and sync policy, named as QEMU names them.
@@ -29,8 +29,8 @@ const (
 // CacheModes lists every cache mode, default first.
 var CacheModes = []CacheMode{CacheWriteback, CacheWritethrough, CacheNone, CacheDirectSync, CacheUnsafe}
 
-// ErrBadSpec reports a --disk SPEC that cannot be parsed.
-var ErrBadSpec = errors.New("bad disk spec")
+// ErrBadSpec reports a --disk SPEC that cannot be parsed (protocol's).
+var ErrBadSpec = protocol.ErrBadSpec
 
 // Spec is a parsed --disk SPEC:
 //
@@ -70,62 +70,43 @@ const MaxSerialLen = 20
 // ParseSpec parses a --disk SPEC.
 func ParseSpec(s string) (Spec, error) {
 	sp := Spec{Cache: CacheWriteback}
-	if strings.TrimSpace(s) == "" {
-		return sp, fmt.Errorf("%w: empty (want path=FILE[,cache=MODE][,readonly=on|off][,serial=STRING][,powercut=POLICY])", ErrBadSpec)
+	kvs, err := protocol.SplitDiskSpec(s)
+	if err != nil {
+		return sp, err
 	}
-	seen := map[string]bool{}
-	for _, kv := range strings.Split(s, ",") {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok {
-			return sp, fmt.Errorf("%w %q: %q is not key=value", ErrBadSpec, s, kv)
+	for _, kv := range kvs {
+		if err := sp.set(kv.Key, kv.Value); err != nil {
+			return sp, fmt.Errorf("%w %q: %v", ErrBadSpec, s, err)
 		}
-		if seen[k] {
-			return sp, fmt.Errorf("%w %q: %s given twice", ErrBadSpec, s, k)
-		}
-		seen[k] = true
-		switch k {
-		case "path":
-			if v == "" {
-				return sp, fmt.Errorf("%w %q: empty path", ErrBadSpec, s)
-			}
-			sp.Path = v
-		case "cache":
-			m, err := ParseCacheMode(v)
-			if err != nil {
-				return sp, fmt.Errorf("%w %q: %v", ErrBadSpec, s, err)
-			}
-			sp.Cache = m
-		case "readonly":
-			switch v {
-			case "on":
-				sp.ReadOnly = true
-			case "off":
-				sp.ReadOnly = false
-			default:
-				return sp, fmt.Errorf("%w %q: readonly=%q, want on or off", ErrBadSpec, s, v)
-			}
-		case "serial":
-			if len(v) > MaxSerialLen {
-				return sp, fmt.Errorf("%w %q: serial longer than %d bytes", ErrBadSpec, s, MaxSerialLen)
-			}
-			sp.Serial = v
-		case "powercut":
-			p, err := ParsePowerCutPolicy(v)
-			if err != nil {
-				return sp, fmt.Errorf("%w %q: %v", ErrBadSpec, s, err)
-			}
-			sp.PowerCut = p
-		default:
-			return sp, fmt.Errorf("%w %q: unknown key %q (known: path, cache, readonly, serial, powercut)", ErrBadSpec, s, k)
-		}
-	}
-	if sp.Path == "" {
-		return sp, fmt.Errorf("%w %q: path= is required", ErrBadSpec, s)
 	}
 	if sp.ReadOnly && sp.HasPowerCut() {
 		return sp, fmt.Errorf("%w %q: powercut= needs a writable disk (readonly=on has nothing to lose)", ErrBadSpec, s)
 	}
 	return sp, nil
+}
+
+// set checks the value of one SPEC key and sets it.
+func (sp *Spec) set(key, v string) error {
+	var err error
+	switch key {
+	case "path":
+		sp.Path = v
+	case "cache":
+		sp.Cache, err = ParseCacheMode(v)
+	case "readonly":
+		if v != "on" && v != "off" {
+			return fmt.Errorf("readonly=%q, want on or off", v)
+		}
+		sp.ReadOnly = v == "on"
+	case "serial":
+		if len(v) > MaxSerialLen {
+			return fmt.Errorf("serial longer than %d bytes", MaxSerialLen)
+		}
+		sp.Serial = v
+	case "powercut":
+		sp.PowerCut, err = ParsePowerCutPolicy(v)
+	}
+	return err
 }
 
 // ParseCacheMode returns the cache mode named s.

@@ -137,55 +137,66 @@ func (m *mapper) input(host string) (string, error) {
 // diskSpecPath returns a --disk SPEC's path= (empty without one) and
 // whether it says readonly=on.
 func diskSpecPath(spec string) (path string, readonly bool) {
-	for _, kv := range strings.Split(spec, ",") {
-		if p, ok := strings.CutPrefix(kv, "path="); ok {
-			path = p
-		}
-		readonly = readonly || kv == "readonly=on"
+	kvs, err := protocol.SplitDiskSpec(spec)
+	if err != nil {
+		return "", false
 	}
-	return path, readonly
+	path, _ = protocol.DiskSpecValue(kvs, "path")
+	ro, _ := protocol.DiskSpecValue(kvs, "readonly")
+	return path, ro == "on"
 }
 
 // disk maps a --disk SPEC's path= to the L1 virtio-blk device that carries
 // the host file, leaving every other key as given.
 func (m *mapper) disk(spec string) (string, error) {
-	parts := strings.Split(spec, ",")
-	_, readonly := diskSpecPath(spec)
-	for idx, p := range parts {
-		host, ok := strings.CutPrefix(p, "path=")
-		if !ok {
-			continue
-		}
-		abs, err := filepath.Abs(host)
-		if err != nil {
-			return "", fmt.Errorf("map disk %s: %w", host, err)
-		}
-		if real, err := filepath.EvalSymlinks(abs); err == nil {
-			abs = real
-		}
-		if _, err := os.Stat(abs); err != nil {
-			parts[idx] = "path=" + protocol.L1JobMount + "/missing/" + filepath.Base(abs)
-			continue
-		}
-		var d *disk
-		for _, e := range m.disks {
-			if e.host == abs {
-				d = e
-			}
-		}
-		if d == nil {
-			if len(m.disks) >= 26 {
-				return "", ErrTooManyDisks
-			}
-			d = &disk{host: abs, readonly: readonly, l1: "/dev/vd" + string(rune('a'+len(m.disks)))}
-			m.disks = append(m.disks, d)
-		}
-		if !readonly {
-			d.readonly = false
-		}
-		parts[idx] = "path=" + d.l1
+	kvs, err := protocol.SplitDiskSpec(spec)
+	if err != nil {
+		return spec, nil // flushvm reports it
 	}
-	return strings.Join(parts, ","), nil
+	host, readonly := diskSpecPath(spec)
+	l1, err := m.attach(host, readonly)
+	if err != nil {
+		return "", err
+	}
+	for i := range kvs {
+		if kvs[i].Key == "path" {
+			kvs[i].Value = l1
+		}
+	}
+	return protocol.JoinDiskSpec(kvs), nil
+}
+
+// attach returns the L1 path of the host file or device: a virtio-blk
+// drive of L1 (one per distinct file, writable if any SPEC writes it), or a
+// path under the job directory that does not exist, for flushvm to report.
+func (m *mapper) attach(host string, readonly bool) (string, error) {
+	abs, err := filepath.Abs(host)
+	if err != nil {
+		return "", fmt.Errorf("map disk %s: %w", host, err)
+	}
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = real
+	}
+	if _, err := os.Stat(abs); err != nil {
+		return protocol.L1JobMount + "/missing/" + filepath.Base(abs), nil
+	}
+	var d *disk
+	for _, e := range m.disks {
+		if e.host == abs {
+			d = e
+		}
+	}
+	if d == nil {
+		if len(m.disks) >= 26 {
+			return "", ErrTooManyDisks
+		}
+		d = &disk{host: abs, readonly: readonly, l1: "/dev/vd" + string(rune('a'+len(m.disks)))}
+		m.disks = append(m.disks, d)
+	}
+	if !readonly {
+		d.readonly = false
+	}
+	return d.l1, nil
 }
 
 // outFile maps an output file of run i to the job directory.

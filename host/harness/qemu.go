@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
+	"slices"
 	"strings"
 	"time"
 
@@ -99,20 +100,21 @@ func QEMU(ctx context.Context, stdout io.Writer, args []string) (int, []byte, er
 // parses the SPEC itself (rather than through blk) so the stand-in keeps
 // working while the device packages change.
 func qemuDrive(spec string) (string, error) {
+	kvs, err := protocol.SplitDiskSpec(spec)
+	if err != nil {
+		return "", fmt.Errorf("qemu stand-in: %w", err)
+	}
 	var path string
 	opts := ",if=virtio,format=raw,cache=writeback"
-	for _, kv := range strings.Split(spec, ",") {
-		k, v, _ := strings.Cut(kv, "=")
-		switch k {
+	for _, kv := range kvs {
+		switch v := kv.Value; kv.Key {
 		case "path":
 			path = v
 		case "cache":
-			switch v {
-			case "writeback", "writethrough", "none", "directsync", "unsafe":
-				opts = strings.Replace(opts, ",cache=writeback", ",cache="+v, 1)
-			default:
+			if !slices.Contains(protocol.CacheModes, v) {
 				return "", fmt.Errorf("qemu stand-in: disk %q: unknown cache mode %q", spec, v)
 			}
+			opts = strings.Replace(opts, ",cache=writeback", ",cache="+v, 1)
 		case "readonly":
 			if v == "on" {
 				opts += ",readonly=on"
@@ -120,11 +122,8 @@ func qemuDrive(spec string) (string, error) {
 		case "serial":
 			opts += ",serial=" + qemuEscape(v)
 		default:
-			return "", fmt.Errorf("qemu stand-in: disk %q: unknown key %q", spec, k)
+			return "", fmt.Errorf("qemu stand-in: disk %q: key %q has no QEMU equivalent", spec, kv.Key)
 		}
-	}
-	if path == "" {
-		return "", fmt.Errorf("qemu stand-in: disk %q: path= is required", spec)
 	}
 	return "file=" + qemuEscape(path) + opts, nil
 }

@@ -1,0 +1,74 @@
+package protocol
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// ErrBadSpec reports a --disk SPEC that cannot be parsed.
+var ErrBadSpec = errors.New("bad disk spec")
+
+// DiskSpecSyntax is the form of a --disk SPEC, for messages.
+const DiskSpecSyntax = "path=FILE[,cache=MODE][,readonly=on|off][,serial=STRING][,powercut=POLICY]"
+
+// DiskSpecKeys are the keys a --disk SPEC may have. Unknown keys are
+// errors, never ignored, so a typo cannot silently change a disk's
+// semantics.
+var DiskSpecKeys = []string{"path", "cache", "readonly", "serial", "powercut"}
+
+// CacheModes are the names of the cache modes (QEMU's), default first.
+var CacheModes = []string{"writeback", "writethrough", "none", "directsync", "unsafe"}
+
+// DiskSpecKey is one key=value of a --disk SPEC.
+type DiskSpecKey struct {
+	Key, Value string
+}
+
+// SplitDiskSpec splits a --disk SPEC into its key=value pairs, in order,
+// checking its syntax: every part is key=value with a known key, no key
+// twice, a non-empty path=. The values are the caller's to check.
+func SplitDiskSpec(s string) ([]DiskSpecKey, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, fmt.Errorf("%w: empty (want %s)", ErrBadSpec, DiskSpecSyntax)
+	}
+	var kvs []DiskSpecKey
+	for _, part := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(part, "=")
+		switch {
+		case !ok:
+			return nil, fmt.Errorf("%w %q: %q is not key=value", ErrBadSpec, s, part)
+		case !slices.Contains(DiskSpecKeys, k):
+			return nil, fmt.Errorf("%w %q: unknown key %q (known: %s)", ErrBadSpec, s, k, strings.Join(DiskSpecKeys, ", "))
+		case slices.ContainsFunc(kvs, func(e DiskSpecKey) bool { return e.Key == k }):
+			return nil, fmt.Errorf("%w %q: %s given twice", ErrBadSpec, s, k)
+		case k == "path" && v == "":
+			return nil, fmt.Errorf("%w %q: empty path", ErrBadSpec, s)
+		}
+		kvs = append(kvs, DiskSpecKey{k, v})
+	}
+	if _, ok := DiskSpecValue(kvs, "path"); !ok {
+		return nil, fmt.Errorf("%w %q: path= is required", ErrBadSpec, s)
+	}
+	return kvs, nil
+}
+
+// DiskSpecValue returns the value of key in kvs.
+func DiskSpecValue(kvs []DiskSpecKey, key string) (string, bool) {
+	for _, e := range kvs {
+		if e.Key == key {
+			return e.Value, true
+		}
+	}
+	return "", false
+}
+
+// JoinDiskSpec is the SPEC of kvs.
+func JoinDiskSpec(kvs []DiskSpecKey) string {
+	parts := make([]string, len(kvs))
+	for i, e := range kvs {
+		parts[i] = e.Key + "=" + e.Value
+	}
+	return strings.Join(parts, ",")
+}

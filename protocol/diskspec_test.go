@@ -1,0 +1,35 @@
+package protocol
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestSplitDiskSpec(t *testing.T) {
+	tests := []struct {
+		in, want, bad string
+	}{
+		{in: "path=d.img", want: "path=d.img"},
+		{in: "cache=none,path=/x,serial=a=b", want: "cache=none,path=/x,serial=a=b"},
+		{in: "path=d.img,readonly=on,powercut=lose-all", want: "path=d.img,readonly=on,powercut=lose-all"},
+		{in: "", bad: "empty"},
+		{in: "d.img", bad: "is not key=value"},
+		{in: "file=d.img", bad: "unknown key"},
+		{in: "path=a,path=b", bad: "given twice"},
+		{in: "path=", bad: "empty path"},
+		{in: "cache=none", bad: "path= is required"},
+	}
+	for _, tc := range tests {
+		kvs, err := SplitDiskSpec(tc.in)
+		if tc.bad != "" {
+			if !errors.Is(err, ErrBadSpec) || !strings.Contains(err.Error(), tc.bad) {
+				t.Errorf("SplitDiskSpec(%q) = %v, %v; want an error saying %q", tc.in, kvs, err, tc.bad)
+			}
+			continue
+		}
+		if err != nil || JoinDiskSpec(kvs) != tc.want {
+			t.Errorf("SplitDiskSpec(%q) = %v, %v; want %s", tc.in, kvs, err, tc.want)
+		}
+	}
+}
