@@ -18,8 +18,16 @@ var ErrTooManyDisks = errors.New("too many disks for the nested harness")
 
 // valueFlags are flushvm run flags that take a value; the harness maps the
 // ones naming host files and passes the others through untouched.
-var valueFlags = map[string]bool{"kernel": true, "initrd": true, "append": true, "mem": true, "cpus": true, "disk": true, "stats": true,
-	"write-log": true, "power-cut": true, "seed": true, "cache-bound": true, "api": true, "watchdog": true}
+var valueFlags = flagSet(protocol.RunValueFlags)
+
+// flagSet is names as a set.
+func flagSet(names []string) map[string]bool {
+	m := make(map[string]bool, len(names))
+	for _, n := range names {
+		m[n] = true
+	}
+	return m
+}
 
 // disk is one host file or device attached to L1 as a virtio-blk drive.
 type disk struct {

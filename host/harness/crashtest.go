@@ -31,9 +31,7 @@ const scratchSlack = 256 << 20
 // crashtestValueFlags are the flushvm crashtest flags that take a value.
 // --kernel and --initrd are inputs, --report an output copied back, --dir
 // a directory on the scratch disk; the others pass through untouched.
-var crashtestValueFlags = map[string]bool{"kernel": true, "initrd": true, "disk-size": true, "workload": true,
-	"cuts": true, "policy": true, "seed": true, "cache": true, "shard": true, "report": true, "dir": true,
-	"mem": true, "cpus": true, "records": true, "at": true, "boot-timeout": true}
+var crashtestValueFlags = flagSet(protocol.CrashtestValueFlags)
 
 // FlagValue returns the value of --name in args (the last one given), in
 // either the "--name V" or the "--name=V" form.
