@@ -69,14 +69,14 @@ func NewFlags() *Flags {
 	fs.StringVar(&f.diskSize, "disk-size", "", "size of the guest's disk, formatted ext4 by the guest (K/M/G suffixes) (required)\n  e.g. --disk-size 128M")
 	fs.StringVar(&f.workload, "workload", "", "what the guest runs and acknowledges: fsyncstress (records, each acknowledged\n"+
 		"  after its fdatasync) or rename (atomic replace: write, fsync, rename, fsync dir) (required)\n  e.g. --workload fsyncstress")
-	fs.IntVar(&f.cuts, "cuts", 0, "power cuts in the Campaign (across all shards) (required)\n  e.g. --cuts 20")
+	fs.IntVar(&f.cuts, "cuts", 0, "power cuts in the campaign (across all shards) (required)\n  e.g. --cuts 20")
 	fs.StringVar(&f.policy, "policy", "", "which unstable writes survive each cut: lose-all, keep-all, random-subset,\n"+
 		"  random-sectors[:512|:4k] or prefix (required)\n  e.g. --policy random-subset")
-	fs.Uint64Var(&f.seed, "seed", 0, "Campaign seed: cut K uses seed S+K for its cut point and its policy (required)\n  e.g. --seed 1")
+	fs.Uint64Var(&f.seed, "seed", 0, "campaign seed: cut K uses seed S+K for its cut point and its policy (required)\n  e.g. --seed 1")
 	fs.StringVar(&f.cache, "cache", "writeback", "cache mode of the disk under test: writeback, writethrough, none, directsync\n"+
 		"  or unsafe (none and directsync need O_DIRECT in --dir)\n  e.g. --cache none")
 	fs.StringVar(&f.shard, "shard", "1/1", "run only shard i of n: the cuts K with K mod n = i-1\n  e.g. --shard 2/8")
-	fs.StringVar(&f.Report, "report", "", "write the Campaign's JSON report to FILE\n  e.g. --report crashtest.json")
+	fs.StringVar(&f.Report, "report", "", "write the campaign's JSON report to FILE\n  e.g. --report crashtest.json")
 	fs.StringVar(&f.dir, "dir", "", "work directory for disk images and boot logs; the images and logs of failing\n"+
 		"  cuts are kept there (default: a temporary directory, removed afterwards)\n  e.g. --dir /var/tmp/crash")
 	fs.StringVar(&f.mem, "mem", "512M", "guest memory of each boot\n  e.g. --mem 1G")
@@ -93,8 +93,8 @@ func (f *Flags) Usage(w io.Writer) {
 	fmt.Fprintln(w, "Usage: flushvm crashtest --kernel K --initrd I --disk-size SIZE --workload NAME --cuts N")
 	fmt.Fprintln(w, "                         --policy POLICY --seed S [--cache MODE] [--shard i/n] [--report FILE]")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Runs a crash-test Campaign. A guest formats a fresh disk (ext4) once; a")
-	fmt.Fprintln(w, "protocol.CrashtestCalibration boot runs the workload to the end and counts the writes and flushes")
+	fmt.Fprintln(w, "Runs a crash-test campaign. A guest formats a fresh disk (ext4) once; a")
+	fmt.Fprintln(w, "calibration boot runs the workload to the end and counts the writes and flushes")
 	fmt.Fprintln(w, "that reach the disk. Then for each cut: a copy of the fresh disk, a boot running")
 	fmt.Fprintln(w, "the workload on the power-cut model (powercut=POLICY) with the power cut at a")
 	fmt.Fprintln(w, "seeded random write or flush of that range, recording every acknowledgement the")
@@ -154,7 +154,7 @@ func (f *Flags) Campaign() (*Campaign, error) {
 		}
 	}
 	if !f.FS.Changed("seed") {
-		return nil, usageErrorf("--seed is required (the Campaign is reproducible from it)")
+		return nil, usageErrorf("--seed is required (the campaign is reproducible from it)")
 	}
 	c := &Campaign{workload: f.workload, cuts: f.cuts, policy: f.policy, seed: f.seed, dir: f.dir,
 		diskSizeArg: f.diskSize, mem: f.mem, cpus: f.cpus, records: f.records, bootTimeout: f.bootTimeout}

@@ -222,24 +222,24 @@ func (c *Campaign) format(ctx context.Context, b Booter, dir, template string) e
 // calibrate runs the workload to its end on a copy of the template and
 // counts what reached the disk, to place the cuts inside the run.
 func (c *Campaign) calibrate(ctx context.Context, b Booter, dir, template string) (protocol.CrashtestCalibration, error) {
-	img := filepath.Join(dir, "protocol.CrashtestCalibration.img")
-	stats := filepath.Join(dir, "protocol.CrashtestCalibration.stats.json")
+	img := filepath.Join(dir, "calibration.img")
+	stats := filepath.Join(dir, "calibration.stats.json")
 	defer os.Remove(img)
 	defer os.Remove(stats)
 	t0 := time.Now()
 	args := c.bootArgs(guestCmdline("crash:"+c.workload, c.workloadArgs),
 		"path="+img+",cache="+string(c.cache)+",powercut="+c.policy, "--stats", stats)
-	r, err := c.boot(ctx, b, dir, "protocol.CrashtestCalibration", args, func() error { return sparse.Copy(template, img) })
+	r, err := c.boot(ctx, b, dir, "calibration", args, func() error { return sparse.Copy(template, img) })
 	if err != nil {
 		return protocol.CrashtestCalibration{}, err
 	}
 	if r.status != 0 {
-		return protocol.CrashtestCalibration{}, fmt.Errorf("%w: the protocol.CrashtestCalibration boot (the %s workload without a power cut) ended with status %d: %s",
+		return protocol.CrashtestCalibration{}, fmt.Errorf("%w: the calibration boot (the %s workload without a power cut) ended with status %d: %s",
 			errBootFailed, c.workload, r.status, lines.Last(r.out, 5))
 	}
 	sb, err := os.ReadFile(stats)
 	if err != nil {
-		return protocol.CrashtestCalibration{}, fmt.Errorf("protocol.CrashtestCalibration --stats: %w", err)
+		return protocol.CrashtestCalibration{}, fmt.Errorf("calibration --stats: %w", err)
 	}
 	var doc struct {
 		Disks []struct {
@@ -250,13 +250,13 @@ func (c *Campaign) calibrate(ctx context.Context, b Booter, dir, template string
 		} `json:"disks"`
 	}
 	if err := json.Unmarshal(sb, &doc); err != nil || len(doc.Disks) != 1 {
-		return protocol.CrashtestCalibration{}, fmt.Errorf("protocol.CrashtestCalibration --stats %s: want one disk: %v", stats, err)
+		return protocol.CrashtestCalibration{}, fmt.Errorf("calibration --stats %s: want one disk: %v", stats, err)
 	}
 	d := doc.Disks[0]
 	cal := protocol.CrashtestCalibration{Writes: d.Writes + d.Discards + d.WriteZeroes, Flushes: d.HostSyncs,
 		Acks: parseAcks(r.out, c.writers()).lines, Seconds: time.Since(t0).Seconds(), GuestCrashes: r.crashes}
 	if cal.Writes == 0 {
-		return cal, fmt.Errorf("%w: the protocol.CrashtestCalibration boot wrote nothing to the disk", errBootFailed)
+		return cal, fmt.Errorf("%w: the calibration boot wrote nothing to the disk", errBootFailed)
 	}
 	return cal, nil
 }

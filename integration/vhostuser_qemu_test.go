@@ -153,7 +153,7 @@ type vhuGuest struct {
 func vhuBoot(t *testing.T, a *vhuArtifacts, cacheOpt string, queues int, script string, extra *initramfs.Builder) vhuGuest {
 	t.Helper()
 	dir := t.TempDir()
-	img := filepath.Join(dir, "img.img")
+	img := filepath.Join(dir, "disk.img")
 	if err := os.WriteFile(img, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +171,7 @@ func vhuBoot(t *testing.T, a *vhuArtifacts, cacheOpt string, queues int, script 
 	defer cancel()
 	var stderr bytes.Buffer
 	be := exec.CommandContext(ctx, "nice", a.flushvm, "vhost-user-blk", "--socket", sock,
-		"--img", "path="+img+cacheOpt, "--queues", strconv.Itoa(queues), "--stats", statsFile)
+		"--disk", "path="+img+cacheOpt, "--queues", strconv.Itoa(queues), "--stats", statsFile)
 	be.Stderr = &stderr
 	if err := be.Start(); err != nil {
 		t.Fatal(err)
@@ -192,7 +192,7 @@ func vhuBoot(t *testing.T, a *vhuArtifacts, cacheOpt string, queues int, script 
 	q.Stdout, q.Stderr = &console, &console
 	t0 := time.Now()
 	qerr := q.Run()
-	t.Logf("guest boot: qemu-system-x86_64 -accel tcg, vhost-user-blk-pci num-queues=%d -> flushvm vhost-user-blk --img path=DISK%s --queues %d: %.1f s wall%s",
+	t.Logf("guest boot: qemu-system-x86_64 -accel tcg, vhost-user-blk-pci num-queues=%d -> flushvm vhost-user-blk --disk path=DISK%s --queues %d: %.1f s wall%s",
 		queues, cacheOpt, queues, time.Since(t0).Seconds(), vhuUptime(console.String()))
 	done := make(chan error, 1)
 	go func() { done <- be.Wait() }()
