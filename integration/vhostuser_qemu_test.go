@@ -23,6 +23,7 @@ import (
 	"github.com/flushvm/flushvm/blk"
 	"github.com/flushvm/flushvm/disk"
 	"github.com/flushvm/flushvm/host"
+	"github.com/flushvm/flushvm/host/harness"
 	"github.com/flushvm/flushvm/host/initramfs"
 	"github.com/flushvm/flushvm/host/kernel"
 )
@@ -227,15 +228,12 @@ func vhuBoot(t *testing.T, a *vhuArtifacts, cacheOpt string, queues int, script 
 // vhuQEMUArgs is the QEMU command line (after "nice") booting kernel and
 // initrd with one vhost-user-blk-pci disk of queues queues on sock.
 func vhuQEMUArgs(kernelPath, initrd, sock string, queues int) []string {
-	return []string{"qemu-system-x86_64",
-		"-accel", "tcg,thread=multi", "-cpu", "max", "-m", "512", "-smp", "2",
-		"-nographic", "-no-reboot", "-nic", "none",
-		"-kernel", kernelPath, "-initrd", initrd,
-		"-append", "console=ttyS0 panic=-1 quiet flushvm.run=script",
-		"-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-numa", "node,memdev=mem",
-		"-chardev", "socket,id=vhu,path=" + sock,
-		"-device", "vhost-user-blk-pci,chardev=vhu,num-queues=" + strconv.Itoa(queues),
-	}
+	return harness.QEMUCommand{SMP: 2, Kernel: kernelPath, Initrd: initrd,
+		Append: "console=ttyS0 panic=-1 quiet flushvm.run=script",
+		Extra: []string{"-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-numa", "node,memdev=mem",
+			"-chardev", "socket,id=vhu,path=" + sock,
+			"-device", "vhost-user-blk-pci,chardev=vhu,num-queues=" + strconv.Itoa(queues)},
+	}.Args()
 }
 
 // vhuScript checks and toggles the cache the guest sees, optionally runs

@@ -39,6 +39,7 @@ import (
 	"time"
 
 	"github.com/flushvm/flushvm/host"
+	"github.com/flushvm/flushvm/host/harness"
 	"github.com/flushvm/flushvm/host/initramfs"
 	"github.com/flushvm/flushvm/host/kernel"
 )
@@ -322,13 +323,10 @@ func (e *env) boot(ctx context.Context, b backend, syncJob string) (bootResult, 
 	if syncCounting {
 		runArg = syncJob
 	}
-	qemu := []string{"qemu-system-x86_64",
-		"-accel", "tcg,thread=multi", "-cpu", "max", "-m", "512", "-smp", "2",
-		"-nographic", "-no-reboot", "-nic", "none",
-		"-kernel", e.kernel, "-initrd", e.initrd,
-		"-append", "console=ttyS0 panic=-1 quiet flushvm.run=script flushvm.args=" + runArg,
-		"-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-numa", "node,memdev=mem",
-	}
+	qemu := harness.QEMUCommand{SMP: 2, Kernel: e.kernel, Initrd: e.initrd,
+		Append: "console=ttyS0 panic=-1 quiet flushvm.run=script flushvm.args=" + runArg,
+		Extra:  []string{"-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-numa", "node,memdev=mem"},
+	}.Args()
 	var daemon *exec.Cmd
 	var daemonErr bytes.Buffer
 	switch b.Short {

@@ -361,26 +361,24 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 	if cpu == "" {
 		cpu = DefaultL1CPU
 	}
-	qargs := []string{"-n", "5", "qemu-system-x86_64",
-		"-accel", accel, "-cpu", cpu, "-m", strconv.Itoa(mem), "-smp", strconv.Itoa(cpus),
-		"-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio", "-bios", firmware(),
-		"-kernel", k.BzImage, "-initrd", l1img,
-		"-append", strings.TrimSpace("console=ttyS0 panic=-1 quiet loglevel=3 mitigations=off " + opts.L1Append),
-		"-virtfs", "local,path=" + qemuEscape(dir) + ",mount_tag=" + protocol.L1JobTag + ",security_model=none,id=" + protocol.L1JobTag,
+	l1 := QEMUCommand{Accel: accel, CPU: cpu, Mem: strconv.Itoa(mem), SMP: cpus, BIOS: firmware(),
+		Kernel: k.BzImage, Initrd: l1img,
+		Append: strings.TrimSpace("console=ttyS0 panic=-1 quiet loglevel=3 mitigations=off " + opts.L1Append),
+		Extra:  []string{"-virtfs", "local,path=" + qemuEscape(dir) + ",mount_tag=" + protocol.L1JobTag + ",security_model=none,id=" + protocol.L1JobTag},
 	}
 	for _, d := range m.disks {
 		drive := "file=" + qemuEscape(d.host) + ",if=virtio,format=raw,cache=writeback,aio=threads"
 		if d.readonly {
 			drive += ",readonly=on"
 		}
-		qargs = append(qargs, "-drive", drive)
+		l1.Extra = append(l1.Extra, "-drive", drive)
 	}
 	if scratch != "" {
 		// Its durability on the host is of no interest (the campaigns
 		// model power cuts inside L1, and the file is deleted), so no
 		// host syncs: cache=unsafe; discard=unmap passes L1's discards on
 		// as holes punched in the sparse file.
-		qargs = append(qargs, "-drive", "file="+qemuEscape(scratch)+",if=virtio,format=raw,cache=unsafe,aio=threads,discard=unmap")
+		l1.Extra = append(l1.Extra, "-drive", "file="+qemuEscape(scratch)+",if=virtio,format=raw,cache=unsafe,aio=threads,discard=unmap")
 	}
 	t0 := time.Now()
 	watch := newConsole(opts.Stdout, t0)
@@ -389,7 +387,7 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 		// paths; show the host's.
 		watch.rewrite = func(line string) string { return m.hostLine(line) }
 	}
-	cmd := exec.CommandContext(ctx, "nice", qargs...)
+	cmd := exec.CommandContext(ctx, "nice", append([]string{"-n", "5"}, l1.Args()...)...)
 	cmd.Stdout, cmd.Stderr = watch, watch
 	cmd.WaitDelay = 5 * time.Second
 	qerr := cmd.Run()

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -23,8 +24,8 @@ import (
 // flushvm's port 0xf4 and exits with (v<<1)|1 on a write of v, so the
 // status travels the same /dev/port path as under flushvm.
 func QEMU(ctx context.Context, stdout io.Writer, args []string) (int, []byte, error) {
-	var kern, initrd, appendLine, mem, cpus string
-	mem, cpus = "512M", "1"
+	var kern, initrd, appendLine string
+	mem, smp := "512M", 1
 	var drives []string
 	for k := 0; k < len(args); k++ {
 		name, val, has := strings.Cut(strings.TrimPrefix(args[k], "--"), "=")
@@ -48,7 +49,11 @@ func QEMU(ctx context.Context, stdout io.Writer, args []string) (int, []byte, er
 		case "mem":
 			mem = val
 		case "cpus":
-			cpus = val
+			n, err := strconv.Atoi(val)
+			if err != nil || n < 1 {
+				return 0, nil, fmt.Errorf("qemu stand-in: --cpus %q: want a positive number", val)
+			}
+			smp = n
 		case "disk":
 			d, err := qemuDrive(val)
 			if err != nil {
@@ -62,18 +67,12 @@ func QEMU(ctx context.Context, stdout io.Writer, args []string) (int, []byte, er
 	if kern == "" {
 		return 0, nil, errors.New("qemu stand-in: --kernel is required")
 	}
-	q := []string{"-n", "5", "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max",
-		"-m", mem, "-smp", cpus, "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio", "-bios", firmware(),
-		"-device", "isa-debug-exit,iobase=0xf4,iosize=0x01",
-		"-kernel", kern, "-append", appendLine}
-	if initrd != "" {
-		q = append(q, "-initrd", initrd)
-	}
+	q := QEMUCommand{Mem: mem, SMP: smp, BIOS: firmware(), DebugExit: true, Kernel: kern, Initrd: initrd, Append: appendLine}
 	for _, d := range drives {
-		q = append(q, "-drive", d)
+		q.Extra = append(q.Extra, "-drive", d)
 	}
 	var buf bytes.Buffer
-	cmd := exec.CommandContext(ctx, "nice", q...)
+	cmd := exec.CommandContext(ctx, "nice", append([]string{"-n", "5"}, q.Args()...)...)
 	w := newConsole(io.MultiWriter(stdout, &buf), time.Now())
 	cmd.Stdout, cmd.Stderr = w, w
 	err := cmd.Run()

@@ -262,12 +262,10 @@ func (o SoakOptions) command(i int) string {
 	var argv []string
 	if o.vmm(i) == "qemu" {
 		prep += "[ -d /tmp/qemu ] || cp -a /job/qemu /tmp/qemu; "
-		argv = []string{"/tmp/qemu/lib/" + qemuLoader, "--library-path", "/tmp/qemu/lib", "/tmp/qemu/qemu-system-x86_64",
-			"-L", "/tmp/qemu/share", "-enable-kvm", "-cpu", "host", "-m", o.Mem, "-smp", strconv.Itoa(o.cpus(i)),
-			"-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio", "-bios", "/tmp/qemu/share/qboot.rom",
-			"-device", "isa-debug-exit,iobase=0xf4,iosize=0x01",
-			"-kernel", "/job/soak/bzImage", "-initrd", "/job/soak/initrd", "-append", cmdline,
-			"-drive", "file=" + soakDisk + ",if=virtio,format=raw,cache=" + o.cache(i)}
+		argv = QEMUCommand{Exec: []string{"/tmp/qemu/lib/" + qemuLoader, "--library-path", "/tmp/qemu/lib", "/tmp/qemu/qemu-system-x86_64"},
+			Accel: "kvm", CPU: "host", Mem: o.Mem, SMP: o.cpus(i), BIOS: "/tmp/qemu/share/qboot.rom", DebugExit: true,
+			Kernel: "/job/soak/bzImage", Initrd: "/job/soak/initrd", Append: cmdline,
+			Extra: []string{"-L", "/tmp/qemu/share", "-drive", "file=" + soakDisk + ",if=virtio,format=raw,cache=" + o.cache(i)}}.Args()
 	} else {
 		argv = []string{"/job/flushvm", "run", "--watchdog", DefaultWatchdog.String(),
 			"--kernel", "/job/soak/bzImage", "--initrd", "/job/soak/initrd",

@@ -50,7 +50,7 @@ func TestSoakCommand(t *testing.T) {
 		want      []string
 		wantCache string
 	}{
-		{0, []string{"/tmp/qemu/qemu-system-x86_64", "'-enable-kvm'", "'-smp' '2'", "cache=writeback'", "pci=nomsi"}, "writeback"},
+		{0, []string{"/tmp/qemu/qemu-system-x86_64", "'-accel' 'kvm'", "'-smp' '2'", "cache=writeback'", "pci=nomsi"}, "writeback"},
 		{1, []string{"'/job/flushvm' 'run' '--watchdog' '1m0s'", "'--cpus' '2'", "cache=writeback'", "pci=nomsi"}, "writeback"},
 		{2, []string{"qemu-system-x86_64", "'-smp' '2'", "cache=writethrough'"}, "writethrough"},
 		{3, []string{"/job/flushvm", "'--cpus' '2'", "cache=writethrough'"}, "writethrough"},
