@@ -270,10 +270,61 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 	if err != nil {
 		return err
 	}
+	dir, err := newJobDir(ctx, opts, cache, runs)
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	m, scratch, err := writeJob(ctx, opts, dir, runs)
+	if scratch != "" {
+		defer os.Remove(scratch)
+	}
+	if err != nil {
+		return err
+	}
+	l1 := l1Command(opts, k.BzImage, l1img, dir, m, scratch)
+	watch := newConsole(opts.Stdout, time.Now())
+	if scratch != "" {
+		// Campaigns print reproduce commands and kept images with L1
+		// paths; show the host's.
+		watch.rewrite = func(line string) string { return m.hostLine(line) }
+	}
+	cmd := exec.CommandContext(ctx, "nice", append([]string{"-n", "5"}, l1.Args()...)...)
+	cmd.Stdout, cmd.Stderr = watch, watch
+	cmd.WaitDelay = 5 * time.Second
+	qerr := cmd.Run()
+	watch.flush()
+	s.Console = watch.recent()
+	s.L1Boot, s.L1Uptime = watch.l1Boot()
+	var failure error
+	switch {
+	case ctx.Err() != nil:
+		failure = fmt.Errorf("QEMU L1 killed: %w", ctx.Err())
+	case qerr != nil:
+		failure = fmt.Errorf("QEMU L1: %w: %s", qerr, watch.tail())
+	}
+	if err := collectAll(s, dir, m, watch, len(runs), &failure); err != nil {
+		return err
+	}
+	if failure != nil {
+		// The scratch disk was not unmounted: its kept directories are
+		// not worth reading.
+		return failure
+	}
+	if scratch != "" && len(m.kept) > 0 {
+		return copyKeptDirs(ctx, scratch, m.kept)
+	}
+	return nil
+}
+
+// newJobDir makes the job directory L1 mounts over 9p: a static flushvm
+// (none when the runs are only commands and none can be built) and
+// opts.JobFiles.
+func newJobDir(ctx context.Context, opts Options, cache string, runs []Run) (string, error) {
 	bin, err := flushvmBinary(ctx, opts)
 	if err != nil {
 		if !commandsOnly(runs) {
-			return err
+			return "", err
 		}
 		// Checking the harness itself must not wait for a buildable VMM.
 		fmt.Fprintf(opts.Log, "flushvm-harness: no /job/flushvm in L1: %v\n", err)
@@ -281,32 +332,42 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 	}
 	if bin != "" {
 		if err := initramfs.CheckStatic(bin); err != nil {
-			return fmt.Errorf("flushvm for L1: %w", err)
+			return "", fmt.Errorf("flushvm for L1: %w", err)
 		}
 	}
 	jobs := filepath.Join(cache, "jobs")
 	if err := os.MkdirAll(jobs, 0o755); err != nil {
-		return fmt.Errorf("job dir: %w", err)
+		return "", fmt.Errorf("job dir: %w", err)
 	}
 	dir, err := os.MkdirTemp(jobs, "job-")
 	if err != nil {
-		return fmt.Errorf("job dir: %w", err)
+		return "", fmt.Errorf("job dir: %w", err)
 	}
-	defer os.RemoveAll(dir)
+	files := map[string]string{}
 	if bin != "" {
-		if err := linkOrCopy(bin, filepath.Join(dir, "flushvm")); err != nil {
-			return fmt.Errorf("job dir: %w", err)
-		}
+		files["flushvm"] = bin
 	}
 	for name, host := range opts.JobFiles {
+		files[name] = host
+	}
+	for name, host := range files {
 		if err := linkOrCopy(host, filepath.Join(dir, filepath.Clean("/"+name))); err != nil {
-			return fmt.Errorf("job dir: %w", err)
+			os.RemoveAll(dir)
+			return "", fmt.Errorf("job dir: %w", err)
 		}
 	}
+	return dir, nil
+}
+
+// writeJob maps the runs' host paths to L1's, makes the scratch disk when
+// the runs need one (its path is returned even on error, for removal) and
+// writes the job file.
+func writeJob(ctx context.Context, opts Options, dir string, runs []Run) (*mapper, string, error) {
 	scratchSize := opts.ScratchSize
 	if scratchSize == 0 {
+		var err error
 		if scratchSize, err = ScratchSize(runs); err != nil {
-			return err
+			return nil, "", err
 		}
 	}
 	m := newMapper(dir)
@@ -317,7 +378,7 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 		if argv == nil {
 			args, err := m.rewrite(i, r.sub(), opts.withWatchdog(r))
 			if err != nil {
-				return err
+				return nil, "", err
 			}
 			argv = append([]string{protocol.L1JobMount + "/flushvm", r.sub()}, args...)
 		}
@@ -334,19 +395,21 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 	var scratch string
 	if scratchSize > 0 {
 		if len(m.disks) >= 26 {
-			return ErrTooManyDisks
+			return nil, "", ErrTooManyDisks
 		}
 		scratch = dir + ".scratch"
-		defer os.Remove(scratch)
 		if err := FreshExt4(ctx, scratch, strconv.FormatInt(scratchSize, 10)); err != nil {
-			return fmt.Errorf("scratch disk: %w", err)
+			return nil, scratch, fmt.Errorf("scratch disk: %w", err)
 		}
 		j.Scratch = &protocol.L1Scratch{Device: "/dev/vd" + string(rune('a'+len(m.disks))), Mount: ScratchMount}
 		fmt.Fprintf(opts.Log, "flushvm-harness: scratch disk %s (%d MiB sparse, ext4) on %s in L1\n", scratch, scratchSize>>20, ScratchMount)
 	}
-	if err := protocol.WriteL1Job(dir, j); err != nil {
-		return err
-	}
+	return m, scratch, protocol.WriteL1Job(dir, j)
+}
+
+// l1Command is L1's QEMU command line: the job directory over 9p, the
+// runs' disks, then the scratch disk.
+func l1Command(opts Options, bzImage, l1img, dir string, m *mapper, scratch string) QEMUCommand {
 	mem, cpus := opts.L1Mem, opts.L1CPUs
 	if mem == 0 {
 		mem = 2048
@@ -354,15 +417,8 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 	if cpus == 0 {
 		cpus = 2
 	}
-	accel, cpu := opts.L1Accel, opts.L1CPU
-	if accel == "" {
-		accel = DefaultL1Accel
-	}
-	if cpu == "" {
-		cpu = DefaultL1CPU
-	}
-	l1 := QEMUCommand{Accel: accel, CPU: cpu, Mem: strconv.Itoa(mem), SMP: cpus, BIOS: firmware(),
-		Kernel: k.BzImage, Initrd: l1img,
+	l1 := QEMUCommand{Accel: orDefault(opts.L1Accel, DefaultL1Accel), CPU: orDefault(opts.L1CPU, DefaultL1CPU),
+		Mem: strconv.Itoa(mem), SMP: cpus, BIOS: firmware(), Kernel: bzImage, Initrd: l1img,
 		Append: strings.TrimSpace("console=ttyS0 panic=-1 quiet loglevel=3 mitigations=off " + opts.L1Append),
 		Extra:  []string{"-virtfs", "local,path=" + qemuEscape(dir) + ",mount_tag=" + protocol.L1JobTag + ",security_model=none,id=" + protocol.L1JobTag},
 	}
@@ -380,36 +436,21 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 		// as holes punched in the sparse file.
 		l1.Extra = append(l1.Extra, "-drive", "file="+qemuEscape(scratch)+",if=virtio,format=raw,cache=unsafe,aio=threads,discard=unmap")
 	}
-	t0 := time.Now()
-	watch := newConsole(opts.Stdout, t0)
-	if scratch != "" {
-		// Campaigns print reproduce commands and kept images with L1
-		// paths; show the host's.
-		watch.rewrite = func(line string) string { return m.hostLine(line) }
-	}
-	cmd := exec.CommandContext(ctx, "nice", append([]string{"-n", "5"}, l1.Args()...)...)
-	cmd.Stdout, cmd.Stderr = watch, watch
-	cmd.WaitDelay = 5 * time.Second
-	qerr := cmd.Run()
-	watch.flush()
-	s.Console = watch.recent()
-	s.L1Boot, s.L1Uptime = watch.l1Boot()
-	// Even when L1 was killed or died, the runs it finished keep their
-	// results and outputs (a long campaign session must not lose the
-	// campaigns before the one that failed).
-	var failure error
-	switch {
-	case ctx.Err() != nil:
-		failure = fmt.Errorf("QEMU L1 killed: %w", ctx.Err())
-	case qerr != nil:
-		failure = fmt.Errorf("QEMU L1: %w: %s", qerr, watch.tail())
-	}
-	for i := range runs {
+	return l1
+}
+
+// collectAll reads back the results of the n runs into s. Even when L1 was
+// killed or died, the runs it finished keep their results and outputs (a
+// long campaign session must not lose the campaigns before the one that
+// failed); the first run without a status ends the list and becomes
+// *failure unless it is already set.
+func collectAll(s *Session, dir string, m *mapper, watch *console, n int, failure *error) error {
+	for i := range n {
 		res, err := collect(dir, i, watch)
 		if errors.Is(err, ErrNoStatus) {
 			// L1 itself failed: no run after i has a result either.
-			if failure == nil {
-				failure = err
+			if *failure == nil {
+				*failure = err
 			}
 			break
 		}
@@ -421,14 +462,6 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 		if err := m.copyStats(i); err != nil {
 			return err
 		}
-	}
-	if failure != nil {
-		// The scratch disk was not unmounted: its kept directories are
-		// not worth reading.
-		return failure
-	}
-	if scratch != "" && len(m.kept) > 0 {
-		return copyKeptDirs(ctx, scratch, m.kept)
 	}
 	return nil
 }
