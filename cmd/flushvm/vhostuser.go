@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 
@@ -23,119 +22,138 @@ import (
 	"github.com/flushvm/flushvm/virtio/vhostuser"
 )
 
-// vhostUserBlkUsage is the subcommand's synopsis.
-const vhostUserBlkUsage = `usage: flushvm vhost-user-blk --socket PATH --disk SPEC [--queues N] [--queue-size N] [--stats FILE]
+// vhostUserFlags are the flags of `flushvm vhost-user-blk`.
+type vhostUserFlags struct {
+	fs        *pflag.FlagSet
+	socket    string
+	disk      string
+	queues    int
+	queueSize uint16
+	stats     string
+}
 
-Serves the disk SPEC (as in flushvm run: path=FILE[,cache=MODE][,readonly=on|off][,serial=S])
-to one vhost-user frontend connecting to the unix socket PATH. When the frontend
-disconnects, or on SIGINT/SIGTERM, writes --stats and exits 0. A frontend that
-breaks the protocol ends the session: the reason is logged, --stats written, exit 1.
---queue-size must equal the frontend's ring size (QEMU vhost-user-blk-pci queue-size,
-128 by default): the device tells the guest how long a request may be from it.
-A crashed frontend is not served again (no inflight tracking): start a new backend.
-FLUSHVM_VHOST_TRACE=1 in the environment logs every protocol message.
+func newVhostUserFlags() *vhostUserFlags {
+	f := &vhostUserFlags{fs: pflag.NewFlagSet("vhost-user-blk", pflag.ContinueOnError)}
+	fs := f.fs
+	fs.SortFlags = false
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&f.socket, "socket", "", "unix socket PATH to listen on (required)\n  e.g. --socket /tmp/vhu.sock")
+	fs.StringVar(&f.disk, "disk", "", "disk SPEC, as in flushvm run: path=FILE[,cache=MODE][,readonly=on|off][,serial=S]\n"+
+		"  (required)\n  e.g. --disk path=disk.img,cache=writeback")
+	fs.IntVar(&f.queues, "queues", 1, fmt.Sprintf("number of request queues (1..%d)\n  e.g. --queues 2", blk.MaxQueues))
+	fs.Uint16Var(&f.queueSize, "queue-size", 128, "ring size of every queue; must equal the frontend's (QEMU vhost-user-blk-pci\n"+
+		"  queue-size): the device tells the guest how long a request may be from it\n  e.g. --queue-size 256")
+	fs.StringVar(&f.stats, "stats", "", "write the statistics JSON document to FILE at exit\n  e.g. --stats stats.json")
+	fs.Usage = func() {}
+	return f
+}
 
-Example:
-  flushvm vhost-user-blk --socket /tmp/vhu.sock --disk path=disk.img,cache=writeback --stats stats.json &
-  qemu-system-x86_64 ... -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
-      -chardev socket,id=vhu,path=/tmp/vhu.sock -device vhost-user-blk-pci,chardev=vhu,num-queues=1
-`
+func (f *vhostUserFlags) usage(w io.Writer) {
+	fmt.Fprintln(w, "Usage: flushvm vhost-user-blk --socket PATH --disk SPEC [--queues N] [--queue-size N] [--stats FILE]")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Serves the disk SPEC to one vhost-user frontend connecting to the unix socket PATH.")
+	fmt.Fprintln(w, "When the frontend disconnects, or on SIGINT/SIGTERM, writes --stats and exits 0. A")
+	fmt.Fprintln(w, "frontend that breaks the protocol ends the session: the reason is logged, --stats")
+	fmt.Fprintln(w, "written, exit 1. A crashed frontend is not served again (no inflight tracking): start")
+	fmt.Fprintln(w, "a new backend. FLUSHVM_VHOST_TRACE=1 in the environment logs every protocol message.")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Flags:")
+	fmt.Fprint(w, f.fs.FlagUsagesWrapped(0))
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Exit status: 0 clean session, 1 protocol or I/O failure, 2 usage error.")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Example:")
+	fmt.Fprintln(w, "  flushvm vhost-user-blk --socket /tmp/vhu.sock --disk path=disk.img,cache=writeback --stats stats.json &")
+	fmt.Fprintln(w, "  qemu-system-x86_64 ... -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \\")
+	fmt.Fprintln(w, "      -chardev socket,id=vhu,path=/tmp/vhu.sock -device vhost-user-blk-pci,chardev=vhu,num-queues=1")
+}
 
 func init() {
 	registerCommand(command{
 		name:    "vhost-user-blk",
 		summary: "serve a disk to QEMU (or another VMM) as a vhost-user-blk backend",
-		run: func(args []string, _, stderr io.Writer) int {
-			return runVhostUserBlk(args, stderr)
-		},
-		usage: func(w io.Writer) { fmt.Fprint(w, vhostUserBlkUsage) },
+		run:     runVhostUserBlk,
+		usage:   func(w io.Writer) { newVhostUserFlags().usage(w) },
 	})
-}
-
-// errVhostUsage marks command-line mistakes (exit status 2); its text is
-// not shown.
-var errVhostUsage = errors.New("usage")
-
-// usageMessage strips errVhostUsage's "usage: " prefix.
-func usageMessage(err error) string {
-	return strings.TrimPrefix(oneLine(err), errVhostUsage.Error()+": ")
 }
 
 // runVhostUserBlk runs `flushvm vhost-user-blk args...` and returns the
 // process exit status: 0 after a clean session, 1 when the frontend broke
 // the protocol or the stats could not be written, 2 on a usage error.
-func runVhostUserBlk(args []string, stderr io.Writer) int {
-	logger := log.New(stderr, "flushvm vhost-user-blk: ", 0)
-	err := vhostUserBlk(args, logger)
-	switch {
-	case err == nil:
-		return exitOK
-	case errors.Is(err, pflag.ErrHelp):
-		fmt.Fprint(stderr, vhostUserBlkUsage)
-		return exitOK
-	case errors.Is(err, errVhostUsage):
-		logger.Print(usageMessage(err))
-		return exitUsage
-	default:
-		logger.Print(oneLine(err))
-		return exitFailure
+func runVhostUserBlk(args []string, stdout, stderr io.Writer) int {
+	f := newVhostUserFlags()
+	if status, ok := parseCommandFlags("vhost-user-blk", f.fs, f.usage, args, stdout, stderr); !ok {
+		return status
 	}
+	if err := f.serve(log.New(stderr, "flushvm vhost-user-blk: ", 0)); err != nil {
+		return commandFailed("vhost-user-blk", err, stderr)
+	}
+	return exitOK
 }
 
-func vhostUserBlk(args []string, logger *log.Logger) error {
-	fs := pflag.NewFlagSet("vhost-user-blk", pflag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	socket := fs.String("socket", "", "unix socket PATH to listen on")
-	diskSpec := fs.String("disk", "", "disk SPEC: path=FILE[,cache=MODE][,readonly=on|off][,serial=S]")
-	queues := fs.Int("queues", 1, fmt.Sprintf("number of request queues (1..%d)", blk.MaxQueues))
-	queueSize := fs.Uint16("queue-size", 128, "ring size of every queue; must equal the frontend's (QEMU vhost-user-blk-pci queue-size)")
-	statsPath := fs.String("stats", "", "write the statistics JSON document to FILE at exit")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return err
-		}
-		return fmt.Errorf("%w: %v (see flushvm help vhost-user-blk)", errVhostUsage, err)
-	}
+// check validates the flags and returns the disk's spec.
+func (f *vhostUserFlags) check() (blk.Spec, error) {
 	switch {
-	case fs.NArg() > 0:
-		return fmt.Errorf("%w: unexpected argument %q (see --help)", errVhostUsage, fs.Arg(0))
-	case *socket == "":
-		return fmt.Errorf("%w: --socket PATH is required", errVhostUsage)
-	case *diskSpec == "":
-		return fmt.Errorf("%w: --disk SPEC is required", errVhostUsage)
-	case *queues < 1 || *queues > blk.MaxQueues:
-		return fmt.Errorf("%w: --queues %d: want 1..%d", errVhostUsage, *queues, blk.MaxQueues)
-	case *queueSize < 4 || *queueSize > blk.MaxQueueSizeLimit || *queueSize&(*queueSize-1) != 0:
-		return fmt.Errorf("%w: --queue-size %d: want a power of two, 4..%d", errVhostUsage, *queueSize, blk.MaxQueueSizeLimit)
+	case f.socket == "":
+		return blk.Spec{}, userErrorf("--socket PATH is required")
+	case f.disk == "":
+		return blk.Spec{}, userErrorf("--disk SPEC is required")
+	case f.queues < 1 || f.queues > blk.MaxQueues:
+		return blk.Spec{}, userErrorf("--queues %d: want 1..%d", f.queues, blk.MaxQueues)
+	case f.queueSize < 4 || f.queueSize > blk.MaxQueueSizeLimit || f.queueSize&(f.queueSize-1) != 0:
+		return blk.Spec{}, userErrorf("--queue-size %d: want a power of two, 4..%d", f.queueSize, blk.MaxQueueSizeLimit)
 	}
-	spec, err := blk.ParseSpec(*diskSpec)
+	spec, err := blk.ParseSpec(f.disk)
 	if err != nil {
-		return fmt.Errorf("%w: --disk: %v", errVhostUsage, err)
+		return spec, userErrorf("--disk: %v", err)
 	}
 	if spec.HasPowerCut() {
 		// The backend has no power to cut: only flushvm run stops a
 		// machine at the instant of a cut.
-		return fmt.Errorf("%w: --disk: powercut= works with flushvm run only", errVhostUsage)
+		return spec, userErrorf("--disk: powercut= works with flushvm run only")
 	}
-	if *statsPath != "" {
-		if st, err := os.Stat(filepath.Dir(*statsPath)); err != nil || !st.IsDir() {
-			return fmt.Errorf("%w: --stats %s: directory does not exist", errVhostUsage, *statsPath)
+	if f.stats != "" {
+		if st, err := os.Stat(filepath.Dir(f.stats)); err != nil || !st.IsDir() {
+			return spec, userErrorf("--stats %s: directory does not exist", f.stats)
 		}
 	}
-	dev, err := blk.Open(spec, blk.Options{Queues: *queues, MaxQueueSize: *queueSize})
+	return spec, nil
+}
+
+// serve opens the disk, serves one frontend session and writes --stats.
+func (f *vhostUserFlags) serve(logger *log.Logger) error {
+	spec, err := f.check()
 	if err != nil {
-		return fmt.Errorf("%w: --disk: %v", errVhostUsage, err)
+		return err
+	}
+	dev, err := blk.Open(spec, blk.Options{Queues: f.queues, MaxQueueSize: f.queueSize})
+	if err != nil {
+		return userErrorf("--disk: %v", err)
 	}
 	defer dev.Close()
-	l, err := vhostuser.Listen(*socket)
+	l, err := vhostuser.Listen(f.socket)
 	if err != nil {
-		return fmt.Errorf("%w: --socket: %v", errVhostUsage, err)
+		return userErrorf("--socket: %v", err)
 	}
 	defer l.Release()
+	logger.Printf("serving %s (cache=%s, %d queue(s) of %d) on %s", spec.Path, spec.Cache, f.queues, f.queueSize, f.socket)
+	sessionErr := serveOne(l, dev, logger)
+	if f.stats != "" {
+		if err := disk.WriteStats(f.stats, disk.Stats{Disks: []disk.DiskStats{{Stats: dev.Stats()}}}); err != nil {
+			if sessionErr != nil {
+				logger.Print(sessionErr)
+			}
+			return err
+		}
+	}
+	return sessionErr
+}
 
-	// SIGINT/SIGTERM: stop accepting, and shut the frontend's connection
-	// down so Serve returns after resetting the device (requests in flight
-	// complete first).
+// serveOne accepts one frontend on l and serves dev to it until it
+// disconnects. SIGINT/SIGTERM stop accepting and shut the frontend's
+// connection down, so Serve returns after resetting the device (requests in
+// flight complete first).
+func serveOne(l *vhostuser.Listener, dev *blk.Device, logger *log.Logger) error {
 	var (
 		mu       sync.Mutex
 		conn     = -1
@@ -156,42 +174,29 @@ func vhostUserBlk(args []string, logger *log.Logger) error {
 			l.Close()
 		}
 	}()
-
-	logger.Printf("serving %s (cache=%s, %d queue(s) of %d) on %s", spec.Path, spec.Cache, *queues, *queueSize, *socket)
-	var sessionErr error
 	fd, err := l.Accept()
 	switch {
 	case errors.Is(err, vhostuser.ErrListenerClosed):
-		// Signalled before a frontend came.
+		return nil // signalled before a frontend came
 	case err != nil:
-		sessionErr = err
-	default:
-		l.Close() // one frontend per process
-		mu.Lock()
-		if stopping {
-			unix.Shutdown(fd, unix.SHUT_RDWR)
-		}
-		conn = fd
-		mu.Unlock()
-		logger.Printf("frontend connected")
-		sessionErr = vhostuser.Serve(fd, dev, vhostuser.Options{Log: logger, Trace: os.Getenv("FLUSHVM_VHOST_TRACE") != ""})
-		mu.Lock()
-		conn = -1
-		mu.Unlock()
-		unix.Close(fd)
-		if sessionErr == nil {
-			logger.Printf("frontend disconnected")
-		} else {
-			sessionErr = fmt.Errorf("session ended: %w", sessionErr)
-		}
+		return err
 	}
-	if *statsPath != "" {
-		if err := disk.WriteStats(*statsPath, disk.Stats{Disks: []disk.DiskStats{{Stats: dev.Stats()}}}); err != nil {
-			if sessionErr != nil {
-				logger.Print(sessionErr)
-			}
-			return err
-		}
+	l.Close() // one frontend per process
+	mu.Lock()
+	if stopping {
+		unix.Shutdown(fd, unix.SHUT_RDWR)
 	}
-	return sessionErr
+	conn = fd
+	mu.Unlock()
+	logger.Printf("frontend connected")
+	err = vhostuser.Serve(fd, dev, vhostuser.Options{Log: logger, Trace: os.Getenv("FLUSHVM_VHOST_TRACE") != ""})
+	mu.Lock()
+	conn = -1
+	mu.Unlock()
+	unix.Close(fd)
+	if err != nil {
+		return fmt.Errorf("session ended: %w", err)
+	}
+	logger.Printf("frontend disconnected")
+	return nil
 }

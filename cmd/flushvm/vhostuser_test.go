@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -45,7 +46,7 @@ func TestVhostUserBlkUsage(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			var stderr bytes.Buffer
-			if code := runVhostUserBlk(tc.args, &stderr); code != exitUsage {
+			if code := runVhostUserBlk(tc.args, io.Discard, &stderr); code != exitUsage {
 				t.Errorf("exit %d, want %d; stderr %q", code, exitUsage, stderr.String())
 			}
 			out := stderr.String()
@@ -79,7 +80,7 @@ func (l *lockedBuffer) String() string {
 func startVhostUserBlk(t *testing.T, args []string) (stderr *lockedBuffer, code chan int) {
 	t.Helper()
 	stderr, code = &lockedBuffer{}, make(chan int, 1)
-	go func() { code <- runVhostUserBlk(args, stderr) }()
+	go func() { code <- runVhostUserBlk(args, io.Discard, stderr) }()
 	for i := 0; !strings.Contains(stderr.String(), "serving"); i++ {
 		if i == 200 {
 			t.Fatalf("not serving: %s", stderr.String())
