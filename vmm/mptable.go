@@ -59,53 +59,13 @@ func buildMPTable(c mpConfig, addr uint32) ([]byte, error) {
 	if c.cpus < 1 || c.cpus > 254 {
 		return nil, fmt.Errorf("MP table: %d CPUs (1-254 supported)", c.cpus)
 	}
-	le := binary.LittleEndian
-	var entries []byte
-	count := 0
-	add := func(e []byte) { entries = append(entries, e...); count++ }
-
+	w := &mpEntries{ioapicID: c.ioapicID()}
 	for i := 0; i < c.cpus; i++ {
-		e := make([]byte, 20)
-		e[0] = mpEntryProcessor
-		e[1] = uint8(i)
-		e[2] = mpAPICVersion
-		e[3] = mpCPUEnabled
-		if i == 0 {
-			e[3] |= mpCPUBSP
-		}
-		le.PutUint32(e[4:], c.cpuSig)
-		le.PutUint32(e[8:], c.cpuFeature)
-		add(e)
+		w.processor(uint8(i), c.cpuSig, c.cpuFeature)
 	}
-	bus := func(id uint8, name string) {
-		e := make([]byte, 8)
-		e[0] = mpEntryBus
-		e[1] = id
-		copy(e[2:8], fmt.Sprintf("%-6s", name))
-		add(e)
-	}
-	bus(mpBusPCI, "PCI")
-	bus(mpBusISA, "ISA")
-
-	ioapic := make([]byte, 8)
-	ioapic[0] = mpEntryIOAPIC
-	ioapic[1] = c.ioapicID()
-	ioapic[2] = mpIOAPICVer
-	ioapic[3] = 1 // usable
-	le.PutUint32(ioapic[4:], ioapicAddr)
-	add(ioapic)
-
-	ioint := func(typ uint8, flags uint16, srcBus, srcIRQ, pin uint8) {
-		e := make([]byte, 8)
-		e[0] = mpEntryIOInt
-		e[1] = typ
-		le.PutUint16(e[2:], flags)
-		e[4] = srcBus
-		e[5] = srcIRQ
-		e[6] = c.ioapicID()
-		e[7] = pin
-		add(e)
-	}
+	w.bus(mpBusPCI, "PCI")
+	w.bus(mpBusISA, "ISA")
+	w.ioapic()
 	// ISA IRQ n is IOAPIC pin n, as in KVM's default GSI routing (IRQ 2 is
 	// the PIC cascade and has no device). The serial port's interrupt is
 	// level-triggered: its line stays high while an interrupt is pending,
@@ -119,37 +79,101 @@ func buildMPTable(c mpConfig, addr uint32) ([]byte, error) {
 		case irqCOM1:
 			flags = mpFlagsLevelHigh
 		}
-		ioint(mpIntTypeINT, flags, mpBusISA, irq, irq)
+		w.ioint(mpIntTypeINT, flags, mpBusISA, irq, irq)
 	}
 	for _, slot := range c.pciSlots {
 		if slot < 1 || slot > 31 {
 			return nil, fmt.Errorf("MP table: PCI slot %d out of range", slot)
 		}
 		// Source IRQ of a PCI interrupt: device number << 2 | pin (0 = INTA#).
-		ioint(mpIntTypeINT, mpFlagsLevelHigh, mpBusPCI, uint8(slot)<<2, pciPin(slot))
+		w.ioint(mpIntTypeINT, mpFlagsLevelHigh, mpBusPCI, uint8(slot)<<2, pciPin(slot))
 	}
+	w.lint(mpIntTypeExtINT, 0)
+	w.lint(mpIntTypeNMI, 1)
+	return w.table(addr), nil
+}
 
-	lint := func(typ, pin uint8) {
-		e := make([]byte, 8)
-		e[0] = mpEntryLocalInt
-		e[1] = typ
-		e[4] = mpBusISA
-		e[6] = 0xff // all local APICs
-		e[7] = pin
-		add(e)
+// mpEntries collects the entries of an MP configuration table.
+type mpEntries struct {
+	ioapicID uint8
+	b        []byte
+	count    int
+}
+
+func (w *mpEntries) add(e []byte) { w.b = append(w.b, e...); w.count++ }
+
+// processor adds CPU id (the first is the bootstrap processor).
+func (w *mpEntries) processor(id uint8, sig, features uint32) {
+	e := make([]byte, 20)
+	e[0] = mpEntryProcessor
+	e[1] = id
+	e[2] = mpAPICVersion
+	e[3] = mpCPUEnabled
+	if id == 0 {
+		e[3] |= mpCPUBSP
 	}
-	lint(mpIntTypeExtINT, 0)
-	lint(mpIntTypeNMI, 1)
+	binary.LittleEndian.PutUint32(e[4:], sig)
+	binary.LittleEndian.PutUint32(e[8:], features)
+	w.add(e)
+}
 
+// bus adds bus id named name.
+func (w *mpEntries) bus(id uint8, name string) {
+	e := make([]byte, 8)
+	e[0] = mpEntryBus
+	e[1] = id
+	copy(e[2:8], fmt.Sprintf("%-6s", name))
+	w.add(e)
+}
+
+// ioapic adds the I/O APIC.
+func (w *mpEntries) ioapic() {
+	e := make([]byte, 8)
+	e[0] = mpEntryIOAPIC
+	e[1] = w.ioapicID
+	e[2] = mpIOAPICVer
+	e[3] = 1 // usable
+	binary.LittleEndian.PutUint32(e[4:], ioapicAddr)
+	w.add(e)
+}
+
+// ioint adds an I/O interrupt assignment: srcIRQ of srcBus is I/O APIC pin.
+func (w *mpEntries) ioint(typ uint8, flags uint16, srcBus, srcIRQ, pin uint8) {
+	e := make([]byte, 8)
+	e[0] = mpEntryIOInt
+	e[1] = typ
+	binary.LittleEndian.PutUint16(e[2:], flags)
+	e[4] = srcBus
+	e[5] = srcIRQ
+	e[6] = w.ioapicID
+	e[7] = pin
+	w.add(e)
+}
+
+// lint adds a local interrupt assignment to LINT pin of every local APIC.
+func (w *mpEntries) lint(typ, pin uint8) {
+	e := make([]byte, 8)
+	e[0] = mpEntryLocalInt
+	e[1] = typ
+	e[4] = mpBusISA
+	e[6] = 0xff // all local APICs
+	e[7] = pin
+	w.add(e)
+}
+
+// table returns the floating pointer structure at addr followed by the
+// configuration table header and the entries.
+func (w *mpEntries) table(addr uint32) []byte {
+	le := binary.LittleEndian
 	hdr := make([]byte, mpHeaderSize)
 	copy(hdr[0:], "PCMP")
-	le.PutUint16(hdr[4:], uint16(mpHeaderSize+len(entries)))
+	le.PutUint16(hdr[4:], uint16(mpHeaderSize+len(w.b)))
 	hdr[6] = 4 // spec revision 1.4
 	copy(hdr[8:16], "FLUSHVM ")
 	copy(hdr[16:28], "KVM GUEST   ")
-	le.PutUint16(hdr[34:], uint16(count))
+	le.PutUint16(hdr[34:], uint16(w.count))
 	le.PutUint32(hdr[36:], lapicAddr)
-	table := append(hdr, entries...)
+	table := append(hdr, w.b...)
 	table[7] = checksum(table)
 
 	fp := make([]byte, mpFloatingSize)
@@ -158,7 +182,7 @@ func buildMPTable(c mpConfig, addr uint32) ([]byte, error) {
 	fp[8] = 1 // length in 16-byte units
 	fp[9] = 4 // spec revision 1.4
 	fp[10] = checksum(fp)
-	return append(fp, table...), nil
+	return append(fp, table...)
 }
 
 // checksum returns the byte that makes the sum of b (whose checksum byte is
