@@ -153,31 +153,7 @@ func New(cfg Config) (m *Machine, err error) {
 			built.Close()
 		}
 	}()
-	if m.sys, err = kvm.Open(); err != nil {
-		return nil, err
-	}
-	for _, c := range []kvm.Cap{kvm.CapIRQChip, kvm.CapUserMemory, kvm.CapPIT2, kvm.CapIRQRouting,
-		kvm.CapIRQFD, kvm.CapIOEventFD, kvm.CapImmediateExit, kvm.CapExtCPUID} {
-		if m.sys.CheckExtension(c) <= 0 {
-			return nil, fmt.Errorf("host KVM lacks capability %d", c)
-		}
-	}
-	if max := m.sys.CheckExtension(kvm.CapMaxVCPUs); max > 0 && cfg.CPUs > max {
-		return nil, fmt.Errorf("%d vCPUs: host KVM allows at most %d", cfg.CPUs, max)
-	}
-	if m.vm, err = m.sys.CreateVM(); err != nil {
-		return nil, err
-	}
-	if err = m.vm.SetTSSAddr(tssAddr); err != nil {
-		return nil, err
-	}
-	if err = m.vm.SetIdentityMapAddr(identityAddr); err != nil {
-		return nil, err
-	}
-	if err = m.vm.CreateIRQChip(); err != nil {
-		return nil, err
-	}
-	if err = m.vm.CreatePIT2(); err != nil {
+	if err = m.createVM(cfg.CPUs); err != nil {
 		return nil, err
 	}
 	m.router = newIRQRouter(m.vm)
@@ -225,6 +201,40 @@ func New(cfg Config) (m *Machine, err error) {
 		return nil, fmt.Errorf("console: %w", err)
 	}
 	return m, nil
+}
+
+// createVM opens KVM, checks that it has what the machine needs for cpus
+// vCPUs, and creates the VM with its TSS, identity map, in-kernel IRQ chip
+// and PIT.
+func (m *Machine) createVM(cpus int) (err error) {
+	if m.sys, err = kvm.Open(); err != nil {
+		return err
+	}
+	for _, c := range []kvm.Cap{kvm.CapIRQChip, kvm.CapUserMemory, kvm.CapPIT2, kvm.CapIRQRouting,
+		kvm.CapIRQFD, kvm.CapIOEventFD, kvm.CapImmediateExit, kvm.CapExtCPUID} {
+		if m.sys.CheckExtension(c) <= 0 {
+			return fmt.Errorf("host KVM lacks capability %d", c)
+		}
+	}
+	if max := m.sys.CheckExtension(kvm.CapMaxVCPUs); max > 0 && cpus > max {
+		return fmt.Errorf("%d vCPUs: host KVM allows at most %d", cpus, max)
+	}
+	if m.vm, err = m.sys.CreateVM(); err != nil {
+		return err
+	}
+	if err = m.vm.SetTSSAddr(tssAddr); err != nil {
+		return err
+	}
+	if err = m.vm.SetIdentityMapAddr(identityAddr); err != nil {
+		return err
+	}
+	if err = m.vm.CreateIRQChip(); err != nil {
+		return err
+	}
+	if err = m.vm.CreatePIT2(); err != nil {
+		return err
+	}
+	return nil
 }
 
 // createVCPUs creates n vCPUs with their CPUID tables and the per-vCPU
