@@ -202,23 +202,9 @@ func checkRange(sector, nbytes, capacity uint64) error {
 func parseRequest(mem *guestmem.Memory, c *virtio.Chain, lim limits, r *request) error {
 	r.reset()
 	ds := c.Descriptors
-	if len(ds) == 0 {
-		return fmt.Errorf("%w: empty chain", ErrNoStatus)
+	if err := parseStatus(mem, ds, r); err != nil {
+		return err
 	}
-	last := ds[len(ds)-1]
-	if !last.Writable || last.Len == 0 {
-		return fmt.Errorf("%w: last descriptor is not a device-writable buffer", ErrNoStatus)
-	}
-	end := last.Addr + uint64(last.Len)
-	if end < last.Addr {
-		return fmt.Errorf("%w: status buffer wraps the address space", ErrNoStatus)
-	}
-	st, err := mem.Slice(end-1, 1)
-	if err != nil {
-		return fmt.Errorf("%w: status byte outside guest memory", ErrNoStatus)
-	}
-	r.status = st
-
 	// Device-readable descriptors first, then device-writable ones.
 	nr := 0
 	for nr < len(ds) && !ds[nr].Writable {
@@ -240,10 +226,39 @@ func parseRequest(mem *guestmem.Memory, c *virtio.Chain, lim limits, r *request)
 	}
 	r.typ = binary.LittleEndian.Uint32(r.hdr[0:4])
 	r.sector = binary.LittleEndian.Uint64(r.hdr[8:16])
+	return parseBody(mem, ds, nr, cur, lim, r)
+}
+
+// parseStatus finds the request's status byte: the last byte of the last
+// descriptor, which must be device-writable.
+func parseStatus(mem *guestmem.Memory, ds []virtio.Descriptor, r *request) error {
+	if len(ds) == 0 {
+		return fmt.Errorf("%w: empty chain", ErrNoStatus)
+	}
+	last := ds[len(ds)-1]
+	if !last.Writable || last.Len == 0 {
+		return fmt.Errorf("%w: last descriptor is not a device-writable buffer", ErrNoStatus)
+	}
+	end := last.Addr + uint64(last.Len)
+	if end < last.Addr {
+		return fmt.Errorf("%w: status buffer wraps the address space", ErrNoStatus)
+	}
+	st, err := mem.Slice(end-1, 1)
+	if err != nil {
+		return fmt.Errorf("%w: status byte outside guest memory", ErrNoStatus)
+	}
+	r.status = st
+	return nil
+}
+
+// parseBody checks the data buffers of a request of type r.typ against
+// its direction and the disk, and gathers them into r: the nr
+// device-readable descriptors of ds (the header read up to cur) come
+// first, then the device-writable ones, whose last byte is the status.
+func parseBody(mem *guestmem.Memory, ds []virtio.Descriptor, nr int, cur cursor, lim limits, r *request) error {
 	outLen := readableLeft(ds, nr, cur)
 	in := cursor{di: nr}
 	inLen := writableLen(ds, nr) - 1 // the status byte is not data
-
 	switch r.typ {
 	case TypeIn:
 		if outLen != 0 {
