@@ -193,16 +193,23 @@ func runOne(i int, r protocol.L1Run) (status int, maxRSS int64, err error) {
 			maxRSS = ru.Maxrss // KiB on Linux
 		}
 	}
+	return outcome(r, err, silent.Load(), guestOut.n.Load() == 0, ctx.Err() != nil, maxRSS)
+}
+
+// outcome turns how run r's command ended (err from Wait; killed for
+// silence; no byte on stdout; its context ended) into its exit status or
+// the error that replaces one.
+func outcome(r protocol.L1Run, err error, silent, noOutput, ctxDone bool, maxRSS int64) (int, int64, error) {
 	var ee *exec.ExitError
 	switch {
-	case silent.Load():
+	case silent:
 		return 0, maxRSS, fmt.Errorf("%s: %w in %v", r.Argv[0], errSilent, silentLimit)
-	case err == nil && isFlushvmRun(r.Argv) && guestOut.n.Load() == 0:
+	case err == nil && isFlushvmRun(r.Argv) && noOutput:
 		// Status 0 (a guest reset) without a byte from the guest: it
 		// crashed before its console came up. Other statuses are
 		// flushvm's own (a usage error, a failed machine).
 		return 0, maxRSS, fmt.Errorf("%s: %w: the guest reset before its first byte", r.Argv[0], errSilent)
-	case ctx.Err() != nil:
+	case ctxDone:
 		return 0, maxRSS, fmt.Errorf("%s: timed out after %d s", r.Argv[0], r.TimeoutSec)
 	case err == nil:
 		return 0, maxRSS, nil
