@@ -327,18 +327,8 @@ func (e *env) boot(ctx context.Context, b backend, syncJob string) (bootResult, 
 		Append: "console=ttyS0 panic=-1 quiet flushvm.run=script flushvm.args=" + runArg,
 		Extra:  []string{"-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-numa", "node,memdev=mem"},
 	}.Args()
-	var daemon *exec.Cmd
 	var daemonErr bytes.Buffer
-	switch b.Short {
-	case "flushvm":
-		daemon = exec.CommandContext(ctx, "nice", strace(e.flushvm, "vhost-user-blk", "--socket", sock,
-			"--disk", "path="+e.disk+",cache=writeback", "--stats", filepath.Join(dir, "stats.json"))...)
-	case "qsd":
-		daemon = exec.CommandContext(ctx, "nice", strace("qemu-storage-daemon",
-			"--blockdev", "driver=file,node-name=f0,filename="+e.disk,
-			"--blockdev", "driver=raw,node-name=d0,file=f0",
-			"--export", "type=vhost-user-blk,id=e0,addr.type=unix,addr.path="+sock+",node-name=d0,writable=on,num-queues=1")...)
-	}
+	daemon := e.daemon(ctx, b, sock, dir, strace)
 	if daemon != nil {
 		daemon.Stderr = &daemonErr
 		daemon.Stdout = &daemonErr
@@ -374,22 +364,23 @@ func (e *env) boot(ctx context.Context, b backend, syncJob string) (bootResult, 
 		return bootResult{}, fmt.Errorf("qemu: %w", err)
 	}
 	if daemon != nil {
-		if b.Short == "qsd" {
-			// qemu-storage-daemon serves on after the frontend leaves;
-			// SIGTERM the daemon itself (under strace, strace's child).
-			signalDaemon(daemon, syncCounting)
-		}
-		done := make(chan error, 1)
-		go func() { done <- daemon.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(60 * time.Second):
-			daemon.Process.Kill()
-			<-done
-			return bootResult{}, fmt.Errorf("%s did not exit: %s", b.Name, daemonErr.String())
+		if err := stopDaemon(daemon, b, syncCounting); err != nil {
+			return bootResult{}, fmt.Errorf("%w: %s", err, daemonErr.String())
 		}
 	}
-	r, err := parseConsole(console.String())
+	// The backend's CPU time: the daemon's, or QEMU's for its own device.
+	served := q
+	if daemon != nil {
+		served = daemon
+	}
+	return resultOf(b, console.String(), straceOut, syncCounting, served)
+}
+
+// resultOf reads a finished boot of backend b: fio's numbers from the
+// console, the host syncs strace counted in straceOut (when counting), and
+// the CPU time of served, the process that served the disk.
+func resultOf(b backend, console, straceOut string, syncCounting bool, served *exec.Cmd) (bootResult, error) {
+	r, err := parseConsole(console)
 	if err != nil {
 		return r, fmt.Errorf("%s: %w", b.Name, err)
 	}
@@ -400,12 +391,46 @@ func (e *env) boot(ctx context.Context, b backend, syncJob string) (bootResult, 
 		}
 		r.syncs.HostSyncs, r.syncs.Measured = n, true
 	}
-	if daemon != nil && daemon.ProcessState != nil {
-		r.cpu = daemon.ProcessState.UserTime() + daemon.ProcessState.SystemTime()
-	} else if q.ProcessState != nil {
-		r.cpu = q.ProcessState.UserTime() + q.ProcessState.SystemTime()
+	if ps := served.ProcessState; ps != nil {
+		r.cpu = ps.UserTime() + ps.SystemTime()
 	}
 	return r, nil
+}
+
+// daemon is the vhost-user backend's command for backend b serving e's
+// disk on sock (nil: b is QEMU's own virtio-blk); wrap adds strace when
+// host syncs are counted.
+func (e *env) daemon(ctx context.Context, b backend, sock, dir string, wrap func(...string) []string) *exec.Cmd {
+	switch b.Short {
+	case "flushvm":
+		return exec.CommandContext(ctx, "nice", wrap(e.flushvm, "vhost-user-blk", "--socket", sock,
+			"--disk", "path="+e.disk+",cache=writeback", "--stats", filepath.Join(dir, "stats.json"))...)
+	case "qsd":
+		return exec.CommandContext(ctx, "nice", wrap("qemu-storage-daemon",
+			"--blockdev", "driver=file,node-name=f0,filename="+e.disk,
+			"--blockdev", "driver=raw,node-name=d0,file=f0",
+			"--export", "type=vhost-user-blk,id=e0,addr.type=unix,addr.path="+sock+",node-name=d0,writable=on,num-queues=1")...)
+	}
+	return nil
+}
+
+// stopDaemon waits (up to a minute) for the backend to exit once QEMU has:
+// flushvm's ends with its frontend; qemu-storage-daemon serves on, so it
+// gets SIGTERM (under strace, strace's child does).
+func stopDaemon(daemon *exec.Cmd, b backend, syncCounting bool) error {
+	if b.Short == "qsd" {
+		signalDaemon(daemon, syncCounting)
+	}
+	done := make(chan error, 1)
+	go func() { done <- daemon.Wait() }()
+	select {
+	case <-done:
+		return nil
+	case <-time.After(60 * time.Second):
+		daemon.Process.Kill()
+		<-done
+		return fmt.Errorf("%s did not exit", b.Name)
+	}
 }
 
 // signalDaemon sends SIGTERM to the daemon process (the child of strace
@@ -609,6 +634,20 @@ func (r *results) report(w io.Writer, c config, sel []backend) error {
 		fmt.Fprintln(w)
 		rows = append(rows, row)
 	}
+	r.syncTable(w, sel)
+	if err := writeCSV(filepath.Join(c.out, "bench-vhost.csv"), header, rows, r, sel); err != nil {
+		return err
+	}
+	if err := writeSVG(filepath.Join(c.out, "bench-vhost.svg"), chart, sel, c); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "\nwrote %s and %s\n", filepath.Join(c.out, "bench-vhost.csv"), filepath.Join(c.out, "bench-vhost.svg"))
+	return nil
+}
+
+// syncTable prints, per backend and fdatasync job, the write cache the
+// guest saw, the backend's CPU time, and guest flushes against host syncs.
+func (r *results) syncTable(w io.Writer, sel []backend) {
 	fmt.Fprintf(w, "\n%-36s %-13s %-10s %-26s %-14s %-11s %s\n", "backend", "write_cache", "CPU s/run", "fdatasync job", "guest flushes", "host syncs", "syncs/flush")
 	for _, b := range sel {
 		cpu, _ := summarize(r.cpu[b.Short])
@@ -627,14 +666,6 @@ func (r *results) report(w io.Writer, c config, sel []backend) error {
 			fmt.Fprintf(w, "%-36s %-13s %-10.1f %-26s %-14d %-11s %s\n", b.Name, r.wc[b.Short], cpu.med, j.Name, sc.GuestFlushes[j.Name], host, per)
 		}
 	}
-	if err := writeCSV(filepath.Join(c.out, "bench-vhost.csv"), header, rows, r, sel); err != nil {
-		return err
-	}
-	if err := writeSVG(filepath.Join(c.out, "bench-vhost.svg"), chart, sel, c); err != nil {
-		return err
-	}
-	fmt.Fprintf(w, "\nwrote %s and %s\n", filepath.Join(c.out, "bench-vhost.csv"), filepath.Join(c.out, "bench-vhost.svg"))
-	return nil
 }
 
 func f1(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) }

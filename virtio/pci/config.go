@@ -137,7 +137,17 @@ func (t *Transport) buildConfig() {
 		mask32(b.reg+4, 0xffffffff)
 	}
 
-	// Capabilities, chained from 0x40.
+	t.buildCaps()
+}
+
+// buildCaps writes the capability list, chained from 0x40: the virtio
+// structures (common, ISR, device, notify, PCI config access) in BAR0,
+// then MSI-X with its table and PBA in BAR2.
+func (t *Transport) buildCaps() {
+	c, m := &t.cfg, &t.wmask
+	put16 := func(off int, v uint16) { binary.LittleEndian.PutUint16(c[off:], v) }
+	put32 := func(off int, v uint32) { binary.LittleEndian.PutUint32(c[off:], v) }
+	mask32 := func(off int, v uint32) { binary.LittleEndian.PutUint32(m[off:], v) }
 	next := uint32(0x40)
 	c[cfgCapPtr] = byte(next)
 	var prev uint32

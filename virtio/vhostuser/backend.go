@@ -262,22 +262,7 @@ func (s *session) dispatch(m *message) error {
 	case reqGetFeatures:
 		return s.replyU64(m, s.offered)
 	case reqSetFeatures:
-		v, err := m.u64()
-		if err != nil {
-			return err
-		}
-		if v&^s.offered != 0 {
-			return fmt.Errorf("%w: acked %#x, offered %#x", ErrBadFeatures, v, s.offered)
-		}
-		if s.active && v != s.acked {
-			s.deactivate(true)
-		}
-		s.acked, s.featuresSet = v, true
-		// SET_FEATURES is vhost-user's FEATURES_OK.
-		if n, ok := s.dev.(virtio.FeatureNegotiator); ok {
-			n.NegotiateFeatures(v &^ FeatureProtocolFeatures)
-		}
-		return s.reevaluate()
+		return s.setFeatures(m)
 	case reqGetProtocolFeatures:
 		return s.replyU64(m, SupportedProtocolFeatures)
 	case reqSetProtocolFeatures:
@@ -317,18 +302,7 @@ func (s *session) dispatch(m *message) error {
 	case reqGetConfig, reqSetConfig:
 		return s.config(m)
 	case reqSetBackendReqFD:
-		if s.protoAcked&ProtocolBackendReq == 0 {
-			return fmt.Errorf("%w: SET_BACKEND_REQ_FD without the BACKEND_REQ protocol feature", ErrMalformed)
-		}
-		if err := m.noPayload(); err != nil {
-			return err
-		}
-		fd, err := takeFD(m)
-		if err != nil {
-			return err
-		}
-		s.cfg.set(fd)
-		return nil
+		return s.setBackendReqFD(m)
 	case reqGetInflightFD, reqGetMaxMemSlots:
 		// These expect an answer only a backend offering the matching
 		// protocol feature can give.
@@ -336,6 +310,44 @@ func (s *session) dispatch(m *message) error {
 	default:
 		return &refusal{why: "not supported by this backend"}
 	}
+}
+
+// setFeatures is SET_FEATURES, vhost-user's FEATURES_OK: a change of
+// features on a running device stops it first.
+func (s *session) setFeatures(m *message) error {
+	v, err := m.u64()
+	if err != nil {
+		return err
+	}
+	if v&^s.offered != 0 {
+		return fmt.Errorf("%w: acked %#x, offered %#x", ErrBadFeatures, v, s.offered)
+	}
+	if s.active && v != s.acked {
+		s.deactivate(true)
+	}
+	s.acked, s.featuresSet = v, true
+	if n, ok := s.dev.(virtio.FeatureNegotiator); ok {
+		n.NegotiateFeatures(v &^ FeatureProtocolFeatures)
+	}
+	return s.reevaluate()
+}
+
+// setBackendReqFD is SET_BACKEND_REQ_FD: the channel for the backend's
+// own requests (configuration change notices), allowed only with the
+// BACKEND_REQ protocol feature.
+func (s *session) setBackendReqFD(m *message) error {
+	if s.protoAcked&ProtocolBackendReq == 0 {
+		return fmt.Errorf("%w: SET_BACKEND_REQ_FD without the BACKEND_REQ protocol feature", ErrMalformed)
+	}
+	if err := m.noPayload(); err != nil {
+		return err
+	}
+	fd, err := takeFD(m)
+	if err != nil {
+		return err
+	}
+	s.cfg.set(fd)
+	return nil
 }
 
 func (m *message) noPayload() error {
