@@ -287,24 +287,28 @@ func (d *Device) WriteConfig(offset uint32, p []byte) {
 	if uint64(offset) > cfgWriteback || uint64(offset)+uint64(len(p)) <= cfgWriteback {
 		return
 	}
-	f := d.driverFeatures.Load()
-	if f != 0 && f&FeatureConfigWCE == 0 {
-		return
-	}
-	var on bool
 	switch p[cfgWriteback-offset] {
 	case 0:
+		d.SetWriteCache(false)
 	case 1:
-		if f != 0 && f&FeatureFlush == 0 {
-			return
-		}
-		on = true
-	default:
-		return
+		d.SetWriteCache(true)
+	}
+}
+
+// SetWriteCache turns the write cache on or off as a driver would through
+// the configuration space's writeback field, and reports whether the device
+// now has it so: a driver that negotiated features without CONFIG_WCE
+// cannot change it, and without FLUSH cannot turn it on (a cache it could
+// not flush). The guest is not notified.
+func (d *Device) SetWriteCache(on bool) bool {
+	f := d.driverFeatures.Load()
+	if f != 0 && (f&FeatureConfigWCE == 0 || on && f&FeatureFlush == 0) {
+		return d.WriteCache() == on
 	}
 	if d.wce.Swap(on) != on {
 		d.c.wceChanges.Add(1)
 	}
+	return true
 }
 
 // writeThrough reports whether a write must be durable before it completes.

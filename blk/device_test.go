@@ -642,3 +642,35 @@ func TestOneInterruptPerBatch(t *testing.T) {
 		}
 	}
 }
+
+// TestSetWriteCache checks the method the control API uses: it changes
+// the cache as a driver's config write would, and reports refusals (a
+// driver without CONFIG_WCE cannot change it, one without FLUSH cannot turn
+// it on).
+func TestSetWriteCache(t *testing.T) {
+	tests := []struct {
+		name     string
+		features uint64 // 0: not negotiated yet
+		on       bool
+		ok, wce  bool
+	}{
+		{"before negotiation off", 0, false, true, false},
+		{"before negotiation on", 0, true, true, true},
+		{"CONFIG_WCE and FLUSH off", FeatureConfigWCE | FeatureFlush, false, true, false},
+		{"CONFIG_WCE and FLUSH on", FeatureConfigWCE | FeatureFlush, true, true, true},
+		{"no CONFIG_WCE off", FeatureFlush, false, false, true},
+		{"no FLUSH on", FeatureConfigWCE, true, false, false},
+		{"no FLUSH off", FeatureConfigWCE, false, true, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, harnessConfig{})
+			if tc.features != 0 {
+				h.dev.NegotiateFeatures(tc.features)
+			}
+			if ok := h.dev.SetWriteCache(tc.on); ok != tc.ok || h.dev.WriteCache() != tc.wce {
+				t.Errorf("SetWriteCache(%v) = %v with the cache now %v; want %v, %v", tc.on, ok, h.dev.WriteCache(), tc.ok, tc.wce)
+			}
+		})
+	}
+}

@@ -456,27 +456,16 @@ type runController struct {
 	ps    *disk.PowerSupply
 }
 
-// virtioBlkCfgWriteback is the offset of the writeback field in the
-// virtio-blk configuration space (virtio 1.2, 5.2.4).
-const virtioBlkCfgWriteback = 32
-
 // Stats returns the stats document now.
 func (c *runController) Stats() disk.Stats { return disk.Collect(c.disks) }
 
-// SetWriteCache turns disk i's write cache on or off as the guest would,
-// through the configuration space's writeback field. The guest is not
-// notified.
+// SetWriteCache turns disk i's write cache on or off as the guest would
+// (blk.Device.SetWriteCache). The guest is not notified.
 func (c *runController) SetWriteCache(i int, on bool) error {
 	if i < 0 || i >= len(c.disks) {
 		return fmt.Errorf("%w: disk %d (the machine has %d)", errNoSuchDisk, i, len(c.disks))
 	}
-	d := c.disks[i].Dev
-	v := byte(0)
-	if on {
-		v = 1
-	}
-	d.WriteConfig(virtioBlkCfgWriteback, []byte{v})
-	if d.WriteCache() != on {
+	if !c.disks[i].Dev.SetWriteCache(on) {
 		return errWCERefused
 	}
 	return nil
