@@ -3,8 +3,8 @@ package blk
 import "fmt"
 
 // policy is a cache mode: how the host file is opened, what write cache the
-// guest is shown at first, and what FLUSH and writes cost on the host. One
-// type per mode, following the table of issue 3:
+// guest is shown at first, and what FLUSH and writes cost on the host, one
+// row of this table (policies):
 //
 //	cache=        host file                         guest sees     FLUSH
 //	writeback     page cache                        write back     fdatasync
@@ -21,124 +21,53 @@ import "fmt"
 // flush engine finds nothing to sync and elides it; should the guest turn the
 // cache on, a FLUSH then syncs what was written since, as it must.
 // cache=unsafe never syncs, whatever the guest asks: that is its point.
-type policy interface {
-	// Mode is the cache mode's name.
-	Mode() CacheMode
-	// DirectIO reports whether the host file is opened O_DIRECT.
-	DirectIO() bool
-	// InitialWCE is the config writeback value the guest first sees.
-	InitialWCE() bool
-	// FlushSyncs reports whether a guest FLUSH reaches the host as a sync
-	// (when there is anything to sync).
-	FlushSyncs() bool
-	// WriteThrough reports whether a write must be durable before it
-	// completes, given the write cache state the guest currently sees.
-	WriteThrough(wce bool) bool
+type policy struct {
+	mode CacheMode
+	// directIO: the host file is opened O_DIRECT.
+	directIO bool
+	// initialWCE is the config writeback value the guest first sees.
+	initialWCE bool
+	// neverSyncs: flushes are acknowledged and never reach the host, and
+	// no write is made durable (cache=unsafe).
+	neverSyncs bool
 }
 
-// writebackPolicy is cache=writeback.
-type writebackPolicy struct{}
+// policies is the table above.
+var policies = []policy{
+	{mode: CacheWriteback, initialWCE: true},
+	{mode: CacheWritethrough},
+	{mode: CacheNone, directIO: true, initialWCE: true},
+	{mode: CacheDirectSync, directIO: true},
+	{mode: CacheUnsafe, initialWCE: true, neverSyncs: true},
+}
 
-// Mode implements policy.
-func (writebackPolicy) Mode() CacheMode { return CacheWriteback }
+// Mode is the cache mode's name.
+func (p policy) Mode() CacheMode { return p.mode }
 
-// DirectIO implements policy.
-func (writebackPolicy) DirectIO() bool { return false }
+// DirectIO reports whether the host file is opened O_DIRECT.
+func (p policy) DirectIO() bool { return p.directIO }
 
-// InitialWCE implements policy.
-func (writebackPolicy) InitialWCE() bool { return true }
+// InitialWCE is the config writeback value the guest first sees.
+func (p policy) InitialWCE() bool { return p.initialWCE }
 
-// FlushSyncs implements policy.
-func (writebackPolicy) FlushSyncs() bool { return true }
+// FlushSyncs reports whether a guest FLUSH reaches the host as a sync
+// (when there is anything to sync).
+func (p policy) FlushSyncs() bool { return !p.neverSyncs }
 
-// WriteThrough implements policy.
-func (writebackPolicy) WriteThrough(wce bool) bool { return !wce }
+// WriteThrough reports whether a write must be durable before it
+// completes, given the write cache state the guest currently sees.
+func (p policy) WriteThrough(wce bool) bool { return !p.neverSyncs && !wce }
 
-// writethroughPolicy is cache=writethrough.
-type writethroughPolicy struct{}
-
-// Mode implements policy.
-func (writethroughPolicy) Mode() CacheMode { return CacheWritethrough }
-
-// DirectIO implements policy.
-func (writethroughPolicy) DirectIO() bool { return false }
-
-// InitialWCE implements policy.
-func (writethroughPolicy) InitialWCE() bool { return false }
-
-// FlushSyncs implements policy.
-func (writethroughPolicy) FlushSyncs() bool { return true }
-
-// WriteThrough implements policy.
-func (writethroughPolicy) WriteThrough(wce bool) bool { return !wce }
-
-// nonePolicy is cache=none.
-type nonePolicy struct{}
-
-// Mode implements policy.
-func (nonePolicy) Mode() CacheMode { return CacheNone }
-
-// DirectIO implements policy.
-func (nonePolicy) DirectIO() bool { return true }
-
-// InitialWCE implements policy.
-func (nonePolicy) InitialWCE() bool { return true }
-
-// FlushSyncs implements policy.
-func (nonePolicy) FlushSyncs() bool { return true }
-
-// WriteThrough implements policy.
-func (nonePolicy) WriteThrough(wce bool) bool { return !wce }
-
-// directsyncPolicy is cache=directsync.
-type directsyncPolicy struct{}
-
-// Mode implements policy.
-func (directsyncPolicy) Mode() CacheMode { return CacheDirectSync }
-
-// DirectIO implements policy.
-func (directsyncPolicy) DirectIO() bool { return true }
-
-// InitialWCE implements policy.
-func (directsyncPolicy) InitialWCE() bool { return false }
-
-// FlushSyncs implements policy.
-func (directsyncPolicy) FlushSyncs() bool { return true }
-
-// WriteThrough implements policy.
-func (directsyncPolicy) WriteThrough(wce bool) bool { return !wce }
-
-// unsafePolicy is cache=unsafe.
-type unsafePolicy struct{}
-
-// Mode implements policy.
-func (unsafePolicy) Mode() CacheMode { return CacheUnsafe }
-
-// DirectIO implements policy.
-func (unsafePolicy) DirectIO() bool { return false }
-
-// InitialWCE implements policy.
-func (unsafePolicy) InitialWCE() bool { return true }
-
-// FlushSyncs implements policy.
-func (unsafePolicy) FlushSyncs() bool { return false }
-
-// WriteThrough implements policy.
-func (unsafePolicy) WriteThrough(bool) bool { return false }
-
-// policyFor returns the policy of cache mode m.
+// policyFor returns the policy of cache mode m ("" is the default,
+// writeback).
 func policyFor(m CacheMode) (policy, error) {
-	switch m {
-	case CacheWriteback, "":
-		return writebackPolicy{}, nil
-	case CacheWritethrough:
-		return writethroughPolicy{}, nil
-	case CacheNone:
-		return nonePolicy{}, nil
-	case CacheDirectSync:
-		return directsyncPolicy{}, nil
-	case CacheUnsafe:
-		return unsafePolicy{}, nil
+	if m == "" {
+		m = CacheWriteback
 	}
-	return nil, fmt.Errorf("%w: cache mode %q", ErrBadSpec, m)
+	for _, p := range policies {
+		if p.mode == m {
+			return p, nil
+		}
+	}
+	return policy{}, fmt.Errorf("%w: cache mode %q", ErrBadSpec, m)
 }
