@@ -76,10 +76,11 @@ func (m *memBackend) Sync() error {
 	snap := append([]byte(nil), m.data...)
 	covered := m.writesDone
 	err := m.syncErr
+	gate, entered := m.gate, m.entered
 	m.mu.Unlock()
-	if m.gate != nil {
-		m.entered <- struct{}{}
-		<-m.gate
+	if gate != nil {
+		entered <- struct{}{}
+		<-gate
 	}
 	if err != nil {
 		return err
@@ -106,12 +107,38 @@ func (m *memBackend) WriteZeroes(off, n int64, unmap bool) error {
 	if m.writeErr != nil {
 		return m.writeErr
 	}
+	if off < 0 || off+n > int64(len(m.data)) {
+		return fmt.Errorf("memBackend: zero [%d, +%d) past %d", off, n, len(m.data))
+	}
 	clear(m.data[off : off+n])
 	m.writesDone++
 	return nil
 }
 
 func (m *memBackend) Close() error { m.closed.Store(true); return nil }
+
+// image returns a copy of the data now.
+func (m *memBackend) image() []byte {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]byte(nil), m.data...)
+}
+
+// hold makes the next Syncs signal entered and block until release.
+func (m *memBackend) hold() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.gate, m.entered = make(chan struct{}), make(chan struct{}, 16)
+}
+
+// release lets the held Syncs (and later ones) complete.
+func (m *memBackend) release() {
+	m.mu.Lock()
+	g := m.gate
+	m.gate = nil
+	m.mu.Unlock()
+	close(g)
+}
 
 func (m *memBackend) write(t *testing.T, off int64, p []byte) {
 	t.Helper()

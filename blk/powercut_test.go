@@ -12,97 +12,16 @@ import (
 	"testing"
 )
 
-// pcDisk is the "platter" under a VolatileCache in these tests: memory,
-// discard zeroes (so a replay, which zeroes discards, can be compared
-// byte for byte), and a Sync that can be held at a gate.
-type pcDisk struct {
-	mu    sync.Mutex
-	data  []byte
-	syncs int
-	// gate, when non-nil, makes Sync send on entered and wait on gate.
-	gate, entered chan struct{}
-}
-
-func newPCDisk(size int, seed uint64) *pcDisk {
-	d := &pcDisk{data: make([]byte, size)}
+// newPCDisk is the "platter" under a VolatileCache in these tests: a
+// memBackend (discard zeroes, so a replay, which zeroes discards, can be
+// compared byte for byte) filled with seeded random bytes.
+func newPCDisk(size int, seed uint64) *memBackend {
+	d := newMemBackend(size)
 	r := rand.New(rand.NewPCG(seed, 1))
 	for i := range d.data {
 		d.data[i] = byte(r.Uint32())
 	}
 	return d
-}
-
-func (d *pcDisk) Size() int64 { return int64(len(d.data)) }
-
-func (d *pcDisk) ReadAt(v *Vec, off int64) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if off < 0 || off+v.Len() > int64(len(d.data)) {
-		return fmt.Errorf("pcDisk: read [%d, +%d) out of range", off, v.Len())
-	}
-	for _, b := range v.Bufs {
-		off += int64(copy(b, d.data[off:]))
-	}
-	return nil
-}
-
-func (d *pcDisk) WriteAt(v *Vec, off int64) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if off < 0 || off+v.Len() > int64(len(d.data)) {
-		return fmt.Errorf("pcDisk: write [%d, +%d) out of range", off, v.Len())
-	}
-	for _, b := range v.Bufs {
-		off += int64(copy(d.data[off:], b))
-	}
-	return nil
-}
-
-func (d *pcDisk) zero(off, n int64) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if off < 0 || off+n > int64(len(d.data)) {
-		return fmt.Errorf("pcDisk: zero [%d, +%d) out of range", off, n)
-	}
-	clear(d.data[off : off+n])
-	return nil
-}
-
-func (d *pcDisk) Discard(off, n int64) error                 { return d.zero(off, n) }
-func (d *pcDisk) WriteZeroes(off, n int64, unmap bool) error { return d.zero(off, n) }
-func (d *pcDisk) Close() error                               { return nil }
-
-func (d *pcDisk) Sync() error {
-	d.mu.Lock()
-	d.syncs++
-	gate, entered := d.gate, d.entered
-	d.mu.Unlock()
-	if gate != nil {
-		entered <- struct{}{}
-		<-gate
-	}
-	return nil
-}
-
-func (d *pcDisk) image() []byte {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return append([]byte(nil), d.data...)
-}
-
-// hold makes the next Syncs block until release is called.
-func (d *pcDisk) hold() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.gate, d.entered = make(chan struct{}), make(chan struct{}, 16)
-}
-
-func (d *pcDisk) release() {
-	d.mu.Lock()
-	g := d.gate
-	d.gate = nil
-	d.mu.Unlock()
-	close(g)
 }
 
 // pcOp is one step of a scripted workload.
@@ -198,7 +117,7 @@ func reference(base []byte, ops []pcOp, rep *PowerCutReport) ([]byte, []pcOp) {
 	return img, unstable
 }
 
-func newTestCache(t *testing.T, d *pcDisk, max int64) *VolatileCache {
+func newTestCache(t *testing.T, d *memBackend, max int64) *VolatileCache {
 	t.Helper()
 	c, err := NewVolatileCache(d, VolatileCacheOptions{MaxUnstableBytes: max})
 	if err != nil {

@@ -90,7 +90,7 @@ func FuzzWriteLogReplay(f *testing.F) {
 		}
 		o := ReplayOptions{Flush: flush % 4, Policy: pols[int(pol&0x7f)%len(pols)], Seed: flush, ToEnd: pol&0x80 != 0}
 		checkErr := CheckWriteLogReplay(lr, fuzzImageSize, o)
-		img := &pcDisk{data: make([]byte, fuzzImageSize)}
+		img := newMemBackend(fuzzImageSize)
 		rep, err := ReplayWriteLog(lr, img, o)
 		if err != nil && !errors.Is(err, ErrBadWriteLog) && !errors.Is(err, ErrNoSuchFlush) {
 			t.Fatalf("untyped error %v", err)
@@ -229,7 +229,7 @@ func TestWriteLogFuzzCorpus(t *testing.T) {
 			t.Fatalf("%s: %v", s.name, err)
 		}
 		o := ReplayOptions{Flush: s.flush, Policy: pols[int(s.policy&0x7f)%len(pols)], Seed: s.flush, ToEnd: s.policy&0x80 != 0}
-		if _, err := ReplayWriteLog(lr, &pcDisk{data: make([]byte, fuzzImageSize)}, o); err != nil {
+		if _, err := ReplayWriteLog(lr, newMemBackend(fuzzImageSize), o); err != nil {
 			t.Fatalf("%s: seed does not replay: %v", s.name, err)
 		}
 		fuzzseed.Check(t, "FuzzWriteLogReplay", "seed-"+s.name, marshalFuzzInput(packed, s.flush, s.policy))

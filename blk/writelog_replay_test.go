@@ -228,7 +228,7 @@ func TestReplayMatchesModelLongWrites(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				img := &pcDisk{data: base}
+				img := &memBackend{data: base, durable: make([]byte, len(base))}
 				rrep, err := ReplayWriteLog(lr, img, ReplayOptions{Flush: 1, Policy: p, Seed: seed})
 				if err != nil {
 					t.Fatal(err)

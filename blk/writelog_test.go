@@ -204,7 +204,8 @@ func TestReplayMatchesModel(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
-					img := &pcDisk{data: append([]byte(nil), base...)}
+					img := newMemBackend(len(base))
+			copy(img.data, base)
 					rrep, err := ReplayWriteLog(lr, img, ReplayOptions{Flush: flush, Policy: p, Seed: seed})
 					if err != nil {
 						t.Fatal(err)
@@ -281,7 +282,7 @@ func TestReplayErrors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			lr, err := NewWriteLogReader(bytes.NewReader(tc.log))
 			if err == nil {
-				_, err = ReplayWriteLog(lr, &pcDisk{data: make([]byte, tc.size)}, ReplayOptions{Flush: tc.flush, Policy: tc.pol})
+				_, err = ReplayWriteLog(lr, newMemBackend(tc.size), ReplayOptions{Flush: tc.flush, Policy: tc.pol})
 			}
 			if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
 				t.Fatalf("got %v, want %v", err, tc.want)
@@ -322,7 +323,7 @@ func TestReplayLinuxLog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	img := &pcDisk{data: make([]byte, 4*ss)}
+	img := newMemBackend(4*ss)
 	rep, err := ReplayWriteLog(lr, img, ReplayOptions{Flush: 1, Policy: PowerCutPolicy{Kind: PowerCutLoseAll}})
 	if err != nil {
 		t.Fatal(err)
@@ -395,7 +396,8 @@ func TestReplayToEndMatchesCutDuringSync(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			img := &pcDisk{data: append([]byte(nil), base...)}
+			img := newMemBackend(len(base))
+			copy(img.data, base)
 			rrep, err := ReplayWriteLog(lr, img, ReplayOptions{Flush: 1, Policy: p, Seed: seed, ToEnd: true})
 			f.Close()
 			if err != nil {
