@@ -159,7 +159,7 @@ func kernelLog(t *testing.T) []byte {
 func TestWriteLogMatchesLinux(t *testing.T) {
 	kern := kernelLog(t)
 	path := t.TempDir() + "/log"
-	disk := newMemBackend(16<<20)
+	disk := newMemBackend(16 << 20)
 	l, err := CreateWriteLog(disk, path)
 	if err != nil {
 		t.Fatal(err)
@@ -188,7 +188,7 @@ func TestWriteLogMatchesLinux(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	img := newMemBackend(16<<20)
+	img := newMemBackend(16 << 20)
 	rep, err := ReplayWriteLog(lr, img, ReplayOptions{Policy: PowerCutPolicy{Kind: PowerCutKeepAll}, ToEnd: true})
 	if err != nil {
 		t.Fatal(err)

@@ -205,7 +205,7 @@ func TestReplayMatchesModel(t *testing.T) {
 						t.Fatal(err)
 					}
 					img := newMemBackend(len(base))
-			copy(img.data, base)
+					copy(img.data, base)
 					rrep, err := ReplayWriteLog(lr, img, ReplayOptions{Flush: flush, Policy: p, Seed: seed})
 					if err != nil {
 						t.Fatal(err)
@@ -323,7 +323,7 @@ func TestReplayLinuxLog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	img := newMemBackend(4*ss)
+	img := newMemBackend(4 * ss)
 	rep, err := ReplayWriteLog(lr, img, ReplayOptions{Flush: 1, Policy: PowerCutPolicy{Kind: PowerCutLoseAll}})
 	if err != nil {
 		t.Fatal(err)
