@@ -51,7 +51,7 @@ all: build
 ## build: the flushvm binary (static, so the nested harness can use it) and the guest tool.
 build:
 	mkdir -p build/bin
-	CGO_ENABLED=0 $(GO) build -trimpath -o build/bin/flushvm ./cmd/flushvm
+	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=auto -o build/bin/flushvm ./cmd/flushvm
 	$(GO) build -o build/bin/flushvm-harness ./cmd/flushvm-harness
 
 ## deps: install the Debian packages the guests and the nested harness need (as root: one

@@ -10,6 +10,7 @@
 //	flushvm crashtest --kernel K --initrd I --disk-size SIZE --workload NAME
 //	                  --cuts N --policy POLICY --seed S [--cache MODE] [--shard i/n]
 //	flushvm help [COMMAND]
+//	flushvm version (or --version)
 //
 // Exit status (declared in package protocol): what the guest asked for (0
 // after a guest reboot or ACPI power-off, v after a one-byte write of v to
@@ -73,6 +74,9 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 	}
 	name := args[0]
 	switch name {
+	case "version", "--version":
+		fmt.Fprintln(stdout, "flushvm", protocol.Version())
+		return exitOK
 	case "help", "-h", "--help":
 		if len(args) > 1 {
 			if c, ok := commands[args[1]]; ok {
@@ -108,6 +112,7 @@ func usage(w io.Writer) {
 		fmt.Fprintf(w, "  %-16s %s\n", n, commands[n].summary)
 	}
 	fmt.Fprintf(w, "  %-16s %s\n", "help [COMMAND]", "show this help, or a command's flags with examples")
+	fmt.Fprintf(w, "  %-16s %s\n", "version", "print flushvm's version (module version and VCS revision)")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Run `flushvm COMMAND --help` for a command's flags.")
 }

@@ -65,6 +65,9 @@ func TestCommandLine(t *testing.T) {
 	}{
 		{"no command", nil, false, 2, "", "Usage: flushvm COMMAND"},
 		{"help", []string{"help"}, false, 0, "run ", ""},
+		{"version", []string{"version"}, false, 0, "flushvm ", ""},
+		{"--version", []string{"--version"}, false, 0, "flushvm ", ""},
+		{"vhost-user-blk --help", []string{"vhost-user-blk", "--help"}, false, 0, "Flags:", ""},
 		{"help run", []string{"help", "run"}, false, 0, "--kernel", ""},
 		{"run --help", []string{"run", "--help"}, false, 0, "e.g. --disk path=", ""},
 		{"run --help names the debug-exit port", []string{"run", "-h"}, false, 0, "0xf4", ""},
