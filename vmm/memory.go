@@ -18,12 +18,24 @@ type guestRAM struct {
 	mem     *guestmem.Memory
 }
 
-func newGuestRAM(size uint64) (*guestRAM, error) {
-	if size < 16<<20 {
-		return nil, fmt.Errorf("guest memory %d bytes: at least 16M needed", size)
+// MinMemSize is the least guest memory a machine can have.
+const MinMemSize = 16 << 20
+
+// CheckMemSize checks a guest memory size: at least MinMemSize, a whole
+// number of 4 KiB pages.
+func CheckMemSize(size uint64) error {
+	if size < MinMemSize {
+		return fmt.Errorf("guest memory %d bytes: at least 16M needed", size)
 	}
 	if size%pageSize != 0 {
-		return nil, fmt.Errorf("guest memory %d bytes: not a multiple of 4K", size)
+		return fmt.Errorf("guest memory %d bytes: not a multiple of 4K", size)
+	}
+	return nil
+}
+
+func newGuestRAM(size uint64) (*guestRAM, error) {
+	if err := CheckMemSize(size); err != nil {
+		return nil, err
 	}
 	b, err := unix.Mmap(-1, 0, int(size), unix.PROT_READ|unix.PROT_WRITE,
 		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)

@@ -53,6 +53,11 @@ func TestCommandLine(t *testing.T) {
 		t.Fatal(err)
 	}
 	stats := filepath.Join(dir, "stats.json")
+	big := filepath.Join(dir, "big")
+	if f, err := os.Create(big); err == nil {
+		f.Truncate(17 << 20) // sparse: larger than --mem 16M
+		f.Close()
+	}
 	haveKVM := kvm.Available() == nil
 
 	tests := []struct {
@@ -79,7 +84,12 @@ func TestCommandLine(t *testing.T) {
 		{"bad --mem", []string{"run", "--kernel", kernel, "--mem", "12Q"}, false, 2, "", "--mem"},
 		{"bad --cpus", []string{"run", "--kernel", kernel, "--cpus", "0"}, false, 2, "", "--cpus 0"},
 		{"bad disk spec", []string{"run", "--kernel", kernel, "--disk", "file=x"}, false, 2, "", "bad disk spec"},
-		{"disk file missing", []string{"run", "--kernel", kernel, "--disk", "path=" + filepath.Join(dir, "none.img")}, true, 2, "", "--disk"},
+		{"disk file missing", []string{"run", "--kernel", kernel, "--disk", "path=" + filepath.Join(dir, "none.img")}, false, 2, "", "no such file"},
+		{"disk is a directory", []string{"run", "--kernel", kernel, "--disk", "path=" + dir}, false, 2, "", "is a directory"},
+		{"disk is a character device", []string{"run", "--kernel", kernel, "--disk", "path=/dev/null"}, false, 2, "", "not a regular file or a block device"},
+		{"--mem below the minimum", []string{"run", "--kernel", kernel, "--mem", "8M"}, false, 2, "", "at least 16M"},
+		{"kernel is a device", []string{"run", "--kernel", "/dev/zero"}, false, 2, "", "not a regular file"},
+		{"kernel larger than memory", []string{"run", "--kernel", big, "--mem", "16M"}, false, 2, "", "more than the guest's"},
 		{"not a bzImage", []string{"run", "--kernel", notKernel}, true, 2, "", "not a bootable bzImage"},
 		{"guest status", []string{"run", "--kernel", kernel, "--mem", "64M"}, true, 3, "ok", ""},
 		{"guest status, 2 vCPUs, disk, stats", []string{"run", "--kernel", kernel, "--mem", "64M", "--cpus", "2", "--disk", "path=" + img + ",cache=writethrough", "--stats", stats}, true, 3, "ok", ""},

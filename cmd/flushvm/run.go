@@ -234,8 +234,11 @@ func (f *runFlags) machineConfig(stdout, stderr io.Writer) (vmm.Config, []blk.Sp
 		return cfg, nil, pc, userErrorf("--kernel FILE is required")
 	}
 	mem, err := protocol.ParseSize(f.mem, protocol.BareMiB)
+	if err == nil {
+		err = vmm.CheckMemSize(mem)
+	}
 	if err != nil {
-		return cfg, nil, pc, userErrorf("--mem: %v", err)
+		return cfg, nil, pc, userErrorf("--mem %s: %v", f.mem, err)
 	}
 	if f.cpus < 1 || f.cpus > vmm.MaxCPUs {
 		return cfg, nil, pc, userErrorf("--cpus %d: between 1 and %d", f.cpus, vmm.MaxCPUs)
@@ -252,14 +255,19 @@ func (f *runFlags) machineConfig(stdout, stderr io.Writer) (vmm.Config, []blk.Sp
 	if pc, err = f.powerCutSetup(specs); err != nil {
 		return cfg, nil, pc, err
 	}
+	for i, sp := range specs {
+		if err := checkDiskPath(sp.Path); err != nil {
+			return cfg, nil, pc, userErrorf("--disk %s: %v", f.disks[i], err)
+		}
+	}
 	cfg = vmm.Config{Cmdline: f.append, MemSize: mem, CPUs: f.cpus, Console: os.Stdin, Output: stdout, Diag: stderr,
 		Debug: os.Getenv("FLUSHVM_DEBUG") != "", Watchdog: f.watchdog}
-	if cfg.Kernel, err = os.ReadFile(f.kernel); err != nil {
-		return cfg, nil, pc, userErrorf("--kernel: %v", fileError(err))
+	if cfg.Kernel, err = readBounded(f.kernel, mem); err != nil {
+		return cfg, nil, pc, userErrorf("--kernel: %v", err)
 	}
 	if f.initrd != "" {
-		if cfg.Initrd, err = os.ReadFile(f.initrd); err != nil {
-			return cfg, nil, pc, userErrorf("--initrd: %v", fileError(err))
+		if cfg.Initrd, err = readBounded(f.initrd, mem); err != nil {
+			return cfg, nil, pc, userErrorf("--initrd: %v", err)
 		}
 	}
 	if err := kvm.Available(); err != nil {
@@ -366,6 +374,50 @@ func (s *runSession) close(err error) error {
 		keep(d.Dev.Close(), "closing disk: %w")
 	}
 	return err
+}
+
+// readBounded reads the regular file path, which must fit in limit bytes
+// (the guest's memory): a device such as /dev/zero, or a file larger than
+// the guest, is refused before it is read.
+func readBounded(path string, limit uint64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fileError(err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fileError(err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file", path)
+	}
+	if uint64(fi.Size()) > limit {
+		return nil, fmt.Errorf("%s: %d bytes, more than the guest's %d bytes of memory", path, fi.Size(), limit)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, int64(limit)+1))
+	if err != nil {
+		return nil, fileError(err)
+	}
+	if uint64(len(b)) > limit {
+		return nil, fmt.Errorf("%s: grew past the guest's %d bytes of memory while read", path, limit)
+	}
+	return b, nil
+}
+
+// checkDiskPath checks, before anything is opened, that a disk's path is a
+// regular file or a block device.
+func checkDiskPath(path string) error {
+	fi, err := os.Stat(path)
+	switch {
+	case err != nil:
+		return fileError(err)
+	case fi.IsDir():
+		return fmt.Errorf("%s: is a directory", path)
+	case !fi.Mode().IsRegular() && (fi.Mode()&os.ModeDevice == 0 || fi.Mode()&os.ModeCharDevice != 0):
+		return fmt.Errorf("%s: not a regular file or a block device", path)
+	}
+	return nil
 }
 
 // fileError drops the Go-specific "open" prefix clutter from a file error.
