@@ -192,6 +192,9 @@ func (f *Flags) Campaign() (*Campaign, error) {
 	if c.shardIndex, c.shardCount, err = parseShard(f.shard); err != nil {
 		return nil, UsageError{err}
 	}
+	if len(c.ShardCuts()) == 0 {
+		return nil, usageErrorf("--shard %s owns none of the %d cuts (shard i of n runs the cuts K with K mod n = i-1)", f.shard, c.cuts)
+	}
 	if f.at != "" {
 		t, err := protocol.ParseTrigger(f.at)
 		if err != nil || t.Kind == protocol.TriggerAfter {

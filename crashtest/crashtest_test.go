@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -386,5 +387,33 @@ func TestCutPoint(t *testing.T) {
 	pinned := testCampaign(t, "--at", "flushes=3")
 	if p := pinned.cutPoint(7, cal); p.String() != "flushes=3" {
 		t.Errorf("--at flushes=3 gave %v", p)
+	}
+}
+
+// TestCampaignThatCheckedNothing checks that a campaign whose set-up
+// fails (here the format boot, as on a host without a usable KVM) reports
+// INCOMPLETE with 0 of N cuts checked, never PASS, in the summary, the
+// report's status and the exit status.
+func TestCampaignThatCheckedNothing(t *testing.T) {
+	for _, mode := range []string{"mkfs", "crash:fsyncstress"} {
+		t.Run(mode, func(t *testing.T) {
+			c := testCampaign(t, "--cuts", "3")
+			g := &fakeGuest{fail: map[string]bool{mode: true}}
+			rep, err := c.Run(context.Background(), g, NewProgress(io.Discard, c.ShardCuts()), nil)
+			if err == nil {
+				t.Fatal("a campaign whose set-up boot failed ran")
+			}
+			var sum bytes.Buffer
+			rep.PrintSummary(&sum)
+			if rep.Status != protocol.CrashtestIncomplete || rep.ExitStatus() != protocol.CrashtestFailed ||
+				rep.Summary.Planned != 3 || rep.Summary.Checked != 0 ||
+				strings.Contains(sum.String(), "PASS") || !strings.Contains(sum.String(), "INCOMPLETE: no violation, but only 0 of 3") {
+				t.Errorf("status %q exit %d planned %d checked %d; summary:\n%s", rep.Status, rep.ExitStatus(),
+					rep.Summary.Planned, rep.Summary.Checked, sum.String())
+			}
+			if rep.Schema != protocol.CrashtestSchema || rep.FlushvmVersion == "" {
+				t.Errorf("report schema %d version %q", rep.Schema, rep.FlushvmVersion)
+			}
+		})
 	}
 }

@@ -151,7 +151,8 @@ type Report struct {
 }
 
 func newReport(c *Campaign) *Report {
-	return &Report{protocol.CrashtestReport{Workload: c.workload, Records: c.records, Cache: string(c.cache), Policy: c.policy, Seed: c.seed,
+	return &Report{protocol.CrashtestReport{Schema: protocol.CrashtestSchema, FlushvmVersion: protocol.Version(),
+		Summary: protocol.CrashtestTotals{Planned: len(c.ShardCuts())}, Workload: c.workload, Records: c.records, Cache: string(c.cache), Policy: c.policy, Seed: c.seed,
 		Cuts: c.cuts, Shard: fmt.Sprintf("%d/%d", c.shardIndex, c.shardCount), DiskSize: c.diskSize,
 		Kernel: c.kernel, Initrd: c.initrd, Results: []protocol.CrashtestCut{}}}
 }
@@ -186,22 +187,34 @@ func (r *Report) add(res protocol.CrashtestCut) {
 	}
 }
 
+// finish records the campaign's time and its verdict: passed only when
+// every planned cut was checked.
 func (r *Report) finish(d time.Duration) {
-	r.Summary.Seconds = d.Seconds()
+	s := &r.Summary
+	s.Seconds = d.Seconds()
 	if d > 0 {
-		r.Summary.CutsPerMinute = float64(r.Summary.Cuts) / d.Minutes()
+		s.CutsPerMinute = float64(s.Cuts) / d.Minutes()
+	}
+	s.Checked = s.Cuts - s.Errors
+	switch {
+	case s.Violations > 0:
+		r.Status = protocol.CrashtestViolated
+	case s.Checked == s.Planned && s.Planned > 0:
+		r.Status = protocol.CrashtestPassed
+	default:
+		r.Status = protocol.CrashtestIncomplete
 	}
 }
 
 // ExitStatus is crashtest's exit status for a finished campaign.
 func (r *Report) ExitStatus() int {
-	switch {
-	case r.Summary.Violations > 0:
+	switch r.Status {
+	case protocol.CrashtestViolated:
 		return protocol.CrashtestViolations
-	case r.Summary.Errors > 0:
-		return protocol.CrashtestFailed
+	case protocol.CrashtestPassed:
+		return protocol.ExitOK
 	}
-	return protocol.ExitOK
+	return protocol.CrashtestFailed
 }
 
 func (r *Report) Write(path string) error {
@@ -228,8 +241,8 @@ func (r *Report) PrintSummary(w io.Writer) {
 	s := r.Summary
 	fmt.Fprintf(w, "flushvm crashtest: %s on ext4, cache=%s, policy %s, seed %d, shard %s of %d cuts\n",
 		r.Workload, r.Cache, r.Policy, r.Seed, r.Shard, r.Cuts)
-	fmt.Fprintf(w, "  cuts:        %d run: %d power cuts, %d ended before their cut point, %d could not be checked\n",
-		s.Cuts, s.PowerCuts, s.NoCut, s.Errors)
+	fmt.Fprintf(w, "  cuts:        %d planned, %d checked; %d run: %d power cuts, %d ended before their cut point, %d could not be checked\n",
+		s.Planned, s.Checked, s.Cuts, s.PowerCuts, s.NoCut, s.Errors)
 	fmt.Fprintf(w, "  time:        %s, %.1f cuts/min (calibration: %d writes, %d flushes per run)\n",
 		time.Duration(s.Seconds*float64(time.Second)).Round(time.Second), s.CutsPerMinute, r.Calibration.Writes, r.Calibration.Flushes)
 	fmt.Fprintf(w, "  acknowledged %s: %d, lost: %d; fsck errors: %d; unmountable: %d\n",
@@ -260,11 +273,11 @@ func (r *Report) PrintSummary(w io.Writer) {
 			fmt.Fprintf(w, "  its image:   %s\n", f.Image)
 		}
 	}
-	switch {
-	case s.Violations > 0:
+	switch r.Status {
+	case protocol.CrashtestViolated:
 		fmt.Fprintln(w, "  result:      FAIL: acknowledged data was lost or a file system was damaged")
-	case s.Errors > 0:
-		fmt.Fprintln(w, "  result:      INCOMPLETE: no violation, but some cuts could not be checked")
+	case protocol.CrashtestIncomplete:
+		fmt.Fprintf(w, "  result:      INCOMPLETE: no violation, but only %d of %d planned cuts were checked: nothing is proven\n", s.Checked, s.Planned)
 	default:
 		fmt.Fprintln(w, "  result:      PASS: every acknowledged record survived every cut; every file system is clean")
 	}

@@ -13,10 +13,34 @@ const (
 	CrashtestFailed = 3
 )
 
+// CrashtestSchema is the version of the CrashtestReport schema; it grows
+// when a field changes meaning (new fields alone do not bump it).
+const CrashtestSchema = 2
+
+// The verdicts of a crashtest report (CrashtestReport.Status).
+const (
+	// CrashtestPassed: every cut the shard planned was checked and none
+	// violated durability.
+	CrashtestPassed = "passed"
+	// CrashtestViolated: at least one cut violated durability.
+	CrashtestViolated = "violations"
+	// CrashtestIncomplete: no violation among the cuts checked, but not
+	// every planned cut was checked (boots failed, or the campaign could
+	// not start: no usable KVM, a failed format or calibration boot).
+	CrashtestIncomplete = "incomplete"
+)
+
 // CrashtestReport is `flushvm crashtest --report`: the campaign's
 // configuration, its calibration run, every cut and their sum. Shards of one
 // campaign (same seed and cuts, different --shard) add up.
 type CrashtestReport struct {
+	// Schema is CrashtestSchema; FlushvmVersion the binary that ran it
+	// (protocol.Version).
+	Schema         int    `json:"schema"`
+	FlushvmVersion string `json:"flushvm_version"`
+	// Status is the verdict: CrashtestPassed, CrashtestViolated or
+	// CrashtestIncomplete. Only CrashtestPassed proves anything.
+	Status string `json:"status"`
 	Workload    string               `json:"workload"`
 	Records     int                  `json:"records"`
 	Cache       string               `json:"cache"`
@@ -34,6 +58,10 @@ type CrashtestReport struct {
 
 // CrashtestTotals sums a campaign's cuts.
 type CrashtestTotals struct {
+	// Planned counts the cuts this shard owns; Checked those it ran and
+	// judged (a power cut or an early end, then a checker verdict).
+	Planned int `json:"planned"`
+	Checked int `json:"checked"`
 	Cuts       int `json:"cuts"`
 	PowerCuts  int `json:"power_cuts"`
 	NoCut      int `json:"ended_before_cut"`

@@ -39,6 +39,7 @@ func TestCrashtestCommandUsageErrors(t *testing.T) {
 		{"bad policy", with("--policy", "some"), "--policy"},
 		{"bad cache", append(with(), "--cache", "fast"), "--cache"},
 		{"bad shard", append(with(), "--shard", "3/2"), "--shard"},
+		{"shard without cuts", append(with(), "--shard", "3/3"), "owns none of the 2 cuts"},
 		{"timed cut point", append(with(), "--at", "after=1s"), "--at"},
 		{"unknown flag", append(with(), "--frobnicate"), "unknown flag"},
 	}
