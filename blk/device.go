@@ -148,7 +148,7 @@ func Open(spec Spec, opts Options) (*Device, error) {
 	b := opts.Backend
 	physExp := uint8(3) // 4 KiB: page-cache and file-system granularity
 	if b == nil {
-		fb, err := OpenFile(spec.Path, FileOptions{ReadOnly: spec.ReadOnly, Direct: pol.DirectIO()})
+		fb, err := OpenFile(spec.Path, FileOptions{ReadOnly: spec.ReadOnly, Direct: pol.DirectIO(), NoLock: spec.NoLock})
 		if err != nil {
 			return nil, err
 		}

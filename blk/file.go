@@ -25,6 +25,33 @@ type FileOptions struct {
 	// (the kernel keeps the two coherent: direct I/O writes back and
 	// invalidates the page cache range it touches).
 	Direct bool
+	// NoLock skips the image lock (SPEC locking=off). By default the file
+	// gets an OFD lock for as long as it is open, shared when ReadOnly and
+	// exclusive otherwise, like QEMU's image locking: a second flushvm or
+	// a QEMU that would write the same image is refused (ErrLocked).
+	NoLock bool
+}
+
+// ErrLocked reports a disk image another open file holds a conflicting
+// lock on.
+var ErrLocked = errors.New("in use: another process (a flushvm or QEMU) holds a lock on it; stop it, or add locking=off to the SPEC to share it anyway")
+
+// lockImage takes the image lock of FileOptions.NoLock on fd.
+func lockImage(fd int, readOnly bool) error {
+	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0, Start: 0, Len: 0}
+	if readOnly {
+		lk.Type = unix.F_RDLCK
+	}
+	for {
+		err := unix.FcntlFlock(uintptr(fd), unix.F_OFD_SETLK, &lk)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN || err == unix.EACCES:
+			return ErrLocked
+		}
+		return err
+	}
 }
 
 // FileBackend is a Backend on a regular file or a block device, doing
@@ -70,6 +97,12 @@ func OpenFile(path string, o FileOptions) (*FileBackend, error) {
 			return nil, fmt.Errorf("blk: open disk %s for cache with O_DIRECT: %w", path, ErrNoDirectIO)
 		}
 		return nil, fmt.Errorf("blk: open disk %s: %w", path, err)
+	}
+	if !o.NoLock {
+		if err := lockImage(fd, o.ReadOnly); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("blk: disk %s: %w", path, err)
+		}
 	}
 	b := &FileBackend{path: path, fd: fd, bufFd: -1, direct: o.Direct, memAlign: 1, offAlign: 1}
 	if err := b.init(flags); err != nil {

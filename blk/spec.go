@@ -34,7 +34,7 @@ var ErrBadSpec = protocol.ErrBadSpec
 
 // Spec is a parsed --disk SPEC:
 //
-//	path=FILE[,cache=MODE][,readonly=on|off][,serial=STRING][,powercut=POLICY]
+//	path=FILE[,cache=MODE][,readonly=on|off][,serial=STRING][,powercut=POLICY][,locking=on|off]
 //
 // Unknown keys are errors, never ignored, so a typo cannot silently change
 // a disk's semantics.
@@ -59,6 +59,9 @@ type Spec struct {
 	// PowerCut is the policy of the disk's power-cut model; the zero value
 	// (empty Kind) means the disk has none.
 	PowerCut PowerCutPolicy
+	// NoLock is locking=off: the image is opened without its lock
+	// (FileOptions.NoLock).
+	NoLock bool
 }
 
 // HasPowerCut reports whether the disk runs on the power-cut model.
@@ -105,6 +108,11 @@ func (sp *Spec) set(key, v string) error {
 		sp.Serial = v
 	case "powercut":
 		sp.PowerCut, err = ParsePowerCutPolicy(v)
+	case "locking":
+		if v != "on" && v != "off" {
+			return fmt.Errorf("locking=%q, want on or off", v)
+		}
+		sp.NoLock = v == "off"
 	}
 	return err
 }

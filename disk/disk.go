@@ -76,7 +76,7 @@ func Open(sp blk.Spec, logPath string, bound int64, ps *PowerSupply) (*Disk, err
 		return &Disk{Dev: dev}, nil
 	}
 	direct := sp.Cache == blk.CacheNone || sp.Cache == blk.CacheDirectSync
-	fb, err := blk.OpenFile(sp.Path, blk.FileOptions{ReadOnly: sp.ReadOnly, Direct: direct})
+	fb, err := blk.OpenFile(sp.Path, blk.FileOptions{ReadOnly: sp.ReadOnly, Direct: direct, NoLock: sp.NoLock})
 	if err != nil {
 		return nil, err
 	}

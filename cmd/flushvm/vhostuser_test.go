@@ -188,3 +188,47 @@ func TestVhostUserBlkSignal(t *testing.T) {
 	}
 	readStats(t, stats)
 }
+
+// TestVhostUserBlkExclusive: while a backend serves an image on a socket,
+// a second backend is refused (exit 2, one line saying what is in use)
+// when it names the same image or the same socket, and locking=off lets
+// a second opener share the image on purpose.
+func TestVhostUserBlkExclusive(t *testing.T) {
+	dir := t.TempDir()
+	img, other := filepath.Join(dir, "disk.img"), filepath.Join(dir, "other.img")
+	for _, p := range []string{img, other} {
+		if err := os.WriteFile(p, make([]byte, 1<<20), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sock := filepath.Join(dir, "vhu.sock")
+	stderr, code := startVhostUserBlk(t, []string{"--socket", sock, "--disk", "path=" + img})
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"same image", []string{"--socket", filepath.Join(dir, "b.sock"), "--disk", "path=" + img}, "in use: another process"},
+		{"same image read-only", []string{"--socket", filepath.Join(dir, "b.sock"), "--disk", "path=" + img + ",readonly=on"}, "in use: another process"},
+		{"same socket", []string{"--socket", sock, "--disk", "path=" + other}, "in use by a running backend"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var errb bytes.Buffer
+			if c := runVhostUserBlk(tc.args, io.Discard, &errb); c != exitUsage || !strings.Contains(errb.String(), tc.want) ||
+				strings.Count(errb.String(), "\n") != 1 {
+				t.Errorf("exit %d, stderr %q; want %d and one line with %q", c, errb.String(), exitUsage, tc.want)
+			}
+		})
+	}
+	shared, sharedCode := startVhostUserBlk(t, []string{"--socket", filepath.Join(dir, "c.sock"), "--disk", "path=" + img + ",locking=off"})
+	syscall.Kill(os.Getpid(), syscall.SIGTERM)
+	for _, b := range []struct {
+		stderr *lockedBuffer
+		code   chan int
+	}{{stderr, code}, {shared, sharedCode}} {
+		if c := waitCode(t, b.code, b.stderr); c != exitOK {
+			t.Errorf("exit %d after SIGTERM; stderr:\n%s", c, b.stderr.String())
+		}
+	}
+}

@@ -120,6 +120,8 @@ func qemuDrive(spec string) (string, error) {
 			}
 		case "serial":
 			opts += ",serial=" + qemuEscape(v)
+		case "locking":
+			opts += ",file.locking=" + v
 		default:
 			return "", fmt.Errorf("qemu stand-in: disk %q: key %q has no QEMU equivalent", spec, kv.Key)
 		}

@@ -428,6 +428,11 @@ func TestListener(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A second backend on the live path is refused, before and after the
+	// first removed its socket file to serve its one frontend.
+	if _, err := Listen(path); !errors.Is(err, ErrSocketInUse) {
+		t.Fatalf("second Listen on a live socket: %v, want ErrSocketInUse", err)
+	}
 	done := make(chan error, 1)
 	go func() {
 		fd, err := l.Accept()
@@ -440,8 +445,19 @@ func TestListener(t *testing.T) {
 	if err := <-done; !errors.Is(err, ErrListenerClosed) {
 		t.Errorf("Accept after Close = %v", err)
 	}
+	if _, err := Listen(path); !errors.Is(err, ErrSocketInUse) {
+		t.Fatalf("Listen while the first listener is closed but not released: %v", err)
+	}
 	l.Release()
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
 		t.Errorf("socket file not removed: %v", err)
 	}
+	if _, err := os.Stat(path + ".lock"); !os.IsNotExist(err) {
+		t.Errorf("lock file not removed: %v", err)
+	}
+	again, err := Listen(path)
+	if err != nil {
+		t.Fatalf("Listen after Release: %v", err)
+	}
+	again.Release()
 }
