@@ -40,7 +40,7 @@ type CrashtestReport struct {
 	FlushvmVersion string `json:"flushvm_version"`
 	// Status is the verdict: CrashtestPassed, CrashtestViolated or
 	// CrashtestIncomplete. Only CrashtestPassed proves anything.
-	Status string `json:"status"`
+	Status      string               `json:"status"`
 	Workload    string               `json:"workload"`
 	Records     int                  `json:"records"`
 	Cache       string               `json:"cache"`
@@ -60,8 +60,8 @@ type CrashtestReport struct {
 type CrashtestTotals struct {
 	// Planned counts the cuts this shard owns; Checked those it ran and
 	// judged (a power cut or an early end, then a checker verdict).
-	Planned int `json:"planned"`
-	Checked int `json:"checked"`
+	Planned    int `json:"planned"`
+	Checked    int `json:"checked"`
 	Cuts       int `json:"cuts"`
 	PowerCuts  int `json:"power_cuts"`
 	NoCut      int `json:"ended_before_cut"`
