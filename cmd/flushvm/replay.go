@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 
 	"github.com/spf13/pflag"
 
@@ -126,17 +127,21 @@ func (f *replayFlags) run(stdout io.Writer) error {
 	if err := blk.CheckWriteLogReplay(lr, bi.Size(), opts); err != nil {
 		return replayError(f.log, err)
 	}
-	if err := copyImage(f.base, f.out); err != nil {
+	for _, out := range []struct{ flag, path string }{{"out", f.out}, {"report", f.report}} {
+		if d := filepath.Dir(out.path); out.path != "" {
+			if st, err := os.Stat(d); err != nil || !st.IsDir() {
+				return userErrorf("--%s %s: directory %s does not exist", out.flag, out.path, d)
+			}
+		}
+	}
+	// The image is built next to --out and renamed over it at the end, so
+	// a failure never leaves a half-replayed --out.
+	tmp := f.out + ".replay-tmp"
+	defer os.Remove(tmp)
+	if err := copyImage(f.base, f.out, tmp); err != nil {
 		return err
 	}
-	img, err := blk.OpenFile(f.out, blk.FileOptions{})
-	if err != nil {
-		return err
-	}
-	rep, err := blk.ReplayWriteLog(lr, img, opts)
-	if cerr := img.Close(); cerr != nil && err == nil {
-		err = cerr
-	}
+	rep, err := replayInto(lr, tmp, opts)
 	if err != nil {
 		return replayError(f.log, err)
 	}
@@ -145,9 +150,12 @@ func (f *replayFlags) run(stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if err := os.WriteFile(f.report, append(j, '\n'), 0o644); err != nil {
+		if err := writeAtomic(f.report, append(j, '\n')); err != nil {
 			return fmt.Errorf("--report: %w", err)
 		}
+	}
+	if err := os.Rename(tmp, f.out); err != nil {
+		return fmt.Errorf("--out: %w", err)
 	}
 	fmt.Fprintf(stdout, "flushvm replay: %s at flush %d: %s\n", f.out, f.flush, rep.Summary())
 	return nil
@@ -165,9 +173,35 @@ func replayError(log string, err error) error {
 	return err
 }
 
-// copyImage makes out a copy of base (refusing to copy a file onto itself),
-// keeping base's holes.
-func copyImage(base, out string) error {
+// replayInto replays the log onto the image at path.
+func replayInto(lr *blk.WriteLogReader, path string, opts blk.ReplayOptions) (*blk.PowerCutReport, error) {
+	img, err := blk.OpenFile(path, blk.FileOptions{})
+	if err != nil {
+		return nil, err
+	}
+	rep, err := blk.ReplayWriteLog(lr, img, opts)
+	if cerr := img.Close(); cerr != nil && err == nil {
+		err = cerr
+	}
+	return rep, err
+}
+
+// writeAtomic writes b to path through a temporary file and a rename.
+func writeAtomic(path string, b []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+// copyImage makes dst a copy of base, keeping base's holes; out is the
+// file dst will replace, which must not be base itself.
+func copyImage(base, out, dst string) error {
 	src, err := os.Open(base)
 	if err != nil {
 		return userErrorf("--base: %v", err)
@@ -183,15 +217,15 @@ func copyImage(base, out string) error {
 	if oi, err := os.Stat(out); err == nil && os.SameFile(si, oi) {
 		return userErrorf("--out %s is the --base image; the base must stay intact", out)
 	}
-	dst, err := os.OpenFile(out, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	d, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return userErrorf("--out: %v", err)
 	}
-	if err := sparse.CopyData(src, dst, si.Size()); err != nil {
-		dst.Close()
+	if err := sparse.CopyData(src, d, si.Size()); err != nil {
+		d.Close()
 		return fmt.Errorf("copy --base to --out: %w", err)
 	}
-	if err := dst.Close(); err != nil {
+	if err := d.Close(); err != nil {
 		return fmt.Errorf("--out: %w", err)
 	}
 	return nil

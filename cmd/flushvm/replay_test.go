@@ -194,10 +194,12 @@ func TestReplayCommandKeepsOutOnRefusal(t *testing.T) {
 		name   string
 		log    string
 		flush  string
+		extra  []string
 		status int
 	}{
-		{"no such flush", fx.log, "5", 2},
-		{"damaged log", badLog, "0", 1},
+		{"no such flush", fx.log, "5", nil, 2},
+		{"damaged log", badLog, "0", nil, 1},
+		{"report in a missing directory", fx.log, "0", []string{"--report", filepath.Join(fx.dir, "no", "r.json")}, 2},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -206,13 +208,16 @@ func TestReplayCommandKeepsOutOnRefusal(t *testing.T) {
 			if err := os.WriteFile(out, keep, 0o644); err != nil {
 				t.Fatal(err)
 			}
-			args := []string{"replay", "--log", tc.log, "--base", fx.base, "--out", out, "--flush", tc.flush}
+			args := append([]string{"replay", "--log", tc.log, "--base", fx.base, "--out", out, "--flush", tc.flush}, tc.extra...)
 			var stdout, stderr bytes.Buffer
 			if st := dispatch(args, &stdout, &stderr); st != tc.status {
 				t.Fatalf("status %d, want %d: %s", st, tc.status, stderr.String())
 			}
 			if got, err := os.ReadFile(out); err != nil || !bytes.Equal(got, keep) {
 				t.Fatalf("--out changed (%v)", err)
+			}
+			if left, _ := filepath.Glob(filepath.Join(fx.dir, "*tmp*")); len(left) > 0 {
+				t.Errorf("temporary files left: %v", left)
 			}
 		})
 	}
