@@ -217,12 +217,19 @@ func (r *Report) ExitStatus() int {
 	return protocol.CrashtestFailed
 }
 
+// Write writes the report as JSON to path, atomically (a temporary file
+// renamed over path): a reader never sees half a report.
 func (r *Report) Write(path string) error {
 	b, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
 		return fmt.Errorf("--report: %w", err)
 	}
-	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("--report: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
 		return fmt.Errorf("--report: %w", err)
 	}
 	return nil

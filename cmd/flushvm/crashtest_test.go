@@ -40,6 +40,7 @@ func TestCrashtestCommandUsageErrors(t *testing.T) {
 		{"bad cache", append(with(), "--cache", "fast"), "--cache"},
 		{"bad shard", append(with(), "--shard", "3/2"), "--shard"},
 		{"shard without cuts", append(with(), "--shard", "3/3"), "owns none of the 2 cuts"},
+		{"report directory missing", append(with(), "--report", filepath.Join(dir, "no", "r.json")), "does not exist"},
 		{"timed cut point", append(with(), "--at", "after=1s"), "--at"},
 		{"unknown flag", append(with(), "--frobnicate"), "unknown flag"},
 	}
