@@ -26,9 +26,9 @@ import (
 type vhostUserFlags struct {
 	fs        *pflag.FlagSet
 	socket    string
-	disk      string
+	disks     []string
 	queues    int
-	queueSize uint16
+	queueSize int
 	stats     string
 }
 
@@ -38,10 +38,10 @@ func newVhostUserFlags() *vhostUserFlags {
 	fs.SortFlags = false
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&f.socket, "socket", "", "unix socket PATH to listen on (required)\n  e.g. --socket /tmp/vhu.sock")
-	fs.StringVar(&f.disk, "disk", "", "disk SPEC, as in flushvm run: path=FILE[,cache=MODE][,readonly=on|off][,serial=S]\n"+
+	fs.StringArrayVar(&f.disks, "disk", nil, "disk SPEC, as in flushvm run: path=FILE[,cache=MODE][,readonly=on|off][,serial=S]\n"+
 		"  (required)\n  e.g. --disk path=disk.img,cache=writeback")
 	fs.IntVar(&f.queues, "queues", 1, fmt.Sprintf("number of request queues (1..%d)\n  e.g. --queues 2", blk.MaxQueues))
-	fs.Uint16Var(&f.queueSize, "queue-size", 128, "ring size of every queue; must equal the frontend's (QEMU vhost-user-blk-pci\n"+
+	fs.IntVar(&f.queueSize, "queue-size", 128, "ring size of every queue; must equal the frontend's (QEMU vhost-user-blk-pci\n"+
 		"  queue-size): the device tells the guest how long a request may be from it\n  e.g. --queue-size 256")
 	fs.StringVar(&f.stats, "stats", "", "write the statistics JSON document to FILE at exit\n  e.g. --stats stats.json")
 	fs.Usage = func() {}
@@ -96,14 +96,16 @@ func (f *vhostUserFlags) check() (blk.Spec, error) {
 	switch {
 	case f.socket == "":
 		return blk.Spec{}, userErrorf("--socket PATH is required")
-	case f.disk == "":
+	case len(f.disks) == 0:
 		return blk.Spec{}, userErrorf("--disk SPEC is required")
+	case len(f.disks) > 1:
+		return blk.Spec{}, userErrorf("--disk given %d times: a backend serves one disk (start one per disk)", len(f.disks))
 	case f.queues < 1 || f.queues > blk.MaxQueues:
 		return blk.Spec{}, userErrorf("--queues %d: want 1..%d", f.queues, blk.MaxQueues)
-	case f.queueSize < 4 || f.queueSize > blk.MaxQueueSizeLimit || f.queueSize&(f.queueSize-1) != 0:
+	case f.queueSize < 4 || f.queueSize > int(blk.MaxQueueSizeLimit) || f.queueSize&(f.queueSize-1) != 0:
 		return blk.Spec{}, userErrorf("--queue-size %d: want a power of two, 4..%d", f.queueSize, blk.MaxQueueSizeLimit)
 	}
-	spec, err := blk.ParseSpec(f.disk)
+	spec, err := blk.ParseSpec(f.disks[0])
 	if err != nil {
 		return spec, userErrorf("--disk: %v", err)
 	}
@@ -126,7 +128,7 @@ func (f *vhostUserFlags) serve(logger *log.Logger) error {
 	if err != nil {
 		return err
 	}
-	dev, err := blk.Open(spec, blk.Options{Queues: f.queues, MaxQueueSize: f.queueSize})
+	dev, err := blk.Open(spec, blk.Options{Queues: f.queues, MaxQueueSize: uint16(f.queueSize)})
 	if err != nil {
 		return userErrorf("--disk: %v", err)
 	}

@@ -38,6 +38,8 @@ func TestVhostUserBlkUsage(t *testing.T) {
 		{"missing file", []string{"--socket", sock, "--disk", "path=" + dir + "/nope"}, "no such file"},
 		{"queues", []string{"--socket", sock, "--disk", "path=" + img, "--queues", "0"}, "--queues 0"},
 		{"queue size", []string{"--socket", sock, "--disk", "path=" + img, "--queue-size", "100"}, "--queue-size 100"},
+		{"queue size past uint16", []string{"--socket", sock, "--disk", "path=" + img, "--queue-size", "70000"}, "--queue-size 70000: want a power of two"},
+		{"two disks", []string{"--socket", sock, "--disk", "path=" + img, "--disk", "path=" + img}, "--disk given 2 times"},
 		{"unknown flag", []string{"--sock", sock}, "unknown flag"},
 		{"stray argument", []string{"--socket", sock, "--disk", "path=" + img, "extra"}, "unexpected argument"},
 		{"stats dir", []string{"--socket", sock, "--disk", "path=" + img, "--stats", dir + "/no/such/stats.json"}, "does not exist"},
