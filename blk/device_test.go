@@ -674,3 +674,20 @@ func TestSetWriteCache(t *testing.T) {
 		})
 	}
 }
+
+// TestDiscardIgnore checks discard=ignore: a DISCARD completes OK without
+// reaching the image; the default passes it on.
+func TestDiscardIgnore(t *testing.T) {
+	for _, ignore := range []bool{false, true} {
+		m := newMemBackend(1 << 20)
+		h := newHarness(t, harnessConfig{backend: m, ignoreDiscard: ignore})
+		mustStatus(t, "discard", h.do(virtio.MockRequest{Header: hdr(TypeDiscard, 0), Out: [][]byte{seg(0, 64, 0)}, Status: 1}), StatusOK)
+		want := int64(1)
+		if ignore {
+			want = 0
+		}
+		if got := m.discards.Load(); got != want {
+			t.Errorf("discard=ignore %v: %d discards reached the image, want %d", ignore, got, want)
+		}
+	}
+}

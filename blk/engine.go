@@ -637,6 +637,9 @@ func (d *Device) execute(s *slot) {
 				continue
 			}
 			if r.typ == TypeDiscard {
+				if d.spec.IgnoreDiscard {
+					continue
+				}
 				err = d.backend.Discard(o, n)
 			} else {
 				err = d.backend.WriteZeroes(o, n, sg.flags&flagUnmap != 0)

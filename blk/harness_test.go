@@ -35,6 +35,8 @@ type harnessConfig struct {
 	features uint64
 	opts     Options
 	qsize    uint16
+	// ignoreDiscard is the SPEC's discard=ignore.
+	ignoreDiscard bool
 }
 
 func tempDisk(t testing.TB, size int64) string {
@@ -67,7 +69,7 @@ func newHarness(t testing.TB, hc harnessConfig) *harness {
 	} else {
 		h.path = tempDisk(t, hc.diskSize)
 	}
-	dev, err := Open(Spec{Path: h.path, Cache: hc.cache, ReadOnly: hc.readOnly, Serial: hc.serial}, opts)
+	dev, err := Open(Spec{Path: h.path, Cache: hc.cache, ReadOnly: hc.readOnly, Serial: hc.serial, IgnoreDiscard: hc.ignoreDiscard}, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

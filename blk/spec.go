@@ -62,6 +62,10 @@ type Spec struct {
 	// NoLock is locking=off: the image is opened without its lock
 	// (FileOptions.NoLock).
 	NoLock bool
+	// IgnoreDiscard is discard=ignore (QEMU's): the guest's DISCARD
+	// requests complete without reaching the image. The default,
+	// discard=unmap, passes them on (a hole punched in the file).
+	IgnoreDiscard bool
 }
 
 // HasPowerCut reports whether the disk runs on the power-cut model.
@@ -97,10 +101,11 @@ func (sp *Spec) set(key, v string) error {
 	case "cache":
 		sp.Cache, err = ParseCacheMode(v)
 	case "readonly":
-		if v != "on" && v != "off" {
+		on, ok := onOff(v)
+		if !ok {
 			return fmt.Errorf("readonly=%q, want on or off", v)
 		}
-		sp.ReadOnly = v == "on"
+		sp.ReadOnly = on
 	case "serial":
 		if len(v) > MaxSerialLen {
 			return fmt.Errorf("serial longer than %d bytes", MaxSerialLen)
@@ -109,12 +114,29 @@ func (sp *Spec) set(key, v string) error {
 	case "powercut":
 		sp.PowerCut, err = ParsePowerCutPolicy(v)
 	case "locking":
-		if v != "on" && v != "off" {
+		on, ok := onOff(v)
+		if !ok {
 			return fmt.Errorf("locking=%q, want on or off", v)
 		}
-		sp.NoLock = v == "off"
+		sp.NoLock = !on
+	case "discard":
+		if v != "unmap" && v != "ignore" {
+			return fmt.Errorf("discard=%q, want unmap or ignore", v)
+		}
+		sp.IgnoreDiscard = v == "ignore"
 	}
 	return err
+}
+
+// onOff reads a QEMU boolean: on/off, true/false, yes/no.
+func onOff(v string) (on, ok bool) {
+	switch v {
+	case "on", "true", "yes":
+		return true, true
+	case "off", "false", "no":
+		return false, true
+	}
+	return false, false
 }
 
 // ParseCacheMode returns the cache mode named s.

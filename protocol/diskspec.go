@@ -11,12 +11,15 @@ import (
 var ErrBadSpec = errors.New("bad disk spec")
 
 // DiskSpecSyntax is the form of a --disk SPEC, for messages.
-const DiskSpecSyntax = "path=FILE[,cache=MODE][,readonly=on|off][,serial=STRING][,powercut=POLICY][,locking=on|off]"
+const DiskSpecSyntax = "path=FILE[,cache=MODE][,readonly=on|off][,serial=STRING][,powercut=POLICY][,locking=on|off][,discard=unmap|ignore]"
 
 // DiskSpecKeys are the keys a --disk SPEC may have. Unknown keys are
 // errors, never ignored, so a typo cannot silently change a disk's
 // semantics.
-var DiskSpecKeys = []string{"path", "cache", "readonly", "serial", "powercut", "locking"}
+var DiskSpecKeys = []string{"path", "cache", "readonly", "serial", "powercut", "locking", "discard"}
+
+// diskSpecAliases are QEMU's names for SPEC keys.
+var diskSpecAliases = map[string]string{"file": "path"}
 
 // CacheModes are the names of the cache modes (QEMU's), default first.
 var CacheModes = []string{"writeback", "writethrough", "none", "directsync", "unsafe"}
@@ -27,15 +30,19 @@ type DiskSpecKey struct {
 }
 
 // SplitDiskSpec splits a --disk SPEC into its key=value pairs, in order,
-// checking its syntax: every part is key=value with a known key, no key
-// twice, a non-empty path=. The values are the caller's to check.
+// checking its syntax: every part is key=value with a known key (QEMU's
+// file= is path=), no key twice, a non-empty path=. As in QEMU, ",," is a
+// comma inside a value. The values are the caller's to check.
 func SplitDiskSpec(s string) ([]DiskSpecKey, error) {
 	if strings.TrimSpace(s) == "" {
 		return nil, fmt.Errorf("%w: empty (want %s)", ErrBadSpec, DiskSpecSyntax)
 	}
 	var kvs []DiskSpecKey
-	for _, part := range strings.Split(s, ",") {
+	for _, part := range splitEscaped(s) {
 		k, v, ok := strings.Cut(part, "=")
+		if alias, isAlias := diskSpecAliases[k]; isAlias {
+			k = alias
+		}
 		switch {
 		case !ok:
 			return nil, fmt.Errorf("%w %q: %q is not key=value", ErrBadSpec, s, part)
@@ -54,6 +61,25 @@ func SplitDiskSpec(s string) ([]DiskSpecKey, error) {
 	return kvs, nil
 }
 
+// splitEscaped splits s at single commas; ",," stands for a comma.
+func splitEscaped(s string) []string {
+	var parts []string
+	var cur strings.Builder
+	for i := 0; i < len(s); i++ {
+		switch {
+		case s[i] == ',' && i+1 < len(s) && s[i+1] == ',':
+			cur.WriteByte(',')
+			i++
+		case s[i] == ',':
+			parts = append(parts, cur.String())
+			cur.Reset()
+		default:
+			cur.WriteByte(s[i])
+		}
+	}
+	return append(parts, cur.String())
+}
+
 // DiskSpecValue returns the value of key in kvs.
 func DiskSpecValue(kvs []DiskSpecKey, key string) (string, bool) {
 	for _, e := range kvs {
@@ -68,7 +94,7 @@ func DiskSpecValue(kvs []DiskSpecKey, key string) (string, bool) {
 func JoinDiskSpec(kvs []DiskSpecKey) string {
 	parts := make([]string, len(kvs))
 	for i, e := range kvs {
-		parts[i] = e.Key + "=" + e.Value
+		parts[i] = e.Key + "=" + strings.ReplaceAll(e.Value, ",", ",,")
 	}
 	return strings.Join(parts, ",")
 }

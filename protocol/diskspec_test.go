@@ -15,7 +15,10 @@ func TestSplitDiskSpec(t *testing.T) {
 		{in: "path=d.img,readonly=on,powercut=lose-all", want: "path=d.img,readonly=on,powercut=lose-all"},
 		{in: "", bad: "empty"},
 		{in: "d.img", bad: "is not key=value"},
-		{in: "file=d.img", bad: "unknown key"},
+		{in: "file=d.img", want: "path=d.img"},
+		{in: "path=a,,b.img,cache=none", want: "path=a,,b.img,cache=none"},
+		{in: "file=x,path=y", bad: "given twice"},
+		{in: "pathh=d.img", bad: "unknown key"},
 		{in: "path=a,path=b", bad: "given twice"},
 		{in: "path=", bad: "empty path"},
 		{in: "cache=none", bad: "path= is required"},
@@ -31,5 +34,9 @@ func TestSplitDiskSpec(t *testing.T) {
 		if err != nil || JoinDiskSpec(kvs) != tc.want {
 			t.Errorf("SplitDiskSpec(%q) = %v, %v; want %s", tc.in, kvs, err, tc.want)
 		}
+	}
+	kvs, err := SplitDiskSpec("path=a,,b.img,serial=x")
+	if p, _ := DiskSpecValue(kvs, "path"); err != nil || p != "a,b.img" {
+		t.Errorf("escaped comma: path %q, %v", p, err)
 	}
 }

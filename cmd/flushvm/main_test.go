@@ -83,7 +83,7 @@ func TestCommandLine(t *testing.T) {
 		{"kernel file missing", []string{"run", "--kernel", filepath.Join(dir, "nope")}, false, 2, "", "no such file"},
 		{"bad --mem", []string{"run", "--kernel", kernel, "--mem", "12Q"}, false, 2, "", "--mem"},
 		{"bad --cpus", []string{"run", "--kernel", kernel, "--cpus", "0"}, false, 2, "", "--cpus 0"},
-		{"bad disk spec", []string{"run", "--kernel", kernel, "--disk", "file=x"}, false, 2, "", "bad disk spec"},
+		{"bad disk spec", []string{"run", "--kernel", kernel, "--disk", "pathh=x"}, false, 2, "", "bad disk spec"},
 		{"disk file missing", []string{"run", "--kernel", kernel, "--disk", "path=" + filepath.Join(dir, "none.img")}, false, 2, "", "no such file"},
 		{"disk is a directory", []string{"run", "--kernel", kernel, "--disk", "path=" + dir}, false, 2, "", "is a directory"},
 		{"disk is a character device", []string{"run", "--kernel", kernel, "--disk", "path=/dev/null"}, false, 2, "", "not a regular file or a block device"},

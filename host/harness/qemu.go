@@ -122,6 +122,8 @@ func qemuDrive(spec string) (string, error) {
 			opts += ",serial=" + qemuEscape(v)
 		case "locking":
 			opts += ",file.locking=" + v
+		case "discard":
+			opts += ",discard=" + v
 		default:
 			return "", fmt.Errorf("qemu stand-in: disk %q: key %q has no QEMU equivalent", spec, kv.Key)
 		}
