@@ -423,6 +423,9 @@ func TestListener(t *testing.T) {
 	if b, _ := os.ReadFile(path); !bytes.Equal(b, []byte("precious")) {
 		t.Fatalf("file clobbered")
 	}
+	if _, err := os.Stat(path + ".lock"); !os.IsNotExist(err) {
+		t.Errorf("a refused Listen left its lock file: %v", err)
+	}
 	os.Remove(path)
 	l, err := Listen(path)
 	if err != nil {

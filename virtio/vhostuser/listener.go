@@ -37,6 +37,7 @@ func Listen(path string) (*Listener, error) {
 	}
 	l, err := listen(path)
 	if err != nil {
+		os.Remove(path + ".lock")
 		unix.Close(lockFd)
 		return nil, err
 	}
