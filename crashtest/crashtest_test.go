@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/flushvm/flushvm/internal/jsonschema"
 	"github.com/flushvm/flushvm/protocol"
 )
 
@@ -413,6 +414,50 @@ func TestCampaignThatCheckedNothing(t *testing.T) {
 			}
 			if rep.Schema != protocol.CrashtestSchema || rep.FlushvmVersion == "" {
 				t.Errorf("report schema %d version %q", rep.Schema, rep.FlushvmVersion)
+			}
+		})
+	}
+}
+
+// TestReportSchema writes the reports of a passing, a violating and an
+// incomplete campaign and checks them against the committed schema
+// (protocol/schema/crashtest-report.schema.json).
+func TestReportSchema(t *testing.T) {
+	b, err := os.ReadFile("../protocol/schema/crashtest-report.schema.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	schema, err := jsonschema.Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name  string
+		flags []string
+		guest *fakeGuest
+		want  string
+	}{
+		{"passed", []string{"--cuts", "2"}, &fakeGuest{}, protocol.CrashtestPassed},
+		{"violations", []string{"--cuts", "2", "--cache", "unsafe"}, &fakeGuest{}, protocol.CrashtestViolated},
+		{"incomplete", []string{"--cuts", "2"}, &fakeGuest{fail: map[string]bool{"mkfs": true}}, protocol.CrashtestIncomplete},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := testCampaign(t, tc.flags...)
+			rep, _ := c.Run(context.Background(), tc.guest, NewProgress(io.Discard, c.ShardCuts()), nil)
+			path := filepath.Join(t.TempDir(), "r.json")
+			if err := rep.Write(path); err != nil {
+				t.Fatal(err)
+			}
+			doc, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if errs := schema.Validate(doc); len(errs) > 0 {
+				t.Errorf("report does not match its schema:\n%s", strings.Join(errs, "\n"))
+			}
+			if rep.Status != tc.want {
+				t.Errorf("status %q, want %q", rep.Status, tc.want)
 			}
 		})
 	}

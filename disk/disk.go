@@ -59,9 +59,22 @@ type PowerCutStats struct {
 	Error string `json:"error,omitempty"`
 }
 
-// Stats is the whole --stats document (and GET /stats).
+// Stats is the whole --stats document (and GET /stats); its schema is
+// protocol/schema/stats.schema.json.
 type Stats struct {
-	Disks []DiskStats `json:"disks"`
+	// Schema is protocol.StatsSchema; FlushvmVersion the binary that
+	// wrote the document (both set by NewStats).
+	Schema         int         `json:"schema"`
+	FlushvmVersion string      `json:"flushvm_version"`
+	Disks          []DiskStats `json:"disks"`
+}
+
+// NewStats is the stats document of the disks' entries.
+func NewStats(disks ...DiskStats) Stats {
+	if disks == nil {
+		disks = []DiskStats{}
+	}
+	return Stats{Schema: protocol.StatsSchema, FlushvmVersion: protocol.Version(), Disks: disks}
 }
 
 // Open opens the disk sp describes: device -> [cut layer] -> [write
@@ -186,7 +199,7 @@ func ShellQuote(s string) string {
 
 // Collect returns the stats document of disks.
 func Collect(disks []*Disk) Stats {
-	doc := Stats{Disks: make([]DiskStats, 0, len(disks))}
+	doc := NewStats(make([]DiskStats, 0, len(disks))...)
 	for _, d := range disks {
 		doc.Disks = append(doc.Disks, d.Stats())
 	}

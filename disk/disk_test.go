@@ -2,12 +2,14 @@ package disk
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/flushvm/flushvm/blk"
+	"github.com/flushvm/flushvm/internal/jsonschema"
 )
 
 // TestCacheBoundDestage checks that --cache-bound reaches the volatile
@@ -58,5 +60,66 @@ func TestCacheBoundDestage(t *testing.T) {
 		if got[i*4096] != want {
 			t.Errorf("block %d holds %d, want %d", i, got[i*4096], want)
 		}
+	}
+}
+
+// TestStatsSchema writes the --stats document of a plain disk and of a
+// power-cut disk with a write log after a cut, and checks it against the
+// committed schema (protocol/schema/stats.schema.json).
+func TestStatsSchema(t *testing.T) {
+	b, err := os.ReadFile("../protocol/schema/stats.schema.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	schema, err := jsonschema.Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	var disks []*Disk
+	ps := NewPowerSupply()
+	for i, spec := range []string{",cache=writethrough,serial=a", ",powercut=random-sectors"} {
+		img := filepath.Join(dir, fmt.Sprintf("d%d.img", i))
+		if err := os.WriteFile(img, make([]byte, 64<<10), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		sp, err := blk.ParseSpec("path=" + img + spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		logPath := ""
+		if sp.HasPowerCut() {
+			logPath = filepath.Join(dir, "run.wlog")
+		}
+		d, err := Open(sp, logPath, 0, ps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Dev.Close()
+		disks = append(disks, d)
+		v := blk.NewVec(1)
+		v.Append(bytes.Repeat([]byte{7}, 4096))
+		if err := d.Dev.Backend().WriteAt(v, 4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ps.Cut("test")
+	ps.Release()
+	if _, err := disks[1].PowerCut(ps.Why(), 3); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "stats.json")
+	if err := WriteStats(path, Collect(disks)); err != nil {
+		t.Fatal(err)
+	}
+	doc, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if errs := schema.Validate(doc); len(errs) > 0 {
+		t.Errorf("--stats does not match its schema:\n%s\n%s", strings.Join(errs, "\n"), doc)
+	}
+	if !strings.Contains(string(doc), `"power_cut"`) || !strings.Contains(string(doc), `"flushvm_version"`) {
+		t.Errorf("the document lacks the cut or the version:\n%s", doc)
 	}
 }

@@ -13,6 +13,10 @@ const (
 	CrashtestFailed = 3
 )
 
+// StatsSchema is the version of the --stats document's schema
+// (protocol/schema/stats.schema.json).
+const StatsSchema = 1
+
 // CrashtestSchema is the version of the CrashtestReport schema; it grows
 // when a field changes meaning (new fields alone do not bump it).
 const CrashtestSchema = 2

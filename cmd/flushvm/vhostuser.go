@@ -141,7 +141,7 @@ func (f *vhostUserFlags) serve(logger *log.Logger) error {
 	logger.Printf("serving %s (cache=%s, %d queue(s) of %d) on %s", spec.Path, spec.Cache, f.queues, f.queueSize, f.socket)
 	sessionErr := serveOne(l, dev, logger)
 	if f.stats != "" {
-		if err := disk.WriteStats(f.stats, disk.Stats{Disks: []disk.DiskStats{{Stats: dev.Stats()}}}); err != nil {
+		if err := disk.WriteStats(f.stats, disk.NewStats(disk.DiskStats{Stats: dev.Stats()})); err != nil {
 			if sessionErr != nil {
 				logger.Print(sessionErr)
 			}
