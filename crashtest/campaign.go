@@ -165,7 +165,7 @@ func (f *Flags) Campaign() (*Campaign, error) {
 	if c.initrd, err = existingAbs("initrd", f.initrd); err != nil {
 		return nil, err
 	}
-	size, err := protocol.ParseSize(f.diskSize, protocol.BareBytes)
+	size, err := protocol.ParseSize(f.diskSize)
 	if err != nil || size < 16<<20 || size%512 != 0 {
 		return nil, usageErrorf("--disk-size %q: want at least 16M, a multiple of 512 bytes", f.diskSize)
 	}
@@ -210,7 +210,7 @@ func (f *Flags) Campaign() (*Campaign, error) {
 	if f.cpus < 1 || f.cpus > 64 {
 		return nil, usageErrorf("--cpus %d: want 1..64", f.cpus)
 	}
-	if _, err := protocol.ParseSize(f.mem, protocol.BareBytes); err != nil {
+	if _, err := protocol.ParseSize(f.mem); err != nil {
 		return nil, usageErrorf("--mem %q: %v", f.mem, err)
 	}
 	if f.bootTimeout <= 0 {

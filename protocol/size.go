@@ -10,23 +10,16 @@ import (
 // ErrBadSize reports a size argument that cannot be read.
 var ErrBadSize = errors.New("bad size")
 
-// Units of a size without suffix: what a bare number means to a flag.
-const (
-	// BareBytes: a bare number is bytes (--disk-size, --cache-bound).
-	BareBytes uint64 = 1
-	// BareMiB: a bare number is MiB, as in QEMU's -m (--mem).
-	BareMiB uint64 = 1 << 20
-)
-
-// ParseSize reads a size: a positive number with an optional K, M, G or T
-// suffix (powers of 1024, case-insensitive, an optional trailing B or iB
-// allowed). bare is the unit of a number without suffix (BareBytes or
-// BareMiB). Errors wrap ErrBadSize.
-func ParseSize(s string, bare uint64) (uint64, error) {
+// ParseSize reads a size, the one grammar of every size flag (--mem,
+// --disk-size, --cache-bound, --scratch-size): a positive number with an
+// optional K, M, G or T suffix (powers of 1024, case-insensitive, an
+// optional trailing B or iB allowed); a bare number is bytes. Errors wrap
+// ErrBadSize.
+func ParseSize(s string) (uint64, error) {
 	t := strings.TrimSpace(strings.ToUpper(s))
 	t = strings.TrimSuffix(t, "IB")
 	t = strings.TrimSuffix(t, "B")
-	mult := bare
+	mult := uint64(1)
 	if n := len(t); n > 0 {
 		if i := strings.IndexByte("KMGT", t[n-1]); i >= 0 {
 			mult, t = 1<<(10*(i+1)), t[:n-1]

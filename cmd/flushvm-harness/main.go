@@ -112,7 +112,7 @@ func run(args []string) int {
 	}
 	opts := harness.Options{Mode: mode, Stdout: os.Stdout, Log: os.Stderr, Timeout: *timeout, Flushvm: *flushvm}
 	if *scratch != "" {
-		size, err := protocol.ParseSize(*scratch, protocol.BareBytes)
+		size, err := protocol.ParseSize(*scratch)
 		if opts.ScratchSize = int64(size); err != nil || opts.ScratchSize < 16<<20 {
 			fmt.Fprintf(os.Stderr, "flushvm-harness: --scratch-size %q: want at least 16M\n", *scratch)
 			return 2

@@ -88,6 +88,7 @@ func TestCommandLine(t *testing.T) {
 		{"disk is a directory", []string{"run", "--kernel", kernel, "--disk", "path=" + dir}, false, 2, "", "is a directory"},
 		{"disk is a character device", []string{"run", "--kernel", kernel, "--disk", "path=/dev/null"}, false, 2, "", "not a regular file or a block device"},
 		{"--mem below the minimum", []string{"run", "--kernel", kernel, "--mem", "8M"}, false, 2, "", "at least 16M"},
+		{"bare --mem is bytes", []string{"run", "--kernel", kernel, "--mem", "512"}, false, 2, "", "a bare number is bytes: write 512M for MiB"},
 		{"kernel is a device", []string{"run", "--kernel", "/dev/zero"}, false, 2, "", "not a regular file"},
 		{"kernel larger than memory", []string{"run", "--kernel", big, "--mem", "16M"}, false, 2, "", "more than the guest's"},
 		{"not a bzImage", []string{"run", "--kernel", notKernel}, true, 2, "", "not a bootable bzImage"},

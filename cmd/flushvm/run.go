@@ -6,6 +6,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -62,7 +64,7 @@ func newRunFlags() *runFlags {
 	fs.StringVar(&f.kernel, "kernel", "", "Linux bzImage (or ELF vmlinux) to boot (required)\n  e.g. --kernel build/kernel/vmlinuz-6.1.0-56-amd64")
 	fs.StringVar(&f.initrd, "initrd", "", "initial ramdisk (cpio, optionally compressed) given to the kernel\n  e.g. --initrd build/initramfs.cpio.gz")
 	fs.StringVar(&f.append, "append", defaultAppend, "kernel command line\n  e.g. --append 'console=ttyS0 reboot=k panic=-1 pci=noearly quiet'")
-	fs.StringVar(&f.mem, "mem", "512M", "guest RAM: a number with K, M or G (no suffix: MiB)\n  e.g. --mem 1G")
+	fs.StringVar(&f.mem, "mem", "512M", "guest RAM: a number with K, M, G or T (no suffix: bytes, as in every size flag)\n  e.g. --mem 1G")
 	fs.IntVar(&f.cpus, "cpus", 1, fmt.Sprintf("number of vCPUs (1-%d)\n  e.g. --cpus 2", vmm.MaxCPUs))
 	fs.StringArrayVar(&f.disks, "disk", nil, "virtio-blk disk, repeatable: the guest sees vda, vdb, ... in order\n"+
 		"  SPEC = path=FILE[,cache=writeback|writethrough|none|directsync|unsafe][,readonly=on|off][,serial=STRING]\n"+
@@ -233,9 +235,12 @@ func (f *runFlags) machineConfig(stdout, stderr io.Writer) (vmm.Config, []blk.Sp
 	if f.kernel == "" {
 		return cfg, nil, pc, userErrorf("--kernel FILE is required")
 	}
-	mem, err := protocol.ParseSize(f.mem, protocol.BareMiB)
+	mem, err := protocol.ParseSize(f.mem)
 	if err == nil {
 		err = vmm.CheckMemSize(mem)
+	}
+	if _, bare := strconv.ParseUint(strings.TrimSpace(f.mem), 10, 64); err != nil && bare == nil {
+		err = fmt.Errorf("%w (a bare number is bytes: write %sM for MiB)", err, strings.TrimSpace(f.mem))
 	}
 	if err != nil {
 		return cfg, nil, pc, userErrorf("--mem %s: %v", f.mem, err)
@@ -472,7 +477,7 @@ func (f *runFlags) powerCutSetup(specs []blk.Spec) (powerCutConfig, error) {
 		}
 	}
 	if f.cacheBound != "" {
-		b, err := protocol.ParseSize(f.cacheBound, protocol.BareBytes)
+		b, err := protocol.ParseSize(f.cacheBound)
 		if err != nil {
 			return pc, userErrorf("--cache-bound: %v", err)
 		}

@@ -69,7 +69,7 @@ func ScratchSize(runs []Run) (int64, error) {
 			total += 64 << 20
 			continue
 		}
-		size, err := protocol.ParseSize(sz, protocol.BareBytes)
+		size, err := protocol.ParseSize(sz)
 		disk := int64(size)
 		if err != nil {
 			return 0, fmt.Errorf("crashtest --disk-size: %w", err)
