@@ -123,3 +123,29 @@ func Crashed(status int, out []byte) bool {
 	r, ok := FindCrashReport(out)
 	return ok && r.Status == status
 }
+
+// DebugExitPort is the I/O port a guest writes one byte v to, to end
+// `flushvm run` with exit status v (QEMU's isa-debug-exit at the same port
+// exits with 2v+1).
+const DebugExitPort = 0xf4
+
+// ExitStatusRow is one way `flushvm run` ends and its exit status.
+type ExitStatusRow struct {
+	When, Status string
+}
+
+// RunExitStatuses is the table of how `flushvm run` ends: the one table
+// flushvm run --help prints and the README shows (a test keeps the README's
+// copy equal).
+var RunExitStatuses = []ExitStatusRow{
+	{"guest reboot (reboot=k, the default, or the ACPI reset register, port 0xcf9)", strconv.Itoa(ExitOK)},
+	{"guest power-off (poweroff: ACPI S5 through PM1a_CNT)", strconv.Itoa(ExitOK)},
+	{"the guest writes one byte v to I/O port 0xf4 (debug exit)", "v"},
+	{"Ctrl-A x on the console (when stdin is a terminal)", strconv.Itoa(ExitOK)},
+	{"SIGINT/SIGTERM/SIGHUP to flushvm", "128+signal"},
+	{"power cut (--power-cut, or POST /power-cut on the --api socket)", strconv.Itoa(ExitPowerCut)},
+	{"guest crash: a vCPU triple-faulted, or the kernel panicked and said so through pvpanic (report line on stderr)", strconv.Itoa(ExitGuestCrash)},
+	{"guest hang found by --watchdog (report line on stderr)", strconv.Itoa(ExitGuestHang)},
+	{"KVM cannot run the guest (diagnostic on stderr)", strconv.Itoa(ExitFailure)},
+	{"usage or host-setup error: missing kernel, unreadable or locked disk, bad SPEC, no /dev/kvm (one line on stderr)", strconv.Itoa(ExitUsage)},
+}

@@ -1,5 +1,7 @@
 package vmm
 
+import "github.com/flushvm/flushvm/protocol"
+
 // Guest physical memory map. Everything the VMM builds before the first
 // instruction (GDT, page tables, boot_params, command line, MP table) sits in
 // the first megabyte, the kernel is loaded at 1 MiB, the initrd as high as
@@ -33,7 +35,7 @@ const (
 // Fixed I/O ports.
 const (
 	portCOM1        = 0x3f8
-	portDebugExit   = 0xf4
+	portDebugExit   = protocol.DebugExitPort
 	portPCIAddress  = 0xcf8
 	portPCIData     = 0xcfc
 	portResetCtl    = 0xcf9

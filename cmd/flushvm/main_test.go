@@ -12,6 +12,7 @@ import (
 	"github.com/flushvm/flushvm/blk"
 	"github.com/flushvm/flushvm/disk"
 	"github.com/flushvm/flushvm/kvm"
+	"github.com/flushvm/flushvm/protocol"
 )
 
 // tinyKernel is a bzImage whose 64-bit entry point prints "ok" on the serial
@@ -131,5 +132,19 @@ func TestCommandLine(t *testing.T) {
 	}
 	if len(doc.Disks) != 1 || doc.Disks[0].Path != img || doc.Disks[0].Cache != blk.CacheWritethrough {
 		t.Errorf("stats = %+v, want one writethrough disk %s", doc, img)
+	}
+}
+
+// TestREADMEExitStatuses keeps the README's table of how flushvm run ends
+// the same as protocol.RunExitStatuses, which flushvm run --help prints.
+func TestREADMEExitStatuses(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, row := range protocol.RunExitStatuses {
+		if line := "| " + row.When + " | " + row.Status + " |"; !strings.Contains(string(b), line) {
+			t.Errorf("README lacks the row %q", line)
+		}
 	}
 }

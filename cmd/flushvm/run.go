@@ -106,20 +106,8 @@ func (f *runFlags) usage(w io.Writer) {
 	fmt.Fprint(w, f.fs.FlagUsagesWrapped(0))
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Ending the machine and exit status:")
-	for _, row := range [][2]string{
-		{"guest reboot (reboot=k, or ACPI reset register 0xcf9)", fmt.Sprint(protocol.ExitOK)},
-		{"guest power-off (ACPI S5: poweroff)", fmt.Sprint(protocol.ExitOK)},
-		{fmt.Sprintf("guest writes one byte v to I/O port %#x (debug exit)", vmm.DebugExitPort), "v"},
-		{"Ctrl-A x on the console (when stdin is a terminal)", fmt.Sprint(protocol.ExitOK)},
-		{"SIGINT/SIGTERM to flushvm", "128+signal"},
-		{"power cut (--power-cut or POST /power-cut)", fmt.Sprint(protocol.ExitPowerCut)},
-		{"guest crash: a vCPU triple-faulted (report on stderr)", fmt.Sprint(protocol.ExitGuestCrash)},
-		{"guest crash: kernel panic told through pvpanic (report)", fmt.Sprint(protocol.ExitGuestCrash)},
-		{"guest hang found by --watchdog (report on stderr)", fmt.Sprint(protocol.ExitGuestHang)},
-		{"KVM cannot run the guest (diagnostic on stderr)", fmt.Sprint(protocol.ExitFailure)},
-		{"usage or host-setup error (one line on stderr)", fmt.Sprint(protocol.ExitUsage)},
-	} {
-		fmt.Fprintf(w, "  %-56s exit status %s\n", row[0], row[1])
+	for _, row := range protocol.RunExitStatuses {
+		fmt.Fprintf(w, "  %-10s %s\n", row.Status, row.When)
 	}
 	fmt.Fprintln(w, "  debug exit from a guest shell: printf '\\x05' | dd of=/dev/port bs=1 seek=244")
 	fmt.Fprintln(w)

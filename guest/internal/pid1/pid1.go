@@ -14,11 +14,13 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/flushvm/flushvm/protocol"
 )
 
 // DebugExitPort is flushvm's debug-exit I/O port: a 1-byte write of v ends
 // the VMM with exit status v.
-const DebugExitPort = 0xf4
+const DebugExitPort = protocol.DebugExitPort
 
 // ModuleList is where initramfs images list their modules in load order
 // (host/initramfs.ModuleListPath).
