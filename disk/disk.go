@@ -77,12 +77,27 @@ func NewStats(disks ...DiskStats) Stats {
 	return Stats{Schema: protocol.StatsSchema, FlushvmVersion: protocol.Version(), Disks: disks}
 }
 
+// Options are how Open builds a disk's stack.
+type Options struct {
+	// WriteLog is the --write-log file recording this disk ("": none).
+	WriteLog string
+	// CacheBound is --cache-bound: the most unstable bytes the volatile
+	// cache keeps (0: its default).
+	CacheBound int64
+	// Supply is the machine's power supply; a powercut= disk joins it
+	// (nil: no power cuts).
+	Supply *PowerSupply
+	// Device are the device's own options (queues, ring size).
+	Device blk.Options
+}
+
 // Open opens the disk sp describes: device -> [cut layer] -> [write
-// log] -> [volatile cache] -> file. ps is nil when no disk has powercut=.
-func Open(sp blk.Spec, logPath string, bound int64, ps *PowerSupply) (*Disk, error) {
+// log] -> [volatile cache] -> file.
+func Open(sp blk.Spec, o Options) (*Disk, error) {
+	logPath, bound, ps := o.WriteLog, o.CacheBound, o.Supply
 	needStack := sp.HasPowerCut() || logPath != ""
 	if !needStack {
-		dev, err := blk.Open(sp, blk.Options{})
+		dev, err := blk.Open(sp, o.Device)
 		if err != nil {
 			return nil, err
 		}
@@ -115,7 +130,9 @@ func Open(sp blk.Spec, logPath string, bound int64, ps *PowerSupply) (*Disk, err
 		ps.caches = append(ps.caches, d.cache)
 		b = ps.wire(b)
 	}
-	if d.Dev, err = blk.Open(sp, blk.Options{Backend: b}); err != nil {
+	dopts := o.Device
+	dopts.Backend = b
+	if d.Dev, err = blk.Open(sp, dopts); err != nil {
 		return nil, err
 	}
 	return d, nil

@@ -27,7 +27,7 @@ func TestCacheBoundDestage(t *testing.T) {
 		t.Fatal(err)
 	}
 	ps := NewPowerSupply()
-	d, err := Open(sp, filepath.Join(dir, "run.wlog"), 4096, ps)
+	d, err := Open(sp, Options{WriteLog: filepath.Join(dir, "run.wlog"), CacheBound: 4096, Supply: ps})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +91,7 @@ func TestStatsSchema(t *testing.T) {
 		if sp.HasPowerCut() {
 			logPath = filepath.Join(dir, "run.wlog")
 		}
-		d, err := Open(sp, logPath, 0, ps)
+		d, err := Open(sp, Options{WriteLog: logPath, Supply: ps})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -34,7 +34,16 @@ type PowerSupply struct {
 	// writes=N and flushes=N triggers (0: not armed).
 	writes, flushes       atomic.Uint64
 	cutWrites, cutFlushes uint64
+
+	// forever: held calls never end (HoldForever).
+	forever atomic.Bool
 }
+
+// HoldForever makes the calls held after the cut wait for Release with no
+// time bound. A vhost-user backend uses it: its guest keeps running under
+// another VMM, so no held request may ever complete; the process ends with
+// them held.
+func (p *PowerSupply) HoldForever() { p.forever.Store(true) }
 
 // NewPowerSupply returns a supply with the power on and no trigger armed.
 func NewPowerSupply() *PowerSupply {
@@ -100,6 +109,10 @@ func (p *PowerSupply) hold(err error) error {
 	// The bound only breaks a deadlock: a vCPU thread that is itself
 	// waiting for the device (a guest resetting it at the instant of the
 	// cut) could not stop, and the machine could not end.
+	if p.forever.Load() {
+		<-p.released
+		return blk.ErrPowerLost
+	}
 	t := time.NewTimer(holdLimit)
 	defer t.Stop()
 	select {

@@ -154,11 +154,11 @@ type vhuGuest struct {
 func vhuBoot(t *testing.T, a *vhuArtifacts, cacheOpt string, queues int, script string, extra *initramfs.Builder) vhuGuest {
 	t.Helper()
 	dir := t.TempDir()
-	img := filepath.Join(dir, "disk.img")
-	if err := os.WriteFile(img, nil, 0o644); err != nil {
+	diskImg := filepath.Join(dir, "disk.img")
+	if err := os.WriteFile(diskImg, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Truncate(img, 128<<20); err != nil {
+	if err := os.Truncate(diskImg, 128<<20); err != nil {
 		t.Fatal(err)
 	}
 	extra.Bytes("/run.sh", []byte(script), 0o755)
@@ -172,7 +172,7 @@ func vhuBoot(t *testing.T, a *vhuArtifacts, cacheOpt string, queues int, script 
 	defer cancel()
 	var stderr bytes.Buffer
 	be := exec.CommandContext(ctx, "nice", a.flushvm, "vhost-user-blk", "--socket", sock,
-		"--disk", "path="+img+cacheOpt, "--queues", strconv.Itoa(queues), "--stats", statsFile)
+		"--disk", "path="+diskImg+cacheOpt, "--queues", strconv.Itoa(queues), "--stats", statsFile)
 	be.Stderr = &stderr
 	if err := be.Start(); err != nil {
 		t.Fatal(err)
@@ -205,7 +205,7 @@ func vhuBoot(t *testing.T, a *vhuArtifacts, cacheOpt string, queues int, script 
 		<-done
 		t.Fatalf("flushvm did not exit after QEMU disconnected; stderr:\n%s", stderr.String())
 	}
-	g := vhuGuest{console: console.String(), disk: img, stderr: stderr.String()}
+	g := vhuGuest{console: console.String(), disk: diskImg, stderr: stderr.String()}
 	if qerr != nil {
 		t.Fatalf("qemu: %v; console:\n%s\nflushvm:\n%s", qerr, g.console, g.stderr)
 	}

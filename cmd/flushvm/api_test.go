@@ -281,7 +281,7 @@ func TestRunController(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		d, err := disk.Open(sp, "", 0, ps)
+		d, err := disk.Open(sp, disk.Options{Supply: ps})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -156,7 +156,7 @@ func TestCutBackendTriggers(t *testing.T) {
 			ps.Arm(trig)
 			var stops atomic.Int32
 			ps.Stop = func() { stops.Add(1) }
-			d, err := disk.Open(sp, logPath, 0, ps)
+			d, err := disk.Open(sp, disk.Options{WriteLog: logPath, Supply: ps})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -181,7 +181,7 @@ func (f *runFlags) run(stdout, stderr io.Writer) (status int, err error) {
 		if i == pc.logDisk {
 			logPath = f.writeLog
 		}
-		d, err := disk.Open(sp, logPath, pc.bound, pc.supply)
+		d, err := disk.Open(sp, disk.Options{WriteLog: logPath, CacheBound: pc.bound, Supply: pc.supply})
 		if err != nil {
 			return 0, userErrorf("--disk %s: %v", f.disks[i], err)
 		}

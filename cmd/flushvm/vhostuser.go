@@ -11,14 +11,17 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
 	"github.com/flushvm/flushvm/blk"
 	"github.com/flushvm/flushvm/disk"
+	"github.com/flushvm/flushvm/protocol"
 	"github.com/flushvm/flushvm/virtio/vhostuser"
 )
 
@@ -30,6 +33,11 @@ type vhostUserFlags struct {
 	queues    int
 	queueSize int
 	stats     string
+	// The power-cut flags, as in flushvm run.
+	powerCut   string
+	seed       uint64
+	writeLog   string
+	cacheBound string
 }
 
 func newVhostUserFlags() *vhostUserFlags {
@@ -44,12 +52,20 @@ func newVhostUserFlags() *vhostUserFlags {
 	fs.IntVar(&f.queueSize, "queue-size", 128, "ring size of every queue; must equal the frontend's (QEMU vhost-user-blk-pci\n"+
 		"  queue-size): the device tells the guest how long a request may be from it\n  e.g. --queue-size 256")
 	fs.StringVar(&f.stats, "stats", "", "write the statistics JSON document to FILE at exit\n  e.g. --stats stats.json")
+	fs.StringVar(&f.powerCut, "power-cut", "", "cut the power of a powercut= disk when WHEN happens: after=DURATION (from the start),\n"+
+		"  writes=N or flushes=N (the N-th reaching the disk); the backend then exits 100 and its\n"+
+		"  frontend's guest is left with a dead disk: nothing held completes\n  e.g. --power-cut writes=500")
+	fs.Uint64Var(&f.seed, "seed", 0, "seed of the power-cut policy's random choices\n  e.g. --seed 42")
+	fs.StringVar(&f.writeLog, "write-log", "", "record the disk's writes, discards and flushes (dm-log-writes format)\n  e.g. --write-log run.wlog")
+	fs.StringVar(&f.cacheBound, "cache-bound", "", "most unstable data the powercut= disk's volatile cache keeps before it destages\n"+
+		"  (K/M/G/T; a bare number is bytes)\n  e.g. --cache-bound 64M")
 	fs.Usage = func() {}
 	return f
 }
 
 func (f *vhostUserFlags) usage(w io.Writer) {
 	fmt.Fprintln(w, "Usage: flushvm vhost-user-blk --socket PATH --disk SPEC [--queues N] [--queue-size N] [--stats FILE]")
+	fmt.Fprintln(w, "                              [--power-cut WHEN] [--seed N] [--write-log FILE] [--cache-bound SIZE]")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Serves the disk SPEC to one vhost-user frontend connecting to the unix socket PATH.")
 	fmt.Fprintln(w, "When the frontend disconnects, or on SIGINT/SIGTERM, writes --stats and exits 0. A")
@@ -60,7 +76,11 @@ func (f *vhostUserFlags) usage(w io.Writer) {
 	fmt.Fprintln(w, "Flags:")
 	fmt.Fprint(w, f.fs.FlagUsagesWrapped(0))
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Exit status: 0 clean session, 1 protocol or I/O failure, 2 usage error.")
+	fmt.Fprintln(w, "With powercut=POLICY in the SPEC the disk runs on the power-cut model, as under flushvm")
+	fmt.Fprintln(w, "run: --power-cut cuts its power, the policy decides what the image keeps, one line on")
+	fmt.Fprintln(w, "stderr says what the cut did (with the replay command when --write-log is given).")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Exit status: 0 clean session, 1 protocol or I/O failure, 2 usage error, 100 power cut.")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Example:")
 	fmt.Fprintln(w, "  flushvm vhost-user-blk --socket /tmp/vhu.sock --disk path=disk.img,cache=writeback --stats stats.json &")
@@ -85,10 +105,11 @@ func runVhostUserBlk(args []string, stdout, stderr io.Writer) int {
 	if status, ok := parseCommandFlags("vhost-user-blk", f.fs, f.usage, args, stdout, stderr); !ok {
 		return status
 	}
-	if err := f.serve(log.New(stderr, "flushvm vhost-user-blk: ", 0)); err != nil {
+	status, err := f.serve(log.New(stderr, "flushvm vhost-user-blk: ", 0))
+	if err != nil {
 		return commandFailed("vhost-user-blk", err, stderr)
 	}
-	return exitOK
+	return status
 }
 
 // check validates the flags and returns the disk's spec.
@@ -109,10 +130,12 @@ func (f *vhostUserFlags) check() (blk.Spec, error) {
 	if err != nil {
 		return spec, userErrorf("--disk: %v", err)
 	}
-	if spec.HasPowerCut() {
-		// The backend has no power to cut: only flushvm run stops a
-		// machine at the instant of a cut.
-		return spec, userErrorf("--disk: powercut= works with flushvm run only")
+	if !spec.HasPowerCut() {
+		for _, fl := range []string{"power-cut", "seed", "cache-bound"} {
+			if f.fs.Changed(fl) {
+				return spec, userErrorf("--%s needs powercut=POLICY in the --disk SPEC", fl)
+			}
+		}
 	}
 	if f.stats != "" {
 		if st, err := os.Stat(filepath.Dir(f.stats)); err != nil || !st.IsDir() {
@@ -123,32 +146,110 @@ func (f *vhostUserFlags) check() (blk.Spec, error) {
 }
 
 // serve opens the disk, serves one frontend session and writes --stats.
-func (f *vhostUserFlags) serve(logger *log.Logger) error {
+func (f *vhostUserFlags) serve(logger *log.Logger) (status int, err error) {
 	spec, err := f.check()
 	if err != nil {
-		return err
+		return 0, err
 	}
-	dev, err := blk.Open(spec, blk.Options{Queues: f.queues, MaxQueueSize: uint16(f.queueSize)})
+	trig, o, err := f.diskOptions(spec)
 	if err != nil {
-		return userErrorf("--disk: %v", err)
+		return 0, err
 	}
-	defer dev.Close()
+	d, err := disk.Open(spec, o)
+	if err != nil {
+		return 0, userErrorf("--disk: %v", err)
+	}
+	cut := make(chan struct{})
+	if ps := o.Supply; ps != nil {
+		ps.Stop = func() { close(cut) }
+		if trig.Kind == protocol.TriggerAfter {
+			t := time.AfterFunc(trig.After, func() { ps.Cut("power cut by --power-cut " + trig.String()) })
+			defer t.Stop()
+		}
+	}
 	l, err := vhostuser.Listen(f.socket)
 	if err != nil {
-		return userErrorf("--socket: %v", err)
+		d.Dev.Close()
+		return 0, userErrorf("--socket: %v", err)
 	}
 	defer l.Release()
 	logger.Printf("serving %s (cache=%s, %d queue(s) of %d) on %s", spec.Path, spec.Cache, f.queues, f.queueSize, f.socket)
-	sessionErr := serveOne(l, dev, logger)
-	if f.stats != "" {
-		if err := disk.WriteStats(f.stats, disk.NewStats(disk.DiskStats{Stats: dev.Stats()})); err != nil {
-			if sessionErr != nil {
-				logger.Print(sessionErr)
-			}
-			return err
+	done := make(chan error, 1)
+	go func() { done <- serveOne(l, d.Dev, logger) }()
+	select {
+	case sessionErr := <-done:
+		return 0, f.endSession(d, sessionErr, logger)
+	case <-cut:
+		return f.powerOff(d, o.Supply, logger)
+	}
+}
+
+// diskOptions checks the power-cut flags against the disk and returns the
+// trigger and how to open the disk's stack.
+func (f *vhostUserFlags) diskOptions(spec blk.Spec) (protocol.Trigger, disk.Options, error) {
+	o := disk.Options{WriteLog: f.writeLog, Device: blk.Options{Queues: f.queues, MaxQueueSize: uint16(f.queueSize)}}
+	var trig protocol.Trigger
+	if f.powerCut != "" {
+		t, err := protocol.ParseTrigger(f.powerCut)
+		if err != nil {
+			return trig, o, userErrorf("--power-cut: %v", err)
 		}
+		trig = t
+	}
+	if f.cacheBound != "" {
+		b, err := protocol.ParseSize(f.cacheBound)
+		if err != nil {
+			return trig, o, userErrorf("--cache-bound: %v", err)
+		}
+		o.CacheBound = int64(b)
+	}
+	if spec.HasPowerCut() {
+		o.Supply = disk.NewPowerSupply()
+		o.Supply.HoldForever()
+		o.Supply.Arm(trig)
+	}
+	return trig, o, nil
+}
+
+// endSession closes the disk after its session and writes --stats.
+func (f *vhostUserFlags) endSession(d *disk.Disk, sessionErr error, logger *log.Logger) error {
+	err := f.writeStats(d)
+	if cerr := d.Dev.Close(); cerr != nil && err == nil {
+		err = fmt.Errorf("closing the disk: %w", cerr)
+	}
+	if err != nil {
+		if sessionErr != nil {
+			logger.Print(sessionErr)
+		}
+		return err
 	}
 	return sessionErr
+}
+
+// powerOff ends the backend after a power cut: the policy decides what the
+// image keeps, one line says what the cut did, --stats is written, and the
+// process ends with the requests the cut held still held. The frontend's
+// guest keeps running under its own VMM, so nothing may complete after the
+// instant of the cut, not even with an error: its disk went dead.
+func (f *vhostUserFlags) powerOff(d *disk.Disk, ps *disk.PowerSupply, logger *log.Logger) (int, error) {
+	_, cutErr := d.PowerCut(ps.Why(), f.seed)
+	logger.Print(strings.TrimPrefix(d.Summary("disk "+d.Dev.Spec().Path), "flushvm: "))
+	err := f.writeStats(d)
+	if cutErr != nil {
+		return exitFailure, fmt.Errorf("power cut: %w", cutErr)
+	}
+	if err != nil {
+		return exitFailure, err
+	}
+	return exitPowerCut, nil
+}
+
+// writeStats writes --stats (when given) with the disk's entry.
+func (f *vhostUserFlags) writeStats(d *disk.Disk) error {
+	if f.stats == "" {
+		return nil
+	}
+	return disk.WriteStats(f.stats, disk.NewStats(d.Stats()))
 }
 
 // serveOne accepts one frontend on l and serves dev to it until it

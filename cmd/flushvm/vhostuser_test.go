@@ -34,7 +34,7 @@ func TestVhostUserBlkUsage(t *testing.T) {
 		{"no socket", []string{"--disk", "path=" + img}, "--socket PATH is required"},
 		{"no disk", []string{"--socket", sock}, "--disk SPEC is required"},
 		{"bad spec", []string{"--socket", sock, "--disk", "path=" + img + ",cache=fast"}, "unknown cache mode"},
-		{"power cut", []string{"--socket", sock, "--disk", "path=" + img + ",powercut=lose-all"}, "flushvm run only"},
+		{"power cut without powercut=", []string{"--socket", sock, "--disk", "path=" + img, "--power-cut", "writes=3"}, "needs powercut=POLICY"},
 		{"missing file", []string{"--socket", sock, "--disk", "path=" + dir + "/nope"}, "no such file"},
 		{"queues", []string{"--socket", sock, "--disk", "path=" + img, "--queues", "0"}, "--queues 0"},
 		{"queue size", []string{"--socket", sock, "--disk", "path=" + img, "--queue-size", "100"}, "--queue-size 100"},
