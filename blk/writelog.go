@@ -81,8 +81,10 @@ type WriteLogFile interface {
 // logged before it — those that completed before the Sync was called (the
 // virtio rule); a write completing while the Sync runs is logged after it.
 // A write-zeroes is logged as a write of zeroes (its data a hole in the
-// log file). The super block's entry count is rewritten at every flush and
-// at Close, so a log cut short by a crash still reads up to its last flush.
+// log file). The super block's entry count is rewritten at every flush,
+// every mark and at Close, so a log cut short by a crash still reads up to
+// its last flush, and one whose writer stops at a mark (a vhost-user
+// backend ending at a power cut, without closing) reads up to the mark.
 // Concurrent overlapping writes (which only a guest racing with itself
 // issues) are logged in completion order, which may differ from the order
 // the lower Backend applied them.
@@ -288,7 +290,9 @@ func (l *WriteLog) append(flags uint64, off, n int64, v *Vec, mark string) error
 	l.entries++
 	if flags&WriteLogFlush != 0 {
 		l.flushes++
-		// Keep the count on disk current at every flush.
+	}
+	if flags&(WriteLogFlush|WriteLogMark) != 0 {
+		// Keep the count on disk current at every flush and mark.
 		if err := l.writeSuper(); err != nil {
 			return err
 		}

@@ -432,3 +432,38 @@ func TestWriteLogAllocs(t *testing.T) {
 		t.Fatalf("%.2f allocations per logged write", a)
 	}
 }
+
+// TestWriteLogReadableWithoutClose checks what a reader sees of a log
+// whose writer never closed it: every entry up to the last flush or mark
+// (a vhost-user backend ends at its power-cut mark without closing), and
+// nothing of the writes after it.
+func TestWriteLogReadableWithoutClose(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "log")
+	l, err := CreateWriteLog(newPCDisk(64<<10, 1), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(off int64) {
+		v := NewVec(1)
+		v.Append(bytes.Repeat([]byte{9}, 4096))
+		if err := l.WriteAt(v, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(0)
+	if err := l.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	write(4096)
+	write(8192)
+	if _, es := readLogEntries(t, path); len(es) != 2 {
+		t.Fatalf("before the mark a reader sees %d entries, want 2 (write, flush)", len(es))
+	}
+	if err := l.Mark("cut"); err != nil {
+		t.Fatal(err)
+	}
+	_, es := readLogEntries(t, path)
+	if len(es) != 5 || es[4].Mark != "cut" {
+		t.Fatalf("after the mark a reader sees %+v, want write, flush, write, write, mark", es)
+	}
+}
