@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/flushvm/flushvm/blk"
+	"github.com/flushvm/flushvm/internal/cli"
 	"github.com/flushvm/flushvm/protocol"
 )
 
@@ -109,7 +110,7 @@ func (f *Flags) Usage(w io.Writer) {
 	fmt.Fprintln(w, "failing cut and the command that reproduces it.")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Flags:")
-	fmt.Fprint(w, f.FS.FlagUsagesWrapped(0))
+	cli.FlagTable(w, f.FS)
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Exit status: 0 no violation, 1 violations found, 2 usage error, 3 boots failed")
 	fmt.Fprintln(w, "(some cuts could not be checked; no violation among the others).")

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/flushvm/flushvm/blk"
+	"github.com/flushvm/flushvm/internal/cli"
 	"github.com/flushvm/flushvm/internal/sparse"
 )
 
@@ -71,7 +72,7 @@ func (f *replayFlags) usage(w io.Writer) {
 	fmt.Fprintln(w, "Prints a one-line summary of what was kept and lost.")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Flags:")
-	fmt.Fprint(w, f.fs.FlagUsagesWrapped(0))
+	cli.FlagTable(w, f.fs)
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Exit status: 0 image written, 1 the log is damaged or I/O failed,")
 	fmt.Fprintln(w, "2 usage error (bad flag, missing file, no such flush).")

@@ -15,6 +15,7 @@ import (
 
 	"github.com/flushvm/flushvm/blk"
 	"github.com/flushvm/flushvm/disk"
+	"github.com/flushvm/flushvm/internal/cli"
 	"github.com/flushvm/flushvm/kvm"
 	"github.com/flushvm/flushvm/protocol"
 	"github.com/flushvm/flushvm/vmm"
@@ -103,7 +104,7 @@ func (f *runFlags) usage(w io.Writer) {
 	fmt.Fprintln(w, "without ACPI.")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Flags:")
-	fmt.Fprint(w, f.fs.FlagUsagesWrapped(0))
+	cli.FlagTable(w, f.fs)
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Ending the machine and exit status:")
 	for _, row := range protocol.RunExitStatuses {

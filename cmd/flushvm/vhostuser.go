@@ -21,6 +21,7 @@ import (
 
 	"github.com/flushvm/flushvm/blk"
 	"github.com/flushvm/flushvm/disk"
+	"github.com/flushvm/flushvm/internal/cli"
 	"github.com/flushvm/flushvm/protocol"
 	"github.com/flushvm/flushvm/virtio/vhostuser"
 )
@@ -74,7 +75,7 @@ func (f *vhostUserFlags) usage(w io.Writer) {
 	fmt.Fprintln(w, "a new backend. FLUSHVM_VHOST_TRACE=1 in the environment logs every protocol message.")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Flags:")
-	fmt.Fprint(w, f.fs.FlagUsagesWrapped(0))
+	cli.FlagTable(w, f.fs)
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "With powercut=POLICY in the SPEC the disk runs on the power-cut model, as under flushvm")
 	fmt.Fprintln(w, "run: --power-cut cuts its power, the policy decides what the image keeps, one line on")
