@@ -343,6 +343,7 @@ var modeOrder = []string{"writeback", "writethrough", "none", "directsync", "uns
 func readReports(paths []string) ([]tableRow, error) {
 	var rows []tableRow
 	var bad []string
+	version := "" // the flushvm build of the first report read
 	for _, p := range paths {
 		b, err := os.ReadFile(p)
 		var r protocol.CrashtestReport
@@ -352,10 +353,17 @@ func readReports(paths []string) ([]tableRow, error) {
 		if err == nil && r.Cache == "" {
 			err = errors.New("no cache mode: not a flushvm crashtest report")
 		}
+		if err == nil && r.Schema != protocol.CrashtestSchema {
+			err = fmt.Errorf("report schema %d, this table reads schema %d (a report from another flushvm version)", r.Schema, protocol.CrashtestSchema)
+		}
+		if err == nil && version != "" && r.FlushvmVersion != version {
+			err = fmt.Errorf("written by flushvm %s, the other reports by %s: shards of different builds do not add up", r.FlushvmVersion, version)
+		}
 		if err != nil {
 			bad = append(bad, fmt.Sprintf("%s: %v", p, err))
 			continue
 		}
+		version = r.FlushvmVersion
 		i := slices.IndexFunc(rows, func(t tableRow) bool { return t.mode == r.Cache })
 		if i < 0 {
 			rows = append(rows, tableRow{mode: r.Cache, workload: r.Workload, policy: r.Policy})

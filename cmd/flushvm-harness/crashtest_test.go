@@ -77,7 +77,7 @@ func writeReport(t *testing.T, dir, name, body string) string {
 	return p
 }
 
-const reportUnsafe = `{"workload":"fsyncstress","records":100,"cache":"unsafe","policy":"random-subset","seed":1,"cuts":10,
+const reportUnsafe = `{"schema":2,"flushvm_version":"v1","workload":"fsyncstress","records":100,"cache":"unsafe","policy":"random-subset","seed":1,"cuts":10,
  "calibration":{"writes":900},"results":[],
  "summary":{"cuts":10,"power_cuts":9,"ended_before_cut":1,"errors":0,"acked":1500,"lost_acked":212,"fsck_errors":2,
   "mount_failures":1,"violations":8,"seconds":300,"cuts_per_minute":2}}`
@@ -85,7 +85,7 @@ const reportUnsafe = `{"workload":"fsyncstress","records":100,"cache":"unsafe","
 func TestTable(t *testing.T) {
 	dir := t.TempDir()
 	shard := func(cuts, power, acked int, secs string) string {
-		return `{"workload":"fsyncstress","cache":"writeback","policy":"random-subset","summary":{"cuts":` + strconv.Itoa(cuts) +
+		return `{"schema":2,"flushvm_version":"v1","workload":"fsyncstress","cache":"writeback","policy":"random-subset","summary":{"cuts":` + strconv.Itoa(cuts) +
 			`,"power_cuts":` + strconv.Itoa(power) + `,"acked":` + strconv.Itoa(acked) + `,"seconds":` + secs + `}}`
 	}
 	paths := []string{
@@ -120,6 +120,15 @@ workload fsyncstress, policy random-subset; cuts/min over each campaign's whole 
 	rows, err = readReports([]string{paths[0], filepath.Join(dir, "none.json"), writeReport(t, dir, "x.json", `{"disks":[]}`)})
 	if err == nil || !strings.Contains(err.Error(), "none.json") || !strings.Contains(err.Error(), "x.json") || len(rows) != 1 {
 		t.Errorf("readReports with bad reports = %+v, %v", rows, err)
+	}
+	// Reports of another schema, or shards written by different flushvm
+	// builds, are not added up.
+	for _, body := range []string{strings.Replace(reportUnsafe, `"schema":2`, `"schema":1`, 1),
+		strings.Replace(reportUnsafe, `"flushvm_version":"v1"`, `"flushvm_version":"v2"`, 1)} {
+		_, err := readReports([]string{paths[1], writeReport(t, dir, "other.json", body)})
+		if err == nil || !strings.Contains(err.Error(), "other.json") {
+			t.Errorf("readReports added up %s: %v", body[:60], err)
+		}
 	}
 }
 
