@@ -47,6 +47,14 @@ const DefaultTimeout = 10 * time.Minute
 // (L1 crashed, timed out, or flushvm could not be started).
 var ErrNoStatus = errors.New("no exit status from L1")
 
+// ErrL1Stuck reports an L1 that stopped making progress: it did not reach
+// its /init, or a run neither ended nor was killed by L1's own per-run
+// bound long after that bound passed. L1's init enforces the bound itself,
+// so an L1 past it is stuck as a whole, below flushvm (QEMU TCG's nested
+// SVM, issue 8): the harness stops it instead of waiting for the session's
+// bound.
+var ErrL1Stuck = errors.New("L1 stopped making progress")
+
 // ErrTimeout reports a session that hit its time bound.
 var ErrTimeout = errors.New("harness timed out")
 
@@ -289,15 +297,21 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 		// paths; show the host's.
 		watch.rewrite = func(line string) string { return m.hostLine(line) }
 	}
-	cmd := exec.CommandContext(ctx, "nice", append([]string{"-n", "5"}, l1.Args()...)...)
+	qctx, stopL1 := context.WithCancel(ctx)
+	defer stopL1()
+	cmd := exec.CommandContext(qctx, "nice", append([]string{"-n", "5"}, l1.Args()...)...)
 	cmd.Stdout, cmd.Stderr = watch, watch
 	cmd.WaitDelay = 5 * time.Second
+	stuck := watch.watchProgress(qctx, runTimeouts(runs), stopL1)
 	qerr := cmd.Run()
+	stopL1()
 	watch.flush()
 	s.Console = watch.recent()
 	s.L1Boot, s.L1Uptime = watch.l1Boot()
 	var failure error
-	switch {
+	switch why := <-stuck; {
+	case why != "":
+		failure = fmt.Errorf("QEMU L1: %w: %s", ErrL1Stuck, why)
 	case ctx.Err() != nil:
 		failure = fmt.Errorf("QEMU L1 killed: %w", ctx.Err())
 	case qerr != nil:
@@ -667,6 +681,70 @@ func (c *console) observe(line string) {
 		fmt.Sscanf(line, "flushvm-l1: end run %d, max RSS %d KiB", &n, &kib)
 		c.rss = append(c.rss, kib)
 	}
+}
+
+// L1 progress bounds: how long L1 may take to reach its /init, and how
+// long past a run's own bound (which L1's init enforces, plus its 30 s
+// grace for a process that ignores SIGKILL) the run may go on before L1
+// counts as stuck.
+const (
+	l1BootBound = 4 * time.Minute
+	l1RunSlack  = 2 * time.Minute
+)
+
+// runTimeouts lists the runs' bounds inside L1 (0: none).
+func runTimeouts(runs []Run) []time.Duration {
+	ts := make([]time.Duration, len(runs))
+	for i, r := range runs {
+		ts[i] = r.Timeout
+	}
+	return ts
+}
+
+// watchProgress checks, every few seconds until ctx ends, that L1 makes
+// progress (stalled); when it does not it calls stop and sends why on the
+// returned channel, which otherwise receives "" once ctx ends.
+func (c *console) watchProgress(ctx context.Context, timeouts []time.Duration, stop func()) <-chan string {
+	out := make(chan string, 1)
+	go func() {
+		t := time.NewTicker(5 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				out <- ""
+				return
+			case <-t.C:
+				if why, ok := c.stalled(timeouts, time.Since(c.t0)); ok {
+					stop()
+					out <- why
+					return
+				}
+			}
+		}
+	}()
+	return out
+}
+
+// stalled reports whether L1, now into its session, has stopped making
+// progress, and how.
+func (c *console) stalled(timeouts []time.Duration, now time.Duration) (string, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.boot == 0 {
+		if now > l1BootBound {
+			return fmt.Sprintf("L1 did not reach its /init within %v", l1BootBound), true
+		}
+		return "", false
+	}
+	i := len(c.starts) - 1
+	if i < 0 || i < len(c.ends) || i >= len(timeouts) || timeouts[i] <= 0 {
+		return "", false
+	}
+	if over := now - c.starts[i]; over > timeouts[i]+l1RunSlack {
+		return fmt.Sprintf("run %d started %v ago and neither ended nor was stopped by L1's own %v bound", i, over.Round(time.Second), timeouts[i]), true
+	}
+	return "", false
 }
 
 func (c *console) l1Boot() (time.Duration, string) {

@@ -171,3 +171,33 @@ func TestConsoleMarkers(t *testing.T) {
 		t.Errorf("tail %q, recent %q", c.tail(), c.recent())
 	}
 }
+
+// TestStalled checks when the harness calls L1 stuck: no /init within
+// l1BootBound, or a run going on past its own bound plus l1RunSlack
+// (L1's init stops it at its bound, so only a stuck L1 lets it run on).
+func TestStalled(t *testing.T) {
+	min := time.Minute
+	tests := []struct {
+		name         string
+		boot         time.Duration
+		starts, ends []time.Duration
+		timeouts     []time.Duration
+		now          time.Duration
+		stuck        bool
+	}{
+		{"booting", 0, nil, nil, []time.Duration{4 * min}, 3 * min, false},
+		{"no /init", 0, nil, nil, []time.Duration{4 * min}, 5 * min, true},
+		{"run within its bound", 10 * time.Second, []time.Duration{20 * time.Second}, nil, []time.Duration{4 * min}, 5 * min, false},
+		{"run past bound and slack", 10 * time.Second, []time.Duration{20 * time.Second}, nil, []time.Duration{4 * min}, 7 * min, true},
+		{"run ended", 10 * time.Second, []time.Duration{20 * time.Second}, []time.Duration{min}, []time.Duration{4 * min}, 30 * min, false},
+		{"unbounded run", 10 * time.Second, []time.Duration{20 * time.Second}, nil, []time.Duration{0}, 30 * min, false},
+		{"second run stuck", 10 * time.Second, []time.Duration{20 * time.Second, 2 * min}, []time.Duration{min}, []time.Duration{4 * min, 4 * min}, 9 * min, true},
+	}
+	for _, tc := range tests {
+		c := &console{boot: tc.boot, starts: tc.starts, ends: tc.ends}
+		why, stuck := c.stalled(tc.timeouts, tc.now)
+		if stuck != tc.stuck {
+			t.Errorf("%s: stalled = %v (%q), want %v", tc.name, stuck, why, tc.stuck)
+		}
+	}
+}

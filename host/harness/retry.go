@@ -38,6 +38,9 @@ func l0Failure(ctx context.Context, s *Session, err error) (string, bool) {
 			}
 		}
 	}
+	if err != nil && errors.Is(err, ErrL1Stuck) {
+		return "L1 stuck: " + err.Error(), true
+	}
 	if err != nil && (errors.Is(err, ErrNoStatus) || strings.HasPrefix(err.Error(), "QEMU L1: ")) {
 		return "L1 died: " + err.Error(), true
 	}

@@ -3,6 +3,7 @@ package harness
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -25,6 +26,7 @@ func TestL0Failure(t *testing.T) {
 		{"guest's own 101", &Session{Results: []Result{{Status: 101, Output: []byte("flushvm-init: exit status 101\n")}}}, nil, false},
 		{"L1 died", &Session{}, errors.New("QEMU L1: exit status 1: x"), true},
 		{"no status from L1", &Session{}, ErrNoStatus, true},
+		{"L1 stuck", &Session{}, fmt.Errorf("QEMU L1: %w: run 3 started 6m0s ago", ErrL1Stuck), true},
 		{"other harness error", &Session{}, errors.New("job dir: no space"), false},
 	}
 	for _, tc := range tests {
