@@ -33,7 +33,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -43,6 +45,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/flushvm/flushvm/host/harness"
+	"github.com/flushvm/flushvm/internal/cli"
 	"github.com/flushvm/flushvm/protocol"
 )
 
@@ -50,9 +53,10 @@ func main() {
 	os.Exit(run(os.Args[1:]))
 }
 
-func usage() {
-	fmt.Fprint(os.Stderr, `usage: flushvm-harness [--mode auto|direct|nested] [--timeout 10m] [--flushvm BIN] COMMAND ARGS...
-commands:
+func usage(w io.Writer, fs *pflag.FlagSet) {
+	fmt.Fprint(w, `Usage: flushvm-harness [--mode auto|direct|nested] [--timeout 10m] [--flushvm BIN] COMMAND ARGS...
+
+Commands:
   run ARGS...      flushvm run ARGS (host paths) directly or nested in a QEMU L1 guest
                    e.g. flushvm-harness run --kernel vmlinuz --initrd initrd.gz --append "console=ttyS0"
   l1 CMD ARGS...   run CMD inside the nested L1 guest (flushvm is /job/flushvm)
@@ -76,28 +80,45 @@ commands:
        [--l1-accel tcg,thread=multi] [--l1-cpu max] [--l1-append ARGS]
                    N L2 boots with fio verification in one L1 session; failures with
                    their diagnostics, then a count (make soak)
-global flags: --scratch-size SIZE  size of L1's scratch disk (default: sized for the crashtests)
+  help             this help
+
+Global flags:
 `)
+	cli.FlagTable(w, fs)
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Exit status: flushvm's (or the command's); 2 a usage error, 1 a harness failure.")
 }
 
 func run(args []string) int {
 	fs := pflag.NewFlagSet("flushvm-harness", pflag.ContinueOnError)
 	fs.SetInterspersed(false)
-	fs.Usage = usage
-	modeName := fs.String("mode", "auto", "where flushvm runs: auto, direct or nested")
-	timeout := fs.Duration("timeout", harness.DefaultTimeout, "bound on the whole run")
-	flushvm := fs.String("flushvm", "", "flushvm binary to run (default: build ./cmd/flushvm, static)")
+	fs.SortFlags = false
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	modeName := fs.String("mode", "auto", "where flushvm runs: auto (nested when the host's KVM cannot run Linux), direct or nested\n  e.g. --mode nested")
+	timeout := fs.Duration("timeout", harness.DefaultTimeout, "bound on the whole run\n  e.g. --timeout 20m")
+	flushvm := fs.String("flushvm", "", "flushvm binary to run (default: build ./cmd/flushvm, static)\n  e.g. --flushvm build/bin/flushvm")
 	scratch := fs.String("scratch-size", "", "nested: give L1 a scratch ext4 disk of this size at "+harness.ScratchMount+
-		" (default: sized for the crashtest runs, none otherwise)")
+		"\n  (default: sized for the crashtest runs, none otherwise)\n  e.g. --scratch-size 8G")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			usage(os.Stdout, fs)
+			return 0
+		}
+		fmt.Fprintf(os.Stderr, "flushvm-harness: %v (see flushvm-harness --help)\n", err)
 		return 2
 	}
+	if fs.NArg() > 0 && fs.Arg(0) == "help" {
+		usage(os.Stdout, fs)
+		return 0
+	}
 	mode, err := harness.ParseMode(*modeName)
-	if err != nil || fs.NArg() == 0 {
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "flushvm-harness: %v\n", err)
-		}
-		usage()
+	switch {
+	case err != nil:
+		fmt.Fprintf(os.Stderr, "flushvm-harness: %v (see flushvm-harness --help)\n", err)
+		return 2
+	case fs.NArg() == 0:
+		fmt.Fprintln(os.Stderr, "flushvm-harness: a COMMAND is required (see flushvm-harness --help)")
 		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -118,12 +139,15 @@ func run(args []string) int {
 			return 2
 		}
 	}
+	if passThroughHelp(cmd, rest) {
+		return 0
+	}
 	switch cmd {
 	case "run":
 		return session(ctx, opts, harness.Run{Args: rest})
 	case "l1":
 		if len(rest) == 0 {
-			usage()
+			fmt.Fprintln(os.Stderr, "flushvm-harness: l1 needs a command to run in L1 (see flushvm-harness --help)")
 			return 2
 		}
 		opts.Mode = harness.Nested
@@ -155,8 +179,7 @@ func run(args []string) int {
 		}
 		return soak(ctx, opts, rest)
 	}
-	fmt.Fprintf(os.Stderr, "flushvm-harness: unknown command %q\n", cmd)
-	usage()
+	fmt.Fprintf(os.Stderr, "flushvm-harness: unknown command %q (see flushvm-harness --help)\n", cmd)
 	return 2
 }
 
@@ -192,8 +215,8 @@ func demo(ctx context.Context, opts harness.Options, args []string) int {
 	cache := fs.String("cache", "writeback", "the disk's cache mode")
 	size := fs.String("disk-size", "1G", "the fresh disk's size")
 	qemu := fs.Bool("qemu", false, "boot under plain QEMU TCG instead of flushvm")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if status, ok := parseSub("demo", fs, args); !ok {
+		return status
 	}
 	a, err := harness.Prepare(ctx)
 	if err != nil {

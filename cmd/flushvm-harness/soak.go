@@ -29,9 +29,8 @@ func soak(ctx context.Context, opts harness.Options, args []string) int {
 	fs.StringVar(&opts.L1Accel, "l1-accel", harness.DefaultL1Accel, "QEMU -accel of L1")
 	fs.StringVar(&opts.L1CPU, "l1-cpu", harness.DefaultL1CPU, "QEMU -cpu of L1")
 	fs.StringVar(&opts.L1Append, "l1-append", "", "added to L1's kernel command line (e.g. kvm_amd.npt=0)")
-	if err := fs.Parse(args); err != nil {
-		fmt.Fprintf(os.Stderr, "flushvm-harness soak: %v\n", err)
-		return 2
+	if status, ok := parseSub("soak", fs, args); !ok {
+		return status
 	}
 	if o.VMM != "flushvm" && o.VMM != "qemu" && o.VMM != "both" {
 		fmt.Fprintf(os.Stderr, "flushvm-harness soak: --vmm %q: want flushvm, qemu or both\n", o.VMM)

@@ -42,6 +42,8 @@ func valueName(t string) string {
 		return "N"
 	case "duration":
 		return "DURATION"
+	case "intSlice":
+		return "N[,N...]"
 	}
 	return strings.ToUpper(t)
 }
