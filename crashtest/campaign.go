@@ -112,8 +112,10 @@ func (f *Flags) Usage(w io.Writer) {
 	fmt.Fprintln(w, "Flags:")
 	cli.FlagTable(w, f.FS)
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Exit status: 0 no violation, 1 violations found, 2 usage error, 3 boots failed")
-	fmt.Fprintln(w, "(some cuts could not be checked; no violation among the others).")
+	fmt.Fprintln(w, "Exit status:")
+	for _, row := range protocol.CrashtestExitStatuses {
+		fmt.Fprintf(w, "  %s  %s\n", row.Status, row.When)
+	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Example:")
 	fmt.Fprintln(w, "  flushvm crashtest --kernel vmlinuz --initrd guest.cpio.gz --disk-size 128M \\")

@@ -17,6 +17,16 @@ const (
 // (protocol/schema/stats.schema.json).
 const StatsSchema = 1
 
+// CrashtestExitStatuses is the table of `flushvm crashtest`'s exit
+// statuses: the one table its --help prints and the README shows (a test
+// keeps the README's copy equal).
+var CrashtestExitStatuses = []ExitStatusRow{
+	{"passed: every planned cut was checked and none lost acknowledged data or left a file system its checker rejects", "0"},
+	{"violations: at least one cut lost acknowledged data or left a damaged file system", "1"},
+	{"usage error (one line on stderr), found before anything runs", "2"},
+	{"incomplete: no violation, but not every planned cut was checked (boots failed, or no usable KVM)", "3"},
+}
+
 // CrashtestSchema is the version of the CrashtestReport schema; it grows
 // when a field changes meaning (new fields alone do not bump it).
 const CrashtestSchema = 2

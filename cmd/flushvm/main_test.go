@@ -135,14 +135,14 @@ func TestCommandLine(t *testing.T) {
 	}
 }
 
-// TestREADMEExitStatuses keeps the README's table of how flushvm run ends
-// the same as protocol.RunExitStatuses, which flushvm run --help prints.
+// TestREADMEExitStatuses keeps the README's tables of how flushvm run and
+// flushvm crashtest end the same as protocol's, which their --help print.
 func TestREADMEExitStatuses(t *testing.T) {
 	b, err := os.ReadFile("../../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, row := range protocol.RunExitStatuses {
+	for _, row := range append(append([]protocol.ExitStatusRow{}, protocol.RunExitStatuses...), protocol.CrashtestExitStatuses...) {
 		if line := "| " + row.When + " | " + row.Status + " |"; !strings.Contains(string(b), line) {
 			t.Errorf("README lacks the row %q", line)
 		}
