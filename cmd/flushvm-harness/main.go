@@ -142,6 +142,12 @@ func run(args []string) int {
 	if passThroughHelp(cmd, rest) {
 		return 0
 	}
+	return dispatch(ctx, opts, cmd, rest, fs.Changed("timeout"))
+}
+
+// dispatch runs command cmd with its arguments; timeoutSet says whether
+// --timeout was given (campaigns and soaks otherwise size their own).
+func dispatch(ctx context.Context, opts harness.Options, cmd string, rest []string, timeoutSet bool) int {
 	switch cmd {
 	case "run":
 		return session(ctx, opts, harness.Run{Args: rest})
@@ -168,13 +174,13 @@ func run(args []string) int {
 	case "demo":
 		return demo(ctx, opts, rest)
 	case "crashtest":
-		return crashtest(ctx, opts, fs.Changed("timeout"), rest)
+		return crashtest(ctx, opts, timeoutSet, rest)
 	case "campaign":
-		return campaign(ctx, opts, fs.Changed("timeout"), rest)
+		return campaign(ctx, opts, timeoutSet, rest)
 	case "crashtest-table":
 		return crashtestTable(rest)
 	case "soak":
-		if !fs.Changed("timeout") {
+		if !timeoutSet {
 			opts.Timeout = 0
 		}
 		return soak(ctx, opts, rest)
