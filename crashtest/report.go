@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flushvm/flushvm/disk"
+	"github.com/flushvm/flushvm/internal/atomicfile"
 	"github.com/flushvm/flushvm/internal/lines"
 	"github.com/flushvm/flushvm/protocol"
 )
@@ -220,16 +221,7 @@ func (r *Report) ExitStatus() int {
 // Write writes the report as JSON to path, atomically (a temporary file
 // renamed over path): a reader never sees half a report.
 func (r *Report) Write(path string) error {
-	b, err := json.MarshalIndent(r, "", "  ")
-	if err != nil {
-		return fmt.Errorf("--report: %w", err)
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
-		return fmt.Errorf("--report: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
+	if err := atomicfile.WriteJSON(path, r); err != nil {
 		return fmt.Errorf("--report: %w", err)
 	}
 	return nil

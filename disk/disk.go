@@ -1,13 +1,12 @@
 package disk
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 
 	"github.com/flushvm/flushvm/blk"
+	"github.com/flushvm/flushvm/internal/atomicfile"
 	"github.com/flushvm/flushvm/protocol"
 )
 
@@ -226,16 +225,7 @@ func Collect(disks []*Disk) Stats {
 // WriteStats writes doc to path atomically: a reader (a harness polling
 // the file) never sees half a document.
 func WriteStats(path string, doc Stats) error {
-	b, err := json.MarshalIndent(doc, "", "  ")
-	if err != nil {
-		return fmt.Errorf("stats: %w", err)
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
-		return fmt.Errorf("stats: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
+	if err := atomicfile.WriteJSON(path, doc); err != nil {
 		return fmt.Errorf("stats: %w", err)
 	}
 	return nil

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +10,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/flushvm/flushvm/blk"
+	"github.com/flushvm/flushvm/internal/atomicfile"
 	"github.com/flushvm/flushvm/internal/cli"
 	"github.com/flushvm/flushvm/internal/sparse"
 )
@@ -147,11 +147,7 @@ func (f *replayFlags) run(stdout io.Writer) error {
 		return replayError(f.log, err)
 	}
 	if f.report != "" {
-		j, err := json.MarshalIndent(rep, "", "  ")
-		if err != nil {
-			return err
-		}
-		if err := writeAtomic(f.report, append(j, '\n')); err != nil {
+		if err := atomicfile.WriteJSON(f.report, rep); err != nil {
 			return fmt.Errorf("--report: %w", err)
 		}
 	}
@@ -185,19 +181,6 @@ func replayInto(lr *blk.WriteLogReader, path string, opts blk.ReplayOptions) (*b
 		err = cerr
 	}
 	return rep, err
-}
-
-// writeAtomic writes b to path through a temporary file and a rename.
-func writeAtomic(path string, b []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return nil
 }
 
 // copyImage makes dst a copy of base, keeping base's holes; out is the

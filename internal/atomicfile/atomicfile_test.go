@@ -1,0 +1,34 @@
+package atomicfile
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestWriteJSON(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "doc.json")
+	if err := os.WriteFile(path, []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteJSON(path, map[string]int{"a": 1}); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(path); string(b) != "{\n  \"a\": 1\n}\n" {
+		t.Errorf("wrote %q", b)
+	}
+	// A value JSON cannot encode leaves the old document and no temporary.
+	if err := WriteJSON(path, func() {}); err == nil {
+		t.Fatal("encoded a func")
+	}
+	if b, _ := os.ReadFile(path); string(b) != "{\n  \"a\": 1\n}\n" {
+		t.Errorf("a failed write changed the document: %q", b)
+	}
+	if err := WriteJSON(filepath.Join(dir, "no", "doc.json"), 1); err == nil {
+		t.Fatal("wrote into a missing directory")
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, "*.tmp")); len(left) > 0 {
+		t.Errorf("temporary files left: %v", left)
+	}
+}
