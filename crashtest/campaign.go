@@ -195,10 +195,8 @@ func (f *Flags) Campaign() (*Campaign, error) {
 	if c.shardIndex, c.shardCount, err = parseShard(f.shard); err != nil {
 		return nil, UsageError{err}
 	}
-	if f.Report != "" {
-		if st, err := os.Stat(filepath.Dir(f.Report)); err != nil || !st.IsDir() {
-			return nil, usageErrorf("--report %s: directory %s does not exist", f.Report, filepath.Dir(f.Report))
-		}
+	if err := cli.OutputDir("report", f.Report); err != nil {
+		return nil, UsageError{err}
 	}
 	if len(c.ShardCuts()) == 0 {
 		return nil, usageErrorf("--shard %s owns none of the %d cuts (shard i of n runs the cuts K with K mod n = i-1)", f.shard, c.cuts)

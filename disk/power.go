@@ -50,7 +50,8 @@ func NewPowerSupply() *PowerSupply {
 	return &PowerSupply{released: make(chan struct{})}
 }
 
-// Arm sets a counting trigger; after= triggers are timed by the caller.
+// Arm sets a counting trigger (writes=N, flushes=N); an after= trigger
+// starts with StartTimer.
 func (p *PowerSupply) Arm(t protocol.Trigger) {
 	switch t.Kind {
 	case protocol.TriggerWrites:
@@ -58,6 +59,17 @@ func (p *PowerSupply) Arm(t protocol.Trigger) {
 	case protocol.TriggerFlushes:
 		p.cutFlushes = t.N
 	}
+}
+
+// StartTimer starts an after= trigger's clock: call it as the machine (or
+// the backend) starts serving. It returns the function that stops the
+// clock; other triggers need no clock and get one that does nothing.
+func (p *PowerSupply) StartTimer(t protocol.Trigger) (stop func()) {
+	if t.Kind != protocol.TriggerAfter {
+		return func() {}
+	}
+	timer := time.AfterFunc(t.After, func() { p.Cut("power cut by --power-cut " + t.String()) })
+	return func() { timer.Stop() }
 }
 
 // Cut cuts the power now: the caches freeze first (nothing completes

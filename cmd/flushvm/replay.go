@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
 	"github.com/spf13/pflag"
 
@@ -129,10 +128,8 @@ func (f *replayFlags) run(stdout io.Writer) error {
 		return replayError(f.log, err)
 	}
 	for _, out := range []struct{ flag, path string }{{"out", f.out}, {"report", f.report}} {
-		if d := filepath.Dir(out.path); out.path != "" {
-			if st, err := os.Stat(d); err != nil || !st.IsDir() {
-				return userErrorf("--%s %s: directory %s does not exist", out.flag, out.path, d)
-			}
+		if err := cli.OutputDir(out.flag, out.path); err != nil {
+			return userError{err}
 		}
 	}
 	// The image is built next to --out and renamed over it at the end, so

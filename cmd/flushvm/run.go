@@ -285,9 +285,8 @@ type runSession struct {
 // SIGINT/SIGTERM/SIGHUP (which stop it with 128+signal), then the API
 // server closes, so no request sees the disks while a cut is applied.
 func (s *runSession) runMachine(stderr io.Writer) vmm.Result {
-	if t := s.pc.trig; t.Kind == protocol.TriggerAfter {
-		timer := time.AfterFunc(t.After, func() { s.pc.supply.Cut("power cut by --power-cut " + t.String()) })
-		defer timer.Stop()
+	if s.pc.supply != nil {
+		defer s.pc.supply.StartTimer(s.pc.trig)()
 	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)

@@ -10,11 +10,9 @@ import (
 	"log"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
-	"time"
 
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
@@ -138,10 +136,8 @@ func (f *vhostUserFlags) check() (blk.Spec, error) {
 			}
 		}
 	}
-	if f.stats != "" {
-		if st, err := os.Stat(filepath.Dir(f.stats)); err != nil || !st.IsDir() {
-			return spec, userErrorf("--stats %s: directory does not exist", f.stats)
-		}
+	if err := cli.OutputDir("stats", f.stats); err != nil {
+		return spec, userError{err}
 	}
 	return spec, nil
 }
@@ -163,10 +159,7 @@ func (f *vhostUserFlags) serve(logger *log.Logger) (status int, err error) {
 	cut := make(chan struct{})
 	if ps := o.Supply; ps != nil {
 		ps.Stop = func() { close(cut) }
-		if trig.Kind == protocol.TriggerAfter {
-			t := time.AfterFunc(trig.After, func() { ps.Cut("power cut by --power-cut " + trig.String()) })
-			defer t.Stop()
-		}
+		defer ps.StartTimer(trig)()
 	}
 	l, err := vhostuser.Listen(f.socket)
 	if err != nil {

@@ -6,6 +6,8 @@ package cli
 import (
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/spf13/pflag"
@@ -46,4 +48,18 @@ func valueName(t string) string {
 		return "N[,N...]"
 	}
 	return strings.ToUpper(t)
+}
+
+// OutputDir checks, before a command does anything, that the directory an
+// output flag's file goes to exists ("" is no output). The error names the
+// flag; the caller marks it a usage error.
+func OutputDir(flag, path string) error {
+	if path == "" {
+		return nil
+	}
+	d := filepath.Dir(path)
+	if st, err := os.Stat(d); err != nil || !st.IsDir() {
+		return fmt.Errorf("--%s %s: directory %s does not exist", flag, path, d)
+	}
+	return nil
 }

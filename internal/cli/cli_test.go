@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -32,5 +33,22 @@ func TestFlagTable(t *testing.T) {
 `
 	if b.String() != want {
 		t.Errorf("got\n%s\nwant\n%s", b.String(), want)
+	}
+}
+
+func TestOutputDir(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		path string
+		ok   bool
+	}{
+		{"", true},
+		{filepath.Join(dir, "r.json"), true},
+		{filepath.Join(dir, "no", "r.json"), false},
+	}
+	for _, tc := range tests {
+		if err := OutputDir("report", tc.path); (err == nil) != tc.ok {
+			t.Errorf("OutputDir(%q) = %v, want ok %v", tc.path, err, tc.ok)
+		}
 	}
 }
