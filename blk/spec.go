@@ -101,7 +101,7 @@ func (sp *Spec) set(key, v string) error {
 	case "cache":
 		sp.Cache, err = ParseCacheMode(v)
 	case "readonly":
-		on, ok := onOff(v)
+		on, ok := protocol.ParseOnOff(v)
 		if !ok {
 			return fmt.Errorf("readonly=%q, want on or off", v)
 		}
@@ -114,7 +114,7 @@ func (sp *Spec) set(key, v string) error {
 	case "powercut":
 		sp.PowerCut, err = ParsePowerCutPolicy(v)
 	case "locking":
-		on, ok := onOff(v)
+		on, ok := protocol.ParseOnOff(v)
 		if !ok {
 			return fmt.Errorf("locking=%q, want on or off", v)
 		}
@@ -128,16 +128,7 @@ func (sp *Spec) set(key, v string) error {
 	return err
 }
 
-// onOff reads a QEMU boolean: on/off, true/false, yes/no.
-func onOff(v string) (on, ok bool) {
-	switch v {
-	case "on", "true", "yes":
-		return true, true
-	case "off", "false", "no":
-		return false, true
-	}
-	return false, false
-}
+
 
 // ParseCacheMode returns the cache mode named s.
 func ParseCacheMode(s string) (CacheMode, error) {

@@ -80,6 +80,18 @@ func splitEscaped(s string) []string {
 	return append(parts, cur.String())
 }
 
+// ParseOnOff reads a SPEC boolean, in QEMU's words: on/off, true/false,
+// yes/no.
+func ParseOnOff(v string) (on, ok bool) {
+	switch v {
+	case "on", "true", "yes":
+		return true, true
+	case "off", "false", "no":
+		return false, true
+	}
+	return false, false
+}
+
 // DiskSpecValue returns the value of key in kvs.
 func DiskSpecValue(kvs []DiskSpecKey, key string) (string, bool) {
 	for _, e := range kvs {

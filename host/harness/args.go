@@ -149,9 +149,16 @@ func diskSpecPath(spec string) (path string, readonly bool) {
 	if err != nil {
 		return "", false
 	}
+	return specPath(kvs)
+}
+
+// specPath returns a split SPEC's path and whether the disk is read-only
+// (readonly= in any of the SPEC's boolean spellings).
+func specPath(kvs []protocol.DiskSpecKey) (path string, readonly bool) {
 	path, _ = protocol.DiskSpecValue(kvs, "path")
 	ro, _ := protocol.DiskSpecValue(kvs, "readonly")
-	return path, ro == "on"
+	readonly, _ = protocol.ParseOnOff(ro)
+	return path, readonly
 }
 
 // disk maps a --disk SPEC's path= to the L1 virtio-blk device that carries
@@ -161,7 +168,7 @@ func (m *mapper) disk(spec string) (string, error) {
 	if err != nil {
 		return spec, nil // flushvm reports it
 	}
-	host, readonly := diskSpecPath(spec)
+	host, readonly := specPath(kvs)
 	l1, err := m.attach(host, readonly)
 	if err != nil {
 		return "", err

@@ -66,6 +66,9 @@ func TestRewrite(t *testing.T) {
 	}
 	for i, tt := range tests {
 		got, err := m.rewrite(tt.run, SubRun, tt.in)
+		if i == 1 && len(m.disks) == 2 && (m.disks[0].readonly || !m.disks[1].readonly) {
+			t.Errorf("case 1: L1 drives %+v %+v: want vda writable, vdb read-only", *m.disks[0], *m.disks[1])
+		}
 		if err != nil {
 			t.Fatalf("case %d: %v", i, err)
 		}
@@ -117,6 +120,7 @@ func TestQEMUDrive(t *testing.T) {
 		{"path=/x.img", "file=/x.img,if=virtio,format=raw,cache=writeback", false},
 		{"path=/a,b.img,cache=unsafe", "", true},
 		{"path=/x.img,cache=none,readonly=on,serial=abc", "file=/x.img,if=virtio,format=raw,cache=none,readonly=on,serial=abc", false},
+		{"path=/x.img,readonly=true", "file=/x.img,if=virtio,format=raw,cache=writeback,readonly=on", false},
 		{"cache=none", "", true},
 		{"path=/x,cache=bogus", "", true},
 	}
@@ -198,6 +202,28 @@ func TestStalled(t *testing.T) {
 		why, stuck := c.stalled(tc.timeouts, tc.now)
 		if stuck != tc.stuck {
 			t.Errorf("%s: stalled = %v (%q), want %v", tc.name, stuck, why, tc.stuck)
+		}
+	}
+}
+
+// TestDiskSpecPath checks that the harness reads a SPEC's path and
+// read-only flag as flushvm does, in every boolean spelling.
+func TestDiskSpecPath(t *testing.T) {
+	tests := []struct {
+		spec     string
+		path     string
+		readonly bool
+	}{
+		{"path=/a.img", "/a.img", false},
+		{"path=/a.img,readonly=on", "/a.img", true},
+		{"file=/a.img,readonly=true", "/a.img", true},
+		{"path=/a,,b.img,readonly=yes", "/a,b.img", true},
+		{"path=/a.img,readonly=off", "/a.img", false},
+		{"pathh=/a.img", "", false},
+	}
+	for _, tc := range tests {
+		if p, ro := diskSpecPath(tc.spec); p != tc.path || ro != tc.readonly {
+			t.Errorf("diskSpecPath(%q) = %q, %v; want %q, %v", tc.spec, p, ro, tc.path, tc.readonly)
 		}
 	}
 }

@@ -115,7 +115,7 @@ func qemuDrive(spec string) (string, error) {
 			}
 			opts = strings.Replace(opts, ",cache=writeback", ",cache="+v, 1)
 		case "readonly":
-			if v == "on" {
+			if on, _ := protocol.ParseOnOff(v); on {
 				opts += ",readonly=on"
 			}
 		case "serial":
