@@ -128,8 +128,6 @@ func (sp *Spec) set(key, v string) error {
 	return err
 }
 
-
-
 // ParseCacheMode returns the cache mode named s.
 func ParseCacheMode(s string) (CacheMode, error) {
 	for _, m := range CacheModes {

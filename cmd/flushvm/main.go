@@ -39,6 +39,9 @@ const (
 	exitOK      = protocol.ExitOK
 	exitFailure = protocol.ExitFailure
 	exitUsage   = protocol.ExitUsage
+	// exitPowerCut: flushvm run after a power cut (by --power-cut or the
+	// API's POST /power-cut), and a vhost-user backend after its cut.
+	exitPowerCut = protocol.ExitPowerCut
 )
 
 // command is a flushvm subcommand. Other files add theirs with
