@@ -70,15 +70,7 @@ func TestVhostUserBlkPowerCutQEMU(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer be.Process.Kill()
-	for i := 0; ; i++ {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		if i == 100 {
-			t.Fatalf("flushvm did not create %s: %s", sock, stderr.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	vhuWaitSocket(t, be, sock, &stderr)
 	q := exec.CommandContext(ctx, "nice", vhuQEMUArgs(a.kernel, initrd, sock, 1)...)
 	var console bytes.Buffer
 	q.Stdout, q.Stderr = &console, &console

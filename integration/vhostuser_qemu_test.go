@@ -177,17 +177,7 @@ func vhuBoot(t *testing.T, a *vhuArtifacts, cacheOpt string, queues int, script 
 	if err := be.Start(); err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; ; i++ {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		if i == 100 {
-			be.Process.Kill()
-			be.Wait()
-			t.Fatalf("flushvm did not create %s: %s", sock, stderr.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	vhuWaitSocket(t, be, sock, &stderr)
 	q := exec.CommandContext(ctx, "nice", vhuQEMUArgs(a.kernel, img, sock, queues)...)
 	var console bytes.Buffer
 	q.Stdout, q.Stderr = &console, &console
@@ -223,6 +213,23 @@ func vhuBoot(t *testing.T, a *vhuArtifacts, cacheOpt string, queues int, script 
 	}
 	g.stats = doc.Disks[0].Stats
 	return g
+}
+
+// vhuWaitSocket waits (up to 5 s) for the backend be to create its socket;
+// if it does not, it stops be and fails the test with be's stderr.
+func vhuWaitSocket(t *testing.T, be *exec.Cmd, sock string, stderr *bytes.Buffer) {
+	t.Helper()
+	for i := 0; ; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			return
+		}
+		if i == 100 {
+			be.Process.Kill()
+			be.Wait()
+			t.Fatalf("flushvm did not create %s: %s", sock, stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // vhuQEMUArgs is the QEMU command line (after "nice") booting kernel and
