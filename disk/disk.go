@@ -183,11 +183,12 @@ func ReplayCommandLine(logPath string, flushes uint64, pol blk.PowerCutPolicy, s
 		ShellQuote(logPath), flushes, pol, seed)
 }
 
-// Summary is the one-line account of a cut printed on stderr.
+// Summary is the one-line account of a cut; the command that prints it
+// puts its own prefix before it.
 func (d *Disk) Summary(name string) string {
 	c := d.Cut
 	var b strings.Builder
-	fmt.Fprintf(&b, "flushvm: %s: %s", name, c.Cause)
+	fmt.Fprintf(&b, "%s: %s", name, c.Cause)
 	if c.Report != nil {
 		fmt.Fprintf(&b, "; %s", c.Report.Summary())
 	}

@@ -328,7 +328,7 @@ func (s *runSession) applyPowerCut(stderr io.Writer) (int, error) {
 		if _, err := d.PowerCut(ps.Why(), s.f.seed); err != nil {
 			cutErr = errors.Join(cutErr, fmt.Errorf("power cut of disk %d: %w", i, err))
 		}
-		fmt.Fprintln(stderr, d.Summary(fmt.Sprintf("disk %d (%s)", i, d.Dev.Spec().Path)))
+		fmt.Fprintln(stderr, "flushvm: "+d.Summary(fmt.Sprintf("disk %d (%s)", i, d.Dev.Spec().Path)))
 	}
 	if cutErr != nil {
 		return exitFailure, cutErr

@@ -10,7 +10,6 @@ import (
 	"log"
 	"os"
 	"os/signal"
-	"strings"
 	"sync"
 	"syscall"
 
@@ -227,7 +226,7 @@ func (f *vhostUserFlags) endSession(d *disk.Disk, sessionErr error, logger *log.
 // instant of the cut, not even with an error: its disk went dead.
 func (f *vhostUserFlags) powerOff(d *disk.Disk, ps *disk.PowerSupply, logger *log.Logger) (int, error) {
 	_, cutErr := d.PowerCut(ps.Why(), f.seed)
-	logger.Print(strings.TrimPrefix(d.Summary("disk "+d.Dev.Spec().Path), "flushvm: "))
+	logger.Print(d.Summary("disk " + d.Dev.Spec().Path))
 	err := f.writeStats(d)
 	if cutErr != nil {
 		return exitFailure, fmt.Errorf("power cut: %w", cutErr)
