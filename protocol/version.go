@@ -30,8 +30,8 @@ func Version() string {
 			}
 		}
 	}
-	if rev != "" && !strings.Contains(v, rev[:min(12, len(rev))]) {
-		v += " " + rev[:min(12, len(rev))] + dirty
+	if short := rev[:min(12, len(rev))]; short != "" && !strings.Contains(v, short) {
+		v += " " + short + dirty
 	}
 	return v
 }
