@@ -114,3 +114,45 @@ func (v *Vec) Len() int64 { return v.n }
 
 // Cap returns the maximum number of buffers v can hold.
 func (v *Vec) Cap() int { return cap(v.Bufs) }
+
+// CopyIn copies src into v's bytes starting at byte at of v (the buffers
+// taken end to end) and returns the number of bytes copied, fewer than
+// len(src) when v ends first.
+func (v *Vec) CopyIn(at int64, src []byte) int {
+	bi, bo, ok := v.locate(at)
+	if !ok {
+		return 0
+	}
+	n := int(min(int64(len(src)), v.n-at))
+	scatter(v.Bufs, bi, bo, src[:n])
+	return n
+}
+
+// CopyOut copies v's bytes starting at byte at of v into dst and returns
+// the number of bytes copied, fewer than len(dst) when v ends first.
+func (v *Vec) CopyOut(dst []byte, at int64) int {
+	bi, bo, ok := v.locate(at)
+	if !ok {
+		return 0
+	}
+	n := 0
+	for ; n < len(dst) && bi < len(v.Bufs); bi, bo = bi+1, 0 {
+		n += copy(dst[n:], v.Bufs[bi][bo:])
+	}
+	return n
+}
+
+// locate returns the buffer holding byte at of v and the byte's offset in
+// it.
+func (v *Vec) locate(at int64) (bi, bo int, ok bool) {
+	if at < 0 || at >= v.n {
+		return 0, 0, false
+	}
+	for i, b := range v.Bufs {
+		if at < int64(len(b)) {
+			return i, int(at), true
+		}
+		at -= int64(len(b))
+	}
+	return 0, 0, false
+}

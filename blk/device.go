@@ -89,7 +89,9 @@ type Device struct {
 	features     uint64
 	lim          limits
 	serial       [MaxSerialLen]byte
-	physExp      uint8 // topology: log2(physical block / 512)
+	// serialer, when the backend has one, gives the serial instead.
+	serialer serialer
+	physExp  uint8 // topology: log2(physical block / 512)
 
 	syncer *syncer
 	c      counters
@@ -170,6 +172,7 @@ func Open(spec Spec, opts Options) (*Device, error) {
 	}
 	d.lim = limits{capacity: d.capacity, readOnly: spec.ReadOnly}
 	copy(d.serial[:], spec.Serial)
+	d.serialer, _ = b.(serialer)
 	d.syncer = newSyncer(b, &d.c.hostSyncs)
 	d.features = FeatureSegMax | FeatureGeometry | FeatureBlkSize | FeatureFlush | FeatureTopology |
 		FeatureConfigWCE | FeatureDiscard | FeatureWriteZeroes |
@@ -182,6 +185,23 @@ func Open(spec Spec, opts Options) (*Device, error) {
 	}
 	d.wce.Store(pol.InitialWCE())
 	return d, nil
+}
+
+// serialer is a Backend that decides the device's serial (GET_ID) itself
+// and may change it while the device runs (CrashStateBackend).
+type serialer interface {
+	Serial() string
+}
+
+// id returns the GET_ID answer: the backend's serial when it has one, else
+// the spec's, zero-padded.
+func (d *Device) id() [MaxSerialLen]byte {
+	if d.serialer == nil {
+		return d.serial
+	}
+	var id [MaxSerialLen]byte
+	copy(id[:], d.serialer.Serial())
+	return id
 }
 
 // segMax is the seg_max the device advertises. It holds on any ring the

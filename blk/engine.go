@@ -560,7 +560,8 @@ func (d *Device) submit(s *slot) {
 	switch r.typ {
 	case TypeGetID:
 		n := min(r.data.Len(), MaxSerialLen)
-		scatter(r.data.Bufs, 0, 0, d.serial[:n])
+		id := d.id()
+		scatter(r.data.Bufs, 0, 0, id[:n])
 		d.c.getIDs.Add(1)
 		d.complete(s, StatusOK, uint32(n)+1)
 		q.addDone(s)

@@ -35,6 +35,7 @@ var ErrBadSpec = protocol.ErrBadSpec
 // Spec is a parsed --disk SPEC:
 //
 //	path=FILE[,cache=MODE][,readonly=on|off][,serial=STRING][,powercut=POLICY][,locking=on|off]
+//	    [,discard=unmap|ignore][,crashstates=FILE]
 //
 // Unknown keys are errors, never ignored, so a typo cannot silently change
 // a disk's semantics.
@@ -47,6 +48,13 @@ var ErrBadSpec = protocol.ErrBadSpec
 // reach the disk) shows what an unsafe mode loses and the safe modes show
 // that they lose nothing acknowledged — and invalid with readonly=on, which
 // has nothing to lose.
+//
+// crashstates=FILE (a CrashStateSet) makes the disk a crash state disk
+// (CrashStateBackend): path= is the base image, opened read-only, and the
+// disk shows the crash states FILE lists, one at a time, as a checker guest
+// asks for them; the guest's writes stay in memory. The backend sets the
+// serial, and a crash state disk has no power to cut and is writable, so
+// crashstates= is invalid with serial=, powercut= and readonly=on.
 type Spec struct {
 	// Path is the host file or block device backing the disk.
 	Path string
@@ -66,6 +74,9 @@ type Spec struct {
 	// requests complete without reaching the image. The default,
 	// discard=unmap, passes them on (a hole punched in the file).
 	IgnoreDiscard bool
+	// CrashStates is crashstates=FILE: the crash state set the disk
+	// shows ("": an ordinary disk).
+	CrashStates string
 }
 
 // HasPowerCut reports whether the disk runs on the power-cut model.
@@ -89,7 +100,26 @@ func ParseSpec(s string) (Spec, error) {
 	if sp.ReadOnly && sp.HasPowerCut() {
 		return sp, fmt.Errorf("%w %q: powercut= needs a writable disk (readonly=on has nothing to lose)", ErrBadSpec, s)
 	}
+	if err := sp.checkCrashStates(kvs); err != nil {
+		return sp, fmt.Errorf("%w %q: %v", ErrBadSpec, s, err)
+	}
 	return sp, nil
+}
+
+// checkCrashStates refuses the keys crashstates= cannot go with.
+func (sp *Spec) checkCrashStates(kvs []protocol.DiskSpecKey) error {
+	if sp.CrashStates == "" {
+		return nil
+	}
+	switch _, serial := protocol.DiskSpecValue(kvs, "serial"); {
+	case sp.HasPowerCut():
+		return fmt.Errorf("crashstates= and powercut= do not go together (a crash state disk has no power to cut)")
+	case sp.ReadOnly:
+		return fmt.Errorf("crashstates= needs a writable disk (the guest's writes stay in memory; the image is never written)")
+	case serial:
+		return fmt.Errorf("crashstates= and serial= do not go together (the serial names the state shown)")
+	}
+	return nil
 }
 
 // set checks the value of one SPEC key and sets it.
@@ -124,6 +154,11 @@ func (sp *Spec) set(key, v string) error {
 			return fmt.Errorf("discard=%q, want unmap or ignore", v)
 		}
 		sp.IgnoreDiscard = v == "ignore"
+	case "crashstates":
+		if v == "" {
+			return fmt.Errorf("empty crashstates=")
+		}
+		sp.CrashStates = v
 	}
 	return err
 }

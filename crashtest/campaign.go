@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -23,13 +24,55 @@ import (
 	"github.com/flushvm/flushvm/protocol"
 )
 
-// Workloads are the workloads the guest image runs, with the
-// arguments that size them (n: records per writer or versions).
-var Workloads = map[string]func(n int) []string{
-	"fsyncstress": func(n int) []string {
-		return []string{"-writers", strconv.Itoa(fsyncstressWriters), "-records", strconv.Itoa(n), "-size", "4096"}
-	},
-	"rename": func(n int) []string { return []string{"-versions", strconv.Itoa(n), "-size", "16384"} },
+// Workload is a crash-test workload: the guest program that runs it (and
+// checks it: /bin/PROGRAM -check) and its arguments.
+type Workload struct {
+	// Program is the guest program: fsyncstress or rename.
+	Program string
+	// Args returns the arguments sized by n (records per writer, or
+	// versions).
+	Args func(n int) []string
+	// Buggy marks a deliberately wrong workload: a campaign must catch it.
+	Buggy bool
+	// What says what it does, for --help.
+	What string
+}
+
+func fsyncstressArgs(extra ...string) func(n int) []string {
+	return func(n int) []string {
+		return append([]string{"-writers", strconv.Itoa(fsyncstressWriters), "-records", strconv.Itoa(n), "-size", "4096"}, extra...)
+	}
+}
+
+func renameArgs(extra ...string) func(n int) []string {
+	return func(n int) []string { return append([]string{"-versions", strconv.Itoa(n), "-size", "16384"}, extra...) }
+}
+
+// Workloads are the workloads the guest image runs: the correct ones and
+// deliberately buggy variants that prove the campaign catches bugs.
+var Workloads = map[string]Workload{
+	"fsyncstress": {Program: "fsyncstress", Args: fsyncstressArgs(),
+		What: "4 writers append records, each acknowledged after its fdatasync"},
+	"rename": {Program: "rename", Args: renameArgs(),
+		What: "atomic replace: write a temporary file, fsync, rename over the target, fsync the directory"},
+	"create": {Program: "rename", Args: renameArgs("-create"),
+		What: "each version a new file: write, fsync the file, fsync the directory"},
+	"fsyncstress-ack-early": {Program: "fsyncstress", Args: fsyncstressArgs("-bug", "ack-early"), Buggy: true,
+		What: "BUGGY: fsyncstress acknowledging each record before its fdatasync"},
+	"rename-no-dirsync": {Program: "rename", Args: renameArgs("-bug", "no-dir-fsync"), Buggy: true,
+		What: "BUGGY: atomic replace without the directory fsync after the rename"},
+	"create-no-dirsync": {Program: "rename", Args: renameArgs("-create", "-bug", "no-dir-fsync"), Buggy: true,
+		What: "BUGGY: create, fsync the new file but not its directory"},
+}
+
+// WorkloadNames lists the workloads, sorted.
+func WorkloadNames() []string {
+	names := make([]string, 0, len(Workloads))
+	for n := range Workloads {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
 }
 
 // fsyncstressWriters is the number of concurrent writers of the
@@ -58,28 +101,54 @@ type Flags struct {
 	records     int
 	at          string
 	bootTimeout time.Duration
+	mode        string
+	k           int
+	maxStates   int
+	budget      time.Duration
+	batch       int
+	reproduce   string
+	torn        string
 }
 
+// NewFlags returns crashtest's flags with their defaults.
 func NewFlags() *Flags {
 	f := &Flags{FS: pflag.NewFlagSet("crashtest", pflag.ContinueOnError)}
 	fs := f.FS
 	fs.SortFlags = false
+	fs.StringVar(&f.mode, "mode", protocol.CrashtestSystematic, "systematic (record once, check the crash states of the write log) or random\n"+
+		"  (a workload boot per cut at a seeded random point, then a checker boot)\n  e.g. --mode random")
 	fs.StringVar(&f.kernel, "kernel", "", "guest kernel, bzImage or ELF vmlinux (required)\n  e.g. --kernel /boot/vmlinuz-6.1.0-56-amd64")
 	fs.StringVar(&f.initrd, "initrd", "", "flushvm's guest initramfs: its /init, the workloads, e2fsprogs (required;\n"+
 		"  go run ./cmd/flushvm-harness artifacts builds it and prints its path)\n  e.g. --initrd build/cache/initramfs/x-88418736.cpio.gz")
 	fs.StringVar(&f.diskSize, "disk-size", "", "size of the guest's disk, formatted ext4 by the guest (K/M/G suffixes) (required)\n  e.g. --disk-size 128M")
 	fs.StringVar(&f.workload, "workload", "", "what the guest runs and acknowledges: fsyncstress (records, each acknowledged\n"+
 		"  after its fdatasync) or rename (atomic replace: write, fsync, rename, fsync dir) (required)\n  e.g. --workload fsyncstress")
-	fs.IntVar(&f.cuts, "cuts", 0, "power cuts in the campaign (across all shards) (required)\n  e.g. --cuts 20")
-	fs.StringVar(&f.policy, "policy", "", "which unstable writes survive each cut: lose-all, keep-all, random-subset,\n"+
-		"  random-sectors[:512|:4k] or prefix (required)\n  e.g. --policy random-subset")
-	fs.Uint64Var(&f.seed, "seed", 0, "campaign seed: cut K uses seed S+K for its cut point and its policy (required)\n  e.g. --seed 1")
+	fs.IntVar(&f.cuts, "cuts", 0, "--mode random: power cuts in the campaign (across all shards) (required)\n  e.g. --cuts 20")
+	fs.StringVar(&f.policy, "policy", "", "--mode random: which unstable writes survive each cut: lose-all, keep-all,\n"+
+		"  random-subset, random-sectors[:512|:4k] or prefix (required)\n  e.g. --policy random-subset")
+	fs.Uint64Var(&f.seed, "seed", 0, "campaign seed (required): systematic: the sampled subsets and torn pieces;\n"+
+		"  random: cut K uses seed S+K for its cut point and its policy\n  e.g. --seed 1")
+	fs.IntVar(&f.k, "k", 3, "systematic: windows between flushes with at most K writes get every subset of\n"+
+		"  them; larger windows get every prefix and 2^K seeded subsets\n  e.g. --k 4")
+	fs.IntVar(&f.maxStates, "max-states", 0, "systematic: check at most N states in this run (0: all); the rest are left\n"+
+		"  for a run with the same --dir\n  e.g. --max-states 200")
+	fs.DurationVar(&f.budget, "budget", 0, "systematic: start no checker boot after this long (0: no limit); the rest\n"+
+		"  are left for a run with the same --dir\n  e.g. --budget 30m")
+	fs.StringVar(&f.torn, "torn", "4k", "systematic: torn-write states: 4k (a write of several 4 KiB blocks keeps some;\n"+
+		"  the device's physical block is 4 KiB), 512 (also tears inside a block, at\n"+
+		"  sectors) or off\n  e.g. --torn 512")
+	fs.IntVar(&f.batch, "batch", 40, "systematic: crash states per checker boot\n  e.g. --batch 100")
+	fs.StringVar(&f.reproduce, "reproduce", "", "rebuild crash state STATE of the record log LOG (base: template.img beside\n"+
+		"  it), print its image hash, write it to state-STATE.img beside LOG, and check it\n"+
+		"  again: --reproduce LOG STATE, with the campaign's other flags\n  e.g. --reproduce crash/record.wlog w12.s5")
 	fs.StringVar(&f.cache, "cache", "writeback", "cache mode of the disk under test: writeback, writethrough, none, directsync\n"+
 		"  or unsafe (none and directsync need O_DIRECT in --dir)\n  e.g. --cache none")
 	fs.StringVar(&f.shard, "shard", "1/1", "run only shard i of n: the cuts K with K mod n = i-1\n  e.g. --shard 2/8")
 	fs.StringVar(&f.Report, "report", "", "write the campaign's JSON report to FILE\n  e.g. --report crashtest.json")
-	fs.StringVar(&f.dir, "dir", "", "work directory for disk images and boot logs; the images and logs of failing\n"+
-		"  cuts are kept there (default: a temporary directory, removed afterwards)\n  e.g. --dir /var/tmp/crash")
+	fs.StringVar(&f.dir, "dir", "", "work directory: systematic: the template image, the record log and the\n"+
+		"  explored-state file (a second run with the same --dir resumes); random: the\n"+
+		"  failing cuts' images and logs (default: a temporary directory, removed\n"+
+		"  afterwards unless a state violated)\n  e.g. --dir /var/tmp/crash")
 	fs.StringVar(&f.mem, "mem", "512M", "guest memory of each boot\n  e.g. --mem 1G")
 	fs.IntVar(&f.cpus, "cpus", 2, "vCPUs of each boot\n  e.g. --cpus 1")
 	fs.IntVar(&f.records, "records", 100, "workload size: records per writer (fsyncstress, 4 writers) or versions (rename)\n  e.g. --records 50")
@@ -128,7 +197,18 @@ type Campaign struct {
 	kernel, initrd string
 	diskSize       int64
 	workload       string
-	workloadArgs   []string
+	// program is the workload's guest program.
+	program      string
+	workloadArgs []string
+	// mode is protocol.CrashtestSystematic or CrashtestRandom.
+	mode string
+	// k, maxStates, budget, batch: the systematic mode's flags.
+	k         int
+	maxStates int
+	budget    time.Duration
+	batch     int
+	// tornUnits are --torn's units.
+	tornUnits []int64
 	cuts           int
 	policy         string
 	seed           uint64
@@ -145,13 +225,91 @@ type Campaign struct {
 	bootTimeout time.Duration
 	// log receives one line per retried boot, with its cause (nil: none).
 	log io.Writer
+	// workDir is the work directory of a running campaign.
+	workDir string
+	// reproduce is --reproduce: the log and the state ID ("": none).
+	reproduceLog, reproduceState string
+}
+
+// modeFlags checks the flags that belong to one mode.
+func (f *Flags) modeFlags(c *Campaign) error {
+	random := map[string]bool{"cuts": true, "policy": true, "at": true}
+	systematic := map[string]bool{"k": true, "max-states": true, "budget": true, "batch": true, "reproduce": true, "torn": true}
+	var err error
+	f.FS.Visit(func(fl *pflag.Flag) {
+		switch {
+		case err != nil:
+		case c.mode == protocol.CrashtestSystematic && random[fl.Name]:
+			err = usageErrorf("--%s is a --mode random flag (the systematic mode explores every crash state)", fl.Name)
+		case c.mode == protocol.CrashtestRandom && systematic[fl.Name]:
+			err = usageErrorf("--%s is a --mode systematic flag", fl.Name)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	switch c.mode {
+	case protocol.CrashtestRandom:
+		if f.policy == "" {
+			return usageErrorf("--policy is required with --mode random")
+		}
+		if f.cuts < 1 {
+			return usageErrorf("--cuts %d: want at least 1", f.cuts)
+		}
+		pol, err := blk.ParsePowerCutPolicy(f.policy)
+		if err != nil {
+			return usageErrorf("--policy: %v", err)
+		}
+		c.policy = pol.String()
+	case protocol.CrashtestSystematic:
+		return f.systematicFlags(c)
+	default:
+		return usageErrorf("--mode %q: want systematic or random", f.mode)
+	}
+	return nil
+}
+
+// systematicFlags checks the systematic mode's flags.
+func (f *Flags) systematicFlags(c *Campaign) error {
+	switch {
+	case f.k < 0 || f.k > 10:
+		return usageErrorf("--k %d: want 0..10 (2^k states per window)", f.k)
+	case f.maxStates < 0:
+		return usageErrorf("--max-states %d: want 0 (no limit) or more", f.maxStates)
+	case f.budget < 0:
+		return usageErrorf("--budget %v: want 0 (no limit) or more", f.budget)
+	case f.batch < 1 || f.batch > 1000:
+		return usageErrorf("--batch %d: want 1..1000", f.batch)
+	}
+	switch f.torn {
+	case "4k":
+		c.tornUnits = []int64{4096}
+	case "512":
+		c.tornUnits = []int64{4096, 512}
+	case "off":
+	default:
+		return usageErrorf("--torn %q: want 4k, 512 or off", f.torn)
+	}
+	if f.reproduce != "" {
+		args := f.FS.Args()
+		if len(args) != 1 {
+			return usageErrorf("--reproduce LOG STATE: want one STATE after the log, got %d arguments", len(args))
+		}
+		c.reproduceLog, c.reproduceState = f.reproduce, args[0]
+		if _, err := os.Stat(f.reproduce); err != nil {
+			return usageErrorf("--reproduce: %v", err)
+		}
+	} else if len(f.FS.Args()) > 0 {
+		return usageErrorf("unexpected arguments %q", f.FS.Args())
+	}
+	return nil
 }
 
 // Campaign validates the flags and returns the campaign they describe;
 // errors the user can fix are UsageError.
 func (f *Flags) Campaign() (*Campaign, error) {
 	for _, req := range []struct{ name, val string }{{"kernel", f.kernel}, {"initrd", f.initrd}, {"disk-size", f.diskSize},
-		{"workload", f.workload}, {"policy", f.policy}} {
+		{"workload", f.workload}} {
 		if req.val == "" {
 			return nil, usageErrorf("--%s is required", req.name)
 		}
@@ -160,7 +318,11 @@ func (f *Flags) Campaign() (*Campaign, error) {
 		return nil, usageErrorf("--seed is required (the campaign is reproducible from it)")
 	}
 	c := &Campaign{workload: f.workload, cuts: f.cuts, policy: f.policy, seed: f.seed, dir: f.dir,
-		diskSizeArg: f.diskSize, mem: f.mem, cpus: f.cpus, records: f.records, bootTimeout: f.bootTimeout}
+		diskSizeArg: f.diskSize, mem: f.mem, cpus: f.cpus, records: f.records, bootTimeout: f.bootTimeout,
+		mode: f.mode, k: f.k, maxStates: f.maxStates, budget: f.budget, batch: f.batch}
+	if err := f.modeFlags(c); err != nil {
+		return nil, err
+	}
 	var err error
 	if c.kernel, err = existingAbs("kernel", f.kernel); err != nil {
 		return nil, err
@@ -173,22 +335,14 @@ func (f *Flags) Campaign() (*Campaign, error) {
 		return nil, usageErrorf("--disk-size %q: want at least 16M, a multiple of 512 bytes", f.diskSize)
 	}
 	c.diskSize = int64(size)
-	args, ok := Workloads[f.workload]
+	wl, ok := Workloads[f.workload]
 	if !ok {
-		return nil, usageErrorf("--workload %q: want fsyncstress or rename", f.workload)
+		return nil, usageErrorf("--workload %q: want one of %s", f.workload, strings.Join(WorkloadNames(), ", "))
 	}
 	if f.records < 1 || f.records > 100000 {
 		return nil, usageErrorf("--records %d: want 1..100000", f.records)
 	}
-	c.workloadArgs = args(f.records)
-	if f.cuts < 1 {
-		return nil, usageErrorf("--cuts %d: want at least 1", f.cuts)
-	}
-	pol, err := blk.ParsePowerCutPolicy(f.policy)
-	if err != nil {
-		return nil, usageErrorf("--policy: %v", err)
-	}
-	c.policy = pol.String()
+	c.program, c.workloadArgs = wl.Program, wl.Args(f.records)
 	if c.cache, err = blk.ParseCacheMode(f.cache); err != nil {
 		return nil, usageErrorf("--cache: %v", err)
 	}
@@ -198,7 +352,7 @@ func (f *Flags) Campaign() (*Campaign, error) {
 	if err := cli.OutputDir("report", f.Report); err != nil {
 		return nil, UsageError{err}
 	}
-	if len(c.ShardCuts()) == 0 {
+	if c.mode == protocol.CrashtestRandom && len(c.ShardCuts()) == 0 {
 		return nil, usageErrorf("--shard %s owns none of the %d cuts (shard i of n runs the cuts K with K mod n = i-1)", f.shard, c.cuts)
 	}
 	if f.at != "" {
@@ -273,7 +427,7 @@ func usageErrorf(format string, a ...any) error { return UsageError{fmt.Errorf(f
 // writers is the number of concurrent writers of the campaign's workload
 // (0: rename, which acknowledges versions).
 func (c *Campaign) writers() int {
-	if c.workload == "fsyncstress" {
+	if c.program == "fsyncstress" {
 		return fsyncstressWriters
 	}
 	return 0

@@ -206,7 +206,7 @@ func testCampaign(t *testing.T, extra ...string) *Campaign {
 	os.WriteFile(k, []byte("k"), 0o644)
 	os.WriteFile(i, []byte("i"), 0o644)
 	f := NewFlags()
-	args := append([]string{"--kernel", k, "--initrd", i, "--disk-size", "64M", "--workload", "fsyncstress",
+	args := append([]string{"--mode", "random", "--kernel", k, "--initrd", i, "--disk-size", "64M", "--workload", "fsyncstress",
 		"--policy", "lose-all", "--seed", "10", "--cuts", "1", "--dir", filepath.Join(dir, "work")}, extra...)
 	if err := f.FS.Parse(args); err != nil {
 		t.Fatal(err)
@@ -352,8 +352,8 @@ func TestJudge(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			r := protocol.CrashtestCut{Acked: tc.acked}
-			judge(&r, "fsyncstress", bootResult{out: []byte(tc.out)})
+			r := protocol.CrashtestCheck{Acked: tc.acked}
+			judge(&r, "fsyncstress", 0, []byte(tc.out))
 			if r.Violation != tc.violation || (r.Error != "") != tc.wantErr {
 				t.Errorf("violation %v (%s) error %q, want violation %v error %v", r.Violation, r.Reason, r.Error, tc.violation, tc.wantErr)
 			}

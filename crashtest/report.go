@@ -94,12 +94,13 @@ func readPowerCut(r *protocol.CrashtestCut, path string) error {
 	return nil
 }
 
-// judge reads the checker boot's console and decides the cut.
-func judge(r *protocol.CrashtestCut, workload string, b bootResult) {
-	r.CheckStatus = b.status
+// judge reads a checker's console lines (out; status is the checker boot's
+// exit status, or the state's end status in a batch) and decides.
+func judge(r *protocol.CrashtestCheck, workload string, status int, out []byte) {
+	r.CheckStatus = status
 	v := protocol.CheckVerdict{CheckerStatus: -1, FsckStatus: -1}
 	sawCheck := false
-	for _, line := range strings.Split(string(b.out), "\n") {
+	for _, line := range strings.Split(string(out), "\n") {
 		if protocol.ParseCheckLine(&v, line, workload) {
 			continue
 		}
@@ -117,7 +118,7 @@ func judge(r *protocol.CrashtestCut, workload string, b bootResult) {
 	if r.MountFailed {
 		why = append(why, "the crashed file system does not mount")
 	} else if !sawCheck && r.Error == "" {
-		r.Error = "the checker printed no CHECK line: " + lines.Last(b.out, 3)
+		r.Error = "the checker printed no CHECK line: " + lines.Last(out, 3)
 	}
 	switch {
 	case r.LostAcked > 0:
@@ -127,7 +128,7 @@ func judge(r *protocol.CrashtestCut, workload string, b bootResult) {
 		// version was acknowledged yet.
 		why = append(why, "the workload's checker found damaged data")
 	case checker > 1 && r.Error == "" && !r.MountFailed:
-		r.Error = fmt.Sprintf("the workload's checker failed (status %d): %s", checker, lines.Last(b.out, 3))
+		r.Error = fmt.Sprintf("the workload's checker failed (status %d): %s", checker, lines.Last(out, 3))
 	}
 	switch {
 	case r.FsckStatus > 0 && r.FsckStatus < 8:
@@ -139,7 +140,7 @@ func judge(r *protocol.CrashtestCut, workload string, b bootResult) {
 			r.Error = fmt.Sprintf("e2fsck could not check the image (status %d)", r.FsckStatus)
 		}
 	case r.FsckStatus < 0 && r.Error == "":
-		r.Error = "the checker printed no fsck status: " + lines.Last(b.out, 3)
+		r.Error = "the checker printed no fsck status: " + lines.Last(out, 3)
 	}
 	r.Violation = len(why) > 0
 	r.Reason = strings.Join(why, "; ")
@@ -149,13 +150,47 @@ func judge(r *protocol.CrashtestCut, workload string, b bootResult) {
 // verdict and summary that follow from it.
 type Report struct {
 	protocol.CrashtestReport
+	start time.Time
 }
 
 func newReport(c *Campaign) *Report {
-	return &Report{protocol.CrashtestReport{Schema: protocol.CrashtestSchema, FlushvmVersion: protocol.Version(),
-		Summary: protocol.CrashtestTotals{Planned: len(c.ShardCuts())}, Workload: c.workload, Records: c.records, Cache: string(c.cache), Policy: c.policy, Seed: c.seed,
+	r := &Report{CrashtestReport: protocol.CrashtestReport{Schema: protocol.CrashtestSchema, FlushvmVersion: protocol.Version(),
+		Mode: c.mode, Workload: c.workload, Records: c.records, Cache: string(c.cache), Policy: c.policy, Seed: c.seed,
 		Cuts: c.cuts, Shard: fmt.Sprintf("%d/%d", c.shardIndex, c.shardCount), DiskSize: c.diskSize,
-		Kernel: c.kernel, Initrd: c.initrd, Results: []protocol.CrashtestCut{}}}
+		Kernel: c.kernel, Initrd: c.initrd, Results: []protocol.CrashtestCut{}}, start: time.Now()}
+	if c.mode == protocol.CrashtestRandom {
+		r.Summary.Planned = len(c.ShardCuts())
+	} else {
+		r.States = []protocol.CrashtestState{}
+	}
+	return r
+}
+
+// addState records a judged state of the systematic mode.
+func (r *Report) addState(st protocol.CrashtestState) {
+	r.States = append(r.States, st)
+	s := &r.Summary
+	if st.Error != "" {
+		s.Errors++
+	}
+	if r.Coverage != nil && st.Error == "" {
+		r.Coverage.Checked++
+	}
+	s.Acked += st.Acked
+	s.LostAcked += st.LostAcked
+	if st.FsckStatus > 0 && st.FsckStatus < 8 {
+		s.FsckErrors++
+	}
+	if st.MountFailed {
+		s.MountFailures++
+	}
+	if st.Violation {
+		s.Violations++
+		if s.FirstViolation == nil {
+			first := st
+			s.FirstViolation = &first
+		}
+	}
 }
 
 func (r *Report) add(res protocol.CrashtestCut) {
@@ -197,6 +232,12 @@ func (r *Report) finish(d time.Duration) {
 		s.CutsPerMinute = float64(s.Cuts) / d.Minutes()
 	}
 	s.Checked = s.Cuts - s.Errors
+	if r.Mode == protocol.CrashtestSystematic {
+		s.Checked = len(r.States) - s.Errors
+		if d > 0 {
+			s.StatesPerMinute = float64(s.Checked) / d.Minutes()
+		}
+	}
 	switch {
 	case s.Violations > 0:
 		r.Status = protocol.CrashtestViolated
@@ -229,14 +270,18 @@ func (r *Report) Write(path string) error {
 
 // unit names what the workload acknowledges.
 func (r *Report) unit() string {
-	if r.Workload == "rename" {
+	if w, ok := Workloads[r.Workload]; ok && w.Program == "rename" {
 		return "versions (last acknowledged, summed)"
 	}
 	return "records"
 }
 
-// printSummary writes the human summary.
+// PrintSummary writes the human summary.
 func (r *Report) PrintSummary(w io.Writer) {
+	if r.Mode == protocol.CrashtestSystematic {
+		r.printSystematic(w)
+		return
+	}
 	s := r.Summary
 	fmt.Fprintf(w, "flushvm crashtest: %s on ext4, cache=%s, policy %s, seed %d, shard %s of %d cuts\n",
 		r.Workload, r.Cache, r.Policy, r.Seed, r.Shard, r.Cuts)
@@ -279,6 +324,44 @@ func (r *Report) PrintSummary(w io.Writer) {
 		fmt.Fprintf(w, "  result:      INCOMPLETE: no violation, but only %d of %d planned cuts were checked: nothing is proven\n", s.Checked, s.Planned)
 	default:
 		fmt.Fprintln(w, "  result:      PASS: every acknowledged record survived every cut; every file system is clean")
+	}
+}
+
+// printSystematic writes the systematic mode's summary.
+func (r *Report) printSystematic(w io.Writer) {
+	s := r.Summary
+	fmt.Fprintf(w, "flushvm crashtest: %s on ext4, cache=%s, systematic, seed %d, shard %s\n", r.Workload, r.Cache, r.Seed, r.Shard)
+	if rec := r.Record; rec != nil {
+		fmt.Fprintf(w, "  record:      %d writes, %d flushes, %d acknowledgements in %s (%d windows, the largest %d writes)\n",
+			rec.Writes, rec.Flushes, rec.Acks, rec.Log, rec.Windows, rec.MaxWindow)
+	}
+	if c := r.Coverage; c != nil {
+		fmt.Fprintf(w, "  coverage:    %.0f states in the space (k=%d), %d generated, %d distinct, %d duplicates; %d other shards', %d checked before, %d checked now, %d left\n",
+			c.Space, c.K, c.Generated, c.Distinct, c.Deduplicated, c.OtherShards, c.Explored, c.Checked, c.Skipped)
+		if c.Exhausted {
+			fmt.Fprintln(w, "  space:       exhausted: every distinct state of this shard has been checked")
+		}
+	}
+	fmt.Fprintf(w, "  time:        %s, %.1f states/min\n", time.Duration(s.Seconds*float64(time.Second)).Round(time.Second), s.StatesPerMinute)
+	fmt.Fprintf(w, "  acknowledged %s expected (summed over states): %d, lost: %d; fsck errors: %d; unmountable: %d\n",
+		r.unit(), s.Acked, s.LostAcked, s.FsckErrors, s.MountFailures)
+	fmt.Fprintf(w, "  violations:  %d\n", s.Violations)
+	for _, st := range r.States {
+		if st.Error != "" {
+			fmt.Fprintf(w, "  state %s not checked: %s\n", st.ID, st.Error)
+		}
+	}
+	if f := s.FirstViolation; f != nil {
+		fmt.Fprintf(w, "  first violating state: %s (#%d, window %d, %s, image hash %s): %s\n", f.ID, f.Index, f.Window, f.Kind, f.Hash, f.Reason)
+		fmt.Fprintf(w, "  reproduce:   %s\n", f.Repro)
+	}
+	switch r.Status {
+	case protocol.CrashtestViolated:
+		fmt.Fprintln(w, "  result:      FAIL: acknowledged data was lost or a file system was damaged")
+	case protocol.CrashtestIncomplete:
+		fmt.Fprintf(w, "  result:      INCOMPLETE: no violation, but only %d of %d planned states were checked: nothing is proven\n", s.Checked, s.Planned)
+	default:
+		fmt.Fprintf(w, "  result:      PASS: every acknowledged record survived in all %d states; every file system is clean\n", s.Checked)
 	}
 }
 
@@ -336,6 +419,31 @@ func (p *Progress) cut(res protocol.CrashtestCut, rep *Report) {
 	}
 	fmt.Fprintf(p.w, "crashtest: cut %d/%d (#%d, seed %d, at %s): %s; %d acknowledged; fsck %d: %s [%.0f s, ETA %v]\n",
 		p.n, p.total, res.Cut, res.Seed, res.At, what, res.Acked, res.FsckStatus, verdict, res.Seconds, eta)
+}
+
+// state reports a judged crash state (systematic mode).
+func (p *Progress) state(st protocol.CrashtestState, rep *Report) {
+	p.n++
+	s := rep.Summary
+	elapsed := time.Since(rep.start)
+	rate := float64(p.n) / max(elapsed.Minutes(), 1e-9)
+	cov := rep.Coverage
+	if p.tty {
+		const width = 30
+		done := width * p.n / max(p.total, 1)
+		fmt.Fprintf(p.w, "\r[%s%s] %d/%d states (%d distinct in the space), %d violations, %d errors, %.1f states/min   ",
+			strings.Repeat("#", done), strings.Repeat(".", width-done), p.n, p.total, cov.Distinct, s.Violations, s.Errors, rate)
+		return
+	}
+	verdict := "ok"
+	switch {
+	case st.Error != "":
+		verdict = "NOT CHECKED: " + st.Error
+	case st.Violation:
+		verdict = "VIOLATION: " + st.Reason + "; reproduce: " + st.Repro
+	}
+	fmt.Fprintf(p.w, "crashtest: state %d/%d %s (%s): %d acknowledged; fsck %d: %s [%.1f states/min]\n",
+		p.n, p.total, st.ID, st.Kind, st.Acked, st.FsckStatus, verdict, rate)
 }
 
 // done ends the bar.

@@ -164,36 +164,54 @@ func (c *Campaign) boot(ctx context.Context, b Booter, dir, name string, args []
 func (c *Campaign) Run(ctx context.Context, b Booter, prog *Progress, log io.Writer) (*Report, error) {
 	c.log = log
 	rep := newReport(c)
-	start := time.Now()
-	defer func() { rep.finish(time.Since(start)) }()
+	defer func() { rep.finish(time.Since(rep.start)) }()
 	dir := c.dir
 	if dir == "" {
 		d, err := os.MkdirTemp("", "flushvm-crashtest-")
 		if err != nil {
 			return rep, fmt.Errorf("work directory: %w", err)
 		}
-		defer os.RemoveAll(d)
+		// A violating state's reproduce command needs the recording.
+		defer func() {
+			if rep.Summary.Violations == 0 {
+				os.RemoveAll(d)
+			} else {
+				prog.note("kept %s: the recording the reproduce commands need", d)
+			}
+		}()
 		dir = d
 	} else if err := os.MkdirAll(dir, 0o755); err != nil {
 		return rep, usageErrorf("--dir: %v", err)
 	}
+	c.workDir = dir
+	if c.mode == protocol.CrashtestSystematic {
+		err := c.runSystematic(ctx, b, prog, rep, dir)
+		prog.done()
+		return rep, err
+	}
+	return rep, c.runRandom(ctx, b, prog, rep, dir)
+}
+
+// runRandom runs the random mode: calibrate, then a workload boot and a
+// checker boot per cut.
+func (c *Campaign) runRandom(ctx context.Context, b Booter, prog *Progress, rep *Report, dir string) error {
 	template := filepath.Join(dir, "template.img")
 	defer os.Remove(template)
 	prog.note("formatting a %s disk (ext4, in the guest)", formatSize(c.diskSize))
 	if err := c.format(ctx, b, dir, template); err != nil {
-		return rep, err
+		return err
 	}
 	prog.note("calibrating: the whole %s workload, no power cut", c.workload)
 	cal, err := c.calibrate(ctx, b, dir, template)
 	if err != nil {
-		return rep, err
+		return err
 	}
 	rep.Calibration = cal
 	prog.note("calibration: %d writes, %d flushes reach the disk, %d acknowledgements, %.1f s",
 		cal.Writes, cal.Flushes, cal.Acks, cal.Seconds)
 	for _, k := range c.ShardCuts() {
 		if ctx.Err() != nil {
-			return rep, ctx.Err()
+			return ctx.Err()
 		}
 		t0 := time.Now()
 		res := c.cut(ctx, b, dir, template, k, cal)
@@ -202,7 +220,7 @@ func (c *Campaign) Run(ctx context.Context, b Booter, prog *Progress, log io.Wri
 		prog.cut(res, rep)
 	}
 	prog.done()
-	return rep, nil
+	return nil
 }
 
 // format makes the template image: a fresh file the guest formats.
@@ -227,7 +245,7 @@ func (c *Campaign) calibrate(ctx context.Context, b Booter, dir, template string
 	defer os.Remove(img)
 	defer os.Remove(stats)
 	t0 := time.Now()
-	args := c.bootArgs(guestCmdline("crash:"+c.workload, c.workloadArgs),
+	args := c.bootArgs(guestCmdline("crash:"+c.program, c.workloadArgs),
 		"path="+img+",cache="+string(c.cache)+",powercut="+c.policy, "--stats", stats)
 	r, err := c.boot(ctx, b, dir, "calibration", args, func() error { return sparse.Copy(template, img) })
 	if err != nil {
@@ -296,7 +314,7 @@ func (c *Campaign) cut(ctx context.Context, b Booter, dir, template string, k in
 		os.Remove(filepath.Join(dir, name+".workload.log"))
 		os.Remove(filepath.Join(dir, name+".check.log"))
 	}()
-	args := c.bootArgs(guestCmdline("crash:"+c.workload, c.workloadArgs),
+	args := c.bootArgs(guestCmdline("crash:"+c.program, c.workloadArgs),
 		"path="+img+",cache="+string(c.cache)+",powercut="+c.policy,
 		"--power-cut", at.String(), "--seed", strconv.FormatUint(seed, 10), "--stats", stats)
 	r, err := c.boot(ctx, b, dir, name+".workload", args, func() error { return sparse.Copy(template, img) })
@@ -324,16 +342,16 @@ func (c *Campaign) cut(ctx context.Context, b Booter, dir, template string, k in
 		return res
 	}
 	// The guest's check mode adds -check and the mount point.
-	checkArgs := append(append([]string{}, c.workloadArgs...), "-acked", acks.ackedArg(c.workload))
+	checkArgs := append(append([]string{}, c.workloadArgs...), "-acked", acks.ackedArg(c.program))
 	// A crashed checker may have replayed part of the journal; replaying
 	// the rest on the next attempt is what a second reboot would do.
-	r, err = c.boot(ctx, b, dir, name+".check", c.bootArgs(guestCmdline("check:"+c.workload, checkArgs), "path="+img+",cache=writeback"), nil)
+	r, err = c.boot(ctx, b, dir, name+".check", c.bootArgs(guestCmdline("check:"+c.program, checkArgs), "path="+img+",cache=writeback"), nil)
 	res.GuestCrashes += r.crashes
 	if err != nil {
 		res.Error = err.Error()
 		return res
 	}
-	judge(&res, c.workload, r)
+	judge(&res.CrashtestCheck, c.program, r.status, r.out)
 	return res
 }
 

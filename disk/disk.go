@@ -1,8 +1,10 @@
 package disk
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 
 	"github.com/flushvm/flushvm/blk"
@@ -19,6 +21,10 @@ type Disk struct {
 	// log is the --write-log layer (on the disk --write-log names).
 	log     *blk.WriteLog
 	logPath string
+	// crash is the crash state backend (crashstates= disks only).
+	crash *blk.CrashStateBackend
+	// diag receives what ConsoleLine could not do (nil: dropped).
+	diag io.Writer
 	// Cut is what the power cut did to this disk (after a cut).
 	Cut *PowerCutStats
 }
@@ -88,26 +94,33 @@ type Options struct {
 	Supply *PowerSupply
 	// Device are the device's own options (queues, ring size).
 	Device blk.Options
+	// Diag receives the errors of ConsoleLine's actions, one line each
+	// (nil: dropped).
+	Diag io.Writer
 }
 
 // Open opens the disk sp describes: device -> [cut layer] -> [write
-// log] -> [volatile cache] -> file.
+// log] -> [volatile cache] -> file, or, for a crashstates= disk, device ->
+// crash state backend -> file (read-only).
 func Open(sp blk.Spec, o Options) (*Disk, error) {
 	logPath, bound, ps := o.WriteLog, o.CacheBound, o.Supply
+	if sp.CrashStates != "" {
+		return openCrashStates(sp, o)
+	}
 	needStack := sp.HasPowerCut() || logPath != ""
 	if !needStack {
 		dev, err := blk.Open(sp, o.Device)
 		if err != nil {
 			return nil, err
 		}
-		return &Disk{Dev: dev}, nil
+		return &Disk{Dev: dev, diag: o.Diag}, nil
 	}
 	direct := sp.Cache == blk.CacheNone || sp.Cache == blk.CacheDirectSync
 	fb, err := blk.OpenFile(sp.Path, blk.FileOptions{ReadOnly: sp.ReadOnly, Direct: direct, NoLock: sp.NoLock})
 	if err != nil {
 		return nil, err
 	}
-	d := &Disk{logPath: logPath}
+	d := &Disk{logPath: logPath, diag: o.Diag}
 	var b blk.Backend = fb
 	if sp.HasPowerCut() {
 		c, err := blk.NewVolatileCache(b, blk.VolatileCacheOptions{MaxUnstableBytes: bound})
@@ -135,6 +148,88 @@ func Open(sp blk.Spec, o Options) (*Disk, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// openCrashStates opens a crashstates= disk: its path, the base image,
+// read-only (with a shared lock unless locking=off), under a
+// CrashStateBackend showing the set's states; the device itself is
+// writable (the guest's writes stay in the backend's memory).
+func openCrashStates(sp blk.Spec, o Options) (*Disk, error) {
+	if o.WriteLog != "" {
+		return nil, fmt.Errorf("a crashstates= disk has no write log (its writes are dropped at each state)")
+	}
+	set, err := blk.ReadCrashStateSet(sp.CrashStates)
+	if err != nil {
+		return nil, err
+	}
+	fb, err := blk.OpenFile(sp.Path, blk.FileOptions{ReadOnly: true, NoLock: sp.NoLock})
+	if err != nil {
+		return nil, err
+	}
+	cb, err := blk.NewCrashStateBackend(fb, set)
+	if err != nil {
+		fb.Close()
+		return nil, err
+	}
+	dopts := o.Device
+	dopts.Backend = cb
+	dev, err := blk.Open(sp, dopts)
+	if err != nil {
+		return nil, err
+	}
+	return &Disk{Dev: dev, crash: cb, diag: o.Diag}, nil
+}
+
+// CrashStates returns the crash state backend of a crashstates= disk (nil
+// for other disks).
+func (d *Disk) CrashStates() *blk.CrashStateBackend { return d.crash }
+
+// ConsoleLine acts on one line the guest printed on its console (see
+// vmm.Config.ConsoleLine, which calls it on the vCPU that printed it,
+// before the guest goes on):
+//
+//   - On the disk with the write log, an acknowledgement line
+//     (protocol.IsAckLine) becomes a MARK entry whose text is the trimmed
+//     line, cut to blk.MaxWriteLogMark bytes. The mark's place in the log
+//     is exact: a guest prints an ACK only after its fdatasync returned,
+//     that is after the flush request completed; WriteLog.Sync appends
+//     the FLUSH entry before the device completes the flush; the mark is
+//     appended here, inside the guest's OUT to the UART's transmit
+//     register, which the guest executes after it saw the completion; both
+//     appends take the log's mutex. So the MARK lands after the FLUSH, and
+//     after every write that flush covered. Writes from other vCPUs
+//     completing meanwhile may land on either side of the mark, which only
+//     weakens what the mark asserts (those writes were not acknowledged),
+//     never falsifies it.
+//   - On a crashstates= disk, protocol.CrashCheckNext I selects state I
+//     (blk.CrashStateBackend.Select); a state that cannot be built shows
+//     as protocol.CrashStateErrorSerial to the guest.
+//
+// Errors go to Options.Diag; the guest goes on either way.
+func (d *Disk) ConsoleLine(line []byte) {
+	if d.log != nil && protocol.IsAckLine(line) {
+		text := bytes.TrimSpace(line)
+		if len(text) > blk.MaxWriteLogMark {
+			text = text[:blk.MaxWriteLogMark]
+		}
+		if err := d.log.Mark(string(text)); err != nil {
+			d.diagf("write log: mark %q: %v", text, err)
+		}
+	}
+	if d.crash != nil {
+		if i, ok := protocol.ParseCrashCheckNext(line); ok {
+			if err := d.crash.Select(i); err != nil {
+				d.diagf("crash state %d: %v", i, err)
+			}
+		}
+	}
+}
+
+// diagf writes one diagnostic line about the disk.
+func (d *Disk) diagf(format string, a ...any) {
+	if d.diag != nil {
+		fmt.Fprintf(d.diag, "flushvm: disk %s: %s\n", d.Dev.Spec().Path, fmt.Sprintf(format, a...))
+	}
 }
 
 // Stats returns the disk's --stats entry.

@@ -29,7 +29,7 @@ var CrashtestExitStatuses = []ExitStatusRow{
 
 // CrashtestSchema is the version of the CrashtestReport schema; it grows
 // when a field changes meaning (new fields alone do not bump it).
-const CrashtestSchema = 2
+const CrashtestSchema = 3
 
 // The verdicts of a crashtest report (CrashtestReport.Status).
 const (
@@ -54,7 +54,9 @@ type CrashtestReport struct {
 	FlushvmVersion string `json:"flushvm_version"`
 	// Status is the verdict: CrashtestPassed, CrashtestViolated or
 	// CrashtestIncomplete. Only CrashtestPassed proves anything.
-	Status      string               `json:"status"`
+	Status string `json:"status"`
+	// Mode is CrashtestSystematic or CrashtestRandom.
+	Mode        string               `json:"mode"`
 	Workload    string               `json:"workload"`
 	Records     int                  `json:"records"`
 	Cache       string               `json:"cache"`
@@ -67,7 +69,107 @@ type CrashtestReport struct {
 	Initrd      string               `json:"initrd"`
 	Calibration CrashtestCalibration `json:"calibration"`
 	Results     []CrashtestCut       `json:"results"`
-	Summary     CrashtestTotals      `json:"summary"`
+	// Record, Coverage and States are the systematic mode's: the record
+	// boot, the state space and the states this run checked.
+	Record   *CrashtestRecord   `json:"record,omitempty"`
+	Coverage *CrashtestCoverage `json:"coverage,omitempty"`
+	States   []CrashtestState   `json:"states,omitempty"`
+	Summary  CrashtestTotals    `json:"summary"`
+}
+
+// The modes of a campaign (CrashtestReport.Mode).
+const (
+	// CrashtestSystematic: record once, explore the crash states of the
+	// write log, check them in batches.
+	CrashtestSystematic = "systematic"
+	// CrashtestRandom: a workload boot per cut, the power cut at a seeded
+	// random point, a checker boot per cut.
+	CrashtestRandom = "random"
+)
+
+// CrashtestRecord is the systematic mode's record boot.
+type CrashtestRecord struct {
+	// Log is the write log (the states' source); Base the image it
+	// started from.
+	Log  string `json:"log"`
+	Base string `json:"base"`
+	// Entries, Writes, Flushes count the log; Acks its acknowledgements.
+	Entries int `json:"entries"`
+	Writes  int `json:"writes"`
+	Flushes int `json:"flushes"`
+	Acks    int `json:"acks"`
+	// Windows is the number of windows between flushes; MaxWindow the
+	// most writes in one.
+	Windows   int     `json:"windows"`
+	MaxWindow int     `json:"max_window"`
+	Seconds   float64 `json:"seconds"`
+	// Reused is set when the recording of an earlier run in --dir was
+	// used (a resumed campaign).
+	Reused bool `json:"reused"`
+}
+
+// CrashtestCoverage says how much of the state space a campaign covered.
+type CrashtestCoverage struct {
+	// K is --k: windows of at most K writes get every subset.
+	K int `json:"k"`
+	// Space is the number of states in the space (every subset of every
+	// window, and the torn states): approximate when huge.
+	Space float64 `json:"space"`
+	// Generated states, of which Distinct have distinct images
+	// (Deduplicated = Generated - Distinct).
+	Generated    int `json:"generated"`
+	Distinct     int `json:"distinct"`
+	Deduplicated int `json:"deduplicated"`
+	// OtherShards are distinct states other shards own; Explored those
+	// this shard checked before (the --dir's explored-state file);
+	// Checked those this run checked; Skipped those left for later
+	// (--max-states, --budget, an interrupted run).
+	OtherShards int `json:"other_shards"`
+	Explored    int `json:"explored_before"`
+	Checked     int `json:"checked"`
+	Skipped     int `json:"skipped"`
+	// Exhausted is set when no state of this shard is left unchecked.
+	Exhausted bool `json:"exhausted"`
+}
+
+// CrashtestCheck is the verdict of one checked crashed image.
+type CrashtestCheck struct {
+	// Acked counts the acknowledged records (rename: the last
+	// acknowledged version) the image must keep.
+	Acked int `json:"acked"`
+	// CheckStatus is the checker's exit status; MountFailed says the
+	// crashed file system did not mount; FsckStatus is e2fsck -fn's status
+	// (-1: not reported).
+	CheckStatus int  `json:"check_status"`
+	MountFailed bool `json:"mount_failed"`
+	FsckStatus  int  `json:"fsck_status"`
+	// LostAcked counts acknowledged records missing or damaged; Extra
+	// counts unacknowledged records that survived.
+	LostAcked int `json:"lost_acked"`
+	Extra     int `json:"extra"`
+	// Violation: acknowledged data lost, or a file system fsck rejects.
+	Violation bool   `json:"violation"`
+	Reason    string `json:"reason,omitempty"`
+	// Error says why the image could not be checked.
+	Error string `json:"error,omitempty"`
+}
+
+// CrashtestState is one crash state a systematic campaign checked.
+type CrashtestState struct {
+	// ID names the state in the record's log (see `flushvm crashtest
+	// --help`); Index is its number among the distinct states.
+	ID    string `json:"id"`
+	Index int    `json:"index"`
+	// Kind is subset, prefix or torn; Window the log window.
+	Kind   string `json:"kind"`
+	Window int    `json:"window"`
+	// Hash is the image's content hash (equal images, equal hashes).
+	Hash string `json:"hash"`
+	CrashtestCheck
+	// CheckerDeaths counts checker boots that died while checking it.
+	CheckerDeaths int `json:"checker_deaths"`
+	// Repro rebuilds the image and checks it again.
+	Repro string `json:"repro"`
 }
 
 // CrashtestTotals sums a campaign's cuts.
@@ -90,8 +192,13 @@ type CrashtestTotals struct {
 	Violations    int     `json:"violations"`
 	Seconds       float64 `json:"seconds"`
 	CutsPerMinute float64 `json:"cuts_per_minute"`
-	// FirstFailure is the first cut with a violation.
+	// FirstFailure is the first cut with a violation (random mode).
 	FirstFailure *CrashtestCut `json:"first_failure,omitempty"`
+	// StatesPerMinute is the systematic mode's rate of checked states
+	// (over the campaign's whole time, record boot included).
+	StatesPerMinute float64 `json:"states_per_minute"`
+	// FirstViolation is the first violating state (systematic mode).
+	FirstViolation *CrashtestState `json:"first_violation,omitempty"`
 }
 
 // CrashtestCut is one cut in a crashtest report.
@@ -105,34 +212,17 @@ type CrashtestCut struct {
 	// PowerCut is false when the workload ended before reaching At.
 	PowerCut       bool `json:"power_cut"`
 	WorkloadStatus int  `json:"workload_status"`
-	// Acked counts the acknowledged records (rename: the last
-	// acknowledged version).
-	Acked int `json:"acked"`
 	// Unstable, Kept, Torn and Lost are the power-cut model's report:
 	// writes not covered by a completed flush and their fates.
 	Unstable int `json:"unstable_writes"`
 	Kept     int `json:"kept_writes"`
 	Torn     int `json:"torn_writes"`
 	Lost     int `json:"lost_writes"`
-	// CheckStatus is the checker boot's exit status; MountFailed says the
-	// crashed file system did not mount; FsckStatus is e2fsck -fn's status
-	// (-1: not reported).
-	CheckStatus int  `json:"check_status"`
-	MountFailed bool `json:"mount_failed"`
-	FsckStatus  int  `json:"fsck_status"`
-	// LostAcked counts acknowledged records missing or damaged after the
-	// cut; Extra counts unacknowledged records that survived.
-	LostAcked int `json:"lost_acked"`
-	Extra     int `json:"extra"`
-	// Violation: acknowledged data lost, or a file system fsck rejects.
-	Violation bool   `json:"violation"`
-	Reason    string `json:"reason,omitempty"`
+	CrashtestCheck
 	// GuestCrashes counts this cut's boots retried because the guest
 	// crashed or hung (not the disk's doing).
-	GuestCrashes int `json:"guest_crashes"`
-	// Error says why the cut could not be checked.
-	Error   string  `json:"error,omitempty"`
-	Seconds float64 `json:"seconds"`
+	GuestCrashes int     `json:"guest_crashes"`
+	Seconds      float64 `json:"seconds"`
 	// Repro reproduces this cut; Image is its crashed image (kept when
 	// it failed and --dir was given).
 	Repro string `json:"repro"`

@@ -13,6 +13,7 @@ func TestSplitDiskSpec(t *testing.T) {
 		{in: "path=d.img", want: "path=d.img"},
 		{in: "cache=none,path=/x,serial=a=b", want: "cache=none,path=/x,serial=a=b"},
 		{in: "path=d.img,readonly=on,powercut=lose-all", want: "path=d.img,readonly=on,powercut=lose-all"},
+		{in: "path=d.img,crashstates=s.json", want: "path=d.img,crashstates=s.json"},
 		{in: "", bad: "empty"},
 		{in: "d.img", bad: "is not key=value"},
 		{in: "file=d.img", want: "path=d.img"},

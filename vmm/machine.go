@@ -51,6 +51,16 @@ type Config struct {
 	// vCPU makes no progress with an interrupt pending for that long (see
 	// watchdog.go). Zero turns it off.
 	Watchdog time.Duration
+	// ConsoleLine, when set, is called with every line the guest
+	// transmits on the serial port, without its "\n" (or "\r\n"), and at
+	// most MaxConsoleLine bytes of it (the rest of a longer line is
+	// dropped). It runs synchronously on the vCPU thread whose OUT to the
+	// transmit register ended the line, before that instruction returns
+	// to the guest, and without the serial port's lock held: whatever it
+	// does has happened before the guest prints anything more. It must
+	// not keep line after returning and should be quick, since the vCPU
+	// waits for it.
+	ConsoleLine func(line []byte)
 }
 
 // ExitKind tells why a machine stopped.
@@ -167,6 +177,7 @@ func New(cfg Config) (m *Machine, err error) {
 		// An IRQ line error means the VM is gone; nothing to tell the guest.
 		_ = m.vm.IRQLine(irqCOM1, level)
 	})
+	m.serial.lineHook = cfg.ConsoleLine
 
 	tscDeadline := m.sys.CheckExtension(kvm.CapTSCDeadlineTimer) > 0
 	supported, err := m.sys.SupportedCPUID()

@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"sync"
@@ -67,7 +68,16 @@ type serial struct {
 	raises int    // interrupt line raises, for debugging
 	outN   int    // bytes transmitted
 	first  func() // called at the first transmitted byte (debugging)
+
+	// lineHook is Config.ConsoleLine (nil: none); line collects the
+	// current line for it, at most MaxConsoleLine bytes.
+	lineHook func(line []byte)
+	line     []byte
 }
+
+// MaxConsoleLine is the longest line Config.ConsoleLine is given: the
+// bytes of a longer line past it are dropped.
+const MaxConsoleLine = 512
 
 // txBufferMax bounds the output queue.
 const txBufferMax = 1 << 16
@@ -235,8 +245,19 @@ func (s *serial) In(off uint16) uint8 {
 	return v
 }
 
-// Out is a guest write of v to register off.
+// Out is a guest write of v to register off. When v ends a line and the
+// serial has a line hook, Out calls it with the line after releasing the
+// serial's lock, on the caller's goroutine (the vCPU's), so the hook runs
+// before the guest's OUT instruction returns.
 func (s *serial) Out(off uint16, v uint8) {
+	if line := s.outLocked(off, v); line != nil {
+		s.lineHook(line)
+	}
+}
+
+// outLocked does Out's work under the lock and returns a completed line
+// for the hook (nil: none).
+func (s *serial) outLocked(off uint16, v uint8) (line []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch off {
@@ -249,7 +270,7 @@ func (s *serial) Out(off uint16, v uint8) {
 			if len(s.rx) < rxBufferMax {
 				s.rx = append(s.rx, v)
 			}
-		} else if s.out != nil {
+		} else if line = s.collect(v); s.out != nil {
 			if s.outN == 0 && s.first != nil {
 				s.first()
 			}
@@ -291,6 +312,26 @@ func (s *serial) Out(off uint16, v uint8) {
 		s.scr = v
 	}
 	s.update()
+	return line
+}
+
+// collect adds a transmitted byte to the current line and returns the line
+// (a copy, without its "\n" or "\r\n") when v ends it. The caller holds
+// mu.
+func (s *serial) collect(v uint8) []byte {
+	if s.lineHook == nil {
+		return nil
+	}
+	if v != '\n' {
+		if len(s.line) < MaxConsoleLine {
+			s.line = append(s.line, v)
+		}
+		return nil
+	}
+	line := bytes.TrimSuffix(s.line, []byte{'\r'})
+	line = append(make([]byte, 0, len(line)), line...)
+	s.line = s.line[:0]
+	return line
 }
 
 // printed reports whether the guest has sent any byte to the console.

@@ -387,6 +387,46 @@ func TestSerialReceiveBound(t *testing.T) {
 	}
 }
 
+// TestSerialConsoleLine: the line hook gets each transmitted line, bounded,
+// without its line end, and runs without the serial's lock held (it may
+// touch the serial itself).
+func TestSerialConsoleLine(t *testing.T) {
+	long := strings.Repeat("x", MaxConsoleLine+88)
+	tests := []struct {
+		name string
+		mcr  uint8 // set before transmitting
+		lcr  uint8
+		tx   string
+		want []string
+	}{
+		{name: "one line", tx: "ACK x 1\n", want: []string{"ACK x 1"}},
+		{name: "CRLF", tx: "ACK x 1\r\n", want: []string{"ACK x 1"}},
+		{name: "two lines and a partial one", tx: "a\nb c\nd", want: []string{"a", "b c"}},
+		{name: "empty line", tx: "\n", want: []string{""}},
+		{name: "long line is cut", tx: long + "\nok\n", want: []string{long[:MaxConsoleLine], "ok"}},
+		{name: "loopback is not transmitted", mcr: mcrLoop, tx: "a\n"},
+		{name: "divisor latch is not transmitted", lcr: lcrDLAB, tx: "a\n"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			s := newSerial(&bytes.Buffer{}, nil)
+			s.lineHook = func(line []byte) {
+				s.In(uartLSR) // would deadlock with the lock held
+				got = append(got, string(line))
+			}
+			s.Out(uartMCR, tc.mcr)
+			s.Out(uartLCR, tc.lcr)
+			for i := range len(tc.tx) {
+				s.Out(uartRBR, tc.tx[i])
+			}
+			if strings.Join(got, "|") != strings.Join(tc.want, "|") || len(got) != len(tc.want) {
+				t.Errorf("lines %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
 func TestPCIBusConfig(t *testing.T) {
 	b := newPCIBus()
 	f := &fakeFunction{barAddr: 0x1000, barSize: 0x100}

@@ -79,20 +79,43 @@ func withGuestDefaults(ctx context.Context, args []string) ([]string, error) {
 }
 
 // crashtestTimeout bounds a session of crashtest runs when --timeout is
-// not given: L1's boot and the campaigns' every boot at a generous 3
-// minutes each (a nested boot takes 20-60 s here).
+// not given: L1's boot, and for each campaign its set-up boots at a
+// generous 3 minutes each plus, in random mode, two boots per cut, and in
+// systematic mode --budget or 20 s per --max-states state (a nested boot
+// takes 20-60 s here, a state's check 1-3 s); a systematic campaign with
+// neither gets two hours.
 func crashtestTimeout(runs []harness.Run) time.Duration {
 	d := 15 * time.Minute
 	for _, r := range runs {
-		cuts := 1
-		if v, ok := harness.FlagValue(r.Args, "cuts"); ok {
-			if n, err := strconv.Atoi(v); err == nil && n > 0 {
-				cuts = n
+		num := func(flag string) int {
+			v, _ := harness.FlagValue(r.Args, flag)
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				return 0
 			}
+			return n
 		}
-		d += time.Duration(2+2*cuts) * 3 * time.Minute
+		d += 2 * 3 * time.Minute
+		switch {
+		case isRandom(r.Args):
+			d += time.Duration(2*max(1, num("cuts"))) * 3 * time.Minute
+		case hasFlag(r.Args, "budget"):
+			v, _ := harness.FlagValue(r.Args, "budget")
+			b, _ := time.ParseDuration(v)
+			d += b + 5*time.Minute
+		case num("max-states") > 0:
+			d += time.Duration(num("max-states")) * 20 * time.Second
+		default:
+			d += 2 * time.Hour
+		}
 	}
 	return d
+}
+
+// isRandom reports whether crashtest args select --mode random.
+func isRandom(args []string) bool {
+	v, _ := harness.FlagValue(args, "mode")
+	return v == protocol.CrashtestRandom
 }
 
 // crashtest runs one `flushvm crashtest` campaign as one run: directly, or
@@ -109,20 +132,27 @@ func crashtest(ctx context.Context, opts harness.Options, timeoutSet bool, args 
 	return session(ctx, opts, r)
 }
 
-// campaignMode is one cache mode of a campaign and its number of cuts.
+// campaignMode is one cache mode of a campaign and its number of cuts
+// (random mode) or its --max-states (systematic; 0: all).
 type campaignMode struct {
 	cache string
 	cuts  int
 }
 
-// parseModes parses --modes: MODE:CUTS,MODE:CUTS,...
+// parseModes parses --modes: MODE:N,MODE:N,... (N: cuts in random mode,
+// the most states to check in systematic mode, where "all" is every one).
 func parseModes(s string) ([]campaignMode, error) {
 	var ms []campaignMode
 	for _, part := range strings.Split(s, ",") {
 		c, n, ok := strings.Cut(strings.TrimSpace(part), ":")
 		cuts, err := strconv.Atoi(n)
-		if !ok || c == "" || err != nil || cuts < 1 {
-			return nil, fmt.Errorf("%w: --modes %q: want MODE:CUTS,... e.g. writeback:20,unsafe:10", errUsage, s)
+		if n == "all" {
+			cuts, err = 0, nil
+		} else if err == nil && cuts < 1 {
+			err = errUsage
+		}
+		if !ok || c == "" || err != nil {
+			return nil, fmt.Errorf("%w: --modes %q: want MODE:N,... e.g. writeback:20,unsafe:10 (N: cuts, or states; all: every state)", errUsage, s)
 		}
 		for _, m := range ms {
 			if m.cache == c {
@@ -139,18 +169,30 @@ func parseModes(s string) ([]campaignMode, error) {
 const defaultModes = "writeback:20,writethrough:20,none:20,directsync:20,unsafe:10"
 
 // campaignRuns builds one crashtest run per mode: the shared flags, the
-// mode's --cache and --cuts, and --report OUT/MODE.json.
+// mode's --cache and --cuts (random) or --max-states (systematic), and
+// --report OUT/MODE.json.
 func campaignRuns(modes []campaignMode, out string, shared []string) ([]harness.Run, []string, error) {
-	for _, f := range []string{"cache", "cuts", "report"} {
+	for _, f := range []string{"cache", "cuts", "max-states", "report"} {
 		if hasFlag(shared, f) {
 			return nil, nil, fmt.Errorf("%w: --%s is set per mode by campaign (use --modes and --out)", errUsage, f)
 		}
 	}
+	random := isRandom(shared)
 	var runs []harness.Run
 	var reports []string
 	for _, m := range modes {
+		if random && m.cuts == 0 {
+			return nil, nil, fmt.Errorf("%w: --modes %s:all: a random campaign needs a number of cuts", errUsage, m.cache)
+		}
 		rep := filepath.Join(out, m.cache+".json")
-		a := append(slices.Clone(shared), "--cache", m.cache, "--cuts", strconv.Itoa(m.cuts), "--report", rep)
+		a := append(slices.Clone(shared), "--cache", m.cache)
+		switch {
+		case random:
+			a = append(a, "--cuts", strconv.Itoa(m.cuts))
+		case m.cuts > 0:
+			a = append(a, "--max-states", strconv.Itoa(m.cuts))
+		}
+		a = append(a, "--report", rep)
 		runs = append(runs, harness.Run{Subcommand: harness.SubCrashtest, Args: a})
 		reports = append(reports, rep)
 	}
@@ -313,6 +355,10 @@ func judgeCampaign(w io.Writer, modes []campaignMode, statuses []int, rows []tab
 // tableRow is one cache mode of the table: the sum of its reports (shards
 // of one campaign add up).
 type tableRow struct {
+	// systematic rows count states (cuts: states checked; distinct:
+	// distinct states in the space).
+	systematic             bool
+	distinct               int
 	mode, workload, policy string
 	cuts, powerCuts        int
 	acked, lostAcked       int
@@ -324,6 +370,7 @@ type tableRow struct {
 // add adds o's counts and time to t.
 func (t *tableRow) add(o tableRow) {
 	t.cuts += o.cuts
+	t.distinct = max(t.distinct, o.distinct)
 	t.powerCuts += o.powerCuts
 	t.acked += o.acked
 	t.lostAcked += o.lostAcked
@@ -356,6 +403,10 @@ func readReports(paths []string) ([]tableRow, error) {
 		if err == nil && r.Schema != protocol.CrashtestSchema {
 			err = fmt.Errorf("report schema %d, this table reads schema %d (a report from another flushvm version)", r.Schema, protocol.CrashtestSchema)
 		}
+		sys := r.Mode == protocol.CrashtestSystematic
+		if err == nil && len(rows)+len(bad) > 0 && len(rows) > 0 && rows[0].systematic != sys {
+			err = fmt.Errorf("a %s campaign's report among %s ones: one table per mode", r.Mode, map[bool]string{true: "systematic", false: "random"}[rows[0].systematic])
+		}
 		if err == nil && version != "" && r.FlushvmVersion != version {
 			err = fmt.Errorf("written by flushvm %s, the other reports by %s: shards of different builds do not add up", r.FlushvmVersion, version)
 		}
@@ -366,7 +417,7 @@ func readReports(paths []string) ([]tableRow, error) {
 		version = r.FlushvmVersion
 		i := slices.IndexFunc(rows, func(t tableRow) bool { return t.mode == r.Cache })
 		if i < 0 {
-			rows = append(rows, tableRow{mode: r.Cache, workload: r.Workload, policy: r.Policy})
+			rows = append(rows, tableRow{mode: r.Cache, workload: r.Workload, policy: r.Policy, systematic: sys})
 			i = len(rows) - 1
 		}
 		t, s := &rows[i], r.Summary
@@ -376,9 +427,16 @@ func readReports(paths []string) ([]tableRow, error) {
 		if t.policy != r.Policy {
 			t.policy = "mixed"
 		}
-		t.add(tableRow{cuts: s.Cuts, powerCuts: s.PowerCuts, acked: s.Acked, lostAcked: s.LostAcked,
+		o := tableRow{cuts: s.Cuts, powerCuts: s.PowerCuts, acked: s.Acked, lostAcked: s.LostAcked,
 			fsckErrors: s.FsckErrors, unmounted: s.MountFailures, violations: s.Violations, errors: s.Errors,
-			seconds: s.Seconds})
+			seconds: s.Seconds}
+		if sys {
+			o.cuts = len(r.States)
+			if r.Coverage != nil {
+				o.distinct = r.Coverage.Distinct
+			}
+		}
+		t.add(o)
 	}
 	rank := func(m string) int {
 		if i := slices.Index(modeOrder, m); i >= 0 {
@@ -397,11 +455,18 @@ func readReports(paths []string) ([]tableRow, error) {
 // quoted as it is).
 func printTable(w io.Writer, rows []tableRow) {
 	cells := [][]string{{"mode", "cuts", "power cuts", "acked records", "lost acked", "fsck errors", "violations", "cuts/min", "not checked"}}
-	var total tableRow
+	sys := len(rows) > 0 && rows[0].systematic
+	if sys {
+		cells[0] = []string{"mode", "states checked", "distinct states", "acked records (summed)", "lost acked", "fsck errors", "violations", "states/min", "not checked"}
+	}
+	total := tableRow{systematic: sys}
+	distinct := 0
 	for _, r := range rows {
 		cells = append(cells, row(r.mode, r))
 		total.add(r)
+		distinct += r.distinct
 	}
+	total.distinct = distinct // the modes' spaces add up
 	if len(rows) > 1 {
 		cells = append(cells, row("all", total))
 	}
@@ -445,8 +510,13 @@ func printTable(w io.Writer, rows []tableRow) {
 				pol = append(pol, r.policy)
 			}
 		}
-		fmt.Fprintf(w, "workload %s, policy %s; cuts/min over each campaign's whole run (its format and calibration boots included)\n",
-			strings.Join(wl, ", "), strings.Join(pol, ", "))
+		if sys {
+			fmt.Fprintf(w, "workload %s, systematic; states/min over each campaign's whole run (its format and record boots included)\n",
+				strings.Join(wl, ", "))
+		} else {
+			fmt.Fprintf(w, "workload %s, policy %s; cuts/min over each campaign's whole run (its format and calibration boots included)\n",
+				strings.Join(wl, ", "), strings.Join(pol, ", "))
+		}
 		if total.unmounted > 0 {
 			fmt.Fprintf(w, "%d crashed file systems did not mount (counted as violations)\n", total.unmounted)
 		}
@@ -460,7 +530,11 @@ func row(name string, r tableRow) []string {
 		rate = strconv.FormatFloat(float64(r.cuts)/(r.seconds/60), 'f', 2, 64)
 	}
 	c := []string{name}
-	for _, n := range []int{r.cuts, r.powerCuts, r.acked, r.lostAcked, r.fsckErrors, r.violations} {
+	second := r.powerCuts
+	if r.systematic {
+		second = r.distinct
+	}
+	for _, n := range []int{r.cuts, second, r.acked, r.lostAcked, r.fsckErrors, r.violations} {
 		c = append(c, strconv.Itoa(n))
 	}
 	return append(c, rate, strconv.Itoa(r.errors))

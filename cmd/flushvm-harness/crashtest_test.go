@@ -38,7 +38,7 @@ func TestParseModes(t *testing.T) {
 	if err != nil || len(ms) != 5 || ms[0] != (campaignMode{"writeback", 20}) || ms[4] != (campaignMode{"unsafe", 10}) {
 		t.Errorf("parseModes(%q) = %v, %v", defaultModes, ms, err)
 	}
-	for _, bad := range []string{"", "writeback", "writeback:0", "writeback:x", ":3", "none:1,none:2"} {
+	for _, bad := range []string{"", "writeback", "writeback:0", "writeback:x", ":3", "none:1,none:2", "none:every"} {
 		if _, err := parseModes(bad); !errors.Is(err, errUsage) {
 			t.Errorf("parseModes(%q) = %v, want a usage error", bad, err)
 		}
@@ -46,12 +46,20 @@ func TestParseModes(t *testing.T) {
 }
 
 func TestCampaignRuns(t *testing.T) {
-	shared := []string{"--workload", "fsyncstress", "--seed", "7"}
+	sys, _, err := campaignRuns([]campaignMode{{"none", 0}, {"unsafe", 30}}, "out", []string{"--seed", "7"})
+	if err != nil || !slices.Equal(sys[0].Args, []string{"--seed", "7", "--cache", "none", "--report", "out/none.json"}) ||
+		!slices.Equal(sys[1].Args, []string{"--seed", "7", "--cache", "unsafe", "--max-states", "30", "--report", "out/unsafe.json"}) {
+		t.Errorf("systematic campaignRuns = %+v, %v", sys, err)
+	}
+	if _, _, err := campaignRuns([]campaignMode{{"none", 0}}, "out", []string{"--mode", "random"}); !errors.Is(err, errUsage) {
+		t.Errorf("a random campaign with every state: %v", err)
+	}
+	shared := []string{"--workload", "fsyncstress", "--mode", "random"}
 	runs, reports, err := campaignRuns([]campaignMode{{"none", 3}, {"unsafe", 1}}, "out", shared)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"--workload", "fsyncstress", "--seed", "7", "--cache", "unsafe", "--cuts", "1", "--report", "out/unsafe.json"}
+	want := []string{"--workload", "fsyncstress", "--mode", "random", "--cache", "unsafe", "--cuts", "1", "--report", "out/unsafe.json"}
 	if len(runs) != 2 || runs[1].Subcommand != harness.SubCrashtest || !slices.Equal(runs[1].Args, want) ||
 		!slices.Equal(reports, []string{"out/none.json", "out/unsafe.json"}) {
 		t.Errorf("campaignRuns = %+v, %q", runs, reports)
@@ -77,7 +85,7 @@ func writeReport(t *testing.T, dir, name, body string) string {
 	return p
 }
 
-const reportUnsafe = `{"schema":2,"flushvm_version":"v1","workload":"fsyncstress","records":100,"cache":"unsafe","policy":"random-subset","seed":1,"cuts":10,
+const reportUnsafe = `{"schema":3,"flushvm_version":"v1","workload":"fsyncstress","records":100,"cache":"unsafe","policy":"random-subset","seed":1,"cuts":10,
  "calibration":{"writes":900},"results":[],
  "summary":{"cuts":10,"power_cuts":9,"ended_before_cut":1,"errors":0,"acked":1500,"lost_acked":212,"fsck_errors":2,
   "mount_failures":1,"violations":8,"seconds":300,"cuts_per_minute":2}}`
@@ -85,7 +93,7 @@ const reportUnsafe = `{"schema":2,"flushvm_version":"v1","workload":"fsyncstress
 func TestTable(t *testing.T) {
 	dir := t.TempDir()
 	shard := func(cuts, power, acked int, secs string) string {
-		return `{"schema":2,"flushvm_version":"v1","workload":"fsyncstress","cache":"writeback","policy":"random-subset","summary":{"cuts":` + strconv.Itoa(cuts) +
+		return `{"schema":3,"flushvm_version":"v1","workload":"fsyncstress","cache":"writeback","policy":"random-subset","summary":{"cuts":` + strconv.Itoa(cuts) +
 			`,"power_cuts":` + strconv.Itoa(power) + `,"acked":` + strconv.Itoa(acked) + `,"seconds":` + secs + `}}`
 	}
 	paths := []string{
@@ -123,7 +131,7 @@ workload fsyncstress, policy random-subset; cuts/min over each campaign's whole 
 	}
 	// Reports of another schema, or shards written by different flushvm
 	// builds, are not added up.
-	for _, body := range []string{strings.Replace(reportUnsafe, `"schema":2`, `"schema":1`, 1),
+	for _, body := range []string{strings.Replace(reportUnsafe, `"schema":3`, `"schema":2`, 1),
 		strings.Replace(reportUnsafe, `"flushvm_version":"v1"`, `"flushvm_version":"v2"`, 1)} {
 		_, err := readReports([]string{paths[1], writeReport(t, dir, "other.json", body)})
 		if err == nil || !strings.Contains(err.Error(), "other.json") {

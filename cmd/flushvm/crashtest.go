@@ -38,7 +38,19 @@ func crashtestCommand(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	rep, err := c.Run(ctx, &crashtest.ExecBooter{Flushvm: self}, crashtest.NewProgress(stderr, c.ShardCuts()), stderr)
+	booter := &crashtest.ExecBooter{Flushvm: self}
+	if c.Reproducing() {
+		r, err := c.Reproduce(ctx, booter, crashtest.NewProgress(stderr, nil), stderr)
+		if err != nil {
+			if status := commandFailed("crashtest", err, stderr); status == exitUsage {
+				return status
+			}
+			return protocol.CrashtestFailed
+		}
+		crashtest.PrintReproduction(stdout, r)
+		return r.ExitStatus()
+	}
+	rep, err := c.Run(ctx, booter, crashtest.NewProgress(stderr, c.ShardCuts()), stderr)
 	if rep != nil {
 		rep.PrintSummary(stdout)
 		if f.Report != "" {

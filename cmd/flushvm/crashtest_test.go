@@ -12,7 +12,7 @@ func TestCrashtestCommandUsageErrors(t *testing.T) {
 	dir := t.TempDir()
 	k := filepath.Join(dir, "k")
 	os.WriteFile(k, nil, 0o644)
-	base := []string{"--kernel", k, "--initrd", k, "--disk-size", "64M", "--workload", "fsyncstress", "--cuts", "2",
+	base := []string{"--kernel", k, "--mode", "random", "--initrd", k, "--disk-size", "64M", "--workload", "fsyncstress", "--cuts", "2",
 		"--policy", "lose-all", "--seed", "1"}
 	with := func(kv ...string) []string {
 		a := append([]string{}, base...)
@@ -25,6 +25,7 @@ func TestCrashtestCommandUsageErrors(t *testing.T) {
 		}
 		return a
 	}
+	systematic := []string{"--kernel", k, "--initrd", k, "--disk-size", "64M", "--workload", "fsyncstress", "--seed", "1"}
 	tests := []struct {
 		name string
 		args []string
@@ -33,7 +34,14 @@ func TestCrashtestCommandUsageErrors(t *testing.T) {
 		{"no kernel", base[2:], "--kernel is required"},
 		{"missing initrd", with("--initrd", filepath.Join(dir, "nope")), "--initrd"},
 		{"no seed", base[:len(base)-2], "--seed is required"},
-		{"bad workload", with("--workload", "dd"), "want fsyncstress or rename"},
+		{"bad workload", with("--workload", "dd"), "want one of create, create-no-dirsync, fsyncstress"},
+		{"random flag in systematic mode", with("--mode", "systematic"), "--cuts is a --mode random flag"},
+		{"systematic flag in random mode", append(with(), "--k", "2"), "--k is a --mode systematic flag"},
+		{"unknown mode", with("--mode", "fuzzy"), "--mode \"fuzzy\""},
+		{"k too large", append(systematic, "--k", "11"), "--k 11"},
+		{"empty batch", append(systematic, "--batch", "0"), "--batch 0"},
+		{"reproduce without a state", append(systematic, "--reproduce", k), "want one STATE"},
+		{"reproduce a missing log", append(systematic, "--reproduce", filepath.Join(dir, "none"), "w0.s1"), "--reproduce"},
 		{"tiny disk", with("--disk-size", "1M"), "--disk-size"},
 		{"no cuts", with("--cuts", "0"), "--cuts 0"},
 		{"bad policy", with("--policy", "some"), "--policy"},

@@ -137,7 +137,9 @@ func parseCommandFlags(name string, fs *pflag.FlagSet, usage func(io.Writer), ar
 		fmt.Fprintf(stderr, "flushvm %s: %s (see flushvm %s --help)\n", name, oneLine(err), name)
 		return exitUsage, false
 	}
-	if fs.NArg() > 0 {
+	// crashtest --reproduce LOG STATE takes STATE as its argument; the
+	// crashtest library checks it.
+	if fs.NArg() > 0 && !(name == "crashtest" && fs.Changed("reproduce")) {
 		fmt.Fprintf(stderr, "flushvm %s: unexpected argument %q (see flushvm %s --help)\n", name, fs.Arg(0), name)
 		return exitUsage, false
 	}

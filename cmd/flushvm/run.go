@@ -69,7 +69,7 @@ func newRunFlags() *runFlags {
 	fs.IntVar(&f.cpus, "cpus", 1, fmt.Sprintf("number of vCPUs (1-%d)\n  e.g. --cpus 2", vmm.MaxCPUs))
 	fs.StringArrayVar(&f.disks, "disk", nil, "virtio-blk disk, repeatable: the guest sees vda, vdb, ... in order\n"+
 		"  SPEC = path=FILE[,cache=writeback|writethrough|none|directsync|unsafe][,readonly=on|off][,serial=STRING]\n"+
-		"         [,powercut=lose-all|keep-all|random-subset|random-sectors[:512|:4k]|prefix]\n"+
+		"         [,powercut=lose-all|keep-all|random-subset|random-sectors[:512|:4k]|prefix][,crashstates=FILE]\n"+
 		"  e.g. --disk path=disk.img,cache=none --disk path=ro.img,readonly=on,serial=data1")
 	fs.StringVar(&f.stats, "stats", "", "write per-disk counters as JSON to FILE when the VMM exits (after a power cut, each\n"+
 		"  powercut= disk also has \"power_cut\": cause, completed_flushes, replay command, report)\n  e.g. --stats stats.json")
@@ -79,7 +79,8 @@ func newRunFlags() *runFlags {
 		"  at once, applies each disk's policy and exits with status 100\n  e.g. --power-cut flushes=10")
 	fs.Uint64Var(&f.seed, "seed", 0, "seed of the power-cut policies' random choices (same seed, same image)\n  e.g. --seed 42")
 	fs.StringVar(&f.writeLog, "write-log", "", "record the writes, discards and flushes of the powercut= disk (or of the only disk)\n"+
-		"  in dm-log-writes format, for flushvm replay\n  e.g. --write-log run.wlog")
+		"  in dm-log-writes format, for flushvm replay; console lines \"ACK ...\" become MARK entries\n"+
+		"  e.g. --write-log run.wlog")
 	fs.StringVar(&f.cacheBound, "cache-bound", "", "most unstable data the powercut= disks' volatile cache keeps before it destages\n"+
 		"  the oldest writes (K, M or G; default 64M)\n  e.g. --cache-bound 16M")
 	fs.DurationVar(&f.watchdog, "watchdog", 0, fmt.Sprintf("end the machine with status %d when a vCPU makes no progress for DURATION: it does not\n"+
@@ -182,13 +183,14 @@ func (f *runFlags) run(stdout, stderr io.Writer) (status int, err error) {
 		if i == pc.logDisk {
 			logPath = f.writeLog
 		}
-		d, err := disk.Open(sp, disk.Options{WriteLog: logPath, CacheBound: pc.bound, Supply: pc.supply})
+		d, err := disk.Open(sp, disk.Options{WriteLog: logPath, CacheBound: pc.bound, Supply: pc.supply, Diag: stderr})
 		if err != nil {
 			return 0, userErrorf("--disk %s: %v", f.disks[i], err)
 		}
 		s.disks = append(s.disks, d)
 		cfg.Devices = append(cfg.Devices, d.Dev)
 	}
+	cfg.ConsoleLine = s.consoleLine
 	if s.m, err = vmm.New(cfg); err != nil {
 		if errors.Is(err, vmm.ErrBadKernel) || errors.Is(err, kvm.ErrNoKVM) || errors.Is(err, kvm.ErrPermission) {
 			return 0, userErrorf("%s: %v", f.kernel, err)
@@ -279,6 +281,14 @@ type runSession struct {
 	disks []*disk.Disk
 	m     *vmm.Machine
 	api   *apiServer
+}
+
+// consoleLine hands a line the guest printed to every disk (ACK marks in
+// the write log, crash state requests), on the vCPU that printed it.
+func (s *runSession) consoleLine(line []byte) {
+	for _, d := range s.disks {
+		d.ConsoleLine(line)
+	}
 }
 
 // runMachine runs the machine to its end: the --power-cut after= timer,

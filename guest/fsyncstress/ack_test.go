@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -87,6 +88,75 @@ func TestAckAfterSyncInOrder(t *testing.T) {
 		if n != records {
 			t.Errorf("writer %d acknowledged %d records, want %d", w, n, records)
 		}
+	}
+}
+
+// eventLog records syncs and console lines in the order they happen.
+type eventLog struct {
+	mu     sync.Mutex
+	events []string
+}
+
+func (l *eventLog) add(e string) {
+	l.mu.Lock()
+	l.events = append(l.events, e)
+	l.mu.Unlock()
+}
+
+// Write records each console line as an event.
+func (l *eventLog) Write(p []byte) (int, error) {
+	l.add(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
+
+func TestAckOrderAndBug(t *testing.T) {
+	tests := []struct {
+		bug  string
+		want []string
+	}{
+		{"", []string{"sync", "ACK fsyncstress 0 0", "sync", "ACK fsyncstress 0 1", "sync", "ACK fsyncstress 0 2"}},
+		{bugAckEarly, []string{"ACK fsyncstress 0 0", "sync", "ACK fsyncstress 0 1", "sync", "ACK fsyncstress 0 2", "sync"}},
+	}
+	for _, tt := range tests {
+		t.Run("bug="+tt.bug, func(t *testing.T) {
+			log := &eventLog{}
+			c := config{dir: t.TempDir(), writers: 1, records: 3, size: 512, ack: true, bug: tt.bug,
+				sync: func(f *os.File) error { log.add("sync"); return fdatasync(f) }}
+			if _, err := stress(c, log); err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(log.events, tt.want) {
+				t.Errorf("events %q\nwant   %q", log.events, tt.want)
+			}
+		})
+	}
+}
+
+func TestBugFlag(t *testing.T) {
+	tests := []struct {
+		name   string
+		args   []string
+		status int
+		acks   int
+	}{
+		{"ack-early still writes and syncs every record", []string{"-ack", "-bug", "ack-early"}, exitOK, 8},
+		{"ack-early without -ack", []string{"-bug", "ack-early"}, exitOK, 0},
+		{"unknown bug", []string{"-ack", "-bug", "ack-late"}, exitError, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out strings.Builder
+			st := run(append([]string{"-dir", t.TempDir(), "-writers", "2", "-records", "4", "-size", "512"}, tt.args...), &out)
+			if st != tt.status || strings.Count(out.String(), "ACK fsyncstress ") != tt.acks {
+				t.Errorf("status %d (want %d), output:\n%s", st, tt.status, out.String())
+			}
+		})
+	}
+	// The checker takes the workload's argument list, -bug included.
+	dir := written(t, 1, 4, 512)
+	var out strings.Builder
+	if st := run([]string{"-check", "-dir", dir, "-writers", "1", "-records", "4", "-size", "512", "-acked", "4", "-bug", "ack-early"}, &out); st != exitOK {
+		t.Errorf("-check -bug ack-early: status %d\n%s", st, out.String())
 	}
 }
 
@@ -242,6 +312,7 @@ func TestUsage(t *testing.T) {
 		{"ack with check", []string{"-ack", "-check", "-dir", "d", "-acked", "1:1:1:1"}, "-ack is for the workload"},
 		{"stray argument", []string{"-dir", "d", "extra"}, `unexpected argument "extra"`},
 		{"unknown flag", []string{"-bogus"}, "flag provided but not defined"},
+		{"unknown bug", []string{"-dir", "d", "-bug", "nope"}, `unknown -bug "nope" (want one of ack-early)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -25,12 +25,22 @@
 //
 // Usage:
 //
-//	fsyncstress -dir /mnt/disk [-ack] [-writers 4] [-records 500] [-size 4096]
-//	fsyncstress -dev /dev/vda  [-ack] [-writers 4] [-records 500] [-size 4096]
+//	fsyncstress -dir /mnt/disk [-ack] [-bug NAME] [-writers 4] [-records 500] [-size 4096]
+//	fsyncstress -dev /dev/vda  [-ack] [-bug NAME] [-writers 4] [-records 500] [-size 4096]
 //	fsyncstress -check -dir /mnt/disk -acked N0:N1:...:Nw-1 [-writers 4] [-records 500] [-size 4096]
 //
 // -acked gives, per writer, the number of records it acknowledged (its
 // last SEQ+1, 0 if none); it needs one entry per writer.
+//
+// -bug NAME makes the workload break its own durability protocol on
+// purpose, to prove that a crash tester notices (default "": none; other
+// names are refused):
+//
+//	ack-early   acknowledge each record before its fdatasync (which still
+//	            follows), so a power cut can lose acknowledged records
+//
+// It has no effect without -ack, and -check accepts and ignores it, so one
+// argument list serves the workload and its checker.
 //
 // Exit status: 0 all records intact (workload) or no acknowledged record
 // lost (check), 1 a record failed verification or an acknowledged record
@@ -44,6 +54,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -78,9 +89,17 @@ type config struct {
 	// acked is, per writer, the number of records it acknowledged
 	// (checkMode).
 	acked []int
+	// bug is the -bug the workload commits ("": none; see bugs).
+	bug string
 	// sync makes a written record durable; fdatasync except in tests.
 	sync func(*os.File) error
 }
+
+// bugAckEarly acknowledges a record before its fdatasync.
+const bugAckEarly = "ack-early"
+
+// bugs are the -bug names fsyncstress knows.
+var bugs = []string{bugAckEarly}
 
 func run(args []string, out io.Writer) int {
 	fs := flag.NewFlagSet("fsyncstress", flag.ContinueOnError)
@@ -95,6 +114,7 @@ func run(args []string, out io.Writer) int {
 	fs.BoolVar(&c.ack, "ack", false, `print "ACK fsyncstress W SEQ" on stdout after each record's fdatasync returns`)
 	fs.BoolVar(&c.checkMode, "check", false, "check the records an earlier (interrupted) run left instead of writing")
 	fs.StringVar(&acked, "acked", "", "with -check: records each writer acknowledged, N0:N1:... (one entry per writer)")
+	fs.StringVar(&c.bug, "bug", "", "break the durability protocol on purpose: ack-early (acknowledge before fdatasync)")
 	if err := fs.Parse(args); err != nil {
 		return exitError
 	}
@@ -139,6 +159,8 @@ func (c config) validate() error {
 		return errors.New("-size must be a multiple of 512 between 512 and 1 MiB")
 	case c.ack && c.checkMode:
 		return errors.New("-ack is for the workload, not -check")
+	case c.bug != "" && !slices.Contains(bugs, c.bug):
+		return fmt.Errorf("unknown -bug %q (want one of %s)", c.bug, strings.Join(bugs, ", "))
 	}
 	return nil
 }
@@ -274,7 +296,8 @@ func stress(c config, out io.Writer) (report, error) {
 }
 
 // writer appends writer w's records, each made durable before the next is
-// written and, when acks is not nil, acknowledged once it is durable.
+// written and, when acks is not nil, acknowledged once it is durable
+// (before, with -bug ack-early).
 func writer(c config, w int, acks *lineWriter) ([]time.Duration, error) {
 	f, base, err := c.target(w, true)
 	if err != nil {
@@ -284,23 +307,38 @@ func writer(c config, w int, acks *lineWriter) ([]time.Duration, error) {
 	lat := make([]time.Duration, 0, c.records)
 	buf := make([]byte, c.size)
 	var line []byte
+	ack := func(seq int) error {
+		if acks == nil {
+			return nil
+		}
+		line = protocol.AppendAckFsyncstress(line[:0], w, seq)
+		if err := acks.writeLine(line); err != nil {
+			return fmt.Errorf("writer %d record %d: acknowledge: %w", w, seq, err)
+		}
+		return nil
+	}
+	early := c.bug == bugAckEarly
 	for seq := 0; seq < c.records; seq++ {
 		encode(buf, uint32(w), uint64(seq))
 		if _, err := f.WriteAt(buf, base+int64(seq)*int64(c.size)); err != nil {
 			return lat, fmt.Errorf("writer %d record %d: %w", w, seq, err)
+		}
+		if early {
+			// The bug: the record is not durable yet.
+			if err := ack(seq); err != nil {
+				return lat, err
+			}
 		}
 		t := time.Now()
 		if err := c.sync(f); err != nil {
 			return lat, fmt.Errorf("writer %d record %d: fdatasync: %w", w, seq, err)
 		}
 		lat = append(lat, time.Since(t))
-		if acks == nil {
-			continue
-		}
-		// Only now is the record durable: acknowledge it.
-		line = protocol.AppendAckFsyncstress(line[:0], w, seq)
-		if err := acks.writeLine(line); err != nil {
-			return lat, fmt.Errorf("writer %d record %d: acknowledge: %w", w, seq, err)
+		if !early {
+			// Only now is the record durable: acknowledge it.
+			if err := ack(seq); err != nil {
+				return lat, err
+			}
 		}
 	}
 	return lat, nil

@@ -16,18 +16,37 @@
 // (L acknowledged versions the file does not reflect, E versions newer
 // than the acknowledged one; see check).
 //
+// With -create it checks create semantics instead: version V is written
+// to a new file "v-V" in the directory, which is fsynced, then the
+// directory is fsynced, then "ACK rename V" is printed (the same line, so
+// the host reads both modes alike). Its checker (-check -create) wants
+// every acknowledged version's file, v-1 to v-V, whole (L counts those
+// missing or not whole), and counts as E the unacknowledged ones found
+// whole.
+//
 // Usage:
 //
-//	rename -dir /mnt/disk [-versions 200] [-size 16384]
-//	rename -check -dir /mnt/disk [-acked N]
+//	rename -dir /mnt/disk [-create] [-bug NAME] [-versions 200] [-size 16384]
+//	rename -check -dir /mnt/disk [-create] [-acked N]
 //
 // Each version is a header line "flushvm-rename version=V size=S\n"
 // followed by S bytes generated from V, so the checker can tell a torn or
 // mixed file from a whole one without trusting anything on the disk.
 //
+// -bug NAME makes the workload break its own durability protocol on
+// purpose, to prove that a crash tester notices (default "": none; other
+// names are refused):
+//
+//	no-dir-fsync  skip the directory fsync: acknowledge right after the
+//	              rename (with -create: right after the file's fsync), so
+//	              a power cut can lose an acknowledged version
+//
+// -check accepts and ignores -bug, -versions and -size, so one argument
+// list serves the workload and its checker.
+//
 // Exit status: 0 done (workload) or the file is a valid version at least
-// as new as -acked (check), 1 the check found a violation, 2 bad usage or
-// an I/O error.
+// as new as -acked (check; with -create: no acknowledged version lost), 1
+// the check found a violation, 2 bad usage or an I/O error.
 package main
 
 import (
@@ -40,6 +59,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -70,17 +90,32 @@ type config struct {
 	size     int
 	check    bool
 	acked    int
+	// create writes each version to a new file instead of replacing the
+	// target.
+	create bool
+	// bug is the -bug the workload commits ("": none; see bugs).
+	bug string
+	// sync fsyncs a file or directory; (*os.File).Sync except in tests.
+	sync func(*os.File) error
 }
+
+// bugNoDirFsync skips the directory fsync before the acknowledgement.
+const bugNoDirFsync = "no-dir-fsync"
+
+// bugs are the -bug names rename knows.
+var bugs = []string{bugNoDirFsync}
 
 func run(args []string, out io.Writer) int {
 	fl := flag.NewFlagSet("rename", flag.ContinueOnError)
 	fl.SetOutput(out)
-	var c config
+	c := config{sync: (*os.File).Sync}
 	fl.StringVar(&c.dir, "dir", "", "directory on the file system under test")
 	fl.IntVar(&c.versions, "versions", 200, "versions to write (workload)")
 	fl.IntVar(&c.size, "size", 16384, "payload bytes per version (workload)")
 	fl.BoolVar(&c.check, "check", false, "check the target file instead of writing")
 	fl.IntVar(&c.acked, "acked", 0, "last version acknowledged before the cut (check)")
+	fl.BoolVar(&c.create, "create", false, "write each version to a new file v-V instead of replacing the target")
+	fl.StringVar(&c.bug, "bug", "", "break the durability protocol on purpose: no-dir-fsync (acknowledge without fsyncing the directory)")
 	if err := fl.Parse(args); err != nil {
 		return exitError
 	}
@@ -93,6 +128,9 @@ func run(args []string, out io.Writer) int {
 		return exitError
 	case fl.NArg() > 0:
 		fmt.Fprintf(out, "rename: unexpected argument %q\n", fl.Arg(0))
+		return exitError
+	case c.bug != "" && !slices.Contains(bugs, c.bug):
+		fmt.Fprintf(out, "rename: unknown -bug %q (want one of %s)\n", c.bug, strings.Join(bugs, ", "))
 		return exitError
 	}
 	if c.check {
@@ -119,33 +157,58 @@ func content(v, size int) []byte {
 	return b
 }
 
+// workload writes c.versions versions, acknowledging each once it is
+// durable (or, with a -bug, once the workload pretends it is).
 func workload(c config, out io.Writer) error {
 	dir, err := os.Open(c.dir)
 	if err != nil {
 		return err
 	}
 	defer dir.Close()
-	tmp, dst := filepath.Join(c.dir, tmpName), filepath.Join(c.dir, target)
+	step, done := c.replace, "replaced"
+	if c.create {
+		step, done = c.createVersion, "created"
+	}
 	for v := 1; v <= c.versions; v++ {
-		if err := writeSynced(tmp, content(v, c.size)); err != nil {
+		if err := step(dir, v); err != nil {
 			return fmt.Errorf("version %d: %w", v, err)
 		}
-		if err := os.Rename(tmp, dst); err != nil {
-			return fmt.Errorf("version %d: %w", v, err)
-		}
-		if err := dir.Sync(); err != nil {
-			return fmt.Errorf("version %d: fsync %s: %w", v, c.dir, err)
-		}
-		// Only now is the replace durable: acknowledge it.
 		if _, err := fmt.Fprintln(out, protocol.FormatAckRename(v)); err != nil {
 			return err
 		}
 	}
-	fmt.Fprintf(out, "rename: %d versions replaced\n", c.versions)
+	fmt.Fprintf(out, "rename: %d versions %s\n", c.versions, done)
 	return nil
 }
 
-func writeSynced(path string, data []byte) error {
+// replace makes version v the target: write a temporary file, fsync it,
+// rename it over the target, fsync the directory. Only then is the
+// replace durable.
+func (c config) replace(dir *os.File, v int) error {
+	tmp := filepath.Join(c.dir, tmpName)
+	if err := c.writeSynced(tmp, content(v, c.size)); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, filepath.Join(c.dir, target)); err != nil {
+		return err
+	}
+	return c.syncDir(dir)
+}
+
+// syncDir fsyncs the directory, making its new entries durable, unless
+// the workload commits -bug no-dir-fsync.
+func (c config) syncDir(dir *os.File) error {
+	if c.bug == bugNoDirFsync {
+		return nil
+	}
+	if err := c.sync(dir); err != nil {
+		return fmt.Errorf("fsync %s: %w", c.dir, err)
+	}
+	return nil
+}
+
+// writeSynced creates or truncates path, writes data and fsyncs it.
+func (c config) writeSynced(path string, data []byte) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return err
@@ -154,7 +217,7 @@ func writeSynced(path string, data []byte) error {
 		f.Close()
 		return err
 	}
-	if err := f.Sync(); err != nil {
+	if err := c.sync(f); err != nil {
 		f.Close()
 		return fmt.Errorf("fsync %s: %w", path, err)
 	}
@@ -195,8 +258,14 @@ func parse(b []byte) (int, error) {
 // newer. A damaged file is a violation even when nothing was acknowledged
 // (the replace must be atomic), so the status, not L alone, says whether
 // the check passed. An I/O error prints no CHECK line.
+//
+// With -create, checkCreated gives the status, L and E instead.
 func check(c config, out io.Writer) int {
-	status, lost, extra := checkTarget(c, out)
+	verify := checkTarget
+	if c.create {
+		verify = checkCreated
+	}
+	status, lost, extra := verify(c, out)
 	if status == exitError {
 		return status
 	}

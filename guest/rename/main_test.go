@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -88,10 +89,134 @@ func TestCheckIOError(t *testing.T) {
 }
 
 func TestUsage(t *testing.T) {
-	for _, args := range [][]string{{}, {"-dir", "x", "-versions", "0"}, {"-dir", "x", "extra"}, {"-bogus"}} {
+	for _, args := range [][]string{{}, {"-dir", "x", "-versions", "0"}, {"-dir", "x", "extra"}, {"-bogus"}, {"-dir", "x", "-bug", "no-fsync"}} {
 		var out bytes.Buffer
 		if st := run(args, &out); st != exitError {
 			t.Errorf("%q: status %d, want %d", args, st, exitError)
+		}
+	}
+}
+
+// syncLog records what a workload fsyncs ("dir" for the directory, the
+// file's base name otherwise) and prints, in order.
+type syncLog struct {
+	dir    string
+	events []string
+}
+
+// sync is the workload's fsync seam.
+func (l *syncLog) sync(f *os.File) error {
+	name := filepath.Base(f.Name())
+	if f.Name() == l.dir {
+		name = "dir"
+	}
+	l.events = append(l.events, "fsync "+name)
+	return f.Sync()
+}
+
+// Write records each console line.
+func (l *syncLog) Write(p []byte) (int, error) {
+	l.events = append(l.events, strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
+
+func TestWorkloadSyncOrder(t *testing.T) {
+	tests := []struct {
+		name   string
+		create bool
+		bug    string
+		want   []string
+	}{
+		{"replace", false, "", []string{"fsync " + tmpName, "fsync dir", "ACK rename 1", "fsync " + tmpName, "fsync dir", "ACK rename 2", "rename: 2 versions replaced"}},
+		{"replace, no-dir-fsync", false, bugNoDirFsync, []string{"fsync " + tmpName, "ACK rename 1", "fsync " + tmpName, "ACK rename 2", "rename: 2 versions replaced"}},
+		{"create", true, "", []string{"fsync v-1", "fsync dir", "ACK rename 1", "fsync v-2", "fsync dir", "ACK rename 2", "rename: 2 versions created"}},
+		{"create, no-dir-fsync", true, bugNoDirFsync, []string{"fsync v-1", "ACK rename 1", "fsync v-2", "ACK rename 2", "rename: 2 versions created"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			log := &syncLog{dir: dir}
+			c := config{dir: dir, versions: 2, size: 100, create: tt.create, bug: tt.bug, sync: log.sync}
+			if err := workload(c, log); err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(log.events, tt.want) {
+				t.Errorf("events %q\nwant   %q", log.events, tt.want)
+			}
+		})
+	}
+}
+
+func TestCreateWorkloadAndCheck(t *testing.T) {
+	dir := t.TempDir()
+	var out bytes.Buffer
+	if st := run([]string{"-create", "-dir", dir, "-versions", "4", "-size", "3000"}, &out); st != exitOK {
+		t.Fatalf("status %d: %s", st, out.String())
+	}
+	for v := 1; v <= 4; v++ {
+		b, err := os.ReadFile(filepath.Join(dir, fmt.Sprintf("v-%d", v)))
+		if err != nil || !bytes.Equal(b, content(v, 3000)) {
+			t.Fatalf("v-%d: %d bytes, %v; want version %d", v, len(b), err, v)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, target)); !os.IsNotExist(err) {
+		t.Errorf("-create wrote %s: %v", target, err)
+	}
+	out.Reset()
+	// The checker takes the workload's argument list, -bug included.
+	args := []string{"-check", "-create", "-dir", dir, "-versions", "4", "-size", "3000", "-bug", bugNoDirFsync, "-acked", "3"}
+	if st := run(args, &out); st != exitOK || !strings.HasSuffix(out.String(), "CHECK rename acked=3 lost=0 extra=1\n") {
+		t.Errorf("check: status %d: %s", st, out.String())
+	}
+}
+
+func TestCheckCreated(t *testing.T) {
+	whole := func(v int) []byte { return content(v, 2000) }
+	cases := []struct {
+		name   string
+		files  map[string][]byte
+		acked  int
+		status int
+		msg    string
+		last   string
+	}{
+		{"nothing written, nothing acked", nil, 0, exitOK, "acknowledged 0, lost 0, extra 0", "CHECK rename acked=0 lost=0 extra=0"},
+		{"all acked there", map[string][]byte{"v-1": whole(1), "v-2": whole(2)}, 2, exitOK, "lost 0, extra 0", "CHECK rename acked=2 lost=0 extra=0"},
+		{"unacked whole ones are extra", map[string][]byte{"v-1": whole(1), "v-2": whole(2), "v-3": whole(3)}, 1, exitOK, "extra 2", "CHECK rename acked=1 lost=0 extra=2"},
+		{"unacked torn one is allowed", map[string][]byte{"v-1": whole(1), "v-2": whole(2)[:100]}, 1, exitOK, "extra 0", "CHECK rename acked=1 lost=0 extra=0"},
+		{"acked one missing", map[string][]byte{"v-1": whole(1), "v-3": whole(3)}, 3, exitViolation, "LOST v-2: open", "CHECK rename acked=3 lost=1 extra=0"},
+		{"acked one empty", map[string][]byte{"v-1": {}, "v-2": whole(2)}, 2, exitViolation, "LOST v-1: not a whole version: no header", "CHECK rename acked=2 lost=1 extra=0"},
+		{"acked one holds another version", map[string][]byte{"v-1": whole(2)}, 1, exitViolation, "LOST v-1: not a whole version: holds version 2", "CHECK rename acked=1 lost=1 extra=0"},
+		{"other names ignored", map[string][]byte{"v-01": whole(1), "v-x": whole(1), target: whole(5)}, 0, exitOK, "extra 0", "CHECK rename acked=0 lost=0 extra=0"},
+		{"many lost, details bounded", nil, 15, exitViolation, "5 more lost versions not shown", "CHECK rename acked=15 lost=15 extra=0"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			for name, b := range tc.files {
+				if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var out bytes.Buffer
+			st := run([]string{"-check", "-create", "-dir", dir, "-acked", fmt.Sprint(tc.acked)}, &out)
+			lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+			if st != tc.status || !strings.Contains(out.String(), tc.msg) || lines[len(lines)-1] != tc.last {
+				t.Fatalf("status %d, output %q; want %d, %q and last line %q", st, out.String(), tc.status, tc.msg, tc.last)
+			}
+		})
+	}
+}
+
+func TestCheckCreatedIOError(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "v-1"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, acked := range []string{"1", "0"} { // acknowledged, and extra
+		var out bytes.Buffer
+		if st := run([]string{"-check", "-create", "-dir", dir, "-acked", acked}, &out); st != exitError || strings.Contains(out.String(), "CHECK ") {
+			t.Errorf("-acked %s: status %d, output %q; want %d and no CHECK line", acked, st, out.String(), exitError)
 		}
 	}
 }

@@ -27,6 +27,9 @@ const (
 	// exitCheckFailed: check mode found a violation, an fsck error, or
 	// could not check.
 	exitCheckFailed = 1
+	// exitBatchFailed: checkstates mode could not check every state of
+	// its batch (no manifest, a state that did not appear).
+	exitBatchFailed = 1
 	// exitDiskSetup: the disk could not be formatted or mounted.
 	exitDiskSetup = 126
 )
@@ -68,6 +71,14 @@ type system interface {
 	run(argv []string) (int, error)
 	// syncDisk makes everything written to the disk durable (a FLUSH).
 	syncDisk() error
+	// readManifest waits for the disk and the manifest disk and returns
+	// the manifest disk's content (checkstates:W).
+	readManifest() ([]byte, error)
+	// waitSerial waits until the disk's virtio-blk serial reads want.
+	waitSerial(want string) error
+	// flushBuffers drops the guest's cached blocks of the disk, writing
+	// dirty ones first (BLKFLSBUF).
+	flushBuffers() error
 }
 
 // diskModes runs the flushvm.run= modes of a crash-test campaign.
@@ -128,16 +139,25 @@ func (d diskModes) crash(w string, extra []string) int {
 	return st
 }
 
-// check checks the disk after a power cut: flushvm.run=check:W. It mounts
-// it (replaying the journal), runs W's checker, unmounts, and runs
-// e2fsck -fn; the status is 0 only if the checker passed and fsck found
-// nothing.
+// check checks the disk after a power cut: flushvm.run=check:W. The
+// status is checkDisk's.
 func (d diskModes) check(w string, extra []string) int {
 	argv, err := workloadArgv(w, true, extra)
 	if err != nil {
 		d.logf(prefix, "flushvm.run=check:%s: %v", w, err)
 		return exitUnknownWorkload
 	}
+	return d.checkDisk(w, argv)
+}
+
+// checkDisk checks the crashed file system on the disk with workload w's
+// checker argv: it mounts it (replaying the journal), runs the checker,
+// unmounts, and runs e2fsck -fn, printing the check lines of
+// protocol.ParseCheckLine. e2fsck runs even when the mount failed: a file
+// system that does not mount is what fsck should explain. The status is
+// 0 only if the checker passed and fsck found nothing, else
+// exitCheckFailed.
+func (d diskModes) checkDisk(w string, argv []string) int {
 	passed := true
 	if err := d.sys.mount(); err != nil {
 		fmt.Fprintln(d.out, protocol.FormatCheckMountFailed(err))
@@ -218,6 +238,8 @@ func diskMode(d diskModes, name string, args []string) (int, bool) {
 		return d.crash(strings.TrimPrefix(name, "crash:"), args), true
 	case strings.HasPrefix(name, "check:"):
 		return d.check(strings.TrimPrefix(name, "check:"), args), true
+	case strings.HasPrefix(name, "checkstates:"):
+		return d.checkStates(strings.TrimPrefix(name, "checkstates:"), args), true
 	}
 	return 0, false
 }

@@ -35,15 +35,57 @@ type fakeSystem struct {
 	status                                 map[string]int   // by program
 	runErr                                 map[string]error // by program
 	calls                                  []string
+
+	// The checkstates mode's disks: the manifest, the serial the disk
+	// shows (set by waitSerial), and failures by state or by call.
+	manifest    []byte
+	manifestErr error
+	serial      string
+	serialErr   map[string]error // by the serial waited for
+	stateMount  map[string]error // mount's error while the disk shows a serial
+	stateStatus map[string]int   // the checker's status while the disk shows a serial
+	flushErr    map[int]error    // by flushBuffers call, from 0
+	flushes     int
 }
 
 func (f *fakeSystem) waitDisk() error { f.calls = append(f.calls, "wait"); return f.waitErr }
-func (f *fakeSystem) mount() error    { f.calls = append(f.calls, "mount"); return f.mountErr }
 func (f *fakeSystem) unmount() error  { f.calls = append(f.calls, "umount"); return f.unmountErr }
 func (f *fakeSystem) syncDisk() error { f.calls = append(f.calls, "sync"); return f.syncErr }
+
+func (f *fakeSystem) mount() error {
+	f.calls = append(f.calls, "mount")
+	if err := f.stateMount[f.serial]; err != nil {
+		return err
+	}
+	return f.mountErr
+}
+
 func (f *fakeSystem) run(argv []string) (int, error) {
 	f.calls = append(f.calls, strings.Join(argv, " "))
+	if st, ok := f.stateStatus[f.serial]; ok && argv[0] != "/sbin/e2fsck" {
+		return st, nil
+	}
 	return f.status[argv[0]], f.runErr[argv[0]]
+}
+
+func (f *fakeSystem) readManifest() ([]byte, error) {
+	f.calls = append(f.calls, "manifest")
+	return f.manifest, f.manifestErr
+}
+
+func (f *fakeSystem) waitSerial(want string) error {
+	f.calls = append(f.calls, "serial "+want)
+	if err := f.serialErr[want]; err != nil {
+		return err
+	}
+	f.serial = want
+	return nil
+}
+
+func (f *fakeSystem) flushBuffers() error {
+	f.calls = append(f.calls, "flush")
+	f.flushes++
+	return f.flushErr[f.flushes-1]
 }
 
 func TestDiskModes(t *testing.T) {
@@ -153,7 +195,7 @@ func TestDiskModes(t *testing.T) {
 }
 
 func TestOtherModesAreNotDiskModes(t *testing.T) {
-	for _, name := range []string{"", "info", "exit:3", "script", "shell", "fsyncstress", "mkfs:x", "crash"} {
+	for _, name := range []string{"", "info", "exit:3", "script", "shell", "fsyncstress", "mkfs:x", "crash", "checkstates", "check"} {
 		sys := &fakeSystem{}
 		if _, ok := diskMode(diskModes{sys: sys, out: &strings.Builder{}}, name, nil); ok || len(sys.calls) != 0 {
 			t.Errorf("%q taken as a disk mode (calls %q)", name, sys.calls)
@@ -163,7 +205,7 @@ func TestOtherModesAreNotDiskModes(t *testing.T) {
 
 func TestUnknownWorkload(t *testing.T) {
 	st, err := workload("nope", nil)
-	if st != exitUnknownWorkload || err == nil || !strings.Contains(err.Error(), "mkfs, crash:W or check:W") {
+	if st != exitUnknownWorkload || err == nil || !strings.Contains(err.Error(), "mkfs, crash:W, check:W or checkstates:W") {
 		t.Errorf("workload(nope) = %d, %v", st, err)
 	}
 }

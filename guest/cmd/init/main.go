@@ -17,25 +17,41 @@
 //	                          rename) acknowledging each durable step on the console
 //	flushvm.run=check:W       after a power cut: mount /dev/vda (replaying the
 //	                          journal), run W's checker, umount, e2fsck -fn /dev/vda
+//	flushvm.run=checkstates:W check a batch of crash states of /dev/vda, one after
+//	                          the other, as check:W does, following the manifest on
+//	                          /dev/vdb (protocol/crashcheck.go)
 //	flushvm.args=A,B,C        arguments for the workload, comma separated (values
 //	                          may contain '=' and ':')
 //
-// The crash-test modes (mkfs, crash:W, check:W) print, on the console:
+// The crash-test modes (mkfs, crash:W, check:W, checkstates:W) print, on
+// the console:
 //
 //	flushvm-init: mkfs /dev/vda: ok                  (or the error instead of ok)
 //	flushvm-init: mounted /dev/vda on /mnt           (crash:W, before the workload)
 //	flushvm-check: mount failed: ERR                 (check:W; the checker is skipped)
 //	flushvm-check: W status N                        (check:W, after W's CHECK line)
 //	flushvm-check: fsck status N                     (check:W, after e2fsck's output)
+//	flushvm-crashcheck: next I                       (checkstates:W, asks for state I)
+//	flushvm-check: state I begin                     (checkstates:W, then check:W's lines)
+//	flushvm-check: state I end status N              (checkstates:W, N as check:W's status)
+//	flushvm-init: checkstates: ERR                   (checkstates:W could not go on)
 //
 // crash:W runs /bin/fsyncstress -dir /mnt -ack ARGS or /bin/rename -dir /mnt
-// ARGS; check:W runs /bin/W -check -dir /mnt ARGS.
+// ARGS; check:W runs /bin/W -check -dir /mnt ARGS; checkstates:W runs
+// /bin/W -check -dir /mnt ARGS -acked A for each state, A the manifest's
+// value for the state ("0" for "-", nothing acknowledged: rename's value
+// for it; fsyncstress then checks only with one writer, see ackedArg).
+// Between two states it waits for the disk's serial to name the state
+// (10 s at most) and drops the guest's cached blocks of /dev/vda.
 //
 // Exit status: the workload's; 120-123 init could not set the machine up;
 // 124 an unknown flushvm.run= value; 125 the workload could not be started;
 // 126 mkfs or the crash mode's mount failed (mkfs: mke2fs's own status when
 // it failed); check:W: 0 when the checker passed and e2fsck found nothing,
-// else 1.
+// else 1; checkstates:W: 0 when every state of the batch was checked,
+// whatever the verdicts in the end lines, 1 when the batch could not run
+// (no readable manifest, a state that did not appear in time, a failed
+// BLKFLSBUF).
 //
 // Before ending the VM it prints "flushvm-init: exit status N", so a
 // runner without the debug-exit port (plain QEMU) can still recover N.
@@ -118,7 +134,7 @@ func workload(name string, args []string) (int, error) {
 	case name == "fsyncstress":
 		return command("/bin/fsyncstress", args...)
 	}
-	return exitUnknownWorkload, fmt.Errorf("flushvm.run=%s: unknown workload (want info, exit:N, script, shell, fsyncstress, mkfs, crash:W or check:W with W fsyncstress or rename)", name)
+	return exitUnknownWorkload, fmt.Errorf("flushvm.run=%s: unknown workload (want info, exit:N, script, shell, fsyncstress, mkfs, crash:W, check:W or checkstates:W with W fsyncstress or rename)", name)
 }
 
 // command runs a program on the console and returns its exit status.

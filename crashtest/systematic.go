@@ -1,0 +1,268 @@
+package crashtest
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/flushvm/flushvm/blk"
+	"github.com/flushvm/flushvm/internal/lines"
+	"github.com/flushvm/flushvm/internal/sparse"
+	"github.com/flushvm/flushvm/protocol"
+)
+
+// The systematic mode's files in the work directory. A second campaign
+// with the same --dir and the same configuration reuses the recording and
+// skips the states the explored-state file lists: it resumes.
+const (
+	templateFile = "template.img"
+	recordLog    = "record.wlog"
+	recordMeta   = "record.json"
+	exploredFile = "explored.jsonl"
+)
+
+// recordInfo is record.json: what was recorded, to refuse a --dir that
+// holds another campaign's recording.
+type recordInfo struct {
+	Fingerprint string                   `json:"fingerprint"`
+	Record      protocol.CrashtestRecord `json:"record"`
+}
+
+// fingerprint names what a recording depends on.
+func (c *Campaign) fingerprint() string {
+	return strings.Join([]string{c.workload, strings.Join(c.workloadArgs, " "), string(c.cache),
+		strconv.FormatInt(c.diskSize, 10), c.kernel, c.initrd}, "|")
+}
+
+// distinctState is a generated state with a new image.
+type distinctState struct {
+	Candidate
+	index int
+	hash  string
+}
+
+// runSystematic runs the systematic mode in dir: record (or reuse the
+// recording), explore, check the shard's states in batches.
+func (c *Campaign) runSystematic(ctx context.Context, b Booter, prog *Progress, rep *Report, dir string) error {
+	model, rec, err := c.recording(ctx, b, prog, dir)
+	if err != nil {
+		return err
+	}
+	defer model.Close()
+	rep.Record = rec
+	prog.note("record: %d writes, %d flushes (%d windows, the largest %d writes), %d acknowledgements",
+		rec.Writes, rec.Flushes, rec.Windows, rec.MaxWindow, rec.Acks)
+	states, cov, err := c.explore(model)
+	if err != nil {
+		return err
+	}
+	rep.Coverage = cov
+	done, err := readExplored(filepath.Join(dir, exploredFile))
+	if err != nil {
+		return err
+	}
+	todo := c.select_(states, done, cov)
+	prog.note("explore: %.0f states in the space, %d generated, %d distinct (%d duplicates); this shard: %d to check, %d checked before",
+		cov.Space, cov.Generated, cov.Distinct, cov.Deduplicated, len(todo), cov.Explored)
+	rep.Summary.Planned = len(todo)
+	prog.total = len(todo)
+	return c.checkAll(ctx, b, prog, rep, dir, model, todo)
+}
+
+// recording returns the log model of the record boot, recording first
+// when dir holds no recording of this campaign.
+func (c *Campaign) recording(ctx context.Context, b Booter, prog *Progress, dir string) (*LogModel, *protocol.CrashtestRecord, error) {
+	template, logPath := filepath.Join(dir, templateFile), filepath.Join(dir, recordLog)
+	var info recordInfo
+	data, err := os.ReadFile(filepath.Join(dir, recordMeta))
+	switch {
+	case err == nil:
+		if jerr := json.Unmarshal(data, &info); jerr != nil {
+			return nil, nil, fmt.Errorf("%s: %w", recordMeta, jerr)
+		}
+		if info.Fingerprint != c.fingerprint() {
+			return nil, nil, usageErrorf("--dir %s holds the recording of another campaign (%s); use another --dir", dir, info.Fingerprint)
+		}
+		prog.note("resuming: the recording in %s", dir)
+		info.Record.Reused = true
+	case errors.Is(err, os.ErrNotExist):
+		prog.note("formatting a %s disk (ext4, in the guest)", formatSize(c.diskSize))
+		if err := c.format(ctx, b, dir, template); err != nil {
+			return nil, nil, err
+		}
+		prog.note("recording: the whole %s workload with a write log", c.workload)
+		if info.Record, err = c.record(ctx, b, dir, template, logPath); err != nil {
+			return nil, nil, err
+		}
+	default:
+		return nil, nil, err
+	}
+	model, err := openModel(logPath, template)
+	if err != nil {
+		return nil, nil, err
+	}
+	fillRecord(&info.Record, model, logPath, template)
+	if !info.Record.Reused {
+		info.Fingerprint = c.fingerprint()
+		b, _ := json.MarshalIndent(info, "", "  ")
+		if err := os.WriteFile(filepath.Join(dir, recordMeta), b, 0o644); err != nil {
+			return nil, nil, fmt.Errorf("record: %w", err)
+		}
+	}
+	return model, &info.Record, nil
+}
+
+// record runs the workload once, to its end, on a copy of the template,
+// with a write log.
+func (c *Campaign) record(ctx context.Context, b Booter, dir, template, logPath string) (protocol.CrashtestRecord, error) {
+	img := filepath.Join(dir, "record.img")
+	defer os.Remove(img)
+	t0 := time.Now()
+	args := c.bootArgs(guestCmdline("crash:"+c.program, c.workloadArgs),
+		"path="+img+",cache="+string(c.cache), "--write-log", logPath)
+	r, err := c.boot(ctx, b, dir, "record", args, func() error { return sparse.Copy(template, img) })
+	if err != nil {
+		return protocol.CrashtestRecord{}, err
+	}
+	if r.status != 0 {
+		return protocol.CrashtestRecord{}, fmt.Errorf("%w: the record boot (the %s workload with a write log) ended with status %d: %s",
+			errBootFailed, c.workload, r.status, lines.Last(r.out, 5))
+	}
+	return protocol.CrashtestRecord{Seconds: time.Since(t0).Seconds()}, nil
+}
+
+func fillRecord(r *protocol.CrashtestRecord, m *LogModel, logPath, base string) {
+	r.Log, r.Base = logPath, base
+	r.Entries, r.Writes, r.Flushes, r.Acks = len(m.Log.Entries()), m.Writes, m.Flushes, len(m.AckLines)
+	r.Windows = len(m.Windows)
+	r.MaxWindow = 0
+	for _, w := range m.Windows {
+		r.MaxWindow = max(r.MaxWindow, len(w.Writes))
+	}
+}
+
+// explore generates the space and keeps the states with new images.
+func (c *Campaign) explore(m *LogModel) ([]distinctState, *protocol.CrashtestCoverage, error) {
+	o := ExploreOptions{K: c.k, Seed: c.seed, TornUnits: c.tornUnits}
+	cov := &protocol.CrashtestCoverage{K: c.k, Space: m.Space(o)}
+	seen := map[string]bool{}
+	var out []distinctState
+	var err error
+	m.Generate(o, func(cand Candidate) bool {
+		cov.Generated++
+		var img *blk.CrashImage
+		if img, err = m.Log.Image(cand.State); err != nil {
+			return false
+		}
+		var h string
+		if h, err = img.Hash(); err != nil {
+			return false
+		}
+		if seen[h] {
+			return true
+		}
+		seen[h] = true
+		out = append(out, distinctState{Candidate: cand, index: len(out), hash: h})
+		return true
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("explore: %w", err)
+	}
+	cov.Distinct = len(out)
+	cov.Deduplicated = cov.Generated - cov.Distinct
+	return out, cov, nil
+}
+
+// select_ returns this shard's states not explored before, at most
+// --max-states of them, and counts the rest in cov.
+func (c *Campaign) select_(states []distinctState, done map[string]bool, cov *protocol.CrashtestCoverage) []distinctState {
+	var todo []distinctState
+	for _, s := range states {
+		switch {
+		case s.index%c.shardCount != c.shardIndex-1:
+			cov.OtherShards++
+		case done[s.State.ID]:
+			cov.Explored++
+		default:
+			todo = append(todo, s)
+		}
+	}
+	if c.maxStates > 0 && len(todo) > c.maxStates {
+		cov.Skipped = len(todo) - c.maxStates
+		todo = todo[:c.maxStates]
+	}
+	return todo
+}
+
+// exploredEntry is one line of the explored-state file.
+type exploredEntry struct {
+	ID        string `json:"id"`
+	Hash      string `json:"hash"`
+	Violation bool   `json:"violation"`
+}
+
+// readExplored reads the IDs of the explored-state file (none when it does
+// not exist). A torn last line (a campaign killed while appending) is
+// ignored.
+func readExplored(path string) (map[string]bool, error) {
+	done := map[string]bool{}
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return done, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("explored states: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var e exploredEntry
+		if json.Unmarshal(sc.Bytes(), &e) == nil && e.ID != "" {
+			done[e.ID] = true
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("explored states %s: %w", path, err)
+	}
+	return done, nil
+}
+
+// appendExplored adds checked states to the explored-state file.
+func appendExplored(path string, states []protocol.CrashtestState) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("explored states: %w", err)
+	}
+	w := bufio.NewWriter(f)
+	for _, s := range states {
+		b, _ := json.Marshal(exploredEntry{ID: s.ID, Hash: s.Hash, Violation: s.Violation})
+		w.Write(append(b, '\n'))
+	}
+	err = w.Flush()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("explored states: %w", err)
+	}
+	return nil
+}
+
+// ackedFor returns the acknowledgements a state must keep: the checker's
+// -acked argument and the count.
+func (c *Campaign) ackedFor(m *LogModel, n int) (string, int) {
+	var b strings.Builder
+	for _, l := range m.AckLines[:n] {
+		b.WriteString(l)
+		b.WriteByte('\n')
+	}
+	a := parseAcks([]byte(b.String()), c.writers())
+	return a.ackedArg(c.program), a.count()
+}
