@@ -45,7 +45,9 @@ func fsyncstressArgs(extra ...string) func(n int) []string {
 }
 
 func renameArgs(extra ...string) func(n int) []string {
-	return func(n int) []string { return append([]string{"-versions", strconv.Itoa(n), "-size", "16384"}, extra...) }
+	return func(n int) []string {
+		return append([]string{"-versions", strconv.Itoa(n), "-size", "16384"}, extra...)
+	}
 }
 
 // Workloads are the workloads the guest image runs: the correct ones and
@@ -137,7 +139,7 @@ func NewFlags() *Flags {
 	fs.StringVar(&f.torn, "torn", "4k", "systematic: torn-write states: 4k (a write of several 4 KiB blocks keeps some;\n"+
 		"  the device's physical block is 4 KiB), 512 (also tears inside a block, at\n"+
 		"  sectors) or off\n  e.g. --torn 512")
-	fs.IntVar(&f.batch, "batch", 40, "systematic: crash states per checker boot\n  e.g. --batch 100")
+	fs.IntVar(&f.batch, "batch", 100, "systematic: crash states per checker boot\n  e.g. --batch 100")
 	fs.StringVar(&f.reproduce, "reproduce", "", "rebuild crash state STATE of the record log LOG (base: template.img beside\n"+
 		"  it), print its image hash, write it to state-STATE.img beside LOG, and check it\n"+
 		"  again: --reproduce LOG STATE, with the campaign's other flags\n  e.g. --reproduce crash/record.wlog w12.s5")
@@ -208,13 +210,13 @@ type Campaign struct {
 	budget    time.Duration
 	batch     int
 	// tornUnits are --torn's units.
-	tornUnits []int64
-	cuts           int
-	policy         string
-	seed           uint64
-	cache          blk.CacheMode
-	shardIndex     int // 1-based
-	shardCount     int
+	tornUnits  []int64
+	cuts       int
+	policy     string
+	seed       uint64
+	cache      blk.CacheMode
+	shardIndex int // 1-based
+	shardCount int
 	// dir is --dir: when given, failing cuts' files are kept there.
 	dir         string
 	diskSizeArg string // --disk-size as given, for reproduce commands

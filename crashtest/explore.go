@@ -31,8 +31,8 @@ import (
 // flush j or earlier: each state of window j must keep all of them.
 //
 // States of window j, in the order they are generated (identical images,
-// by content hash, are checked once: the first generated wins, and the
-// order puts the strongest expectation first):
+// by content hash, are checked once, against the most acknowledgements
+// any of them must keep):
 //
 //	wJ.sMASK        a subset of the window's writes (MASK: hex, bit i = write i)
 //	                all 2^n subsets when the window has n <= k writes, else

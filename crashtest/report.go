@@ -439,8 +439,10 @@ func (p *Progress) state(st protocol.CrashtestState, rep *Report) {
 	switch {
 	case st.Error != "":
 		verdict = "NOT CHECKED: " + st.Error
-	case st.Violation:
+	case st.Violation && rep.Summary.Violations == 1:
 		verdict = "VIOLATION: " + st.Reason + "; reproduce: " + st.Repro
+	case st.Violation:
+		verdict = "VIOLATION: " + st.Reason
 	}
 	fmt.Fprintf(p.w, "crashtest: state %d/%d %s (%s): %d acknowledged; fsck %d: %s [%.1f states/min]\n",
 		p.n, p.total, st.ID, st.Kind, st.Acked, st.FsckStatus, verdict, rate)

@@ -152,7 +152,11 @@ func fillRecord(r *protocol.CrashtestRecord, m *LogModel, logPath, base string) 
 func (c *Campaign) explore(m *LogModel) ([]distinctState, *protocol.CrashtestCoverage, error) {
 	o := ExploreOptions{K: c.k, Seed: c.seed, TornUnits: c.tornUnits}
 	cov := &protocol.CrashtestCoverage{K: c.k, Space: m.Space(o)}
-	seen := map[string]bool{}
+	// Identical images are checked once, against the strongest
+	// expectation any of them carries: a later window's state may leave
+	// the same image and expect more acknowledgements (acknowledgements
+	// only accumulate, so passing the stronger check passes the weaker).
+	seen := map[string]int{}
 	var out []distinctState
 	var err error
 	m.Generate(o, func(cand Candidate) bool {
@@ -165,10 +169,13 @@ func (c *Campaign) explore(m *LogModel) ([]distinctState, *protocol.CrashtestCov
 		if h, err = img.Hash(); err != nil {
 			return false
 		}
-		if seen[h] {
+		if i, ok := seen[h]; ok {
+			if cand.Acks > out[i].Acks {
+				out[i].Candidate = cand
+			}
 			return true
 		}
-		seen[h] = true
+		seen[h] = len(out)
 		out = append(out, distinctState{Candidate: cand, index: len(out), hash: h})
 		return true
 	})

@@ -106,6 +106,16 @@ func (m *mapper) rewrite(i int, sub string, args []string) ([]string, error) {
 			}
 			m.kept = append(m.kept, keptDir{run: i, host: abs})
 			val = scratchDir(i)
+		case "reproduce":
+			// crashtest --reproduce LOG: LOG's directory (the record log,
+			// its base image) goes to the scratch disk and comes back
+			// with the rebuilt image.
+			abs, aerr := filepath.Abs(val)
+			if aerr != nil {
+				return nil, fmt.Errorf("map --reproduce %s: %w", val, aerr)
+			}
+			m.kept = append(m.kept, keptDir{run: i, host: filepath.Dir(abs)})
+			val = scratchDir(i) + "/" + filepath.Base(abs)
 		case "stats":
 			val = m.outFile(i, val, "stats", ".json")
 		case "write-log":

@@ -3,6 +3,7 @@ package harness
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -75,6 +76,12 @@ func ScratchSize(runs []Run) (int64, error) {
 			return 0, fmt.Errorf("crashtest --disk-size: %w", err)
 		}
 		images := int64(3)
+		if d, ok := FlagValue(r.Args, "dir"); ok {
+			total += keptBytes(d)
+		}
+		if l, ok := FlagValue(r.Args, "reproduce"); ok {
+			total += keptBytes(filepath.Dir(l))
+		}
 		if _, keep := FlagValue(r.Args, "dir"); keep {
 			cuts, _ := FlagValue(r.Args, "cuts")
 			n, err := strconv.ParseInt(cuts, 10, 64)
@@ -100,6 +107,53 @@ func scratchDir(i int) string { return ScratchMount + "/run-" + strconv.Itoa(i) 
 type keptDir struct {
 	run  int
 	host string
+}
+
+// seedKeptDirs lays out, under root, what the scratch disk starts with:
+// each kept directory's files as run-N (hard links, or copies), so a
+// campaign resumes from its --dir and --reproduce finds its log. It
+// returns "" when no kept directory has files yet.
+func seedKeptDirs(root string, dirs []keptDir) (string, error) {
+	seeded := false
+	for _, d := range dirs {
+		entries, err := os.ReadDir(d.host)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return "", fmt.Errorf("crashtest --dir: %w", err)
+		}
+		dst := filepath.Join(root, filepath.Base(scratchDir(d.run)))
+		for _, e := range entries {
+			if !e.Type().IsRegular() {
+				continue
+			}
+			if err := os.MkdirAll(dst, 0o755); err != nil {
+				return "", fmt.Errorf("crashtest --dir: %w", err)
+			}
+			if err := linkOrCopy(filepath.Join(d.host, e.Name()), filepath.Join(dst, e.Name())); err != nil {
+				return "", fmt.Errorf("crashtest --dir %s: %w", d.host, err)
+			}
+			seeded = true
+		}
+	}
+	if !seeded {
+		return "", nil
+	}
+	return root, nil
+}
+
+// keptBytes is the apparent size of the regular files in a host
+// directory a run keeps (0 when it does not exist).
+func keptBytes(dir string) int64 {
+	entries, _ := os.ReadDir(dir)
+	var n int64
+	for _, e := range entries {
+		if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() {
+			n += fi.Size()
+		}
+	}
+	return n
 }
 
 // copyKeptDirs copies each run's --dir out of the (unmounted) scratch

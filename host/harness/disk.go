@@ -24,13 +24,23 @@ umount /mnt/disk
 // starts from a known file system, and formatting a sparse file on the
 // host costs milliseconds where the emulated guest would take seconds.
 func FreshExt4(ctx context.Context, path, size string) error {
+	return freshExt4From(ctx, path, size, "")
+}
+
+// freshExt4From is FreshExt4 with the file system populated from the host
+// directory root (mke2fs -d; none when root is empty).
+func freshExt4From(ctx context.Context, path, size, root string) error {
 	if out, err := exec.CommandContext(ctx, "truncate", "-s", size, path).CombinedOutput(); err != nil {
 		return fmt.Errorf("create %s: %w: %s", path, err, strings.TrimSpace(string(out)))
 	}
 	// mke2fs discards (punches) a regular file first and then knows the
 	// inode tables read as zeroes, so the image stays sparse and the guest
 	// kernel has no lazy initialisation left to do.
-	out, err := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", path).CombinedOutput()
+	args := []string{"-q", "-F", path}
+	if root != "" {
+		args = append([]string{"-d", root}, args...)
+	}
+	out, err := exec.CommandContext(ctx, "mkfs.ext4", args...).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("mkfs.ext4 %s: %w: %s", path, err, strings.TrimSpace(string(out)))
 	}

@@ -412,7 +412,12 @@ func writeJob(ctx context.Context, opts Options, dir string, runs []Run) (*mappe
 			return nil, "", ErrTooManyDisks
 		}
 		scratch = dir + ".scratch"
-		if err := FreshExt4(ctx, scratch, strconv.FormatInt(scratchSize, 10)); err != nil {
+		seed, err := seedKeptDirs(dir+".seed", m.kept)
+		if err == nil {
+			err = freshExt4From(ctx, scratch, strconv.FormatInt(scratchSize, 10), seed)
+		}
+		os.RemoveAll(dir + ".seed")
+		if err != nil {
 			return nil, scratch, fmt.Errorf("scratch disk: %w", err)
 		}
 		j.Scratch = &protocol.L1Scratch{Device: "/dev/vd" + string(rune('a'+len(m.disks))), Mount: ScratchMount}

@@ -1,0 +1,323 @@
+package crashtest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/spf13/pflag"
+
+	"github.com/flushvm/flushvm/blk"
+	"github.com/flushvm/flushvm/protocol"
+)
+
+// sysGuest stands in for `flushvm run` in the systematic mode: its record
+// boot writes fsyncstress-like records through a real write log (with the
+// ACK marks flushvm run adds), and its checker boot builds each crash
+// state with blk's crash images and checks the records the manifest says
+// were acknowledged. Everything but the VM is the real path.
+type sysGuest struct {
+	mu sync.Mutex
+	// dieAt makes the first checker boot that reaches state dieAt of its
+	// batch crash in the middle of it (once).
+	dieAt int
+	died  bool
+	boots []string
+}
+
+const sysWriters = 4
+
+func (g *sysGuest) Boot(ctx context.Context, args []string) (int, []byte, error) {
+	fs := pflag.NewFlagSet("run", pflag.ContinueOnError)
+	appendLine := fs.String("append", "", "")
+	disks := fs.StringArray("disk", nil, "")
+	wlog := fs.String("write-log", "", "")
+	for _, f := range []string{"kernel", "initrd", "mem", "cpus", "watchdog"} {
+		fs.String(f, "", "")
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2, nil, nil
+	}
+	var mode string
+	var wargs []string
+	for _, f := range strings.Fields(*appendLine) {
+		if v, ok := strings.CutPrefix(f, "flushvm.run="); ok {
+			mode = v
+		}
+		if v, ok := strings.CutPrefix(f, "flushvm.args="); ok {
+			wargs = strings.Split(v, ",")
+		}
+	}
+	g.mu.Lock()
+	g.boots = append(g.boots, mode)
+	g.mu.Unlock()
+	spec := func(i int) map[string]string {
+		kv := map[string]string{}
+		for _, p := range strings.Split((*disks)[i], ",") {
+			k, v, _ := strings.Cut(p, "=")
+			kv[k] = v
+		}
+		return kv
+	}
+	var out bytes.Buffer
+	status := 0
+	var err error
+	switch {
+	case mode == "mkfs":
+		out.WriteString(protocol.FormatMkfsOK("/dev/vda") + "\n")
+	case mode == "crash:fsyncstress":
+		err = g.record(spec(0)["path"], *wlog, wargs, &out)
+	case mode == "checkstates:fsyncstress":
+		if g.check(spec(0), spec(1)["path"], wargs, &out) {
+			return protocol.ExitGuestCrash, out.Bytes(), nil
+		}
+	default:
+		status = 124
+	}
+	fmt.Fprintln(&out, protocol.FormatInitExit(status))
+	return status, out.Bytes(), err
+}
+
+// argInt returns -name's value in the workload's arguments.
+func argInt(args []string, name string) int {
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == name {
+			n, _ := strconv.Atoi(args[i+1])
+			return n
+		}
+	}
+	return 0
+}
+
+// recordOffset is where record seq of writer w lives; its bytes are
+// recordByte(w, seq).
+func recordOffset(w, seq, records int) int64 { return int64(w*records+seq+1) * 4096 }
+func recordByte(w, seq int) byte             { return byte(w*50 + seq + 1) }
+
+// record plays the workload: each writer's record, then a flush, then its
+// ACK (with -bug ack-early the ACK comes first).
+func (g *sysGuest) record(img, logPath string, args []string, out *bytes.Buffer) error {
+	fb, err := blk.OpenFile(img, blk.FileOptions{})
+	if err != nil {
+		return err
+	}
+	l, err := blk.CreateWriteLog(fb, logPath)
+	if err != nil {
+		return err
+	}
+	early := strings.Contains(strings.Join(args, " "), "ack-early")
+	records := argInt(args, "-records")
+	for seq := 0; seq < records; seq++ {
+		for w := 0; w < sysWriters; w++ {
+			line := fmt.Sprintf("ACK fsyncstress %d %d", w, seq)
+			v := blk.NewVec(1)
+			v.Append(bytes.Repeat([]byte{recordByte(w, seq)}, 4096))
+			if err := l.WriteAt(v, recordOffset(w, seq, records)); err != nil {
+				return err
+			}
+			steps := []func() error{l.Sync, func() error { return l.Mark(line) }}
+			if early {
+				steps[0], steps[1] = steps[1], steps[0]
+			}
+			for _, s := range steps {
+				if err := s(); err != nil {
+					return err
+				}
+			}
+			out.WriteString(line + "\n")
+		}
+	}
+	return l.Close()
+}
+
+// check plays the checker boot; it reports whether the guest "crashed".
+func (g *sysGuest) check(crash map[string]string, manifest string, args []string, out *bytes.Buffer) bool {
+	set, err := blk.ReadCrashStateSet(crash["crashstates"])
+	if err != nil {
+		out.WriteString(err.Error())
+		return false
+	}
+	cl, err := blk.OpenCrashLog(set.Log, crash["path"])
+	if err != nil {
+		out.WriteString(err.Error())
+		return false
+	}
+	defer cl.Close()
+	mb, _ := os.ReadFile(manifest)
+	man, err := protocol.ParseManifest(mb)
+	if err != nil {
+		out.WriteString(err.Error())
+		return false
+	}
+	records := argInt(args, "-records")
+	for i, st := range set.States {
+		fmt.Fprintln(out, protocol.FormatCrashCheckNext(i))
+		fmt.Fprintln(out, protocol.FormatStateBegin(i))
+		g.mu.Lock()
+		die := i == g.dieAt && !g.died
+		g.died = g.died || die
+		g.mu.Unlock()
+		if die {
+			out.WriteString("flushvm: guest crashed (exit status 101): vCPU 0 triple fault\n")
+			return true
+		}
+		img, err := cl.Image(st)
+		if err != nil {
+			out.WriteString(err.Error())
+			return false
+		}
+		acked, lost := 0, 0
+		for w, a := range strings.Split(man[i].Acked, ":") {
+			n, _ := strconv.Atoi(a)
+			acked += n
+			for seq := 0; seq < n; seq++ {
+				p := make([]byte, 512)
+				if img.ReadAt(p, recordOffset(w, seq, records)) != nil || p[0] != recordByte(w, seq) {
+					lost++
+				}
+			}
+		}
+		fmt.Fprintln(out, protocol.Check{Workload: "fsyncstress", Acked: acked, Lost: lost})
+		st := 0
+		if lost > 0 {
+			st = 1
+		}
+		fmt.Fprintln(out, protocol.FormatCheckStatus("fsyncstress", st))
+		fmt.Fprintln(out, protocol.FormatFsckStatus(0))
+		fmt.Fprintln(out, protocol.FormatStateEnd(i, st))
+	}
+	return false
+}
+
+// sysCampaign returns a systematic campaign over fake kernel and initrd
+// files working in dir.
+func sysCampaign(t *testing.T, dir string, extra ...string) *Campaign {
+	t.Helper()
+	k := filepath.Join(dir, "vmlinuz")
+	os.WriteFile(k, []byte("k"), 0o644)
+	f := NewFlags()
+	args := append([]string{"--kernel", k, "--initrd", k, "--disk-size", "16M", "--workload", "fsyncstress",
+		"--records", "3", "--seed", "1", "--dir", filepath.Join(dir, "work"), "--batch", "4"}, extra...)
+	if err := f.FS.Parse(args); err != nil {
+		t.Fatal(err)
+	}
+	c, err := f.Campaign()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestSystematicCampaign(t *testing.T) {
+	tests := []struct {
+		name       string
+		workload   string
+		dieAt      int
+		violations bool
+	}{
+		{"correct workload", "fsyncstress", -1, false},
+		{"a checker crash is retried", "fsyncstress", 2, false},
+		{"ACK before fdatasync is caught", "fsyncstress-ack-early", -1, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			c := sysCampaign(t, dir, "--workload", tc.workload)
+			g := &sysGuest{dieAt: tc.dieAt}
+			var log bytes.Buffer
+			rep, err := c.Run(context.Background(), g, NewProgress(&log, nil), nil)
+			if err != nil {
+				t.Fatalf("Run: %v\n%s", err, log.String())
+			}
+			cov, s := rep.Coverage, rep.Summary
+			if cov.Distinct == 0 || cov.Checked != cov.Distinct || s.Checked != cov.Distinct || !cov.Exhausted || s.Errors != 0 {
+				t.Fatalf("coverage %+v, summary %+v: want every distinct state checked", cov, s)
+			}
+			if (s.Violations > 0) != tc.violations || (rep.Status == protocol.CrashtestViolated) != tc.violations {
+				t.Fatalf("status %s, %d violations; want violations %v\n%s", rep.Status, s.Violations, tc.violations, log.String())
+			}
+			if tc.dieAt >= 0 && !strings.Contains(log.String(), "death 1 of 2") {
+				t.Errorf("the checker's death was not reported:\n%s", log.String())
+			}
+			if tc.violations {
+				reproduce(t, dir, rep, g)
+			}
+		})
+	}
+}
+
+// reproduce runs the first violation's reproduce command and checks it
+// rebuilds the same image (hash) and finds the violation again.
+func reproduce(t *testing.T, dir string, rep *Report, g *sysGuest) {
+	t.Helper()
+	f := rep.Summary.FirstViolation
+	args := strings.Fields(f.Repro)
+	if len(args) < 2 || args[0] != "flushvm" || args[1] != "crashtest" {
+		t.Fatalf("reproduce command %q", f.Repro)
+	}
+	fl := NewFlags()
+	if err := fl.FS.Parse(args[2:]); err != nil {
+		t.Fatal(err)
+	}
+	c, err := fl.Campaign()
+	if err != nil || !c.Reproducing() {
+		t.Fatalf("reproduce command %q: %v", f.Repro, err)
+	}
+	r, err := c.Reproduce(context.Background(), g, NewProgress(io.Discard, nil), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.State.Hash != f.Hash || !r.State.Violation || r.State.LostAcked != f.LostAcked {
+		t.Fatalf("reproduced %+v, want the hash %s and the violation of %+v", r.State, f.Hash, f)
+	}
+	b, err := os.ReadFile(r.Image)
+	if err != nil || int64(len(b)) != 16<<20 {
+		t.Fatalf("rebuilt image %s: %d bytes, %v", r.Image, len(b), err)
+	}
+	if r.ExitStatus() != protocol.CrashtestViolations {
+		t.Errorf("exit status %d", r.ExitStatus())
+	}
+}
+
+func TestSystematicResume(t *testing.T) {
+	dir := t.TempDir()
+	g := &sysGuest{dieAt: -1}
+	first, err := sysCampaign(t, dir, "--max-states", "5").Run(context.Background(), g, NewProgress(io.Discard, nil), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := first.Coverage; c.Checked != 5 || c.Skipped != c.Distinct-5 || c.Exhausted || first.Status != protocol.CrashtestPassed {
+		t.Fatalf("first run: coverage %+v, status %s", c, first.Status)
+	}
+	boots := len(g.boots)
+	second, err := sysCampaign(t, dir).Run(context.Background(), g, NewProgress(io.Discard, nil), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := second.Coverage
+	if !second.Record.Reused || c.Explored != 5 || c.Checked != c.Distinct-5 || !c.Exhausted {
+		t.Fatalf("second run: record %+v, coverage %+v: want the recording reused and the other states checked", second.Record, c)
+	}
+	for _, m := range g.boots[boots:] {
+		if m != "checkstates:fsyncstress" {
+			t.Errorf("the resumed run booted %q: want checker boots only", g.boots[boots:])
+			break
+		}
+	}
+	third, _ := sysCampaign(t, dir).Run(context.Background(), g, NewProgress(io.Discard, nil), nil)
+	if third.Coverage.Explored != c.Distinct || third.Status != protocol.CrashtestIncomplete {
+		t.Errorf("an exhausted space: coverage %+v status %s", third.Coverage, third.Status)
+	}
+	// Another campaign's recording is refused.
+	if _, err := sysCampaign(t, dir, "--records", "4").Run(context.Background(), g, NewProgress(io.Discard, nil), nil); err == nil ||
+		!strings.Contains(err.Error(), "another campaign") {
+		t.Errorf("a --dir of another campaign: %v", err)
+	}
+}
