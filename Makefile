@@ -18,22 +18,23 @@ DEMO        ?=
 # Bound on one `make run` (it must finish in < 3 minutes from a warm cache).
 RUN_TIMEOUT ?= 170s
 INTEGRATION_TIMEOUT ?= 40m
-# `make crashtest`: the full crash-test campaign (issue 5). CRASHTEST_CUTS
-# cuts for each safe cache mode, CRASHTEST_UNSAFE_CUTS for cache=unsafe;
-# extra `flushvm crashtest` flags in CRASHTEST_ARGS (e.g. "--records 50").
+# `make crashtest`: the full crash-test campaign (issue 10: systematic). One
+# record boot per cache mode, then every distinct crash state of its write log
+# (MODE:all) or the first N (MODE:N), checked in batches; then each
+# deliberately buggy workload in CRASHTEST_BUGS on cache=writeback, which must
+# be caught within CRASHTEST_BUG_STATES states. Extra `flushvm crashtest`
+# flags in CRASHTEST_ARGS (e.g. "--k 4" or "--torn 512").
 CRASHTEST_WORKLOAD    ?= fsyncstress
-CRASHTEST_POLICY      ?= random-subset
-CRASHTEST_CUTS        ?= 20
-CRASHTEST_UNSAFE_CUTS ?= 10
 CRASHTEST_SEED        ?= 1
-CRASHTEST_DISK_SIZE   ?= 128M
-# 4 writers x 25 records per boot: the two nested boots per cut, not the
-# records, cost the time; a 1-vCPU guest boots faster nested.
-CRASHTEST_RECORDS     ?= 25
+CRASHTEST_DISK_SIZE   ?= 32M
+# 4 writers x 65 records give a log of about 1,100 distinct crash states.
+CRASHTEST_RECORDS     ?= 65
 CRASHTEST_CPUS        ?= 1
 # A nested boot takes 15-30 s here; a guest that hangs past this is retried.
 CRASHTEST_BOOT_TIMEOUT ?= 2m
-CRASHTEST_MODES       ?= writeback:$(CRASHTEST_CUTS),writethrough:$(CRASHTEST_CUTS),none:$(CRASHTEST_CUTS),directsync:$(CRASHTEST_CUTS),unsafe:$(CRASHTEST_UNSAFE_CUTS)
+CRASHTEST_MODES       ?= writeback:all,writethrough:all,none:all,directsync:all,unsafe:100
+CRASHTEST_BUGS        ?= fsyncstress-ack-early rename-no-dirsync create-no-dirsync
+CRASHTEST_BUG_STATES  ?= 200
 CRASHTEST_OUT         ?= build/crashtest
 CRASHTEST_ARGS        ?=
 # `make soak`: SOAK_BOOTS nested L2 boots with fio verification, 25 per L1
@@ -115,9 +116,14 @@ bench-vhost: deps
 ## nested), JSON reports in $(CRASHTEST_OUT)/MODE.json, then one per-mode table (also table.md).
 crashtest: deps
 	$(GO) run ./cmd/flushvm-harness campaign --modes $(CRASHTEST_MODES) --out $(CRASHTEST_OUT) \
-		--workload $(CRASHTEST_WORKLOAD) --policy $(CRASHTEST_POLICY) --seed $(CRASHTEST_SEED) \
+		--workload $(CRASHTEST_WORKLOAD) --seed $(CRASHTEST_SEED) \
 		--disk-size $(CRASHTEST_DISK_SIZE) --records $(CRASHTEST_RECORDS) --cpus $(CRASHTEST_CPUS) \
 		--boot-timeout $(CRASHTEST_BOOT_TIMEOUT) $(CRASHTEST_ARGS)
+	for w in $(CRASHTEST_BUGS); do \
+		$(GO) run ./cmd/flushvm-harness campaign --modes writeback:$(CRASHTEST_BUG_STATES) --out $(CRASHTEST_OUT)/$$w \
+			--workload $$w --seed $(CRASHTEST_SEED) --disk-size $(CRASHTEST_DISK_SIZE) --records $(CRASHTEST_RECORDS) \
+			--cpus $(CRASHTEST_CPUS) --boot-timeout $(CRASHTEST_BOOT_TIMEOUT) $(CRASHTEST_ARGS) || exit 1; \
+	done
 
 ## soak: SOAK_BOOTS nested L2 boots with disk I/O (fio, crc32c verify); prints every failed boot
 ## with its diagnostic and the count; exits non-zero if any boot failed.

@@ -27,9 +27,20 @@ const maxFruitless = 3
 
 // checkAll checks todo in batches of --batch states per checker boot,
 // until every state is judged, the budget runs out or boots keep failing.
+// Each state is recorded (report, progress, explored-state file) as soon
+// as its verdict is known.
 func (c *Campaign) checkAll(ctx context.Context, b Booter, prog *Progress, rep *Report, dir string, m *LogModel, todo []distinctState) error {
 	deaths := map[int]int{}
 	fruitless := 0
+	var werr error
+	record := func(s protocol.CrashtestState) {
+		s.CheckerDeaths = deaths[s.Index]
+		rep.addState(s)
+		prog.state(s, rep)
+		if err := appendExplored(filepath.Join(dir, exploredFile), []protocol.CrashtestState{s}); err != nil && werr == nil {
+			werr = err
+		}
+	}
 	for len(todo) > 0 {
 		if err := ctx.Err(); err != nil {
 			rep.Coverage.Skipped += len(todo)
@@ -41,47 +52,49 @@ func (c *Campaign) checkAll(ctx context.Context, b Booter, prog *Progress, rep *
 			return nil
 		}
 		batch := todo[:min(len(todo), c.batch)]
-		done, dying, out, err := c.checkBatch(ctx, b, dir, m, batch)
+		n, dying, out, err := c.checkBatch(ctx, b, dir, m, batch, record)
+		todo = todo[n:]
+		if err == nil {
+			err = werr
+		}
 		if err != nil {
 			rep.Coverage.Skipped += len(todo)
 			return err
 		}
-		judged := done
 		if dying >= 0 {
-			d := batch[dying]
+			d := todo[0]
 			deaths[d.index]++
 			prog.note("a checker boot ended while checking state %s (death %d of %d allowed): %s",
 				d.State.ID, deaths[d.index], maxDeaths, lines.Last(out, 3))
 			if deaths[d.index] >= maxDeaths {
-				judged = append(judged, c.deadState(d, m, out))
+				record(c.deadState(d, m, out))
+				todo, n = todo[1:], n+1
 			}
 		}
-		for _, s := range judged {
-			s.CheckerDeaths = deaths[s.Index]
-			rep.addState(s)
-			prog.state(s, rep)
-		}
-		if err := appendExplored(filepath.Join(dir, exploredFile), judged); err != nil {
-			return err
-		}
-		todo = todo[len(judged):]
-		if len(judged) == 0 {
-			if fruitless++; fruitless >= maxFruitless {
-				rep.Coverage.Skipped += len(todo)
-				return fmt.Errorf("%w: %d checker boots in a row checked nothing; the last: %s", errBootFailed, fruitless, lines.Last(out, 5))
-			}
-		} else {
+		if n > 0 {
 			fruitless = 0
+		} else if fruitless++; fruitless >= maxFruitless {
+			rep.Coverage.Skipped += len(todo)
+			return fmt.Errorf("%w: %d checker boots in a row checked nothing; the last: %s", errBootFailed, fruitless, lines.Last(out, 5))
 		}
 	}
 	rep.Coverage.Exhausted = rep.Coverage.Skipped == 0
 	return nil
 }
 
-// checkBatch boots one checker over batch and returns the states it
-// judged, in order (a prefix of batch), the index in batch of the state
-// whose check the boot did not finish (-1: none), and the console output.
-func (c *Campaign) checkBatch(ctx context.Context, b Booter, dir string, m *LogModel, batch []distinctState) ([]protocol.CrashtestState, int, []byte, error) {
+// LineBooter is a Booter that can also hand over the boot's output line by
+// line as it comes (the checker's verdicts then show as they are made).
+type LineBooter interface {
+	Booter
+	BootLines(ctx context.Context, args []string, line func(string)) (status int, out []byte, err error)
+}
+
+// checkBatch boots one checker over batch, passing each state's verdict to
+// judged as soon as its end line comes (in batch order). It returns how
+// many states were judged, the index in batch of the state whose check
+// the boot did not finish (-1: none), and the console output.
+func (c *Campaign) checkBatch(ctx context.Context, b Booter, dir string, m *LogModel, batch []distinctState,
+	judged func(protocol.CrashtestState)) (int, int, []byte, error) {
 	setPath, manPath := filepath.Join(dir, "batch.json"), filepath.Join(dir, "manifest.txt")
 	defer os.Remove(setPath)
 	defer os.Remove(manPath)
@@ -92,68 +105,78 @@ func (c *Campaign) checkBatch(ctx context.Context, b Booter, dir string, m *LogM
 		acked[i], _ = c.ackedFor(m, s.Acks)
 	}
 	if err := blk.WriteCrashStateSet(setPath, set); err != nil {
-		return nil, -1, nil, fmt.Errorf("checker states: %w", err)
+		return 0, -1, nil, fmt.Errorf("checker states: %w", err)
 	}
 	if err := os.WriteFile(manPath, protocol.FormatManifest(acked), 0o644); err != nil {
-		return nil, -1, nil, fmt.Errorf("checker manifest: %w", err)
+		return 0, -1, nil, fmt.Errorf("checker manifest: %w", err)
 	}
 	args := c.bootArgs(guestCmdline("checkstates:"+c.program, c.workloadArgs),
 		"path="+filepath.Join(dir, templateFile)+",crashstates="+setPath+",cache=writeback",
 		"--disk", "path="+manPath+",readonly=on")
+	p := &stateParser{ended: func(i int, seg *segment) {
+		if i < len(batch) {
+			judged(c.stateResult(batch[i], m, seg))
+		}
+	}}
 	bctx, cancel := context.WithTimeout(ctx, c.bootTimeout+time.Duration(len(batch))*perStateTimeout)
-	_, out, err := b.Boot(bctx, args)
+	var out []byte
+	var err error
+	if lb, ok := b.(LineBooter); ok {
+		_, out, err = lb.BootLines(bctx, args, p.feed)
+	} else {
+		_, out, err = b.Boot(bctx, args)
+		for _, l := range strings.Split(string(out), "\n") {
+			p.feed(l)
+		}
+	}
 	cancel()
 	_ = os.WriteFile(filepath.Join(dir, "check.log"), out, 0o644)
 	if err != nil && ctx.Err() != nil {
-		return nil, -1, out, err
+		return p.next, -1, out, err
 	}
-	segs := splitStates(out)
-	var judged []protocol.CrashtestState
-	for i, s := range batch {
-		seg, ok := segs[i]
-		if !ok || !seg.ended {
-			// A state begun and not ended lost its checker; one not
-			// begun was never tried (the boot failed before it).
-			dying := -1
-			if ok {
-				dying = i
-			}
-			return judged, dying, out, nil
-		}
-		judged = append(judged, c.stateResult(s, m, seg))
+	// A state begun and not ended lost its checker; one not begun was
+	// never tried (the boot failed before it).
+	dying := -1
+	if p.cur != nil && p.curIndex == p.next && p.next < len(batch) {
+		dying = p.next
 	}
-	return judged, -1, out, nil
+	return p.next, dying, out, nil
 }
 
 // segment is one state's lines in a checker boot's output.
 type segment struct {
 	out    []byte
-	ended  bool
 	status int
 }
 
-// splitStates cuts a checker boot's output into its states' segments.
-func splitStates(out []byte) map[int]*segment {
-	segs := map[int]*segment{}
-	var cur *segment
-	for _, line := range strings.Split(string(out), "\n") {
-		if sl, ok := protocol.ParseStateLine(line); ok {
-			if !sl.End {
-				cur = &segment{}
-				segs[sl.Index] = cur
-				continue
-			}
-			if s := segs[sl.Index]; s != nil {
-				s.ended, s.status = true, sl.Status
-			}
-			cur = nil
-			continue
+// stateParser follows a checker boot's output line by line and calls
+// ended for each state whose end line comes, in order: a state's verdict
+// counts only when it is the next one expected.
+type stateParser struct {
+	ended    func(i int, seg *segment)
+	next     int // the next state expected to end
+	cur      *segment
+	curIndex int
+}
+
+// feed takes one line of output.
+func (p *stateParser) feed(line string) {
+	line = strings.TrimRight(line, "\r")
+	sl, ok := protocol.ParseStateLine(line)
+	switch {
+	case ok && !sl.End:
+		p.cur, p.curIndex = &segment{}, sl.Index
+	case ok && p.cur != nil && sl.Index == p.curIndex:
+		if sl.Index == p.next {
+			p.cur.status = sl.Status
+			p.ended(sl.Index, p.cur)
+			p.next++
 		}
-		if cur != nil {
-			cur.out = append(append(cur.out, line...), '\n')
-		}
+		p.cur = nil
+	case ok:
+	case p.cur != nil:
+		p.cur.out = append(append(p.cur.out, line...), '\n')
 	}
-	return segs
 }
 
 // stateResult judges a state from its segment.

@@ -56,7 +56,7 @@ var Workloads = map[string]Workload{
 	"fsyncstress": {Program: "fsyncstress", Args: fsyncstressArgs(),
 		What: "4 writers append records, each acknowledged after its fdatasync"},
 	"rename": {Program: "rename", Args: renameArgs(),
-		What: "atomic replace: write a temporary file, fsync, rename over the target, fsync the directory"},
+		What: "atomic replace: write a temporary file, fsync, rename it over, fsync the dir"},
 	"create": {Program: "rename", Args: renameArgs("-create"),
 		What: "each version a new file: write, fsync the file, fsync the directory"},
 	"fsyncstress-ack-early": {Program: "fsyncstress", Args: fsyncstressArgs("-bug", "ack-early"), Buggy: true,
@@ -123,8 +123,7 @@ func NewFlags() *Flags {
 	fs.StringVar(&f.initrd, "initrd", "", "flushvm's guest initramfs: its /init, the workloads, e2fsprogs (required;\n"+
 		"  go run ./cmd/flushvm-harness artifacts builds it and prints its path)\n  e.g. --initrd build/cache/initramfs/x-88418736.cpio.gz")
 	fs.StringVar(&f.diskSize, "disk-size", "", "size of the guest's disk, formatted ext4 by the guest (K/M/G suffixes) (required)\n  e.g. --disk-size 128M")
-	fs.StringVar(&f.workload, "workload", "", "what the guest runs and acknowledges: fsyncstress (records, each acknowledged\n"+
-		"  after its fdatasync) or rename (atomic replace: write, fsync, rename, fsync dir) (required)\n  e.g. --workload fsyncstress")
+	fs.StringVar(&f.workload, "workload", "", "what the guest runs and acknowledges: one of the workloads above (required)\n  e.g. --workload fsyncstress")
 	fs.IntVar(&f.cuts, "cuts", 0, "--mode random: power cuts in the campaign (across all shards) (required)\n  e.g. --cuts 20")
 	fs.StringVar(&f.policy, "policy", "", "--mode random: which unstable writes survive each cut: lose-all, keep-all,\n"+
 		"  random-subset, random-sectors[:512|:4k] or prefix (required)\n  e.g. --policy random-subset")
@@ -153,7 +152,7 @@ func NewFlags() *Flags {
 		"  afterwards unless a state violated)\n  e.g. --dir /var/tmp/crash")
 	fs.StringVar(&f.mem, "mem", "512M", "guest memory of each boot\n  e.g. --mem 1G")
 	fs.IntVar(&f.cpus, "cpus", 2, "vCPUs of each boot\n  e.g. --cpus 1")
-	fs.IntVar(&f.records, "records", 100, "workload size: records per writer (fsyncstress, 4 writers) or versions (rename)\n  e.g. --records 50")
+	fs.IntVar(&f.records, "records", 100, "workload size: records per writer (fsyncstress, 4 writers) or versions (rename, create)\n  e.g. --records 50")
 	fs.StringVar(&f.at, "at", "", "cut every cut at this point instead of a seeded random one (to reproduce a cut):\n"+
 		"  writes=N or flushes=N, counted from the workload boot's start\n  e.g. --at writes=345")
 	fs.DurationVar(&f.bootTimeout, "boot-timeout", 5*time.Minute, "bound on each guest boot\n  e.g. --boot-timeout 10m")
@@ -162,23 +161,42 @@ func NewFlags() *Flags {
 }
 
 func (f *Flags) Usage(w io.Writer) {
-	fmt.Fprintln(w, "Usage: flushvm crashtest --kernel K --initrd I --disk-size SIZE --workload NAME --cuts N")
-	fmt.Fprintln(w, "                         --policy POLICY --seed S [--cache MODE] [--shard i/n] [--report FILE]")
+	fmt.Fprintln(w, "Usage: flushvm crashtest --kernel K --initrd I --disk-size SIZE --workload NAME --seed S")
+	fmt.Fprintln(w, "                         [--cache MODE] [--k K] [--max-states N] [--budget D] [--dir DIR]")
+	fmt.Fprintln(w, "                         [--shard i/n] [--report FILE]")
+	fmt.Fprintln(w, "       flushvm crashtest ... --reproduce LOG STATE")
+	fmt.Fprintln(w, "       flushvm crashtest --mode random ... --cuts N --policy POLICY")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Runs a crash-test campaign. A guest formats a fresh disk (ext4) once; a")
-	fmt.Fprintln(w, "calibration boot runs the workload to the end and counts the writes and flushes")
-	fmt.Fprintln(w, "that reach the disk. Then for each cut: a copy of the fresh disk, a boot running")
-	fmt.Fprintln(w, "the workload on the power-cut model (powercut=POLICY) with the power cut at a")
-	fmt.Fprintln(w, "seeded random write or flush of that range, recording every acknowledgement the")
-	fmt.Fprintln(w, "workload printed on the serial console before the cut; then a checker boot on")
-	fmt.Fprintln(w, "the crashed image: mount (journal replay), the workload's own check against the")
-	fmt.Fprintln(w, "acknowledgements, e2fsck -fn. A cut violates durability when an acknowledged")
-	fmt.Fprintln(w, "record is lost or damaged, or fsck finds errors. Every boot is a `flushvm run`")
-	fmt.Fprintln(w, "of this binary, so this host needs a KVM that boots Linux (see README: on hosts")
-	fmt.Fprintln(w, "without one, `go run ./cmd/flushvm-harness crashtest` runs it nested).")
+	fmt.Fprintln(w, "Runs a crash-test campaign. Systematic mode (the default): a guest formats a")
+	fmt.Fprintln(w, "fresh disk (ext4); one record boot runs the workload to its end with a write log")
+	fmt.Fprintln(w, "(dm-log-writes format) holding every write, every flush and, as MARK entries, every")
+	fmt.Fprintln(w, "acknowledgement the workload printed. Off-line, the log's flushes cut it into")
+	fmt.Fprintln(w, "windows; the crash states of window J keep every write before it and a subset of")
+	fmt.Fprintln(w, "its writes (every subset when it has at most --k, else every prefix and 2^k seeded")
+	fmt.Fprintln(w, "subsets; writes torn at 4 KiB, or 512 B with --torn 512), and must keep every")
+	fmt.Fprintln(w, "acknowledgement logged before the flush that ends it. States with identical images")
+	fmt.Fprintln(w, "(by content hash) are checked once. Checker boots check them in batches on a")
+	fmt.Fprintln(w, "copy-on-write crash disk: mount (journal replay), the workload's checker, e2fsck")
+	fmt.Fprintln(w, "-fn. A state violates durability when an acknowledged record is lost or damaged, or")
+	fmt.Fprintln(w, "fsck finds errors. State IDs (wJ.sMASK subset, wJ.pN prefix, wJ.tI.UNIT.MASK torn)")
+	fmt.Fprintln(w, "name images exactly: --reproduce rebuilds one byte for byte and checks it again.")
+	fmt.Fprintln(w, "With --dir, a second run resumes: it reuses the recording and skips the states")
+	fmt.Fprintln(w, "checked before (DIR/explored.jsonl), and says when the space is exhausted.")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Progress goes to stderr, the summary to stdout: cuts, violations, the first")
-	fmt.Fprintln(w, "failing cut and the command that reproduces it.")
+	fmt.Fprintln(w, "Random mode (--mode random): a calibration boot, then per cut a boot on the")
+	fmt.Fprintln(w, "power-cut model (powercut=POLICY) cut at a seeded random write or flush, and a")
+	fmt.Fprintln(w, "checker boot on the crashed image.")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Workloads:")
+	for _, n := range WorkloadNames() {
+		fmt.Fprintf(w, "  %-22s %s\n", n, Workloads[n].What)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Every boot is a `flushvm run` of this binary, so this host needs a KVM that boots")
+	fmt.Fprintln(w, "Linux (see README: on hosts without one, `go run ./cmd/flushvm-harness crashtest`")
+	fmt.Fprintln(w, "runs it nested). Progress goes to stderr, the summary to stdout: coverage, states")
+	fmt.Fprintln(w, "per minute, violations, the first violating state and the command that")
+	fmt.Fprintln(w, "reproduces it.")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Flags:")
 	cli.FlagTable(w, f.FS)
@@ -189,9 +207,9 @@ func (f *Flags) Usage(w io.Writer) {
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Example:")
-	fmt.Fprintln(w, "  flushvm crashtest --kernel vmlinuz --initrd guest.cpio.gz --disk-size 128M \\")
-	fmt.Fprintln(w, "      --workload fsyncstress --cuts 20 --policy random-subset --seed 1 \\")
-	fmt.Fprintln(w, "      --cache writeback --report writeback.json")
+	fmt.Fprintln(w, "  flushvm crashtest --kernel vmlinuz --initrd guest.cpio.gz --disk-size 32M \\")
+	fmt.Fprintln(w, "      --workload fsyncstress --records 65 --seed 1 --cache writeback \\")
+	fmt.Fprintln(w, "      --dir crash-wb --budget 30m --report writeback.json")
 }
 
 // Campaign is a validated crashtest configuration.

@@ -19,7 +19,14 @@ import (
 // guest completed, a FLUSH entry for every host sync (logged when the sync
 // starts: it covers exactly the writes logged before it), and a MARK for
 // every acknowledgement the guest printed (logged after the flush that made
-// it durable: see disk.Disk.ConsoleLine). The FLUSH entries cut the log
+// it durable: see disk.Disk.ConsoleLine). A FLUSH entry covers what the
+// host sync really synced; the virtio rule promises a guest's flush only
+// the writes completed before the guest submitted it, so a write that
+// completed between a flush's submission and the start of the host sync
+// satisfying it (a flush merged into a later sync) counts as covered here:
+// the space leaves out the states that lose such a write after that flush,
+// states only a guest relying on an unflushed write would fail in. The
+// FLUSH entries cut the log
 // into windows: window 0 runs from the start to the first FLUSH, window j
 // from FLUSH j to FLUSH j+1 (the last one to the end of the log). A power
 // cut between the completion of flush j and that of flush j+1 leaves every

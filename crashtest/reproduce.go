@@ -115,18 +115,19 @@ func (c *Campaign) Reproduce(ctx context.Context, b Booter, prog *Progress, log 
 	}
 	prog.note("state %s: image hash %s, written to %s", cand.State.ID, hash, out)
 	st := distinctState{Candidate: cand, hash: hash}
-	done, dying, bout, err := c.checkBatch(ctx, b, dir, m, []distinctState{st})
+	var got []protocol.CrashtestState
+	n, dying, bout, err := c.checkBatch(ctx, b, dir, m, []distinctState{st}, func(s protocol.CrashtestState) { got = append(got, s) })
 	if err != nil {
 		return nil, err
 	}
-	if len(done) == 0 {
+	if n == 0 {
 		why := "the checker boot ended before it"
 		if dying == 0 {
 			why = "the checker guest died while checking it"
 		}
 		return nil, fmt.Errorf("%w: %s: %s", errBootFailed, why, lines.Last(bout, 3))
 	}
-	return &Reproduction{State: done[0], Image: out}, nil
+	return &Reproduction{State: got[0], Image: out}, nil
 }
 
 // writeImage writes img whole to path (through a temporary file).

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/flushvm/flushvm/disk"
@@ -34,12 +35,28 @@ type ExecBooter struct {
 	Flushvm string
 }
 
+// Boot runs `flushvm run args` and returns its exit status and output.
 func (b *ExecBooter) Boot(ctx context.Context, args []string) (int, []byte, error) {
+	return b.BootLines(ctx, args, nil)
+}
+
+// BootLines is Boot, also passing each line of output to line (nil: none)
+// as it comes.
+func (b *ExecBooter) BootLines(ctx context.Context, args []string, line func(string)) (int, []byte, error) {
 	var out bytes.Buffer
+	var w io.Writer = &out
+	var lw *lineWriter
+	if line != nil {
+		lw = &lineWriter{line: line}
+		w = io.MultiWriter(&out, lw)
+	}
 	cmd := exec.CommandContext(ctx, b.Flushvm, append([]string{"run"}, args...)...)
-	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.Stdout, cmd.Stderr = w, w
 	cmd.WaitDelay = 10 * time.Second
 	err := cmd.Run()
+	if lw != nil {
+		lw.flush()
+	}
 	clean := bytes.ReplaceAll(out.Bytes(), []byte{'\r'}, nil)
 	var ee *exec.ExitError
 	switch {
@@ -51,6 +68,39 @@ func (b *ExecBooter) Boot(ctx context.Context, args []string) (int, []byte, erro
 		return ee.ExitCode(), clean, nil
 	default:
 		return 0, clean, fmt.Errorf("flushvm run: %w", err)
+	}
+}
+
+// lineWriter cuts what is written into lines (the child's stdout and
+// stderr share it: exec serializes their writes through one pipe).
+type lineWriter struct {
+	mu   sync.Mutex
+	buf  []byte
+	line func(string)
+}
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			break
+		}
+		w.line(string(w.buf[:i]))
+		w.buf = w.buf[i+1:]
+	}
+	return len(p), nil
+}
+
+// flush passes the last, unterminated line.
+func (w *lineWriter) flush() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.buf) > 0 {
+		w.line(string(w.buf))
+		w.buf = nil
 	}
 }
 

@@ -321,3 +321,48 @@ func TestSystematicResume(t *testing.T) {
 		t.Errorf("a --dir of another campaign: %v", err)
 	}
 }
+
+// lineGuest is sysGuest behind the LineBooter interface.
+type lineGuest struct{ *sysGuest }
+
+func (g lineGuest) BootLines(ctx context.Context, args []string, line func(string)) (int, []byte, error) {
+	st, out, err := g.Boot(ctx, args)
+	lw := &lineWriter{line: line}
+	lw.Write(out)
+	lw.flush()
+	return st, out, err
+}
+
+func TestSystematicCampaignStreams(t *testing.T) {
+	dir := t.TempDir()
+	rep, err := sysCampaign(t, dir).Run(context.Background(), lineGuest{&sysGuest{dieAt: 1}}, NewProgress(io.Discard, nil), nil)
+	if err != nil || rep.Coverage.Checked != rep.Coverage.Distinct || rep.Status != protocol.CrashtestPassed {
+		t.Fatalf("coverage %+v status %s: %v", rep.Coverage, rep.Status, err)
+	}
+}
+
+func TestStateParser(t *testing.T) {
+	b, e := protocol.FormatStateBegin, protocol.FormatStateEnd
+	tests := []struct {
+		name  string
+		lines []string
+		want  []string // "index:status:lines"
+		next  int
+	}{
+		{"in order", []string{b(0), "x", e(0, 0), b(1), "y", "z", e(1, 1)}, []string{"0:0:x\n", "1:1:y\nz\n"}, 2},
+		{"an end without its begin counts nothing", []string{e(0, 0), b(0), e(0, 1)}, []string{"0:1:"}, 1},
+		{"a state out of order counts nothing", []string{b(1), e(1, 0), b(0), e(0, 0)}, []string{"0:0:"}, 1},
+		{"a begun state that never ends", []string{b(0), e(0, 0), b(1), "Kernel panic"}, []string{"0:0:"}, 1},
+		{"CRLF lines", []string{b(0) + "\r", "x\r", e(0, 0) + "\r"}, []string{"0:0:x\n"}, 1},
+	}
+	for _, tc := range tests {
+		var got []string
+		p := &stateParser{ended: func(i int, s *segment) { got = append(got, fmt.Sprintf("%d:%d:%s", i, s.status, s.out)) }}
+		for _, l := range tc.lines {
+			p.feed(l)
+		}
+		if strings.Join(got, "|") != strings.Join(tc.want, "|") || p.next != tc.next {
+			t.Errorf("%s: ended %q next %d, want %q next %d", tc.name, got, p.next, tc.want, tc.next)
+		}
+	}
+}

@@ -196,8 +196,15 @@ func (d *Disk) CrashStates() *blk.CrashStateBackend { return d.crash }
 //     the FLUSH entry before the device completes the flush; the mark is
 //     appended here, inside the guest's OUT to the UART's transmit
 //     register, which the guest executes after it saw the completion; both
-//     appends take the log's mutex. So the MARK lands after the FLUSH, and
-//     after every write that flush covered. Writes from other vCPUs
+//     appends take the log's mutex. Threads included: the device's I/O
+//     goroutine appends the FLUSH (under the mutex) before it publishes the
+//     used-ring entry and injects the interrupt (a KVM ioctl), and the vCPU
+//     that reads the completion, and later the vCPU that transmits the ACK
+//     (the guest's tty may send it from another CPU's interrupt), run after
+//     that; the transmit exits to this goroutine, which takes the same
+//     mutex. So the MARK lands after the FLUSH, and after every write that
+//     flush covered. The guest's tty can only delay the mark, never advance
+//     it, and a later mark only expects less. Writes from other vCPUs
 //     completing meanwhile may land on either side of the mark, which only
 //     weakens what the mark asserts (those writes were not acknowledged),
 //     never falsifies it.

@@ -15,16 +15,25 @@ import (
 	"github.com/flushvm/flushvm/protocol"
 )
 
-// TestDebianLinuxCrashtestCampaignsNested runs two small `flushvm
-// crashtest` campaigns of Debian guests running fsyncstress on ext4, in one
-// harness session (one L1 boot when nested; the campaigns' images on the
-// session's scratch disk): cache=writeback with random-subset cuts must
-// keep every acknowledged record and leave file systems fsck accepts
-// (exit status 0); cache=unsafe with lose-all, its cut placed after the
-// workload's first acknowledgements, must lose acknowledged records and
-// exit 1 — the oracle can fail. The reports come back with host paths, and
-// the failing cut's image and logs, kept by --dir on L1's scratch disk,
-// come back to the host directory.
+// TestDebianLinuxCrashtestCampaignsNested runs three small `flushvm
+// crashtest` campaigns of Debian guests on ext4 in one harness session (one
+// L1 boot when nested; the campaigns' files on the session's scratch
+// disk), then reproduces a violation in a second session:
+//
+//   - systematic, fsyncstress, cache=writeback: one record boot, a few
+//     dozen crash states checked in one checker boot; every state keeps
+//     every acknowledged record and passes fsck (exit status 0);
+//   - systematic, fsyncstress-ack-early (a workload that acknowledges
+//     before its fdatasync): caught (exit status 1) within its first 20
+//     states, with the first violating state's image hash and reproduce
+//     command; its --dir (the record log, the base image) comes back to the
+//     host;
+//   - random, cache=unsafe with lose-all, its cut placed after the
+//     workload's first acknowledgements: acknowledged records lost (exit
+//     status 1) — the random mode's oracle can fail too;
+//   - the reproduce command of the ack-early violation, run in a new
+//     session from the host --dir: the same image (hash) and the same
+//     violation.
 func TestDebianLinuxCrashtestCampaignsNested(t *testing.T) {
 	a := prepare(t)
 	// The ELF kernel skips the bzImage's self-decompression in each of
@@ -34,33 +43,85 @@ func TestDebianLinuxCrashtestCampaignsNested(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	// 4 writers x 6 records keep each boot's workload short: the boots,
-	// not the records, cost the time (and a 1-vCPU guest boots faster
-	// nested).
+	// 4 writers x 6 records keep each workload short: the boots, not the
+	// records, cost the time (and a 1-vCPU guest boots faster nested).
 	common := []string{"--kernel", vmlinux, "--initrd", a.Initramfs, "--disk-size", "32M",
-		"--workload", "fsyncstress", "--records", "6", "--cpus", "1", "--boot-timeout", "2m"}
-	kept := filepath.Join(dir, "kept")
-	wbReport, unsafeReport := filepath.Join(dir, "writeback.json"), filepath.Join(dir, "unsafe.json")
+		"--records", "6", "--cpus", "1", "--boot-timeout", "2m"}
+	kept, bugDir := filepath.Join(dir, "kept"), filepath.Join(dir, "bug")
+	wbReport, bugReport, unsafeReport := filepath.Join(dir, "writeback.json"), filepath.Join(dir, "bug.json"), filepath.Join(dir, "unsafe.json")
+	with := func(extra ...string) []string { return append(append([]string{}, common...), extra...) }
 	runs := []harness.Run{
-		{Subcommand: harness.SubCrashtest, Args: append(append([]string{}, common...),
-			"--cache", "writeback", "--policy", "random-subset", "--cuts", "2", "--seed", "11", "--report", wbReport)},
+		{Subcommand: harness.SubCrashtest, Args: with("--workload", "fsyncstress", "--cache", "writeback",
+			"--seed", "11", "--max-states", "30", "--report", wbReport)},
+		{Subcommand: harness.SubCrashtest, Args: with("--workload", "fsyncstress-ack-early", "--cache", "writeback",
+			"--seed", "5", "--max-states", "20", "--dir", bugDir, "--report", bugReport)},
 		// cache=unsafe acknowledges FLUSHes it never performs, so with
 		// lose-all every record acknowledged before the cut is lost. A
 		// seeded cut could fall before the first acknowledgement; --at
 		// places it after the first records (see unsafeCutWrites).
-		{Subcommand: harness.SubCrashtest, Args: append(append([]string{}, common...),
+		{Subcommand: harness.SubCrashtest, Args: with("--workload", "fsyncstress", "--mode", "random",
 			"--cache", "unsafe", "--policy", "lose-all", "--cuts", "1", "--seed", "3",
 			"--at", "writes="+strconv.Itoa(unsafeCutWrites), "--report", unsafeReport, "--dir", kept)},
 	}
+	s := crashtestSession(t, runs)
+	t.Run("systematic_writeback_keeps_every_acknowledged_record", func(t *testing.T) {
+		r := s.Results[0]
+		rep := readCrashReport(t, wbReport, r)
+		sum, cov := rep.Summary, rep.Coverage
+		if r.Status != 0 || cov == nil || cov.Checked != 30 || sum.Errors != 0 || sum.Violations != 0 || sum.LostAcked != 0 ||
+			sum.FsckErrors != 0 || sum.MountFailures != 0 {
+			t.Fatalf("exit status %d, summary %+v, coverage %+v: want status 0, 30 states checked, no violation; output:\n%s", r.Status, sum, cov, r.Output)
+		}
+		if sum.Acked == 0 {
+			t.Errorf("no state expected an acknowledged record: nothing was tested")
+		}
+		t.Logf("record %+v; coverage %+v; %.1f states/min", *rep.Record, *cov, sum.StatesPerMinute)
+	})
+	var first *protocol.CrashtestState
+	t.Run("systematic_ack_early_is_caught", func(t *testing.T) {
+		r := s.Results[1]
+		rep := readCrashReport(t, bugReport, r)
+		first = rep.Summary.FirstViolation
+		if r.Status != 1 || first == nil || first.Index >= 20 || first.LostAcked == 0 || first.Hash == "" {
+			t.Fatalf("exit status %d, first violation %+v: want status 1 and a lost record within 20 states; output:\n%s", r.Status, first, r.Output)
+		}
+		if !strings.Contains(first.Repro, "--reproduce "+filepath.Join(bugDir, "record.wlog")+" "+first.ID) {
+			t.Errorf("reproduce command %q does not name the host --dir's log and the state", first.Repro)
+		}
+		t.Logf("first violating state %s (#%d): %s; image hash %s", first.ID, first.Index, first.Reason, first.Hash)
+	})
+	t.Run("random_unsafe_lose-all_loses_acknowledged_records", func(t *testing.T) {
+		checkUnsafeRandom(t, s.Results[2], unsafeReport, kept)
+	})
+	t.Run("reproduce_rebuilds_the_same_image", func(t *testing.T) {
+		if first == nil {
+			t.Skip("no violation to reproduce")
+		}
+		args := strings.Fields(first.Repro)[2:]
+		rs := crashtestSession(t, []harness.Run{{Subcommand: harness.SubCrashtest, Args: args}})
+		r := rs.Results[0]
+		out := string(r.Output)
+		if r.Status != 1 || !strings.Contains(out, "hash "+first.Hash) || !strings.Contains(out, "FAIL: lost") {
+			t.Fatalf("exit status %d: want 1, the image hash %s and the violation again; output:\n%s", r.Status, first.Hash, out)
+		}
+		img := filepath.Join(bugDir, "state-"+first.ID+".img")
+		if fi, err := os.Stat(img); err != nil || fi.Size() != 32<<20 {
+			t.Errorf("the rebuilt image did not come back to %s: %v", img, err)
+		}
+	})
+}
+
+// crashtestSession runs crashtest runs in one harness session. Rarely the
+// TCG L1 itself dies under a nested guest (its kernel crashed with
+// recursive page faults on its GS base after a nested VM exit, or QEMU
+// just ended): that is logged and the session runs once more.
+func crashtestSession(t *testing.T, runs []harness.Run) *harness.Session {
+	t.Helper()
 	const bound = 25 * time.Minute
 	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	defer cancel()
 	s, err := harness.Execute(ctx, harness.Options{Stdout: consoleWriter{}, Timeout: bound}, runs...)
 	if errors.Is(err, harness.ErrNoStatus) && s.Mode == harness.Nested {
-		// Rarely the TCG L1 itself dies under a nested guest (its kernel
-		// crashed with recursive page faults on its GS base after a
-		// nested VM exit, or QEMU just ended; seen twice while this was
-		// written). Log it and run the session again.
 		t.Logf("L1 died (%v) after %.1f s; console (end):\n%s\nretrying the session once", err, s.Wall.Seconds(), s.Console)
 		s, err = harness.Execute(ctx, harness.Options{Stdout: consoleWriter{}, Timeout: bound}, runs...)
 	}
@@ -76,71 +137,62 @@ func TestDebianLinuxCrashtestCampaignsNested(t *testing.T) {
 		}
 		t.Fatalf("harness: %v", err)
 	}
-	read := func(t *testing.T, path string, r harness.Result) protocol.CrashtestReport {
-		t.Helper()
-		t.Logf("campaign ran %.1f s; its summary:\n%s", r.Duration.Seconds(), summaryOf(r.Output))
-		if r.Err != nil {
-			t.Fatalf("%v; output:\n%s", r.Err, r.Output)
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			t.Fatalf("--report was not copied back: %v; output:\n%s", err, r.Output)
-		}
-		var rep protocol.CrashtestReport
-		if err := json.Unmarshal(b, &rep); err != nil {
-			t.Fatalf("--report: %v: %s", err, b)
-		}
-		if strings.Contains(string(b), "/job/") {
-			t.Errorf("--report names L1 paths: %s", b)
-		}
-		if strings.Contains(string(r.Output), "/job/in/") {
-			t.Errorf("the campaign's output names L1 paths of its inputs:\n%s", r.Output)
-		}
-		t.Logf("calibration: %d writes, %d flushes, %d acknowledgements", rep.Calibration.Writes, rep.Calibration.Flushes, rep.Calibration.Acks)
-		for _, c := range rep.Results {
-			t.Logf("cut %d at %s: power cut %v, %d acknowledged, %d lost, fsck %d %s%s", c.Cut, c.At, c.PowerCut, c.Acked, c.LostAcked, c.FsckStatus, c.Reason, c.Error)
-		}
-		return rep
+	return s
+}
+
+// readCrashReport reads a campaign's --report, which must name host
+// paths only.
+func readCrashReport(t *testing.T, path string, r harness.Result) protocol.CrashtestReport {
+	t.Helper()
+	t.Logf("campaign ran %.1f s; its summary:\n%s", r.Duration.Seconds(), summaryOf(r.Output))
+	if r.Err != nil {
+		t.Fatalf("%v; output:\n%s", r.Err, r.Output)
 	}
-	t.Run("writeback_random-subset_keeps_every_acknowledged_record", func(t *testing.T) {
-		r := s.Results[0]
-		rep := read(t, wbReport, r)
-		sum := rep.Summary
-		if r.Status != 0 || sum.Cuts != 2 || sum.Errors != 0 || sum.Violations != 0 || sum.LostAcked != 0 ||
-			sum.FsckErrors != 0 || sum.MountFailures != 0 {
-			t.Fatalf("exit status %d, summary %+v: want status 0, 2 cuts checked, no violation, no fsck error; output:\n%s", r.Status, sum, r.Output)
-		}
-		if sum.PowerCuts == 0 {
-			t.Errorf("no cut cut the power (every workload ended before its cut point): nothing was tested")
-		}
-	})
-	t.Run("unsafe_lose-all_loses_acknowledged_records", func(t *testing.T) {
-		r := s.Results[1]
-		rep := read(t, unsafeReport, r)
-		sum := rep.Summary
-		if rep.Calibration.Writes <= unsafeCutWrites {
-			t.Fatalf("the workload made only %d writes: the cut at writes=%d is past its end; lower unsafeCutWrites", rep.Calibration.Writes, unsafeCutWrites)
-		}
-		if sum.Acked == 0 {
-			t.Fatalf("nothing was acknowledged before the cut at writes=%d: raise unsafeCutWrites; output:\n%s", unsafeCutWrites, r.Output)
-		}
-		if r.Status != 1 || sum.PowerCuts != 1 || sum.LostAcked == 0 || sum.Violations != 1 {
-			t.Fatalf("exit status %d, summary %+v: want status 1 (violations), acknowledged records lost; output:\n%s", r.Status, sum, r.Output)
-		}
-		t.Logf("cache=unsafe lost %d of %d acknowledged records", sum.LostAcked, sum.Acked)
-		img := rep.Results[0].Image
-		if filepath.Dir(img) != kept {
-			t.Fatalf("the failing cut's image is %q, want it in --dir %s", img, kept)
-		}
-		fi, err := os.Stat(img)
-		if err != nil || fi.Size() != 32<<20 {
-			t.Fatalf("the failing cut's image did not come back from the scratch disk: %v", err)
-		}
-		logs, _ := filepath.Glob(filepath.Join(kept, "cut-0.*.log"))
-		if len(logs) != 2 {
-			t.Errorf("kept logs %q, want the workload's and the checker's", logs)
-		}
-	})
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("--report was not copied back: %v; output:\n%s", err, r.Output)
+	}
+	var rep protocol.CrashtestReport
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatalf("--report: %v: %s", err, b)
+	}
+	if strings.Contains(string(b), "/job/") || strings.Contains(string(b), "/scratch/run-") {
+		t.Errorf("--report names L1 paths: %s", b)
+	}
+	if strings.Contains(string(r.Output), "/job/in/") {
+		t.Errorf("the campaign's output names L1 paths of its inputs:\n%s", r.Output)
+	}
+	return rep
+}
+
+// checkUnsafeRandom checks the random-mode cache=unsafe campaign: it lost
+// acknowledged records, and its failing cut's files came back to kept.
+func checkUnsafeRandom(t *testing.T, r harness.Result, report, kept string) {
+	rep := readCrashReport(t, report, r)
+	sum := rep.Summary
+	t.Logf("calibration: %d writes, %d flushes, %d acknowledgements", rep.Calibration.Writes, rep.Calibration.Flushes, rep.Calibration.Acks)
+	if rep.Calibration.Writes <= unsafeCutWrites {
+		t.Fatalf("the workload made only %d writes: the cut at writes=%d is past its end; lower unsafeCutWrites", rep.Calibration.Writes, unsafeCutWrites)
+	}
+	if sum.Acked == 0 {
+		t.Fatalf("nothing was acknowledged before the cut at writes=%d: raise unsafeCutWrites; output:\n%s", unsafeCutWrites, r.Output)
+	}
+	if r.Status != 1 || sum.PowerCuts != 1 || sum.LostAcked == 0 || sum.Violations != 1 {
+		t.Fatalf("exit status %d, summary %+v: want status 1 (violations), acknowledged records lost; output:\n%s", r.Status, sum, r.Output)
+	}
+	t.Logf("cache=unsafe lost %d of %d acknowledged records", sum.LostAcked, sum.Acked)
+	img := rep.Results[0].Image
+	if filepath.Dir(img) != kept {
+		t.Fatalf("the failing cut's image is %q, want it in --dir %s", img, kept)
+	}
+	fi, err := os.Stat(img)
+	if err != nil || fi.Size() != 32<<20 {
+		t.Fatalf("the failing cut's image did not come back from the scratch disk: %v", err)
+	}
+	logs, _ := filepath.Glob(filepath.Join(kept, "cut-0.*.log"))
+	if len(logs) != 2 {
+		t.Errorf("kept logs %q, want the workload's and the checker's", logs)
+	}
 }
 
 // unsafeCutWrites places the unsafe campaign's cut: past the writes of

@@ -67,6 +67,14 @@ func CrashStateSerial(i int) string { return "crashstate-" + strconv.Itoa(i) }
 // asked for a state (it then reads as its base image).
 const CrashStateNoneSerial = "crashstate-none"
 
+// CrashStateErrorSerial is the serial of a crash disk (SPEC crashstates=)
+// after the guest asked for a state flushvm could not build (an index past
+// the batch, a state its write log cannot back). Until the guest asks for
+// another state the disk then fails every read and write, so a checker
+// that does not wait for CrashStateSerial(I) checks nothing rather than the
+// wrong disk.
+const CrashStateErrorSerial = "crashstate-error"
+
 // IsAckLine reports whether a console line is an acknowledgement: a line
 // starting with "ACK " (the durability protocol of every crash-test
 // workload). flushvm run --write-log records each as a MARK entry whose

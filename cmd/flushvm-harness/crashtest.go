@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	crashtestlib "github.com/flushvm/flushvm/crashtest"
 	"github.com/flushvm/flushvm/host/harness"
 	"github.com/flushvm/flushvm/protocol"
 )
@@ -332,12 +333,15 @@ func judgeCampaign(w io.Writer, modes []campaignMode, statuses []int, rows []tab
 			fmt.Fprintf(w, "cache=%s: %d of %d cuts could not be checked (flushvm crashtest exit status %d)\n",
 				m.cache, r.errors, r.cuts, statuses[i])
 			status = max(status, protocol.CrashtestFailed)
-		case m.cache == "unsafe" && r.policy != "keep-all" && r.violations == 0:
-			fmt.Fprintf(w, "cache=unsafe: no cut lost an acknowledged record: the oracle never failed\n")
+		case mustFail(m.cache, r) && r.violations == 0:
+			fmt.Fprintf(w, "cache=%s, %s: no %s lost an acknowledged record: the oracle never failed\n", m.cache, r.workload, r.unit())
 			status = max(status, protocol.CrashtestViolations)
+		case mustFail(m.cache, r):
+			fmt.Fprintf(w, "cache=%s, %s: %d of %d %ss violated durability (%d acknowledged records lost), as they may: the oracle can fail\n",
+				m.cache, r.workload, r.violations, r.cuts, r.unit(), r.lostAcked)
 		case m.cache == "unsafe":
-			fmt.Fprintf(w, "cache=unsafe: %d of %d cuts violated durability (%d acknowledged records lost), as they may: the oracle can fail\n",
-				r.violations, r.cuts, r.lostAcked)
+			fmt.Fprintf(w, "cache=unsafe: %d of %d %ss violated durability (%d acknowledged records lost), as they may\n",
+				r.violations, r.cuts, r.unit(), r.lostAcked)
 		case r.violations > 0:
 			fmt.Fprintf(w, "cache=%s: FAIL: %d of %d cuts violated durability\n", m.cache, r.violations, r.cuts)
 			status = max(status, protocol.CrashtestViolations)
@@ -350,6 +354,21 @@ func judgeCampaign(w io.Writer, modes []campaignMode, statuses []int, rows []tab
 		fmt.Fprintln(w, "every safe cache mode kept every acknowledged record; every crashed file system was clean")
 	}
 	return status
+}
+
+// mustFail reports a campaign the oracle must fail: cache=unsafe (but for
+// the keep-all policy, which keeps what unsafe did not sync) or a
+// deliberately buggy workload.
+func mustFail(cache string, r tableRow) bool {
+	return cache == "unsafe" && r.policy != "keep-all" || crashtestlib.Workloads[r.workload].Buggy
+}
+
+// unit is what a row counts: cuts or states.
+func (t tableRow) unit() string {
+	if t.systematic {
+		return "state"
+	}
+	return "cut"
 }
 
 // tableRow is one cache mode of the table: the sum of its reports (shards
@@ -500,6 +519,11 @@ func printTable(w io.Writer, rows []tableRow) {
 			fmt.Fprintln(w, b.String()+"|")
 		}
 	}
+	printTableNotes(w, rows, sys, total)
+}
+
+// printTableNotes prints the lines under the table.
+func printTableNotes(w io.Writer, rows []tableRow, sys bool, total tableRow) {
 	if len(rows) > 0 {
 		var wl, pol []string
 		for _, r := range rows {

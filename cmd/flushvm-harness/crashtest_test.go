@@ -157,6 +157,10 @@ func TestJudgeCampaign(t *testing.T) {
 		{"keep-all loses nothing", []int{0, 0}, []tableRow{ok[0], {mode: "unsafe", cuts: 1, policy: "keep-all"}}, nil, 0, "as they may"},
 		{"no report", []int{3, 1}, ok[1:], errors.New("no report"), 3, "left no report"},
 		{"could not run", []int{0, 3}, []tableRow{ok[0], {mode: "unsafe"}}, nil, 3, "cache=unsafe: the campaign could not run"},
+		{"a buggy workload caught", []int{1, 1}, []tableRow{{mode: "writeback", cuts: 2, violations: 2, workload: "rename-no-dirsync", systematic: true}, ok[1]},
+			nil, 0, "2 of 2 states violated durability"},
+		{"a buggy workload not caught", []int{0, 1}, []tableRow{{mode: "writeback", cuts: 2, workload: "create-no-dirsync", systematic: true}, ok[1]},
+			nil, 1, "create-no-dirsync: no state lost an acknowledged record"},
 		{"unchecked cuts", []int{3, 1}, []tableRow{{mode: "writeback", cuts: 2, errors: 1}, ok[1]}, nil, 3, "1 of 2 cuts could not be checked"},
 	}
 	for _, tt := range tests {

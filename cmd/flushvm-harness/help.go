@@ -43,8 +43,9 @@ func passThroughHelp(name string, args []string) bool {
 	fmt.Printf("Usage: flushvm-harness %s ARGS...\n\n", name)
 	fmt.Printf("ARGS are `flushvm %s`'s, with host paths; see `flushvm %s --help` for them.\n", sub, sub)
 	if name == "campaign" {
-		fmt.Println("campaign adds --modes MODE:CUTS,... (default " + defaultModes + ")")
-		fmt.Println("and --out DIR (default build/crashtest), and sets --cache, --cuts and --report per mode.")
+		fmt.Println("campaign adds --modes MODE:N,... (default " + defaultModes + ")")
+		fmt.Println("and --out DIR (default build/crashtest), and sets --cache, --report and N per mode:")
+		fmt.Println("--max-states N (systematic; MODE:all checks every state) or --cuts N (--mode random).")
 	}
 	return true
 }

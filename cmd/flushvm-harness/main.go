@@ -16,7 +16,7 @@
 //	    flushvm crashtest with host paths, as one run (nested: in one L1
 //	    session, its images on a scratch disk); --kernel and --initrd
 //	    default to the test guest's.
-//	flushvm-harness campaign [--modes MODE:CUTS,...] [--out DIR] FLUSHVM-CRASHTEST-ARGS...
+//	flushvm-harness campaign [--modes MODE:N,...] [--out DIR] FLUSHVM-CRASHTEST-ARGS...
 //	    one crashtest per cache mode in one session (what `make crashtest`
 //	    does), reports in DIR/MODE.json, then the per-mode table.
 //	flushvm-harness crashtest-table REPORT...
@@ -69,8 +69,8 @@ Commands:
                    flushvm crashtest ARGS (host paths) directly or nested in one L1 session,
                    with a scratch ext4 disk for its images; --kernel/--initrd default to the
                    test guest's. e.g. flushvm-harness crashtest --disk-size 128M \
-                     --workload fsyncstress --cuts 5 --policy random-subset --seed 1 --report r.json
-  campaign [--modes MODE:CUTS,...] [--out DIR] ARGS...
+                     --workload fsyncstress --max-states 100 --seed 1 --report r.json
+  campaign [--modes MODE:N,...] [--out DIR] ARGS...
                    a crashtest per cache mode in one session (default modes
                    `+defaultModes+`,
                    out build/crashtest), then the per-mode table (make crashtest)
