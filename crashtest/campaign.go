@@ -160,6 +160,7 @@ func NewFlags() *Flags {
 	return f
 }
 
+// Usage writes `flushvm crashtest --help`.
 func (f *Flags) Usage(w io.Writer) {
 	fmt.Fprintln(w, "Usage: flushvm crashtest --kernel K --initrd I --disk-size SIZE --workload NAME --seed S")
 	fmt.Fprintln(w, "                         [--cache MODE] [--k K] [--max-states N] [--budget D] [--dir DIR]")

@@ -283,7 +283,7 @@ func TestCrashtestCampaign(t *testing.T) {
 			if tc.wantViol > 0 {
 				f := s.FirstFailure
 				if f == nil || f.LostAcked == 0 || !strings.Contains(f.Repro, "--seed "+strconv.FormatUint(f.Seed, 10)) ||
-					!strings.Contains(f.Repro, "--at "+f.At) || f.Image == "" {
+					!strings.Contains(f.Repro, "--at "+f.At) || !strings.Contains(f.Repro, "--mode random") || f.Image == "" {
 					t.Errorf("first failure %+v: want lost records, a repro naming its seed and cut point, a kept image", f)
 				} else if _, err := os.Stat(f.Image); err != nil {
 					t.Errorf("failing cut's image: %v", err)

@@ -169,23 +169,15 @@ func newReport(c *Campaign) *Report {
 // addState records a judged state of the systematic mode.
 func (r *Report) addState(st protocol.CrashtestState) {
 	r.States = append(r.States, st)
-	s := &r.Summary
+	s := totals{&r.Summary}
 	if st.Error != "" {
 		s.Errors++
 	}
 	if r.Coverage != nil && st.Error == "" {
 		r.Coverage.Checked++
 	}
-	s.Acked += st.Acked
-	s.LostAcked += st.LostAcked
-	if st.FsckStatus > 0 && st.FsckStatus < 8 {
-		s.FsckErrors++
-	}
-	if st.MountFailed {
-		s.MountFailures++
-	}
+	s.addCheck(st.CrashtestCheck)
 	if st.Violation {
-		s.Violations++
 		if s.FirstViolation == nil {
 			first := st
 			s.FirstViolation = &first
@@ -193,9 +185,28 @@ func (r *Report) addState(st protocol.CrashtestState) {
 	}
 }
 
+// totals is protocol.CrashtestTotals with the sums both modes share.
+type totals struct{ *protocol.CrashtestTotals }
+
+// addCheck adds one checked image's verdict to the totals.
+func (s totals) addCheck(c protocol.CrashtestCheck) {
+	s.Acked += c.Acked
+	s.LostAcked += c.LostAcked
+	if c.FsckStatus > 0 && c.FsckStatus < 8 {
+		s.FsckErrors++
+	}
+	if c.MountFailed {
+		s.MountFailures++
+	}
+	if c.Violation {
+		s.Violations++
+	}
+}
+
+// add records a cut of the random mode.
 func (r *Report) add(res protocol.CrashtestCut) {
 	r.Results = append(r.Results, res)
-	s := &r.Summary
+	s := totals{&r.Summary}
 	s.Cuts++
 	switch {
 	case res.Error != "":
@@ -205,17 +216,9 @@ func (r *Report) add(res protocol.CrashtestCut) {
 	default:
 		s.NoCut++
 	}
-	s.Acked += res.Acked
 	s.GuestCrashes += res.GuestCrashes
-	s.LostAcked += res.LostAcked
-	if res.FsckStatus > 0 && res.FsckStatus < 8 {
-		s.FsckErrors++
-	}
-	if res.MountFailed {
-		s.MountFailures++
-	}
+	s.addCheck(res.CrashtestCheck)
 	if res.Violation {
-		s.Violations++
 		if s.FirstFailure == nil {
 			first := res
 			s.FirstFailure = &first

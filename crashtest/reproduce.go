@@ -6,11 +6,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 
 	"github.com/flushvm/flushvm/blk"
-	"github.com/flushvm/flushvm/disk"
 	"github.com/flushvm/flushvm/internal/lines"
 	"github.com/flushvm/flushvm/protocol"
 )
@@ -18,32 +15,13 @@ import (
 // openModel indexes the write log at logPath over the base image; Close
 // the model's files with LogModel.Close.
 func openModel(logPath, base string) (*LogModel, error) {
-	lf, err := os.Open(logPath)
+	cl, err := blk.OpenCrashLog(logPath, base)
 	if err != nil {
-		return nil, fmt.Errorf("record log: %w", err)
+		return nil, fmt.Errorf("record: %w", err)
 	}
-	bf, err := os.Open(base)
-	if err != nil {
-		lf.Close()
-		return nil, fmt.Errorf("record base image: %w", err)
-	}
-	closeBoth := func() { lf.Close(); bf.Close() }
-	fi, err := bf.Stat()
-	if err != nil {
-		closeBoth()
-		return nil, fmt.Errorf("record base image: %w", err)
-	}
-	lr, err := blk.NewWriteLogReader(lf)
-	if err == nil {
-		var cl *blk.CrashLog
-		if cl, err = blk.NewCrashLog(lr, bf, fi.Size()); err == nil {
-			m := NewLogModel(cl)
-			m.closers = []io.Closer{lf, bf}
-			return m, nil
-		}
-	}
-	closeBoth()
-	return nil, fmt.Errorf("record log %s: %w", logPath, err)
+	m := NewLogModel(cl)
+	m.closers = []io.Closer{cl}
+	return m, nil
 }
 
 // Close closes the log model's files.
@@ -56,22 +34,7 @@ func (m *LogModel) Close() {
 // reproduceCommand is the command that rebuilds state id of this
 // campaign's recording and checks it again.
 func (c *Campaign) reproduceCommand(id string) string {
-	a := []string{"flushvm", "crashtest", "--kernel", c.kernel, "--initrd", c.initrd, "--disk-size", c.diskSizeArg,
-		"--workload", c.workload, "--seed", strconv.FormatUint(c.seed, 10), "--cache", string(c.cache)}
-	if c.records != 100 {
-		a = append(a, "--records", strconv.Itoa(c.records))
-	}
-	if c.mem != "512M" {
-		a = append(a, "--mem", c.mem)
-	}
-	if c.cpus != 2 {
-		a = append(a, "--cpus", strconv.Itoa(c.cpus))
-	}
-	a = append(a, "--reproduce", filepath.Join(c.workDir, recordLog), id)
-	for i, s := range a {
-		a[i] = disk.ShellQuote(s)
-	}
-	return strings.Join(a, " ")
+	return c.commandLine(c.seed, "--reproduce", filepath.Join(c.workDir, recordLog), id)
 }
 
 // Reproducing reports a --reproduce invocation (run Reproduce, not Run).

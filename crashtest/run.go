@@ -407,9 +407,15 @@ func (c *Campaign) cut(ctx context.Context, b Booter, dir, template string, k in
 
 // reproCommand is the command that runs cut seed again at the same point.
 func (c *Campaign) reproCommand(seed uint64, at protocol.Trigger) string {
+	return c.commandLine(seed, "--mode", "random", "--cuts", "1", "--policy", c.policy, "--at", at.String(),
+		"--dir", "crash-"+strconv.FormatUint(seed, 10))
+}
+
+// commandLine is the `flushvm crashtest` command of this campaign's
+// workload, machine and seed, with extra flags, quoted for a shell.
+func (c *Campaign) commandLine(seed uint64, extra ...string) string {
 	a := []string{"flushvm", "crashtest", "--kernel", c.kernel, "--initrd", c.initrd, "--disk-size", c.diskSizeArg,
-		"--workload", c.workload, "--cuts", "1", "--policy", c.policy, "--seed", strconv.FormatUint(seed, 10),
-		"--cache", string(c.cache), "--at", at.String()}
+		"--workload", c.workload, "--seed", strconv.FormatUint(seed, 10), "--cache", string(c.cache)}
 	if c.records != 100 {
 		a = append(a, "--records", strconv.Itoa(c.records))
 	}
@@ -419,7 +425,7 @@ func (c *Campaign) reproCommand(seed uint64, at protocol.Trigger) string {
 	if c.cpus != 2 {
 		a = append(a, "--cpus", strconv.Itoa(c.cpus))
 	}
-	a = append(a, "--dir", "crash-"+strconv.FormatUint(seed, 10))
+	a = append(a, extra...)
 	for i, s := range a {
 		a[i] = disk.ShellQuote(s)
 	}
