@@ -14,7 +14,8 @@ import (
 )
 
 // perStateTimeout is what a checker boot's time bound grows by per state
-// of its batch (a nested check takes 1-3 s).
+// of its batch (a nested check takes 1-3 s); a boot whose output streams
+// (LineBooter) also ends when no state ended for --boot-timeout.
 const perStateTimeout = 30 * time.Second
 
 // maxDeaths is how many checker boots may die on one state before it is
@@ -122,6 +123,16 @@ func (c *Campaign) checkBatch(ctx context.Context, b Booter, dir string, m *LogM
 	var out []byte
 	var err error
 	if lb, ok := b.(LineBooter); ok {
+		// A checker stuck on one state (a hung mount or fsck) ends the
+		// boot when no state has ended for --boot-timeout: the states
+		// judged so far keep their verdicts.
+		stall := time.AfterFunc(c.bootTimeout, cancel)
+		defer stall.Stop()
+		ended := p.ended
+		p.ended = func(i int, seg *segment) {
+			stall.Reset(c.bootTimeout)
+			ended(i, seg)
+		}
 		_, out, err = lb.BootLines(bctx, args, p.feed)
 	} else {
 		_, out, err = b.Boot(bctx, args)

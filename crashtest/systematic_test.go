@@ -366,3 +366,67 @@ func TestStateParser(t *testing.T) {
 		}
 	}
 }
+
+// stallGuest is a sysGuest whose checker boots hang (a hung mount or
+// fsck, printing nothing more) in the state of their batch that stallAt
+// names, one entry per boot, until the entries run out.
+type stallGuest struct {
+	*sysGuest
+	stallAt []int
+}
+
+func (g *stallGuest) BootLines(ctx context.Context, args []string, line func(string)) (int, []byte, error) {
+	st, out, err := g.Boot(ctx, args)
+	if !bytes.Contains(out, []byte(protocol.FormatStateBegin(0))) || len(g.stallAt) == 0 {
+		lineGuest{g.sysGuest}.BootLines(ctx, args, line)
+		return st, out, err
+	}
+	at := g.stallAt[0]
+	g.stallAt = g.stallAt[1:]
+	var shown bytes.Buffer
+	for _, l := range strings.Split(string(out), "\n") {
+		shown.WriteString(l + "\n")
+		line(l)
+		if l == protocol.FormatStateBegin(at) {
+			break
+		}
+	}
+	<-ctx.Done()
+	return 0, shown.Bytes(), ctx.Err()
+}
+
+func TestSystematicCheckerStall(t *testing.T) {
+	tests := []struct {
+		name    string
+		stallAt []int
+		want    string // index:deaths of the unchecked states
+		status  string
+	}{
+		// Two hangs on different states: each is checked again, every
+		// verdict stands.
+		{"two states hang once each", []int{1, 1}, "", protocol.CrashtestPassed},
+		// State 1 hangs two checkers (at 1 of the first batch, at 0 of
+		// the next): reported unchecked, the campaign incomplete.
+		{"one state hangs twice", []int{1, 0}, "1:2", protocol.CrashtestIncomplete},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := sysCampaign(t, t.TempDir(), "--boot-timeout", "200ms")
+			rep, err := c.Run(context.Background(), &stallGuest{&sysGuest{dieAt: -1}, tc.stallAt}, NewProgress(io.Discard, nil), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var dead []string
+			deaths := 0
+			for _, s := range rep.States {
+				deaths += s.CheckerDeaths
+				if s.Error != "" {
+					dead = append(dead, fmt.Sprintf("%d:%d", s.Index, s.CheckerDeaths))
+				}
+			}
+			if strings.Join(dead, ",") != tc.want || deaths != 2 || len(rep.States) != rep.Coverage.Distinct || rep.Status != tc.status {
+				t.Fatalf("unchecked %q, %d deaths, %d of %d states, status %s", dead, deaths, len(rep.States), rep.Coverage.Distinct, rep.Status)
+			}
+		})
+	}
+}
