@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/flushvm/flushvm/blk"
@@ -26,61 +28,143 @@ const maxDeaths = 2
 // maxFruitless bounds consecutive checker boots that check nothing.
 const maxFruitless = 3
 
-// checkAll checks todo in batches of --batch states per checker boot,
-// until every state is judged, the budget runs out or boots keep failing.
-// Each state is recorded (report, progress, explored-state file) as soon
-// as its verdict is known.
+// checker is the state of checkAll's workers.
+type checker struct {
+	c      *Campaign
+	b      Booter
+	prog   *Progress
+	rep    *Report
+	dir    string
+	m      *LogModel
+	mu     sync.Mutex
+	queue  [][]distinctState // batches waiting for a worker
+	deaths map[int]int       // checker deaths per state index
+	// fruitless counts consecutive boots that judged nothing.
+	fruitless int
+	err       error
+	stopped   bool
+}
+
+// checkAll checks todo in batches of --batch states per checker boot, on
+// --jobs checker boots at a time, until every state is judged, the budget
+// runs out or boots keep failing. Each state is recorded (report,
+// progress, explored-state file) as soon as its verdict is known.
 func (c *Campaign) checkAll(ctx context.Context, b Booter, prog *Progress, rep *Report, dir string, m *LogModel, todo []distinctState) error {
-	deaths := map[int]int{}
-	fruitless := 0
-	var werr error
-	record := func(s protocol.CrashtestState) {
-		s.CheckerDeaths = deaths[s.Index]
-		rep.addState(s)
-		prog.state(s, rep)
-		if err := appendExplored(filepath.Join(dir, exploredFile), []protocol.CrashtestState{s}); err != nil && werr == nil {
-			werr = err
-		}
-	}
+	k := &checker{c: c, b: b, prog: prog, rep: rep, dir: dir, m: m, deaths: map[int]int{}}
+	// Small campaigns still spread over every job.
+	size := min(c.batch, max(1, (len(todo)+c.jobs-1)/c.jobs))
 	for len(todo) > 0 {
-		if err := ctx.Err(); err != nil {
-			rep.Coverage.Skipped += len(todo)
-			return err
-		}
-		if c.budget > 0 && time.Since(rep.start) > c.budget {
-			prog.note("--budget %v spent: %d states left for the next run (same --dir)", c.budget, len(todo))
-			rep.Coverage.Skipped += len(todo)
-			return nil
-		}
-		batch := todo[:min(len(todo), c.batch)]
-		n, dying, out, err := c.checkBatch(ctx, b, dir, m, batch, record)
+		n := min(size, len(todo))
+		k.queue = append(k.queue, todo[:n])
 		todo = todo[n:]
-		if err == nil {
-			err = werr
-		}
-		if err != nil {
-			rep.Coverage.Skipped += len(todo)
-			return err
-		}
-		if dying >= 0 {
-			d := todo[0]
-			deaths[d.index]++
-			prog.note("a checker boot ended while checking state %s (death %d of %d allowed): %s",
-				d.State.ID, deaths[d.index], maxDeaths, lines.Last(out, 3))
-			if deaths[d.index] >= maxDeaths {
-				record(c.deadState(d, m, out))
-				todo, n = todo[1:], n+1
-			}
-		}
-		if n > 0 {
-			fruitless = 0
-		} else if fruitless++; fruitless >= maxFruitless {
-			rep.Coverage.Skipped += len(todo)
-			return fmt.Errorf("%w: %d checker boots in a row checked nothing; the last: %s", errBootFailed, fruitless, lines.Last(out, 5))
-		}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	for j := 0; j < c.jobs; j++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			k.work(ctx, cancel, j)
+		}()
+	}
+	wg.Wait()
+	for _, q := range k.queue {
+		rep.Coverage.Skipped += len(q)
+	}
+	if k.err == nil {
+		k.err = ctx.Err()
 	}
 	rep.Coverage.Exhausted = rep.Coverage.Skipped == 0
-	return nil
+	return k.err
+}
+
+// next takes the next batch, or nil when there is none or the campaign
+// stops (an error, the budget).
+func (k *checker) next(ctx context.Context) []distinctState {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	switch {
+	case k.stopped || len(k.queue) == 0 || ctx.Err() != nil:
+		return nil
+	case k.c.budget > 0 && time.Since(k.rep.start) > k.c.budget:
+		left := 0
+		for _, q := range k.queue {
+			left += len(q)
+		}
+		k.prog.note("--budget %v spent: %d states left for the next run (same --dir)", k.c.budget, left)
+		k.stopped = true
+		return nil
+	}
+	q := k.queue[0]
+	k.queue = k.queue[1:]
+	return q
+}
+
+// work runs checker boots until there is nothing left to take.
+func (k *checker) work(ctx context.Context, cancel func(), job int) {
+	for {
+		batch := k.next(ctx)
+		if batch == nil {
+			return
+		}
+		n, dying, out, err := k.c.checkBatch(ctx, k.b, k.dir, job, k.m, batch, k.record)
+		if err = k.settle(batch[n:], n, dying >= 0, out, err); err != nil {
+			cancel()
+			return
+		}
+	}
+}
+
+// record records a judged state.
+func (k *checker) record(s protocol.CrashtestState) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	s.CheckerDeaths = k.deaths[s.Index]
+	k.rep.addState(s)
+	k.prog.state(s, k.rep)
+	if err := appendExplored(filepath.Join(k.dir, exploredFile), []protocol.CrashtestState{s}); err != nil && k.err == nil {
+		k.err = err
+	}
+}
+
+// settle handles what a checker boot left: it judged n states; rest are
+// those it did not, the first of them the one it died on when dying. It
+// returns an error that ends the campaign.
+func (k *checker) settle(rest []distinctState, n int, dying bool, out []byte, err error) error {
+	k.mu.Lock()
+	if err != nil || k.err != nil {
+		if k.err == nil {
+			k.err = err
+		}
+		k.queue = append([][]distinctState{rest}, k.queue...)
+		k.mu.Unlock()
+		return k.err
+	}
+	var dead []protocol.CrashtestState
+	if dying {
+		d := rest[0]
+		k.deaths[d.index]++
+		k.prog.note("a checker boot ended while checking state %s (death %d of %d allowed): %s",
+			d.State.ID, k.deaths[d.index], maxDeaths, lines.Last(out, 3))
+		if k.deaths[d.index] >= maxDeaths {
+			dead, rest = append(dead, k.c.deadState(d, k.m, out)), rest[1:]
+		}
+	}
+	if len(rest) > 0 {
+		k.queue = append([][]distinctState{rest}, k.queue...)
+	}
+	if n > 0 || len(dead) > 0 {
+		k.fruitless = 0
+	} else if k.fruitless++; k.fruitless >= maxFruitless {
+		k.err = fmt.Errorf("%w: %d checker boots in a row checked nothing; the last: %s", errBootFailed, k.fruitless, lines.Last(out, 5))
+	}
+	err = k.err
+	k.mu.Unlock()
+	for _, s := range dead {
+		k.record(s)
+	}
+	return err
 }
 
 // LineBooter is a Booter that can also hand over the boot's output line by
@@ -94,9 +178,10 @@ type LineBooter interface {
 // judged as soon as its end line comes (in batch order). It returns how
 // many states were judged, the index in batch of the state whose check
 // the boot did not finish (-1: none), and the console output.
-func (c *Campaign) checkBatch(ctx context.Context, b Booter, dir string, m *LogModel, batch []distinctState,
+func (c *Campaign) checkBatch(ctx context.Context, b Booter, dir string, job int, m *LogModel, batch []distinctState,
 	judged func(protocol.CrashtestState)) (int, int, []byte, error) {
-	setPath, manPath := filepath.Join(dir, "batch.json"), filepath.Join(dir, "manifest.txt")
+	name := "check-" + strconv.Itoa(job)
+	setPath, manPath := filepath.Join(dir, name+".states.json"), filepath.Join(dir, name+".manifest")
 	defer os.Remove(setPath)
 	defer os.Remove(manPath)
 	set := &blk.CrashStateSet{Log: filepath.Join(dir, recordLog)}
@@ -141,7 +226,7 @@ func (c *Campaign) checkBatch(ctx context.Context, b Booter, dir string, m *LogM
 		}
 	}
 	cancel()
-	_ = os.WriteFile(filepath.Join(dir, "check.log"), out, 0o644)
+	_ = os.WriteFile(filepath.Join(dir, name+".log"), out, 0o644)
 	if err != nil && ctx.Err() != nil {
 		return p.next, -1, out, err
 	}

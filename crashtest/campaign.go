@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -108,6 +109,7 @@ type Flags struct {
 	maxStates   int
 	budget      time.Duration
 	batch       int
+	jobs        int
 	reproduce   string
 	torn        string
 }
@@ -135,6 +137,8 @@ func NewFlags() *Flags {
 		"  for a run with the same --dir\n  e.g. --max-states 200")
 	fs.DurationVar(&f.budget, "budget", 0, "systematic: start no checker boot after this long (0: no limit); the rest\n"+
 		"  are left for a run with the same --dir\n  e.g. --budget 30m")
+	fs.IntVar(&f.jobs, "jobs", 0, "systematic: checker boots at a time (default: the host's CPUs over --cpus, at\n"+
+		"  least 1, at most 4)\n  e.g. --jobs 1")
 	fs.StringVar(&f.torn, "torn", "4k", "systematic: torn-write states: 4k (a write of several 4 KiB blocks keeps some;\n"+
 		"  the device's physical block is 4 KiB), 512 (also tears inside a block, at\n"+
 		"  sectors) or off\n  e.g. --torn 512")
@@ -228,6 +232,7 @@ type Campaign struct {
 	maxStates int
 	budget    time.Duration
 	batch     int
+	jobs      int
 	// tornUnits are --torn's units.
 	tornUnits  []int64
 	cuts       int
@@ -252,10 +257,14 @@ type Campaign struct {
 	reproduceLog, reproduceState string
 }
 
+// defaultJobs is --jobs' default: a checker boot per cpus-vCPU share of
+// the host's CPUs, at least 1, at most 4.
+func defaultJobs(cpus int) int { return max(1, min(runtime.NumCPU()/max(cpus, 1), 4)) }
+
 // modeFlags checks the flags that belong to one mode.
 func (f *Flags) modeFlags(c *Campaign) error {
 	random := map[string]bool{"cuts": true, "policy": true, "at": true}
-	systematic := map[string]bool{"k": true, "max-states": true, "budget": true, "batch": true, "reproduce": true, "torn": true}
+	systematic := map[string]bool{"k": true, "max-states": true, "budget": true, "batch": true, "reproduce": true, "torn": true, "jobs": true}
 	var err error
 	f.FS.Visit(func(fl *pflag.Flag) {
 		switch {
@@ -301,6 +310,11 @@ func (f *Flags) systematicFlags(c *Campaign) error {
 		return usageErrorf("--budget %v: want 0 (no limit) or more", f.budget)
 	case f.batch < 1 || f.batch > 1000:
 		return usageErrorf("--batch %d: want 1..1000", f.batch)
+	case f.FS.Changed("jobs") && (f.jobs < 1 || f.jobs > 64):
+		return usageErrorf("--jobs %d: want 1..64", f.jobs)
+	}
+	if !f.FS.Changed("jobs") {
+		c.jobs = defaultJobs(f.cpus)
 	}
 	switch f.torn {
 	case "4k":
@@ -340,7 +354,7 @@ func (f *Flags) Campaign() (*Campaign, error) {
 	}
 	c := &Campaign{workload: f.workload, cuts: f.cuts, policy: f.policy, seed: f.seed, dir: f.dir,
 		diskSizeArg: f.diskSize, mem: f.mem, cpus: f.cpus, records: f.records, bootTimeout: f.bootTimeout,
-		mode: f.mode, k: f.k, maxStates: f.maxStates, budget: f.budget, batch: f.batch}
+		mode: f.mode, k: f.k, maxStates: f.maxStates, budget: f.budget, batch: f.batch, jobs: f.jobs}
 	if err := f.modeFlags(c); err != nil {
 		return nil, err
 	}

@@ -79,7 +79,7 @@ func (c *Campaign) Reproduce(ctx context.Context, b Booter, prog *Progress, log 
 	prog.note("state %s: image hash %s, written to %s", cand.State.ID, hash, out)
 	st := distinctState{Candidate: cand, hash: hash}
 	var got []protocol.CrashtestState
-	n, dying, bout, err := c.checkBatch(ctx, b, dir, m, []distinctState{st}, func(s protocol.CrashtestState) { got = append(got, s) })
+	n, dying, bout, err := c.checkBatch(ctx, b, dir, 0, m, []distinctState{st}, func(s protocol.CrashtestState) { got = append(got, s) })
 	if err != nil {
 		return nil, err
 	}

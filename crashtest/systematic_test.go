@@ -204,7 +204,7 @@ func sysCampaign(t *testing.T, dir string, extra ...string) *Campaign {
 	os.WriteFile(k, []byte("k"), 0o644)
 	f := NewFlags()
 	args := append([]string{"--kernel", k, "--initrd", k, "--disk-size", "16M", "--workload", "fsyncstress",
-		"--records", "3", "--seed", "1", "--dir", filepath.Join(dir, "work"), "--batch", "4"}, extra...)
+		"--records", "3", "--seed", "1", "--dir", filepath.Join(dir, "work"), "--batch", "4", "--jobs", "1"}, extra...)
 	if err := f.FS.Parse(args); err != nil {
 		t.Fatal(err)
 	}
@@ -226,10 +226,21 @@ func TestSystematicCampaign(t *testing.T) {
 		{"a checker crash is retried", "fsyncstress", 2, false},
 		{"ACK before fdatasync is caught", "fsyncstress-ack-early", -1, true},
 	}
+	for _, jobs := range []string{"1", "3"} {
+		t.Run("jobs "+jobs, func(t *testing.T) { systematicCases(t, tests, jobs) })
+	}
+}
+
+func systematicCases(t *testing.T, tests []struct {
+	name       string
+	workload   string
+	dieAt      int
+	violations bool
+}, jobs string) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			c := sysCampaign(t, dir, "--workload", tc.workload)
+			c := sysCampaign(t, dir, "--workload", tc.workload, "--jobs", jobs)
 			g := &sysGuest{dieAt: tc.dieAt}
 			var log bytes.Buffer
 			rep, err := c.Run(context.Background(), g, NewProgress(&log, nil), nil)
