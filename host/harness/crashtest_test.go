@@ -190,3 +190,20 @@ func TestConsoleRewrite(t *testing.T) {
 		t.Errorf("tail %q: the markers see the raw lines", c.tail())
 	}
 }
+
+func TestNestedCrashtestArgs(t *testing.T) {
+	tests := []struct {
+		run  Run
+		want string
+	}{
+		{Run{Subcommand: SubCrashtest, Args: []string{"--seed", "1"}}, "--jobs=1"},
+		{Run{Subcommand: SubCrashtest, Args: []string{"--jobs", "2"}}, ""},
+		{Run{Subcommand: SubCrashtest, Args: []string{"--mode=random"}}, ""},
+		{Run{Args: []string{"--kernel", "k"}}, ""},
+	}
+	for _, tc := range tests {
+		if got := strings.Join(nestedCrashtestArgs(tc.run), " "); got != tc.want {
+			t.Errorf("nestedCrashtestArgs(%q) = %q, want %q", tc.run.Args, got, tc.want)
+		}
+	}
+}

@@ -394,7 +394,7 @@ func writeJob(ctx context.Context, opts Options, dir string, runs []Run) (*mappe
 			if err != nil {
 				return nil, "", err
 			}
-			argv = append([]string{protocol.L1JobMount + "/flushvm", r.sub()}, args...)
+			argv = append(append([]string{protocol.L1JobMount + "/flushvm", r.sub()}, nestedCrashtestArgs(r)...), args...)
 		}
 		if scratchSize > 0 && r.Command == nil && r.sub() == SubCrashtest {
 			// A campaign without --dir keeps its images in a temporary
@@ -424,6 +424,21 @@ func writeJob(ctx context.Context, opts Options, dir string, runs []Run) (*mappe
 		fmt.Fprintf(opts.Log, "flushvm-harness: scratch disk %s (%d MiB sparse, ext4) on %s in L1\n", scratch, scratchSize>>20, ScratchMount)
 	}
 	return m, scratch, protocol.WriteL1Job(dir, j)
+}
+
+// nestedCrashtestArgs are the flags a nested systematic crashtest run gets
+// unless it sets them: --jobs 1. With two L2 guests at once (two checker
+// boots), the TCG L1 livelocked (QEMU at 190% CPU, no output for minutes)
+// or died in 2 of 2 campaigns here (issue 8); one at a time it does not.
+func nestedCrashtestArgs(r Run) []string {
+	if r.sub() != SubCrashtest {
+		return nil
+	}
+	mode, _ := FlagValue(r.Args, "mode")
+	if _, ok := FlagValue(r.Args, "jobs"); ok || mode == protocol.CrashtestRandom {
+		return nil
+	}
+	return []string{"--jobs=1"}
 }
 
 // l1Command is L1's QEMU command line: the job directory over 9p, the
