@@ -33,7 +33,10 @@ CRASHTEST_CPUS        ?= 1
 # A nested boot takes 15-30 s here; a guest that hangs past this is retried.
 CRASHTEST_BOOT_TIMEOUT ?= 2m
 CRASHTEST_MODES       ?= writeback:all,writethrough:all,none:all,directsync:all,unsafe:100
-CRASHTEST_BUGS        ?= fsyncstress-ack-early rename-no-dirsync create-no-dirsync
+# create-no-dirsync is left out: ext4 commits a new file's directory entry
+# with the file's own fsync (the same journal transaction), so on ext4 that
+# bug loses nothing (issue 10's note); run it with CRASHTEST_BUGS to see.
+CRASHTEST_BUGS        ?= fsyncstress-ack-early rename-no-dirsync
 CRASHTEST_BUG_STATES  ?= 200
 CRASHTEST_OUT         ?= build/crashtest
 CRASHTEST_ARGS        ?=

@@ -21,10 +21,10 @@ import (
 // disk), then reproduces a violation in a second session:
 //
 //   - systematic, fsyncstress, cache=writeback: one record boot, a few
-//     dozen crash states checked in one checker boot; every state keeps
+//     twenty crash states checked in one checker boot; every state keeps
 //     every acknowledged record and passes fsck (exit status 0);
 //   - systematic, fsyncstress-ack-early (a workload that acknowledges
-//     before its fdatasync): caught (exit status 1) within its first 20
+//     before its fdatasync): caught (exit status 1) within its first 8
 //     states, with the first violating state's image hash and reproduce
 //     command; its --dir (the record log, the base image) comes back to the
 //     host;
@@ -52,9 +52,9 @@ func TestDebianLinuxCrashtestCampaignsNested(t *testing.T) {
 	with := func(extra ...string) []string { return append(append([]string{}, common...), extra...) }
 	runs := []harness.Run{
 		{Subcommand: harness.SubCrashtest, Args: with("--workload", "fsyncstress", "--cache", "writeback",
-			"--seed", "11", "--max-states", "30", "--report", wbReport)},
+			"--seed", "11", "--max-states", "20", "--report", wbReport)},
 		{Subcommand: harness.SubCrashtest, Args: with("--workload", "fsyncstress-ack-early", "--cache", "writeback",
-			"--seed", "5", "--max-states", "20", "--dir", bugDir, "--report", bugReport)},
+			"--seed", "5", "--max-states", "8", "--dir", bugDir, "--report", bugReport)},
 		// cache=unsafe acknowledges FLUSHes it never performs, so with
 		// lose-all every record acknowledged before the cut is lost. A
 		// seeded cut could fall before the first acknowledgement; --at
@@ -68,9 +68,9 @@ func TestDebianLinuxCrashtestCampaignsNested(t *testing.T) {
 		r := s.Results[0]
 		rep := readCrashReport(t, wbReport, r)
 		sum, cov := rep.Summary, rep.Coverage
-		if r.Status != 0 || cov == nil || cov.Checked != 30 || sum.Errors != 0 || sum.Violations != 0 || sum.LostAcked != 0 ||
+		if r.Status != 0 || cov == nil || cov.Checked != 20 || sum.Errors != 0 || sum.Violations != 0 || sum.LostAcked != 0 ||
 			sum.FsckErrors != 0 || sum.MountFailures != 0 {
-			t.Fatalf("exit status %d, summary %+v, coverage %+v: want status 0, 30 states checked, no violation; output:\n%s", r.Status, sum, cov, r.Output)
+			t.Fatalf("exit status %d, summary %+v, coverage %+v: want status 0, 20 states checked, no violation; output:\n%s", r.Status, sum, cov, r.Output)
 		}
 		if sum.Acked == 0 {
 			t.Errorf("no state expected an acknowledged record: nothing was tested")
@@ -82,8 +82,8 @@ func TestDebianLinuxCrashtestCampaignsNested(t *testing.T) {
 		r := s.Results[1]
 		rep := readCrashReport(t, bugReport, r)
 		first = rep.Summary.FirstViolation
-		if r.Status != 1 || first == nil || first.Index >= 20 || first.LostAcked == 0 || first.Hash == "" {
-			t.Fatalf("exit status %d, first violation %+v: want status 1 and a lost record within 20 states; output:\n%s", r.Status, first, r.Output)
+		if r.Status != 1 || first == nil || first.Index >= 8 || first.LostAcked == 0 || first.Hash == "" {
+			t.Fatalf("exit status %d, first violation %+v: want status 1 and a lost record within 8 states; output:\n%s", r.Status, first, r.Output)
 		}
 		if !strings.Contains(first.Repro, "--reproduce "+filepath.Join(bugDir, "record.wlog")+" "+first.ID) {
 			t.Errorf("reproduce command %q does not name the host --dir's log and the state", first.Repro)
