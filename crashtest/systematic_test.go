@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/flushvm/flushvm/blk"
+	"github.com/flushvm/flushvm/internal/jsonschema"
 	"github.com/flushvm/flushvm/protocol"
 )
 
@@ -439,5 +440,30 @@ func TestSystematicCheckerStall(t *testing.T) {
 				t.Fatalf("unchecked %q, %d deaths, %d of %d states, status %s", dead, deaths, len(rep.States), rep.Coverage.Distinct, rep.Status)
 			}
 		})
+	}
+}
+
+func TestSystematicReportSchema(t *testing.T) {
+	b, err := os.ReadFile("../protocol/schema/crashtest-report.schema.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	schema, err := jsonschema.Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []string{"fsyncstress", "fsyncstress-ack-early"} {
+		rep, err := sysCampaign(t, t.TempDir(), "--workload", w).Run(context.Background(), &sysGuest{dieAt: -1}, NewProgress(io.Discard, nil), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(t.TempDir(), "r.json")
+		if err := rep.Write(path); err != nil {
+			t.Fatal(err)
+		}
+		doc, _ := os.ReadFile(path)
+		if errs := schema.Validate(doc); len(errs) > 0 {
+			t.Errorf("%s: report does not match its schema:\n%s", w, strings.Join(errs, "\n"))
+		}
 	}
 }
