@@ -206,3 +206,11 @@ func TestExploreKeepsTheStrongestExpectation(t *testing.T) {
 		t.Fatalf("distinct states %+v: want w1.s0 (1 ack) in w0.s1's place, then w0.s0", states)
 	}
 }
+
+func TestFormatSpace(t *testing.T) {
+	for in, want := range map[float64]string{0: "0", 1113: "1113", 999999999: "999999999", 1e9: "1e+09", 1.8328898507823975e252: "1.83e+252"} {
+		if got := formatSpace(in); got != want {
+			t.Errorf("formatSpace(%g) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -339,8 +339,8 @@ func (r *Report) printSystematic(w io.Writer) {
 			rec.Writes, rec.Flushes, rec.Acks, rec.Log, rec.Windows, rec.MaxWindow)
 	}
 	if c := r.Coverage; c != nil {
-		fmt.Fprintf(w, "  coverage:    %.0f states in the space (k=%d), %d generated, %d distinct, %d duplicates; %d other shards', %d checked before, %d checked now, %d left\n",
-			c.Space, c.K, c.Generated, c.Distinct, c.Deduplicated, c.OtherShards, c.Explored, c.Checked, c.Skipped)
+		fmt.Fprintf(w, "  coverage:    %s states in the space (k=%d), %d generated, %d distinct, %d duplicates; %d other shards', %d checked before, %d checked now, %d left\n",
+			formatSpace(c.Space), c.K, c.Generated, c.Distinct, c.Deduplicated, c.OtherShards, c.Explored, c.Checked, c.Skipped)
 		if c.Exhausted {
 			fmt.Fprintln(w, "  space:       exhausted: every distinct state of this shard has been checked")
 		}
@@ -456,6 +456,15 @@ func (p *Progress) done() {
 	if p.tty && p.n > 0 {
 		fmt.Fprintln(p.w)
 	}
+}
+
+// formatSpace prints the size of a state space: whole below a billion,
+// else like 1.2e+252 (a window of n writes has 2^n subsets).
+func formatSpace(n float64) string {
+	if n < 1e9 {
+		return strconv.FormatFloat(n, 'f', 0, 64)
+	}
+	return strconv.FormatFloat(n, 'g', 3, 64)
 }
 
 // formatSize prints a byte count with a binary suffix.

@@ -69,8 +69,8 @@ func (c *Campaign) runSystematic(ctx context.Context, b Booter, prog *Progress, 
 		return err
 	}
 	todo := c.select_(states, done, cov)
-	prog.note("explore: %.0f states in the space, %d generated, %d distinct (%d duplicates); this shard: %d to check, %d checked before",
-		cov.Space, cov.Generated, cov.Distinct, cov.Deduplicated, len(todo), cov.Explored)
+	prog.note("explore: %s states in the space, %d generated, %d distinct (%d duplicates); this shard: %d to check, %d checked before",
+		formatSpace(cov.Space), cov.Generated, cov.Distinct, cov.Deduplicated, len(todo), cov.Explored)
 	rep.Summary.Planned = len(todo)
 	prog.total = len(todo)
 	return c.checkAll(ctx, b, prog, rep, dir, model, todo)
