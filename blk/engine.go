@@ -237,6 +237,9 @@ func (q *queueRunner) drain() bool {
 	for {
 		n, ok := q.popAll()
 		if !ok {
+			// popAll completes bad chains itself: publish them now, or
+			// no worker ever will and Reset waits for them forever.
+			q.publish()
 			return false
 		}
 		if q.broken {
