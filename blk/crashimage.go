@@ -223,9 +223,6 @@ func hasExtent(e WriteLogEntry) bool {
 // marks. The caller must not change it.
 func (cl *CrashLog) Entries() []WriteLogEntry { return cl.entries }
 
-// Size returns the size of the images in bytes.
-func (cl *CrashLog) Size() int64 { return cl.size }
-
 // Check reports why st cannot be built from the log (ErrBadCrashState), or
 // nil: its prefix is at most the number of entries, and each piece names a
 // write or discard entry and a 512-aligned range inside it.

@@ -95,9 +95,6 @@ func (r backendReader) ReadAt(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
-// States returns the number of states the disk can show.
-func (b *CrashStateBackend) States() int { return len(b.states) }
-
 // Select makes the disk show state i, dropping the private writes, and
 // sets its serial to protocol.CrashStateSerial(i). When state i cannot be
 // built (i out of range, a log read failing), the serial becomes

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/flushvm/flushvm/blk"
+	"github.com/flushvm/flushvm/internal/atomicfile"
 	"github.com/flushvm/flushvm/internal/lines"
 	"github.com/flushvm/flushvm/internal/sparse"
 	"github.com/flushvm/flushvm/protocol"
@@ -111,8 +112,9 @@ func (c *Campaign) recording(ctx context.Context, b Booter, prog *Progress, dir 
 	fillRecord(&info.Record, model, logPath, template)
 	if !info.Record.Reused {
 		info.Fingerprint = c.fingerprint()
-		b, _ := json.MarshalIndent(info, "", "  ")
-		if err := os.WriteFile(filepath.Join(dir, recordMeta), b, 0o644); err != nil {
+		// Atomic: a campaign killed here must not leave a half record.json
+		// that the next run refuses as another campaign's.
+		if err := atomicfile.WriteJSON(filepath.Join(dir, recordMeta), info); err != nil {
 			return nil, nil, fmt.Errorf("record: %w", err)
 		}
 	}
