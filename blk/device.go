@@ -63,6 +63,10 @@ type Options struct {
 	// Device owns it from then on and closes it in Close, also when Open
 	// fails. Spec.Path is then only reported in Stats.
 	Backend Backend
+	// Stopped, when set, is told of every request an error policy of
+	// stop held (werror=/rerror=stop, werror=enospc), on the goroutine
+	// that held it: the VMM pauses the VM. It must not call the device.
+	Stopped func(ErrorStopEvent)
 }
 
 // counters are the device's statistics, updated atomically.
@@ -71,6 +75,7 @@ type counters struct {
 	bytesRead, bytesWritten                                            atomic.Uint64
 	errors, invalid, wceChanges                                        atomic.Uint64
 	hostSyncs, flushesElided, flushesMerged                            atomic.Uint64
+	held, errorStops, errorsIgnored                                    atomic.Uint64
 }
 
 // Device is a virtio-blk device: it implements virtio.Device, so any
@@ -95,6 +100,8 @@ type Device struct {
 
 	syncer *syncer
 	c      counters
+	// stopped is Options.Stopped.
+	stopped func(ErrorStopEvent)
 
 	// wce is the write cache state the guest sees (config writeback).
 	wce atomic.Bool
@@ -154,10 +161,12 @@ func Open(spec Spec, opts Options) (*Device, error) {
 		if err != nil {
 			return nil, err
 		}
-		if a := fb.DirectAlignment(); a > SectorSize && a <= 1<<16 && a&(a-1) == 0 {
+		b = fb
+	}
+	if da, ok := b.(directAligner); ok {
+		if a := da.DirectAlignment(); a > SectorSize && a <= 1<<16 && a&(a-1) == 0 {
 			physExp = uint8(bits.TrailingZeros64(uint64(a / SectorSize)))
 		}
-		b = fb
 	}
 	d := &Device{
 		spec:         spec,
@@ -169,6 +178,7 @@ func Open(spec Spec, opts Options) (*Device, error) {
 		workers:      opts.Workers,
 		pollInterval: opts.PollInterval,
 		physExp:      physExp,
+		stopped:      opts.Stopped,
 	}
 	d.lim = limits{capacity: d.capacity, readOnly: spec.ReadOnly}
 	copy(d.serial[:], spec.Serial)
@@ -185,6 +195,13 @@ func Open(spec Spec, opts Options) (*Device, error) {
 	}
 	d.wce.Store(pol.InitialWCE())
 	return d, nil
+}
+
+// directAligner is a Backend that knows the O_DIRECT alignment of the file
+// under it (FileBackend, and FaultBackend straight over one): the device
+// shows it to the guest as the physical block size.
+type directAligner interface {
+	DirectAlignment() int64
 }
 
 // serialer is a Backend that decides the device's serial (GET_ID) itself
@@ -356,6 +373,9 @@ func (d *Device) Stats() Stats {
 		HostSyncs:       c.hostSyncs.Load(),
 		FlushesElided:   c.flushesElided.Load(),
 		FlushesMerged:   c.flushesMerged.Load(),
+		Held:            c.held.Load(),
+		ErrorStops:      c.errorStops.Load(),
+		ErrorsIgnored:   c.errorsIgnored.Load(),
 	}
 }
 

@@ -102,6 +102,9 @@ type activeState struct {
 	loops      sync.WaitGroup
 	workers    sync.WaitGroup
 	inflight   sync.WaitGroup
+	// held are the requests an error policy of stop holds (errpolicy.go).
+	heldMu sync.Mutex
+	held   []*slot
 	// faulted is set once guest memory faulted under a guard: its backing
 	// is gone, so nothing is read from or written to it any more, and
 	// requests still in flight are accounted without being executed or
@@ -151,6 +154,7 @@ func (d *Device) start(a virtio.Activation, loops bool) (*activeState, error) {
 	st.work = make(chan *slot, total)
 	st.flushes = make(chan *slot, total)
 	st.flushBatch = make([]*slot, 0, total)
+	st.held = make([]*slot, 0, total)
 	st.flusherWG.Add(1)
 	go st.flusher()
 	for range d.workers {
@@ -183,6 +187,7 @@ func (st *activeState) requestStop() {
 func (st *activeState) stopAll() {
 	st.requestStop()
 	st.loops.Wait()
+	st.failHeld()
 	st.inflight.Wait()
 	close(st.work)
 	close(st.flushes)
@@ -457,8 +462,12 @@ func (st *activeState) guard(fn func() error) (faulted bool) {
 func (st *activeState) worker() {
 	defer st.workers.Done()
 	for s := range st.work {
+		held := false
 		if !st.faulted.Load() {
-			st.guard(func() error { st.d.execute(s); return nil })
+			st.guard(func() error { held = st.d.execute(s); return nil })
+		}
+		if held {
+			continue
 		}
 		s.q.addDone(s)
 		s.q.publish()
@@ -495,8 +504,13 @@ func (st *activeState) flusher() {
 			target = max(target, s.mark)
 		}
 		out, err := d.syncer.syncTo(target)
+		held := false
 		if !st.faulted.Load() {
-			st.guard(func() error { d.completeFlushes(batch, out, err); return nil })
+			st.guard(func() error { held = d.completeFlushes(batch, out, err); return nil })
+		}
+		if held {
+			clear(batch)
+			continue
 		}
 		for _, s := range batch {
 			s.q.addDone(s)
@@ -509,12 +523,14 @@ func (st *activeState) flusher() {
 }
 
 // completeFlushes writes the status of a batch of FLUSHes whose host sync
-// ended with out and err, and counts them.
-func (d *Device) completeFlushes(batch []*slot, out syncOutcome, err error) {
+// ended with out and err, and counts them; it reports whether the error
+// policy held them all instead (werror=stop).
+func (d *Device) completeFlushes(batch []*slot, out syncOutcome, err error) (held bool) {
 	for i, s := range batch {
 		if err != nil {
-			d.c.errors.Add(1)
-			d.complete(s, StatusIOErr, 1)
+			if d.hostError(s, err) {
+				held = true
+			}
 			continue
 		}
 		switch {
@@ -526,6 +542,7 @@ func (d *Device) completeFlushes(batch []*slot, out syncOutcome, err error) {
 		d.c.flushes.Add(1)
 		d.complete(s, StatusOK, 1)
 	}
+	return held
 }
 
 // badChain completes a chain Pop could not walk: with IOERR when a status
@@ -611,8 +628,9 @@ func (d *Device) complete(s *slot, status uint8, written uint32) {
 	s.written = written
 }
 
-// execute runs a parsed request on the backend (on a worker).
-func (d *Device) execute(s *slot) {
+// execute runs a parsed request on the backend (on a worker); it reports
+// whether the error policy held the request (then not completed).
+func (d *Device) execute(s *slot) (held bool) {
 	r := s.req
 	off := int64(r.sector * SectorSize)
 	var err error
@@ -622,7 +640,7 @@ func (d *Device) execute(s *slot) {
 			d.c.reads.Add(1)
 			d.c.bytesRead.Add(uint64(r.data.Len()))
 			d.complete(s, StatusOK, uint32(r.data.Len())+1)
-			return
+			return false
 		}
 	case TypeOut:
 		if err = d.backend.WriteAt(r.data, off); err == nil {
@@ -631,7 +649,7 @@ func (d *Device) execute(s *slot) {
 				d.c.writes.Add(1)
 				d.c.bytesWritten.Add(uint64(r.data.Len()))
 				d.complete(s, StatusOK, 1)
-				return
+				return false
 			}
 		}
 	case TypeDiscard, TypeWriteZeroes:
@@ -663,12 +681,12 @@ func (d *Device) execute(s *slot) {
 				d.c.writeZeroes.Add(1)
 			}
 			d.complete(s, StatusOK, 1)
-			return
+			return false
 		}
 	}
-	// Host I/O error: the guest sees IOERR, the device goes on.
-	d.c.errors.Add(1)
-	d.complete(s, StatusIOErr, 1)
+	// Host I/O error: the error policy decides (by default the guest sees
+	// IOERR and the device goes on).
+	return d.hostError(s, err)
 }
 
 // durable makes the writes completed so far durable when the current cache

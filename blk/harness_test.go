@@ -21,6 +21,8 @@ type harness struct {
 	irq  *virtio.MockNotifier
 	path string
 	mem  *memBackend // when the device runs on one
+	// faults is the fault layer, when harnessConfig.faults asked for one.
+	faults *FaultBackend
 }
 
 type harnessConfig struct {
@@ -37,6 +39,11 @@ type harnessConfig struct {
 	qsize    uint16
 	// ignoreDiscard is the SPEC's discard=ignore.
 	ignoreDiscard bool
+	// faults, when not nil, puts a FaultBackend with these rules over the
+	// backend (a memBackend: set backend too).
+	faults []FaultRule
+	// werror and rerror are the SPEC's error policies ("": report).
+	werror, rerror ErrorPolicy
 }
 
 func tempDisk(t testing.TB, size int64) string {
@@ -69,7 +76,15 @@ func newHarness(t testing.TB, hc harnessConfig) *harness {
 	} else {
 		h.path = tempDisk(t, hc.diskSize)
 	}
-	dev, err := Open(Spec{Path: h.path, Cache: hc.cache, ReadOnly: hc.readOnly, Serial: hc.serial, IgnoreDiscard: hc.ignoreDiscard}, opts)
+	if hc.faults != nil {
+		fb, err := NewFaultBackend(opts.Backend, hc.faults, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts.Backend, h.faults = fb, fb
+	}
+	dev, err := Open(Spec{Path: h.path, Cache: hc.cache, ReadOnly: hc.readOnly, Serial: hc.serial, IgnoreDiscard: hc.ignoreDiscard,
+		WError: hc.werror, RError: hc.rerror}, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -35,7 +35,8 @@ var ErrBadSpec = protocol.ErrBadSpec
 // Spec is a parsed --disk SPEC:
 //
 //	path=FILE[,cache=MODE][,readonly=on|off][,serial=STRING][,powercut=POLICY][,locking=on|off]
-//	    [,discard=unmap|ignore][,crashstates=FILE]
+//	    [,discard=unmap|ignore][,crashstates=FILE][,faults=FILE]
+//	    [,werror=report|ignore|enospc|stop][,rerror=report|ignore|stop]
 //
 // Unknown keys are errors, never ignored, so a typo cannot silently change
 // a disk's semantics.
@@ -55,6 +56,11 @@ var ErrBadSpec = protocol.ErrBadSpec
 // asks for them; the guest's writes stay in memory. The backend sets the
 // serial, and a crash state disk has no power to cut and is writable, so
 // crashstates= is invalid with serial=, powercut= and readonly=on.
+//
+// faults=FILE loads fault rules (faults.go) into the disk's fault layer
+// (FaultBackend); werror= and rerror= are the error policies
+// (ErrorPolicy) for failed writes and flushes, and reads. Neither goes
+// with crashstates=.
 type Spec struct {
 	// Path is the host file or block device backing the disk.
 	Path string
@@ -77,6 +83,12 @@ type Spec struct {
 	// CrashStates is crashstates=FILE: the crash state set the disk
 	// shows ("": an ordinary disk).
 	CrashStates string
+	// Faults is faults=FILE: the disk's fault rules ("": none at start).
+	Faults string
+	// WError and RError are the error policies for failed writes (and
+	// discards, write-zeroes, flushes) and reads; ParseSpec sets both to
+	// ErrorReport unless the SPEC says otherwise.
+	WError, RError ErrorPolicy
 }
 
 // HasPowerCut reports whether the disk runs on the power-cut model.
@@ -87,7 +99,7 @@ const MaxSerialLen = 20
 
 // ParseSpec parses a --disk SPEC.
 func ParseSpec(s string) (Spec, error) {
-	sp := Spec{Cache: CacheWriteback}
+	sp := Spec{Cache: CacheWriteback, WError: ErrorReport, RError: ErrorReport}
 	kvs, err := protocol.SplitDiskSpec(s)
 	if err != nil {
 		return sp, err
@@ -118,6 +130,8 @@ func (sp *Spec) checkCrashStates(kvs []protocol.DiskSpecKey) error {
 		return fmt.Errorf("crashstates= needs a writable disk (the guest's writes stay in memory; the image is never written)")
 	case serial:
 		return fmt.Errorf("crashstates= and serial= do not go together (the serial names the state shown)")
+	case sp.Faults != "" || sp.WError != ErrorReport || sp.RError != ErrorReport:
+		return fmt.Errorf("crashstates= does not go with faults=, werror= or rerror= (a crash state disk is checked, not failed)")
 	}
 	return nil
 }
@@ -159,6 +173,15 @@ func (sp *Spec) set(key, v string) error {
 			return fmt.Errorf("empty crashstates=")
 		}
 		sp.CrashStates = v
+	case "faults":
+		if v == "" {
+			return fmt.Errorf("empty faults=")
+		}
+		sp.Faults = v
+	case "werror":
+		sp.WError, err = ParseErrorPolicy(v, true)
+	case "rerror":
+		sp.RError, err = ParseErrorPolicy(v, false)
 	}
 	return err
 }

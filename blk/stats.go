@@ -36,4 +36,13 @@ type Stats struct {
 	// a host sync with another FLUSH.
 	FlushesElided uint64 `json:"flushes_elided"`
 	FlushesMerged uint64 `json:"flushes_merged"`
+
+	// Held is the number of requests an error policy of stop holds now
+	// (werror=/rerror=); ErrorStops counts every request it ever held
+	// (a retried request that fails again counts again); ErrorsIgnored
+	// counts failed requests werror=/rerror=ignore completed as
+	// successful.
+	Held          uint64 `json:"held"`
+	ErrorStops    uint64 `json:"error_stops"`
+	ErrorsIgnored uint64 `json:"errors_ignored"`
 }

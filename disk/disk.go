@@ -23,6 +23,8 @@ type Disk struct {
 	logPath string
 	// crash is the crash state backend (crashstates= disks only).
 	crash *blk.CrashStateBackend
+	// faults is the fault-injection layer (every disk but crashstates=).
+	faults *blk.FaultBackend
 	// diag receives what ConsoleLine could not do (nil: dropped).
 	diag io.Writer
 	// Cut is what the power cut did to this disk (after a cut).
@@ -38,6 +40,9 @@ type DiskStats struct {
 	VolatileCache *blk.VolatileCacheStats `json:"volatile_cache,omitempty"`
 	// PowerCut says what the cut did (after a power cut).
 	PowerCut *PowerCutStats `json:"power_cut,omitempty"`
+	// Faults are the fault layer's rules, counters and losses (disks
+	// with fault rules, now or earlier in the run).
+	Faults *blk.FaultStats `json:"faults,omitempty"`
 }
 
 // PowerCutStats is the "power_cut" object of a disk in --stats.
@@ -97,23 +102,26 @@ type Options struct {
 	// Diag receives the errors of ConsoleLine's actions, one line each
 	// (nil: dropped).
 	Diag io.Writer
+	// Seed seeds the fault rules' prob= draws (--seed).
+	Seed uint64
 }
 
-// Open opens the disk sp describes: device -> [cut layer] -> [write
-// log] -> [volatile cache] -> file, or, for a crashstates= disk, device ->
-// crash state backend -> file (read-only).
+// Open opens the disk sp describes: device -> [cut layer] -> fault layer
+// -> [write log] -> [volatile cache] -> file, or, for a crashstates= disk,
+// device -> crash state backend -> file (read-only). The fault layer is
+// there on every other disk, so rules can be set at run time; without
+// rules it passes every call through.
 func Open(sp blk.Spec, o Options) (*Disk, error) {
 	logPath, bound, ps := o.WriteLog, o.CacheBound, o.Supply
 	if sp.CrashStates != "" {
 		return openCrashStates(sp, o)
 	}
-	needStack := sp.HasPowerCut() || logPath != ""
-	if !needStack {
-		dev, err := blk.Open(sp, o.Device)
-		if err != nil {
+	var rules []blk.FaultRule
+	if sp.Faults != "" {
+		var err error
+		if rules, err = blk.ReadFaultRules(sp.Faults); err != nil {
 			return nil, err
 		}
-		return &Disk{Dev: dev, diag: o.Diag}, nil
 	}
 	direct := sp.Cache == blk.CacheNone || sp.Cache == blk.CacheDirectSync
 	fb, err := blk.OpenFile(sp.Path, blk.FileOptions{ReadOnly: sp.ReadOnly, Direct: direct, NoLock: sp.NoLock})
@@ -137,6 +145,14 @@ func Open(sp blk.Spec, o Options) (*Disk, error) {
 			return nil, err
 		}
 		d.log, b = l, l
+	}
+	if d.faults, err = blk.NewFaultBackend(b, rules, o.Seed); err != nil {
+		b.Close()
+		return nil, err
+	}
+	b = d.faults
+	if d.log != nil {
+		d.faults.SetMarker(d.log.Mark)
 	}
 	if sp.HasPowerCut() && ps != nil {
 		ps.caches = append(ps.caches, d.cache)
@@ -242,6 +258,11 @@ func (d *Disk) diagf(format string, a ...any) {
 // Stats returns the disk's --stats entry.
 func (d *Disk) Stats() DiskStats {
 	s := DiskStats{Stats: d.Dev.Stats(), PowerCut: d.Cut}
+	if d.faults != nil {
+		if fs := d.faults.Stats(); len(fs.Rules) > 0 || len(fs.Losses) > 0 || len(fs.BadSectors) > 0 {
+			s.Faults = &fs
+		}
+	}
 	if d.cache != nil {
 		cs := d.cache.Stats()
 		s.VolatileCache = &cs

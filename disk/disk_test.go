@@ -63,8 +63,9 @@ func TestCacheBoundDestage(t *testing.T) {
 	}
 }
 
-// TestStatsSchema writes the --stats document of a plain disk and of a
-// power-cut disk with a write log after a cut, and checks it against the
+// TestStatsSchema writes the --stats document of a plain disk, of a
+// power-cut disk with a write log after a cut, and of a disk whose fault
+// rules dropped a write, and checks it against the
 // committed schema (protocol/schema/stats.schema.json).
 func TestStatsSchema(t *testing.T) {
 	b, err := os.ReadFile("../protocol/schema/stats.schema.json")
@@ -78,7 +79,11 @@ func TestStatsSchema(t *testing.T) {
 	dir := t.TempDir()
 	var disks []*Disk
 	ps := NewPowerSupply()
-	for i, spec := range []string{",cache=writethrough,serial=a", ",powercut=random-sectors"} {
+	rules := filepath.Join(dir, "faults")
+	if err := os.WriteFile(rules, []byte("write sectors=8-15 drop\nread eio\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for i, spec := range []string{",cache=writethrough,serial=a", ",powercut=random-sectors", ",faults=" + rules + ",werror=stop"} {
 		img := filepath.Join(dir, fmt.Sprintf("d%d.img", i))
 		if err := os.WriteFile(img, make([]byte, 64<<10), 0o644); err != nil {
 			t.Fatal(err)
@@ -119,7 +124,8 @@ func TestStatsSchema(t *testing.T) {
 	if errs := schema.Validate(doc); len(errs) > 0 {
 		t.Errorf("--stats does not match its schema:\n%s\n%s", strings.Join(errs, "\n"), doc)
 	}
-	if !strings.Contains(string(doc), `"power_cut"`) || !strings.Contains(string(doc), `"flushvm_version"`) {
+	if !strings.Contains(string(doc), `"power_cut"`) || !strings.Contains(string(doc), `"flushvm_version"`) ||
+		!strings.Contains(string(doc), `"how": "dropped"`) {
 		t.Errorf("the document lacks the cut or the version:\n%s", doc)
 	}
 }

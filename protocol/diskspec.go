@@ -11,12 +11,12 @@ import (
 var ErrBadSpec = errors.New("bad disk spec")
 
 // DiskSpecSyntax is the form of a --disk SPEC, for messages.
-const DiskSpecSyntax = "path=FILE[,cache=MODE][,readonly=on|off][,serial=STRING][,powercut=POLICY][,locking=on|off][,discard=unmap|ignore][,crashstates=FILE]"
+const DiskSpecSyntax = "path=FILE[,cache=MODE][,readonly=on|off][,serial=STRING][,powercut=POLICY][,locking=on|off][,discard=unmap|ignore][,crashstates=FILE][,faults=FILE][,werror=POLICY][,rerror=POLICY]"
 
 // DiskSpecKeys are the keys a --disk SPEC may have. Unknown keys are
 // errors, never ignored, so a typo cannot silently change a disk's
 // semantics.
-var DiskSpecKeys = []string{"path", "cache", "readonly", "serial", "powercut", "locking", "discard", "crashstates"}
+var DiskSpecKeys = []string{"path", "cache", "readonly", "serial", "powercut", "locking", "discard", "crashstates", "faults", "werror", "rerror"}
 
 // diskSpecAliases are QEMU's names for SPEC keys.
 var diskSpecAliases = map[string]string{"file": "path"}
