@@ -358,3 +358,29 @@ func WriteStats(path string, doc Stats) error {
 // HasPowerCut reports whether the disk has the power-cut model
 // (powercut=), so a power cut has something to decide about it.
 func (d *Disk) HasPowerCut() bool { return d.cache != nil }
+
+// ErrNoFaultLayer reports fault rules asked of a disk without the fault
+// layer (a crashstates= disk).
+var ErrNoFaultLayer = errors.New("this disk has no fault layer (crashstates= disks have none)")
+
+// SetFaultRules replaces the disk's fault rules (blk.FaultBackend.SetRules).
+func (d *Disk) SetFaultRules(rules []blk.FaultRule) error {
+	if d.faults == nil {
+		return ErrNoFaultLayer
+	}
+	return d.faults.SetRules(rules)
+}
+
+// FaultStats returns the fault layer's rules, counters and losses.
+func (d *Disk) FaultStats() (blk.FaultStats, error) {
+	if d.faults == nil {
+		return blk.FaultStats{}, ErrNoFaultLayer
+	}
+	return d.faults.Stats(), nil
+}
+
+// HasStopPolicy reports whether an error policy of the disk can hold
+// requests (werror=stop or enospc, rerror=stop).
+func HasStopPolicy(sp blk.Spec) bool {
+	return sp.WError == blk.ErrorStop || sp.WError == blk.ErrorENOSPC || sp.RError == blk.ErrorStop
+}

@@ -194,3 +194,18 @@ func ParseCheckLine(v *CheckVerdict, line, workload string) bool {
 	}
 	return false
 }
+
+// FormatErrorStop is the line flushvm prints on stderr when a disk's error
+// policy (werror=stop, werror=enospc, rerror=stop) held a request: disk
+// is the disk's index, event what failed; paused says whether the VM was
+// paused (flushvm run) or only the request held (a vhost-user backend).
+func FormatErrorStop(disk int, event string, paused bool) string {
+	what := "request held"
+	if paused {
+		what = "VM paused"
+	}
+	return fmt.Sprintf("%s%d: %s; %s (POST /resume retries it, POST /disks/%d/fail-held fails it)", ErrorStopPrefix, disk, event, what, disk)
+}
+
+// ErrorStopPrefix begins every FormatErrorStop line.
+const ErrorStopPrefix = "flushvm: error policy stop: disk "

@@ -140,6 +140,9 @@ type Machine struct {
 	stopOnce sync.Once
 	result   Result
 	ran      bool
+
+	// pause is Pause's state (pause.go).
+	pause pauseState
 }
 
 // New builds the machine: memory, interrupt controllers, vCPUs in their boot
@@ -378,6 +381,7 @@ func (m *Machine) stop(r Result) (first bool) {
 		for i := range m.vcpus {
 			m.kick(i)
 		}
+		m.pause.wakeAll()
 	})
 	return first
 }
@@ -412,6 +416,7 @@ func (m *Machine) runVCPU(i int) {
 			if m.watches != nil {
 				m.serveWatchdog(i, c)
 			}
+			m.waitWhilePaused(i, c)
 			continue
 		}
 		if err != nil {

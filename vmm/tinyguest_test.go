@@ -371,3 +371,38 @@ func TestTinyGuestVmlinux(t *testing.T) {
 		})
 	}
 }
+
+// TestTinyGuestPause pauses a spinning two-vCPU guest (both vCPUs leave
+// KVM_RUN and wait), resumes it, pauses it again and stops it while
+// paused: Run ends with the stop's status, so a paused machine can always
+// be stopped.
+func TestTinyGuestPause(t *testing.T) {
+	waitPaused := func(m *Machine, want int) {
+		deadline := time.Now().Add(10 * time.Second)
+		for m.pausedVCPUs() != want {
+			if time.Now().After(deadline) {
+				t.Errorf("%d vCPUs paused, want %d", m.pausedVCPUs(), want)
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	res, _ := runTiny(t, codeSpin, 2, func(m *Machine) {
+		go func() {
+			time.Sleep(100 * time.Millisecond)
+			m.Pause()
+			waitPaused(m, 2)
+			m.Resume()
+			waitPaused(m, 0)
+			if m.Paused() {
+				t.Error("Paused after Resume")
+			}
+			m.Pause()
+			waitPaused(m, 2)
+			m.Stop(7)
+		}()
+	})
+	if res.Kind != ExitQuit || res.Status != 7 {
+		t.Errorf("result %+v, want ExitQuit 7", res)
+	}
+}

@@ -122,6 +122,10 @@ func (m *Machine) watch(done <-chan struct{}) {
 			return
 		case <-t.C:
 		}
+		if m.pause.paused.Load() {
+			// Paused vCPUs take no samples; none is stalled.
+			continue
+		}
 		for i := range m.vcpus {
 			w := &m.watches[i]
 			if e := w.exits.Load(); e != seen[i] {

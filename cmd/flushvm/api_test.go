@@ -28,6 +28,9 @@ type fakeController struct {
 	cuts int
 	// refuse makes SetWriteCache fail as a device without CONFIG_WCE does.
 	refuse bool
+	// rules are the fault rules set last; resumed counts Resume calls.
+	rules   []string
+	resumed int
 }
 
 func (f *fakeController) Stats() disk.Stats {
@@ -63,6 +66,38 @@ func (f *fakeController) PowerCut() error {
 	return nil
 }
 
+// SetFaults keeps the rules' texts.
+func (f *fakeController) SetFaults(i int, rules []blk.FaultRule) error {
+	if i >= len(f.wce) {
+		return fmt.Errorf("%w: disk %d", errNoSuchDisk, i)
+	}
+	f.rules = nil
+	for _, r := range rules {
+		f.rules = append(f.rules, r.String())
+	}
+	return nil
+}
+
+func (f *fakeController) Faults(i int) (blk.FaultStats, error) {
+	if i >= len(f.wce) {
+		return blk.FaultStats{}, fmt.Errorf("%w: disk %d", errNoSuchDisk, i)
+	}
+	var fs blk.FaultStats
+	for _, r := range f.rules {
+		fs.Rules = append(fs.Rules, blk.FaultRuleStats{Rule: r})
+	}
+	return fs, nil
+}
+
+func (f *fakeController) Resume() int { f.resumed++; return 2 }
+
+func (f *fakeController) FailHeld(i int) (int, error) {
+	if i >= len(f.wce) {
+		return 0, fmt.Errorf("%w: disk %d", errNoSuchDisk, i)
+	}
+	return 1, nil
+}
+
 func TestAPIHandler(t *testing.T) {
 	type req struct {
 		method, path, body string
@@ -87,6 +122,19 @@ func TestAPIHandler(t *testing.T) {
 		{"cache mode is not settable", false, []req{{"POST", "/disks/0/cache", `{"mode": "unsafe"}`, 400, "cannot change"}}, []bool{true, true}, 0},
 		{"empty body", false, []req{{"POST", "/disks/0/cache", ``, 400, "wce"}}, []bool{true, true}, 0},
 		{"wrong method", false, []req{{"GET", "/power-cut", "", 405, ""}}, []bool{true, true}, 0},
+		{"set and read fault rules", false, []req{
+			{"PUT", "/disks/1/faults", `{"rules": ["write sectors=8 eio once", "flush nth=2 eio"]}`, 200, `"rule": "flush nth=2 eio"`},
+			{"GET", "/disks/1/faults", "", 200, `"rule": "write sectors=8-8 eio once"`},
+			{"PUT", "/disks/1/faults", `{"rules": []}`, 200, `"rules": null`},
+		}, []bool{true, true}, 0},
+		{"bad fault rule", false, []req{{"PUT", "/disks/0/faults", `{"rules": ["write eio", "write sideways"]}`, 400, "rule 1"}}, []bool{true, true}, 0},
+		{"fault body without rules", false, []req{{"PUT", "/disks/0/faults", `{}`, 400, "rules"}}, []bool{true, true}, 0},
+		{"faults of no such disk", false, []req{{"GET", "/disks/3/faults", "", 404, "no such disk"}}, []bool{true, true}, 0},
+		{"resume and fail held", false, []req{
+			{"POST", "/resume", "", 200, `"resumed": 2`},
+			{"POST", "/disks/0/fail-held", "", 200, `"failed": 1`},
+			{"POST", "/disks/9/fail-held", "", 404, "no such disk"},
+		}, []bool{true, true}, 0},
 		{"power cut twice", false, []req{
 			{"POST", "/power-cut", "", 202, `"power_cut": true`},
 			{"POST", "/power-cut", "", 409, "already cut"},
@@ -288,7 +336,7 @@ func TestRunController(t *testing.T) {
 		t.Cleanup(func() { d.Dev.Close() })
 		return d
 	}
-	plain := &runController{disks: []*disk.Disk{open(",cache=writeback", nil)}}
+	plain := &runController{diskControl: diskControl{disks: []*disk.Disk{open(",cache=writeback", nil)}}}
 	h := newAPIHandler(plain)
 	for _, tc := range []struct {
 		body string
@@ -310,7 +358,7 @@ func TestRunController(t *testing.T) {
 	ps := disk.NewPowerSupply()
 	stops := 0
 	ps.Stop = func() { stops++ }
-	pc := &runController{disks: []*disk.Disk{open(",powercut=lose-all", ps)}, ps: ps}
+	pc := &runController{diskControl: diskControl{disks: []*disk.Disk{open(",powercut=lose-all", ps)}}, ps: ps}
 	if err := pc.PowerCut(); err != nil || !ps.IsCut() || stops != 1 {
 		t.Fatalf("power cut: %v (cut %v, stops %d)", err, ps.IsCut(), stops)
 	}
@@ -319,5 +367,51 @@ func TestRunController(t *testing.T) {
 	}
 	if st := pc.Stats(); st.Disks[0].VolatileCache == nil || !st.Disks[0].VolatileCache.PowerCut {
 		t.Fatalf("stats after the cut: %+v", st.Disks[0])
+	}
+}
+
+// TestAPIFaultsOnARealDisk sets fault rules on an open disk through the
+// API (a vhost-user backend's controller) and sees them fire on the
+// disk's backend, counted in GET /disks/0/faults and in /stats.
+func TestAPIFaultsOnARealDisk(t *testing.T) {
+	img := filepath.Join(t.TempDir(), "d.img")
+	if err := os.WriteFile(img, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sp, err := blk.ParseSpec("path=" + img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := disk.Open(sp, disk.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Dev.Close()
+	h := newAPIHandler(&vhostController{diskControl: diskControl{disks: []*disk.Disk{d}}})
+	do := func(method, path, body string) string {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(method, path, strings.NewReader(body)))
+		if rec.Code != 200 {
+			t.Fatalf("%s %s: %d %s", method, path, rec.Code, rec.Body)
+		}
+		return rec.Body.String()
+	}
+	do("PUT", "/disks/0/faults", `{"rules": ["write sectors=0-7 drop"]}`)
+	v := blk.NewVec(1)
+	v.Append(bytes.Repeat([]byte{1}, 4096))
+	if err := d.Dev.Backend().WriteAt(v, 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := do("GET", "/disks/0/faults", ""); !strings.Contains(got, `"fired": 1`) || !strings.Contains(got, `"how": "dropped"`) {
+		t.Errorf("faults after a dropped write:\n%s", got)
+	}
+	if got := do("GET", "/stats", ""); !strings.Contains(got, `"faults"`) {
+		t.Errorf("/stats has no faults:\n%s", got)
+	}
+	if b, _ := os.ReadFile(img); b[0] != 0 {
+		t.Error("the dropped write reached the image")
+	}
+	if got := do("POST", "/resume", ""); !strings.Contains(got, `"resumed": 0`) {
+		t.Errorf("resume with nothing held: %s", got)
 	}
 }

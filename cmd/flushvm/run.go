@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -70,6 +71,9 @@ func newRunFlags() *runFlags {
 	fs.StringArrayVar(&f.disks, "disk", nil, "virtio-blk disk, repeatable: the guest sees vda, vdb, ... in order\n"+
 		"  SPEC = path=FILE[,cache=writeback|writethrough|none|directsync|unsafe][,readonly=on|off][,serial=STRING]\n"+
 		"         [,powercut=lose-all|keep-all|random-subset|random-sectors[:512|:4k]|prefix][,crashstates=FILE]\n"+
+		"         [,faults=FILE][,werror=report|ignore|enospc|stop][,rerror=report|ignore|stop]\n"+
+		"  (faults=: fault-injection rules, one per line, e.g. \"write sectors=2048-2055 eio once\";\n"+
+		"  werror=/rerror=stop pause the VM on a failed request until POST /resume: needs --api)\n"+
 		"  e.g. --disk path=disk.img,cache=none --disk path=ro.img,readonly=on,serial=data1")
 	fs.StringVar(&f.stats, "stats", "", "write per-disk counters as JSON to FILE when the VMM exits (after a power cut, each\n"+
 		"  powercut= disk also has \"power_cut\": cause, completed_flushes, replay command, report)\n  e.g. --stats stats.json")
@@ -77,7 +81,7 @@ func newRunFlags() *runFlags {
 		"  writes=N (the N-th write, discard or write-zeroes never reaches the disk) or flushes=N (the\n"+
 		"  N-th host flush, which includes write-through syncs, covers nothing); the VMM then stops\n"+
 		"  at once, applies each disk's policy and exits with status 100\n  e.g. --power-cut flushes=10")
-	fs.Uint64Var(&f.seed, "seed", 0, "seed of the power-cut policies' random choices (same seed, same image)\n  e.g. --seed 42")
+	fs.Uint64Var(&f.seed, "seed", 0, "seed of the power-cut policies' random choices and of fault rules' prob= (same seed, same image)\n  e.g. --seed 42")
 	fs.StringVar(&f.writeLog, "write-log", "", "record the writes, discards and flushes of the powercut= disk (or of the only disk)\n"+
 		"  in dm-log-writes format, for flushvm replay; console lines \"ACK ...\" become MARK entries\n"+
 		"  e.g. --write-log run.wlog")
@@ -87,7 +91,8 @@ func newRunFlags() *runFlags {
 		"  exit to flushvm and the same interrupt stays pending in its local APIC at every check\n"+
 		"  (checked every DURATION/4; a report line on stderr); 0: off\n  e.g. --watchdog 60s", protocol.ExitGuestHang))
 	fs.StringVar(&f.api, "api", "", "serve the control API (HTTP+JSON) on this unix socket: GET /stats,\n"+
-		"  POST /disks/N/cache {\"wce\": false}, POST /power-cut\n"+
+		"  POST /disks/N/cache {\"wce\": false}, POST /power-cut, GET|PUT /disks/N/faults\n"+
+		"  {\"rules\": [...]}, POST /resume, POST /disks/N/fail-held\n"+
 		"  e.g. --api /tmp/flushvm.sock; curl --unix-socket /tmp/flushvm.sock -X POST http://vm/power-cut")
 	fs.Usage = func() {}
 	return f
@@ -183,7 +188,8 @@ func (f *runFlags) run(stdout, stderr io.Writer) (status int, err error) {
 		if i == pc.logDisk {
 			logPath = f.writeLog
 		}
-		d, err := disk.Open(sp, disk.Options{WriteLog: logPath, CacheBound: pc.bound, Supply: pc.supply, Diag: stderr})
+		d, err := disk.Open(sp, disk.Options{WriteLog: logPath, CacheBound: pc.bound, Supply: pc.supply, Diag: stderr,
+			Seed: f.seed, Device: blk.Options{Stopped: s.errorStopped(i, stderr)}})
 		if err != nil {
 			return 0, userErrorf("--disk %s: %v", f.disks[i], err)
 		}
@@ -201,7 +207,7 @@ func (f *runFlags) run(stdout, stderr io.Writer) (status int, err error) {
 		pc.supply.Stop = func() { s.m.Stop(exitPowerCut) }
 	}
 	if f.api != "" {
-		if s.api, err = startAPI(f.api, newAPIHandler(&runController{disks: s.disks, ps: pc.supply})); err != nil {
+		if s.api, err = startAPI(f.api, newAPIHandler(&runController{diskControl: diskControl{disks: s.disks}, ps: pc.supply, m: s.m})); err != nil {
 			return 0, userErrorf("--api: %v", err)
 		}
 	}
@@ -248,6 +254,11 @@ func (f *runFlags) machineConfig(stdout, stderr io.Writer) (vmm.Config, []blk.Sp
 			return cfg, nil, pc, userErrorf("--disk: %v", err)
 		}
 	}
+	for i, sp := range specs {
+		if disk.HasStopPolicy(sp) && f.api == "" {
+			return cfg, nil, pc, userErrorf("--disk %s: an error policy of stop pauses the VM until POST /resume: give --api SOCKET", f.disks[i])
+		}
+	}
 	if pc, err = f.powerCutSetup(specs); err != nil {
 		return cfg, nil, pc, err
 	}
@@ -281,6 +292,17 @@ type runSession struct {
 	disks []*disk.Disk
 	m     *vmm.Machine
 	api   *apiServer
+}
+
+// errorStopped is disk i's blk.Options.Stopped: it says on stderr what
+// failed and pauses the machine until POST /resume.
+func (s *runSession) errorStopped(i int, stderr io.Writer) func(blk.ErrorStopEvent) {
+	return func(e blk.ErrorStopEvent) {
+		fmt.Fprintln(stderr, protocol.FormatErrorStop(i, e.String(), true))
+		if s.m != nil {
+			s.m.Pause()
+		}
+	}
 }
 
 // consoleLine hands a line the guest printed to every disk (ACK marks in
@@ -469,9 +491,9 @@ func (f *runFlags) powerCutSetup(specs []blk.Spec) (powerCutConfig, error) {
 		}
 		pc.trig = t
 	}
-	if f.fs.Changed("seed") {
+	if f.fs.Changed("seed") && !slices.ContainsFunc(specs, func(sp blk.Spec) bool { return sp.Faults != "" }) {
 		if err := need("--seed"); err != nil {
-			return pc, err
+			return pc, fmt.Errorf("%w (or faults=FILE: the seed of its prob= rules)", err)
 		}
 	}
 	if f.cacheBound != "" {
@@ -507,23 +529,16 @@ func (f *runFlags) powerCutSetup(specs []blk.Spec) (powerCutConfig, error) {
 
 // runController is the API's view of the running machine.
 type runController struct {
-	disks []*disk.Disk
-	ps    *disk.PowerSupply
+	diskControl
+	ps *disk.PowerSupply
+	m  *vmm.Machine
 }
 
-// Stats returns the stats document now.
-func (c *runController) Stats() disk.Stats { return disk.Collect(c.disks) }
-
-// SetWriteCache turns disk i's write cache on or off as the guest would
-// (blk.Device.SetWriteCache). The guest is not notified.
-func (c *runController) SetWriteCache(i int, on bool) error {
-	if i < 0 || i >= len(c.disks) {
-		return fmt.Errorf("%w: disk %d (the machine has %d)", errNoSuchDisk, i, len(c.disks))
-	}
-	if !c.disks[i].Dev.SetWriteCache(on) {
-		return errWCERefused
-	}
-	return nil
+// Resume retries the held requests, then lets the vCPUs run again.
+func (c *runController) Resume() int {
+	n := c.resumeDisks()
+	c.m.Resume()
+	return n
 }
 
 // PowerCut cuts the power now.

@@ -36,6 +36,8 @@ type vhostUserFlags struct {
 	seed       uint64
 	writeLog   string
 	cacheBound string
+	// api is the control API's socket.
+	api string
 }
 
 func newVhostUserFlags() *vhostUserFlags {
@@ -55,6 +57,8 @@ func newVhostUserFlags() *vhostUserFlags {
 		"  frontend's guest is left with a dead disk: nothing held completes\n  e.g. --power-cut writes=500")
 	fs.Uint64Var(&f.seed, "seed", 0, "seed of the power-cut policy's random choices\n  e.g. --seed 42")
 	fs.StringVar(&f.writeLog, "write-log", "", "record the disk's writes, discards and flushes (dm-log-writes format)\n  e.g. --write-log run.wlog")
+	fs.StringVar(&f.api, "api", "", "serve the control API (HTTP+JSON) on this unix socket, as flushvm run does (GET /stats,\n"+
+		"  fault rules, POST /resume and /disks/0/fail-held for werror=stop, POST /power-cut)\n  e.g. --api /tmp/vhu-api.sock")
 	fs.StringVar(&f.cacheBound, "cache-bound", "", "most unstable data the powercut= disk's volatile cache keeps before it destages\n"+
 		"  (K/M/G/T; a bare number is bytes)\n  e.g. --cache-bound 64M")
 	fs.Usage = func() {}
@@ -64,6 +68,7 @@ func newVhostUserFlags() *vhostUserFlags {
 func (f *vhostUserFlags) usage(w io.Writer) {
 	fmt.Fprintln(w, "Usage: flushvm vhost-user-blk --socket PATH --disk SPEC [--queues N] [--queue-size N] [--stats FILE]")
 	fmt.Fprintln(w, "                              [--power-cut WHEN] [--seed N] [--write-log FILE] [--cache-bound SIZE]")
+	fmt.Fprintln(w, "                              [--api SOCKET]")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Serves the disk SPEC to one vhost-user frontend connecting to the unix socket PATH.")
 	fmt.Fprintln(w, "When the frontend disconnects, or on SIGINT/SIGTERM, writes --stats and exits 0. A")
@@ -77,6 +82,10 @@ func (f *vhostUserFlags) usage(w io.Writer) {
 	fmt.Fprintln(w, "With powercut=POLICY in the SPEC the disk runs on the power-cut model, as under flushvm")
 	fmt.Fprintln(w, "run: --power-cut cuts its power, the policy decides what the image keeps, one line on")
 	fmt.Fprintln(w, "stderr says what the cut did (with the replay command when --write-log is given).")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "faults=FILE, werror= and rerror= work as under flushvm run, except that werror=stop holds")
+	fmt.Fprintln(w, "the failed request without pausing the frontend's VM (a backend cannot): POST /resume on")
+	fmt.Fprintln(w, "--api retries it. An error policy of stop needs --api.")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Exit status: 0 clean session, 1 protocol or I/O failure, 2 usage error, 100 power cut.")
 	fmt.Fprintln(w)
@@ -128,8 +137,15 @@ func (f *vhostUserFlags) check() (blk.Spec, error) {
 	if err != nil {
 		return spec, userErrorf("--disk: %v", err)
 	}
+	if disk.HasStopPolicy(spec) && f.api == "" {
+		return spec, userErrorf("--disk: an error policy of stop holds failed requests until POST /resume: give --api SOCKET")
+	}
 	if !spec.HasPowerCut() {
-		for _, fl := range []string{"power-cut", "seed", "cache-bound"} {
+		flags := []string{"power-cut", "cache-bound"}
+		if spec.Faults == "" {
+			flags = append(flags, "seed") // it seeds fault rules too
+		}
+		for _, fl := range flags {
 			if f.fs.Changed(fl) {
 				return spec, userErrorf("--%s needs powercut=POLICY in the --disk SPEC", fl)
 			}
@@ -151,9 +167,22 @@ func (f *vhostUserFlags) serve(logger *log.Logger) (status int, err error) {
 	if err != nil {
 		return 0, err
 	}
+	o.Device.Stopped = func(e blk.ErrorStopEvent) { logger.Print(protocol.FormatErrorStop(0, e.String(), false)) }
 	d, err := disk.Open(spec, o)
 	if err != nil {
 		return 0, userErrorf("--disk: %v", err)
+	}
+	if f.api != "" {
+		api, err := startAPI(f.api, newAPIHandler(&vhostController{diskControl: diskControl{disks: []*disk.Disk{d}}, ps: o.Supply}))
+		if err != nil {
+			d.Dev.Close()
+			return 0, userErrorf("--api: %v", err)
+		}
+		defer func() {
+			if cerr := api.Close(); cerr != nil {
+				logger.Printf("--api: %v", cerr)
+			}
+		}()
 	}
 	cut := make(chan struct{})
 	if ps := o.Supply; ps != nil {
@@ -180,7 +209,7 @@ func (f *vhostUserFlags) serve(logger *log.Logger) (status int, err error) {
 // diskOptions checks the power-cut flags against the disk and returns the
 // trigger and how to open the disk's stack.
 func (f *vhostUserFlags) diskOptions(spec blk.Spec) (protocol.Trigger, disk.Options, error) {
-	o := disk.Options{WriteLog: f.writeLog, Device: blk.Options{Queues: f.queues, MaxQueueSize: uint16(f.queueSize)}}
+	o := disk.Options{WriteLog: f.writeLog, Seed: f.seed, Device: blk.Options{Queues: f.queues, MaxQueueSize: uint16(f.queueSize)}}
 	var trig protocol.Trigger
 	if f.powerCut != "" {
 		t, err := protocol.ParseTrigger(f.powerCut)
@@ -296,3 +325,24 @@ func serveOne(l *vhostuser.Listener, dev *blk.Device, logger *log.Logger) error 
 	logger.Printf("frontend disconnected")
 	return nil
 }
+
+// vhostController is the API's view of a vhost-user backend: its one
+// disk, and its power supply when the disk has powercut=.
+type vhostController struct {
+	diskControl
+	ps *disk.PowerSupply
+}
+
+// PowerCut cuts the power now.
+func (c *vhostController) PowerCut() error {
+	if c.ps == nil {
+		return errNoPowerCutDisk
+	}
+	if !c.ps.Cut("power cut by the API") {
+		return errPowerAlreadyCut
+	}
+	return nil
+}
+
+// Resume retries the held requests (the frontend's VM never stopped).
+func (c *vhostController) Resume() int { return c.resumeDisks() }
