@@ -643,8 +643,11 @@ func (d *Device) execute(s *slot) (held bool) {
 			return false
 		}
 	case TypeOut:
-		if err = d.backend.WriteAt(r.data, off); err == nil {
-			d.syncer.wrote()
+		err = d.backend.WriteAt(r.data, off)
+		// Even a failed write may have changed data (part of it, or a
+		// fault layer's drop): the next FLUSH must sync, not be elided.
+		d.syncer.wrote()
+		if err == nil {
 			if err = d.durable(); err == nil {
 				d.c.writes.Add(1)
 				d.c.bytesWritten.Add(uint64(r.data.Len()))

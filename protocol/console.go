@@ -195,7 +195,8 @@ func ParseCheckLine(v *CheckVerdict, line, workload string) bool {
 	return false
 }
 
-// FormatErrorStop is the line flushvm prints on stderr when a disk's error
+// FormatErrorStop is the line (after the command's own "flushvm: " or
+// "flushvm vhost-user-blk: ") flushvm prints on stderr when a disk's error
 // policy (werror=stop, werror=enospc, rerror=stop) held a request: disk
 // is the disk's index, event what failed; paused says whether the VM was
 // paused (flushvm run) or only the request held (a vhost-user backend).
@@ -208,4 +209,4 @@ func FormatErrorStop(disk int, event string, paused bool) string {
 }
 
 // ErrorStopPrefix begins every FormatErrorStop line.
-const ErrorStopPrefix = "flushvm: error policy stop: disk "
+const ErrorStopPrefix = "error policy stop: disk "

@@ -221,6 +221,8 @@ func demo(ctx context.Context, opts harness.Options, args []string) int {
 	cache := fs.String("cache", "writeback", "the disk's cache mode")
 	size := fs.String("disk-size", "1G", "the fresh disk's size")
 	qemu := fs.Bool("qemu", false, "boot under plain QEMU TCG instead of flushvm")
+	faults := fs.String("faults", "", "fault rules for the disk, separated by ';' (flushvm's faults=FILE)\n"+
+		"  e.g. --faults 'write from=300 prob=0.02 eio'")
 	if status, ok := parseSub("demo", fs, args); !ok {
 		return status
 	}
@@ -247,7 +249,15 @@ func demo(ctx context.Context, opts harness.Options, args []string) int {
 		if err != nil {
 			return fail(err)
 		}
-		run = append(run, "--disk", "path="+img+",cache="+*cache)
+		spec := "path=" + img + ",cache=" + *cache
+		if *faults != "" {
+			rules := filepath.Join(dir, "faults.rules")
+			if err := os.WriteFile(rules, []byte(strings.ReplaceAll(*faults, ";", "\n")+"\n"), 0o644); err != nil {
+				return fail(err)
+			}
+			spec += ",faults=" + rules
+		}
+		run = append(run, "--disk", spec)
 		if !*qemu {
 			stats = filepath.Join(dir, "stats.json")
 			run = append(run, "--stats", stats)
@@ -291,5 +301,9 @@ func printStats(path string) {
 	for i, d := range doc.Disks {
 		fmt.Fprintf(os.Stderr, "flushvm-harness: disk vd%c cache=%v: writes %v, flushes %v, host_syncs %v, bytes_written %v, errors %v\n",
 			'a'+i, d["cache"], d["writes"], d["flushes"], d["host_syncs"], d["bytes_written"], d["errors"])
+		if f, ok := d["faults"].(map[string]any); ok {
+			b, _ := json.Marshal(f)
+			fmt.Fprintf(os.Stderr, "flushvm-harness: disk vd%c faults: %s\n", 'a'+i, b)
+		}
 	}
 }

@@ -298,7 +298,7 @@ type runSession struct {
 // failed and pauses the machine until POST /resume.
 func (s *runSession) errorStopped(i int, stderr io.Writer) func(blk.ErrorStopEvent) {
 	return func(e blk.ErrorStopEvent) {
-		fmt.Fprintln(stderr, protocol.FormatErrorStop(i, e.String(), true))
+		fmt.Fprintln(stderr, "flushvm: "+protocol.FormatErrorStop(i, e.String(), true))
 		if s.m != nil {
 			s.m.Pause()
 		}

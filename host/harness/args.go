@@ -172,7 +172,8 @@ func specPath(kvs []protocol.DiskSpecKey) (path string, readonly bool) {
 }
 
 // disk maps a --disk SPEC's path= to the L1 virtio-blk device that carries
-// the host file, leaving every other key as given.
+// the host file and its faults= rules file into the job directory, leaving
+// every other key as given.
 func (m *mapper) disk(spec string) (string, error) {
 	kvs, err := protocol.SplitDiskSpec(spec)
 	if err != nil {
@@ -184,8 +185,13 @@ func (m *mapper) disk(spec string) (string, error) {
 		return "", err
 	}
 	for i := range kvs {
-		if kvs[i].Key == "path" {
+		switch kvs[i].Key {
+		case "path":
 			kvs[i].Value = l1
+		case "faults":
+			if kvs[i].Value, err = m.input(kvs[i].Value); err != nil {
+				return "", err
+			}
 		}
 	}
 	return protocol.JoinDiskSpec(kvs), nil

@@ -41,7 +41,8 @@ func TestRewrite(t *testing.T) {
 	kern := filepath.Join(host, "vmlinuz")
 	d1 := filepath.Join(host, "a.img")
 	d2 := filepath.Join(host, "b.img")
-	for _, p := range []string{kern, d1, d2} {
+	rules := filepath.Join(host, "f.rules")
+	for _, p := range []string{kern, d1, d2, rules} {
 		if err := os.WriteFile(p, []byte(p), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -63,6 +64,8 @@ func TestRewrite(t *testing.T) {
 		{2, []string{"--unknown-future-flag", "--kernel"}, []string{"--unknown-future-flag", "--kernel"}},
 		{3, []string{"--write-log", "/tmp/run.wlog", "--power-cut", "flushes=3", "--stats=/tmp/s.json"},
 			[]string{"--write-log=/job/out/write-log-3-0.wlog", "--power-cut=flushes=3", "--stats=/job/out/stats-3-1.json"}},
+		{4, []string{"--disk", "path=" + d1 + ",faults=" + rules + ",werror=stop"},
+			[]string{"--disk=path=/dev/vda,faults=/job/in/3-f.rules,werror=stop"}},
 	}
 	for i, tt := range tests {
 		got, err := m.rewrite(tt.run, SubRun, tt.in)
