@@ -72,11 +72,10 @@ var fgAckRE = regexp.MustCompile(`(?m)^FG-ACK (\d+)\r?$`)
 
 // fgBackend is one `flushvm vhost-user-blk` of the test.
 type fgBackend struct {
-	cmd          *exec.Cmd
-	img, sock    string
-	stats, api   string
-	stderr       syncBuffer
-	exitedStatus int
+	cmd        *exec.Cmd
+	img, sock  string
+	stats, api string
+	stderr     syncBuffer
 }
 
 // syncBuffer is a bytes.Buffer safe for a writer and a reader.
@@ -124,7 +123,7 @@ func startFaultBackend(ctx context.Context, t *testing.T, flushvm, dir, name, op
 	}
 }
 
-// post sends a request to the backend's API and decodes its JSON answer.
+// call sends a request to the backend's API and decodes its JSON answer.
 func (b *fgBackend) call(t *testing.T, method, path string, out any) {
 	t.Helper()
 	req, _ := http.NewRequest(method, "http://flushvm"+path, nil)
