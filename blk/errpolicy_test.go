@@ -13,16 +13,8 @@ import (
 // it held.
 func policyHarness(t *testing.T, werror, rerror ErrorPolicy, rules ...string) (*harness, chan ErrorStopEvent) {
 	t.Helper()
-	var rs []FaultRule
-	for _, r := range rules {
-		fr, err := ParseFaultRule(r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		rs = append(rs, fr)
-	}
 	stops := make(chan ErrorStopEvent, 16)
-	h := newHarness(t, harnessConfig{backend: newMemBackend(1 << 20), faults: rs, werror: werror, rerror: rerror,
+	h := newHarness(t, harnessConfig{backend: newMemBackend(1 << 20), faults: parseRules(t, rules...), werror: werror, rerror: rerror,
 		opts: Options{Stopped: func(e ErrorStopEvent) { stops <- e }}})
 	return h, stops
 }

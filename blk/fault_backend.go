@@ -350,6 +350,21 @@ func (h faultHit) note() {
 	h.mark(fmt.Sprintf("FAULT rule %d: %s sectors %d-%d %s", h.rule, h.op, h.first, h.last, h.outcome))
 }
 
+// act does what a hit on a write, discard or flush does before the call
+// reaches the disk, and reports whether that ends the call (dropped: nil;
+// failed: the error) or the call goes on (after a delay).
+func (h faultHit) act() (over bool, err error) {
+	h.note()
+	switch h.outcome {
+	case FaultDrop:
+		return true, nil
+	case FaultDelay:
+		time.Sleep(h.delay)
+		return false, nil
+	}
+	return true, h.err()
+}
+
 // Size is the lower backend's.
 func (b *FaultBackend) Size() int64 { return b.lower.Size() }
 
@@ -386,16 +401,9 @@ func (b *FaultBackend) WriteZeroes(off, n int64, unmap bool) error {
 
 // write runs a write-like call do on off..off+n under the rules.
 func (b *FaultBackend) write(off, n int64, do func() error) error {
-	h, hit := b.decide(FaultWrite, off, n)
-	if hit {
-		h.note()
-		switch h.outcome {
-		case FaultDrop:
-			return nil
-		case FaultDelay:
-			time.Sleep(h.delay)
-		default:
-			return h.err()
+	if h, hit := b.decide(FaultWrite, off, n); hit {
+		if over, err := h.act(); over {
+			return err
 		}
 	}
 	if err := do(); err != nil {
@@ -407,16 +415,9 @@ func (b *FaultBackend) write(off, n int64, do func() error) error {
 
 // Discard discards unless a rule fails, drops or delays it.
 func (b *FaultBackend) Discard(off, n int64) error {
-	h, hit := b.decide(FaultDiscard, off, n)
-	if hit {
-		h.note()
-		switch h.outcome {
-		case FaultDrop:
-			return nil
-		case FaultDelay:
-			time.Sleep(h.delay)
-		default:
-			return h.err()
+	if h, hit := b.decide(FaultDiscard, off, n); hit {
+		if over, err := h.act(); over {
+			return err
 		}
 	}
 	return b.lower.Discard(off, n)
@@ -425,16 +426,9 @@ func (b *FaultBackend) Discard(off, n int64) error {
 // Sync syncs unless a rule fails, drops or delays the flush. A
 // successful sync turns the failed writes not rewritten since into losses.
 func (b *FaultBackend) Sync() error {
-	h, hit := b.decide(FaultFlush, 0, 0)
-	if hit {
-		h.note()
-		switch h.outcome {
-		case FaultDrop:
-			return nil
-		case FaultDelay:
-			time.Sleep(h.delay)
-		default:
-			return h.err()
+	if h, hit := b.decide(FaultFlush, 0, 0); hit {
+		if over, err := h.act(); over {
+			return err
 		}
 	}
 	if err := b.lower.Sync(); err != nil {

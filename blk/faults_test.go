@@ -78,16 +78,8 @@ func TestParseFaultRules(t *testing.T) {
 // faultDisk is a FaultBackend over a memBackend with rules.
 func faultDisk(t *testing.T, rules ...string) (*FaultBackend, *memBackend, *[]string) {
 	t.Helper()
-	var rs []FaultRule
-	for _, r := range rules {
-		fr, err := ParseFaultRule(r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		rs = append(rs, fr)
-	}
 	mem := newMemBackend(1 << 20)
-	fb, err := NewFaultBackend(mem, rs, 7)
+	fb, err := NewFaultBackend(mem, parseRules(t, rules...), 7)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,4 +281,18 @@ func TestFaultBackendSetRules(t *testing.T) {
 	if err := fb.SetRules([]FaultRule{{Op: FaultWrite}}); err == nil {
 		t.Error("a rule without outcome accepted")
 	}
+}
+
+// parseRules parses fault rules, failing the test on a bad one.
+func parseRules(t *testing.T, rules ...string) []FaultRule {
+	t.Helper()
+	var rs []FaultRule
+	for _, r := range rules {
+		fr, err := ParseFaultRule(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs = append(rs, fr)
+	}
+	return rs
 }
