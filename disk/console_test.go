@@ -235,3 +235,54 @@ func TestOpenCrashStatesRefuses(t *testing.T) {
 		})
 	}
 }
+
+// TestFaultsMarkTheWriteLog: a fired fault rule is a MARK in the write
+// log, in order with the writes and flushes around it, and a dropped
+// write never reaches the log (nor the image).
+func TestFaultsMarkTheWriteLog(t *testing.T) {
+	dir := t.TempDir()
+	rules := filepath.Join(dir, "rules")
+	if err := os.WriteFile(rules, []byte("write sectors=8-15 drop once\nflush nth=1 eio\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	img := newImage(t, dir, make([]byte, 64<<10))
+	sp, err := blk.ParseSpec("path=" + img + ",faults=" + rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(dir, "run.wlog")
+	d, err := Open(sp, Options{WriteLog: logPath})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := d.Dev.Backend()
+	writeAt(t, b, 0, bytes.Repeat([]byte{1}, 4096))
+	writeAt(t, b, 4096, bytes.Repeat([]byte{2}, 4096))
+	if err := b.Sync(); err == nil {
+		t.Error("the first flush did not fail")
+	}
+	if err := b.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Dev.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range logEntries(t, logPath) {
+		switch {
+		case e.IsMark():
+			got = append(got, "mark "+e.Mark)
+		case e.IsFlush():
+			got = append(got, "flush")
+		default:
+			got = append(got, "write")
+		}
+	}
+	want := []string{"write", "mark FAULT rule 0: write sectors 8-15 drop", "mark FAULT rule 1: flush eio", "flush"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("log entries %q, want %q", got, want)
+	}
+	if on, _ := os.ReadFile(img); on[4096] != 0 {
+		t.Error("the dropped write reached the image")
+	}
+}

@@ -28,6 +28,10 @@ import (
 // at byte N*4096, written through the guest's page cache and made durable
 // with fsync (dd conv=fsync: writeback, then a FLUSH):
 //
+//   - record 1, a failed FLUSH: the write reached the disk, its FLUSH
+//     fails once; the program retries the fsync, which succeeds and this
+//     time syncs: the record is on the image (an injected flush failure
+//     loses nothing by itself);
 //   - record 2, the fsyncgate mistake: its fsync fails; the program retries
 //     the fsync (a new fd, the error already reported once) and, when that
 //     succeeds, acknowledges;
@@ -41,6 +45,11 @@ import (
 const faultScript = `#!/bin/sh
 rec() { yes "rec-$1" | head -c 4096 > /tmp/r; }
 put() { dd if=/tmp/r of=$2 bs=4096 seek=$1 count=1 conv=notrunc,fsync 2>/dev/null; }
+rec 1
+if put 1 /dev/vda; then echo "FG-ACK 1"; else
+	echo "FG record 1: fsync failed; retrying the fsync"
+	dd if=/dev/null of=/dev/vda count=0 conv=notrunc,fsync 2>/dev/null && echo "FG-ACK 1"
+fi
 rec 2
 if put 2 /dev/vda; then echo "FG-ACK 2"; else
 	echo "FG record 2: fsync failed; retrying the fsync"
@@ -60,8 +69,10 @@ put 6 /dev/vdb && echo "FG-ACK vdb 6"
 echo FG-DONE
 `
 
-// faultRulesA fail records 2, 3 and 4 once each and drop record 5.
+// faultRulesA fail the first flush (record 1's), records 2, 3 and 4 once
+// each, and drop record 5.
 const faultRulesA = `# fsync-error scenarios (integration test)
+flush nth=1 eio once
 write sectors=16-23 eio once
 write sectors=24-31 eio once
 write sectors=32-39 eio once
@@ -251,8 +262,8 @@ func checkFaultScenarios(t *testing.T, out string, da, db *fgBackend) {
 		}
 	}
 	t.Logf("acknowledged %v; the checker found lost: %v", acked, lost)
-	if fmt.Sprint(lost) != "[2 5]" || !acked[4] || acked[3] {
-		t.Errorf("lost %v (want [2 5]: the fsyncgate retry and the dropped write), acked %v (want 4, not 3); console:\n%s", lost, acked, out)
+	if fmt.Sprint(lost) != "[2 5]" || !acked[1] || !acked[4] || acked[3] {
+		t.Errorf("lost %v (want [2 5]: the fsyncgate retry and the dropped write), acked %v (want 1 and 4, not 3); console:\n%s", lost, acked, out)
 	}
 	var doc disk.Stats
 	b, _ := os.ReadFile(da.stats)
@@ -266,6 +277,15 @@ func checkFaultScenarios(t *testing.T, out string, da, db *fgBackend) {
 	want := "[16-23 failed-then-flushed 24-31 failed-then-flushed 40-47 dropped]"
 	if fmt.Sprint(losses) != want {
 		t.Errorf("vda losses %v, want %s", losses, want)
+	}
+	for i, r := range doc.Disks[0].Faults.Rules {
+		t.Logf("vda rule %d %q: matched %d, fired %d", i, r.Rule, r.Matched, r.Fired)
+		if r.Fired != 1 {
+			t.Errorf("rule %q fired %d times, want 1", r.Rule, r.Fired)
+		}
+	}
+	if !strings.Contains(out, "FG record 1: fsync failed") {
+		t.Error("the failed FLUSH did not fail record 1's fsync")
 	}
 	imgB, _ := os.ReadFile(db.img)
 	if !strings.Contains(out, "FG-ACK vdb 6") || !bytes.Equal(imgB[6*4096:7*4096], record(6)) {
