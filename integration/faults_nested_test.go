@@ -224,7 +224,11 @@ func statuses(out []byte) map[string]int {
 
 func checkENOSPC(t *testing.T, r harness.Result, stats string) {
 	st := statuses(r.Output)
-	t.Logf("statuses %v", st)
+	for _, l := range strings.Split(string(r.Output), "\n") {
+		if strings.Contains(l, "error") || strings.HasPrefix(l, "ENOSPC") || strings.HasPrefix(l, "CHECK") {
+			t.Logf("guest: %s", strings.TrimSpace(l))
+		}
+	}
 	if st["ENOSPC workload"] == 0 || !bytes.Contains(r.Output, []byte("input/output error")) {
 		t.Errorf("the workload did not report the failed write; console:\n%s", r.Output)
 	}
@@ -235,9 +239,12 @@ func checkENOSPC(t *testing.T, r harness.Result, stats string) {
 		t.Errorf("e2fsck found the file system inconsistent; console:\n%s", r.Output)
 	}
 	f := readFaults(t, stats)
-	if f.Rules[0].Fired != 1 || f.Rules[0].Matched != 150 {
-		t.Errorf("rule counters %+v, want matched 150, fired 1", f.Rules[0])
+	// matched counts every write the rule saw (it goes on counting after
+	// its 150th), fired the one it failed.
+	if f.Rules[0].Fired != 1 || f.Rules[0].Matched < 150 {
+		t.Errorf("rule counters %+v, want matched >= 150, fired 1", f.Rules[0])
 	}
+	t.Logf("rule %q: matched %d, fired %d", f.Rules[0].Rule, f.Rules[0].Matched, f.Rules[0].Fired)
 }
 
 func checkDrop(t *testing.T, r harness.Result, img, stats string) {
@@ -249,7 +256,8 @@ func checkDrop(t *testing.T, r harness.Result, img, stats string) {
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()
 	}
-	t.Logf("e2fsck -fn: status %d:\n%s", code, out)
+	head := strings.SplitN(string(out), "\n", 6)
+	t.Logf("e2fsck -fn: status %d; it begins:\n%s", code, strings.Join(head[:len(head)-1], "\n"))
 	if code&4 == 0 {
 		t.Errorf("e2fsck found nothing wrong after the inode table writes were dropped (status %d)", code)
 	}
