@@ -94,17 +94,7 @@ func TestConsoleLineMarksAcks(t *testing.T) {
 	if err := d.Dev.Close(); err != nil {
 		t.Fatal(err)
 	}
-	var got []string
-	for _, e := range logEntries(t, logPath) {
-		switch {
-		case e.IsMark():
-			got = append(got, "mark "+e.Mark)
-		case e.IsFlush():
-			got = append(got, "flush")
-		default:
-			got = append(got, "write")
-		}
-	}
+	got := entryKinds(t, logPath)
 	want := []string{"write", "flush", "mark ACK x 1", "mark ACK x 2", "mark " + long[:blk.MaxWriteLogMark], "write"}
 	if strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Fatalf("log entries %q, want %q", got, want)
@@ -267,6 +257,20 @@ func TestFaultsMarkTheWriteLog(t *testing.T) {
 	if err := d.Dev.Close(); err != nil {
 		t.Fatal(err)
 	}
+	got := entryKinds(t, logPath)
+	want := []string{"write", "mark FAULT rule 0: write sectors 8-15 drop", "mark FAULT rule 1: flush eio", "flush"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("log entries %q, want %q", got, want)
+	}
+	if on, _ := os.ReadFile(img); on[4096] != 0 {
+		t.Error("the dropped write reached the image")
+	}
+}
+
+// entryKinds lists the write log's entries as "write", "flush" or "mark
+// TEXT".
+func entryKinds(t *testing.T, logPath string) []string {
+	t.Helper()
 	var got []string
 	for _, e := range logEntries(t, logPath) {
 		switch {
@@ -278,11 +282,5 @@ func TestFaultsMarkTheWriteLog(t *testing.T) {
 			got = append(got, "write")
 		}
 	}
-	want := []string{"write", "mark FAULT rule 0: write sectors 8-15 drop", "mark FAULT rule 1: flush eio", "flush"}
-	if strings.Join(got, "|") != strings.Join(want, "|") {
-		t.Errorf("log entries %q, want %q", got, want)
-	}
-	if on, _ := os.ReadFile(img); on[4096] != 0 {
-		t.Error("the dropped write reached the image")
-	}
+	return got
 }
