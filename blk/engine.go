@@ -105,6 +105,8 @@ type activeState struct {
 	// held are the requests an error policy of stop holds (errpolicy.go).
 	heldMu sync.Mutex
 	held   []*slot
+	// closing is set (under heldMu) once Reset began: nothing more is held.
+	closing bool
 	// faulted is set once guest memory faulted under a guard: its backing
 	// is gone, so nothing is read from or written to it any more, and
 	// requests still in flight are accounted without being executed or
@@ -187,7 +189,7 @@ func (st *activeState) requestStop() {
 func (st *activeState) stopAll() {
 	st.requestStop()
 	st.loops.Wait()
-	st.failHeld()
+	st.closeHeld()
 	st.inflight.Wait()
 	close(st.work)
 	close(st.flushes)
@@ -467,6 +469,8 @@ func (st *activeState) worker() {
 			st.guard(func() error { held = st.d.execute(s); return nil })
 		}
 		if held {
+			// Resume may already have handed it to another worker:
+			// it is not ours to touch any more.
 			continue
 		}
 		s.q.addDone(s)
@@ -504,33 +508,35 @@ func (st *activeState) flusher() {
 			target = max(target, s.mark)
 		}
 		out, err := d.syncer.syncTo(target)
-		held := false
+		// completeFlushes hands each FLUSH on (queued for publication,
+		// or held by the error policy) and counts them in handed; the
+		// ones a guest memory fault left are queued here.
+		handed := 0
 		if !st.faulted.Load() {
-			st.guard(func() error { held = d.completeFlushes(batch, out, err); return nil })
+			st.guard(func() error { d.completeFlushes(batch, out, err, &handed); return nil })
 		}
-		if held {
-			clear(batch)
-			continue
-		}
-		for _, s := range batch {
+		for _, s := range batch[handed:] {
 			s.q.addDone(s)
 		}
 		for i, s := range batch {
-			s.q.publish()
+			s.q.publish() // s.q never changes: safe for a held slot too
 			batch[i] = nil
 		}
 	}
 }
 
 // completeFlushes writes the status of a batch of FLUSHes whose host sync
-// ended with out and err, and counts them; it reports whether the error
-// policy held them all instead (werror=stop).
-func (d *Device) completeFlushes(batch []*slot, out syncOutcome, err error) (held bool) {
+// ended with out and err, counts them, and hands each on: queued for
+// publication, or held by the error policy (werror=stop), after which it
+// is not touched again (Resume may re-queue it at once). *handed counts
+// the FLUSHes handed on.
+func (d *Device) completeFlushes(batch []*slot, out syncOutcome, err error, handed *int) {
 	for i, s := range batch {
 		if err != nil {
-			if d.hostError(s, err) {
-				held = true
+			if !d.hostError(s, err) {
+				s.q.addDone(s)
 			}
+			*handed = i + 1
 			continue
 		}
 		switch {
@@ -541,8 +547,9 @@ func (d *Device) completeFlushes(batch []*slot, out syncOutcome, err error) (hel
 		}
 		d.c.flushes.Add(1)
 		d.complete(s, StatusOK, 1)
+		s.q.addDone(s)
+		*handed = i + 1
 	}
-	return held
 }
 
 // badChain completes a chain Pop could not walk: with IOERR when a status

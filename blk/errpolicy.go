@@ -124,8 +124,10 @@ func (d *Device) hostError(s *slot, err error) (held bool) {
 		d.complete(s, StatusOK, written)
 		return false
 	case actStop:
-		s.q.st.hold(s, err)
-		return true
+		if s.q.st.hold(s, err) {
+			return true
+		}
+		// The device is resetting: nothing will resume it.
 	}
 	d.c.errors.Add(1)
 	d.complete(s, StatusIOErr, 1)
@@ -133,17 +135,26 @@ func (d *Device) hostError(s *slot, err error) (held bool) {
 }
 
 // hold keeps s, not completed, until Resume or FailHeld, and tells the
-// VMM.
-func (st *activeState) hold(s *slot, err error) {
+// VMM; it refuses (false) once the activation is stopping, so a request
+// failing while Reset runs is reported instead of held forever.
+func (st *activeState) hold(s *slot, err error) bool {
+	// Read the request before it is in the list: from then on Resume may
+	// hand it to another worker.
+	ev := ErrorStopEvent{Op: opName(s.req.typ), Sector: s.req.sector, Err: err}
 	st.heldMu.Lock()
+	if st.closing {
+		st.heldMu.Unlock()
+		return false
+	}
 	st.held = append(st.held, s)
-	st.heldMu.Unlock()
 	d := st.d
-	d.c.held.Add(1)
+	d.c.held.Add(1) // under the lock: takeHeld's subtraction never overtakes it
+	st.heldMu.Unlock()
 	d.c.errorStops.Add(1)
 	if d.stopped != nil {
-		d.stopped(ErrorStopEvent{Op: opName(s.req.typ), Sector: s.req.sector, Err: err})
+		d.stopped(ev)
 	}
+	return true
 }
 
 // takeHeld empties the held list and returns what it held.
@@ -187,8 +198,16 @@ func (d *Device) FailHeld() int {
 	return d.run.failHeld()
 }
 
-// failHeld completes the held requests with IOERR; Reset calls it too, so
-// a held request never keeps a reset waiting.
+// closeHeld fails the held requests and refuses to hold any more: Reset
+// calls it before it waits for the requests in flight.
+func (st *activeState) closeHeld() {
+	st.heldMu.Lock()
+	st.closing = true
+	st.heldMu.Unlock()
+	st.failHeld()
+}
+
+// failHeld completes the held requests with IOERR.
 func (st *activeState) failHeld() int {
 	held := st.takeHeld()
 	for _, s := range held {
