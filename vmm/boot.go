@@ -76,17 +76,21 @@ func e820Map(l memLayout) []e820Entry {
 
 // bzImage is a parsed kernel image.
 type bzImage struct {
-	setup      []byte // the setup header bytes to copy into boot_params
-	kernel     []byte // the protected-mode part (compressed kernel + decompressor)
-	version    uint16
-	initSize   uint64
-	initrdMax  uint64
-	cmdlineMax uint64
+	setup []byte // the setup header bytes to copy into boot_params
+	// kernelOff and kernelLen locate the protected-mode part (compressed
+	// kernel + decompressor) in the image.
+	kernelOff, kernelLen int64
+	version              uint16
+	initSize             uint64
+	initrdMax            uint64
+	cmdlineMax           uint64
 }
 
-func parseBzImage(img []byte) (*bzImage, error) {
-	if len(img) < 0x300 {
-		return nil, fmt.Errorf("%w: %d bytes is too short", ErrBadKernel, len(img))
+// parseBzImage reads the setup header of a bzImage of size bytes whose
+// first bytes are img (at least 0x300 of them).
+func parseBzImage(img []byte, size int64) (*bzImage, error) {
+	if len(img) < 0x300 || size < 0x300 {
+		return nil, fmt.Errorf("%w: %d bytes is too short", ErrBadKernel, size)
 	}
 	le := binary.LittleEndian
 	if le.Uint32(img[hdrMagic:]) != bootMagic || le.Uint16(img[hdrBootFlag:]) != bootFlagMagic {
@@ -107,7 +111,7 @@ func parseBzImage(img []byte) (*bzImage, error) {
 		setupSects = 4
 	}
 	kernelOff := (setupSects + 1) * 512
-	if kernelOff >= len(img) {
+	if int64(kernelOff) >= size {
 		return nil, fmt.Errorf("%w: setup (%d sectors) is larger than the file", ErrBadKernel, setupSects)
 	}
 	end := 0x202 + int(img[hdrEnd])
@@ -115,7 +119,7 @@ func parseBzImage(img []byte) (*bzImage, error) {
 		end = hdrInitSize + 4
 	}
 	b.setup = img[hdrStart:end]
-	b.kernel = img[kernelOff:]
+	b.kernelOff, b.kernelLen = int64(kernelOff), size-int64(kernelOff)
 	b.initSize = uint64(le.Uint32(img[hdrInitSize:]))
 	b.initrdMax = uint64(le.Uint32(img[hdrInitrdAddrMax:]))
 	if b.initrdMax == 0 {
@@ -133,15 +137,19 @@ func parseBzImage(img []byte) (*bzImage, error) {
 // point is then fixed by the boot protocol at kernelAddr + 0x200) or an
 // uncompressed ELF vmlinux, which skips the in-guest decompression. It
 // returns the guest physical entry point.
-func loadKernel(mem *guestmem.Memory, l memLayout, img []byte, initrd []byte, cmdline string) (uint64, error) {
-	if isELF(img) {
-		return loadVmlinux(mem, l, img, initrd, cmdline)
-	}
-	bz, err := parseBzImage(img)
+func loadKernel(mem *guestmem.Memory, l memLayout, img, initrd Image, cmdline string) (uint64, error) {
+	hdr, err := readHeader(img)
 	if err != nil {
 		return 0, err
 	}
-	footprint := uint64(len(bz.kernel))
+	if isELF(hdr) {
+		return loadVmlinux(mem, l, img, initrd, cmdline)
+	}
+	bz, err := parseBzImage(hdr, img.Size())
+	if err != nil {
+		return 0, err
+	}
+	footprint := uint64(bz.kernelLen)
 	if bz.initSize > footprint {
 		footprint = bz.initSize
 	}
@@ -151,7 +159,7 @@ func loadKernel(mem *guestmem.Memory, l memLayout, img []byte, initrd []byte, cm
 	if kernelEnd > l.lowSize {
 		return 0, fmt.Errorf("kernel needs %d MiB of memory below %#x; give the guest more memory", kernelEnd>>20, l.lowSize)
 	}
-	if err := mem.WriteAt(bz.kernel, kernelAddr); err != nil {
+	if err := readInto(mem, img, bz.kernelOff, bz.kernelLen, kernelAddr); err != nil {
 		return 0, fmt.Errorf("loading kernel: %w", err)
 	}
 	zp := make([]byte, pageSize)
@@ -165,7 +173,7 @@ func loadKernel(mem *guestmem.Memory, l memLayout, img []byte, initrd []byte, cm
 // finishBootParams fills the loader's part of boot_params (zp, with the
 // kernel's setup header already in place), loads the command line and the
 // initrd (above kernelEnd, below initrdMax) and writes zp to zeroPageAddr.
-func finishBootParams(mem *guestmem.Memory, l memLayout, zp []byte, kernelEnd, initrdMax, cmdlineSize uint64, initrd []byte, cmdline string) error {
+func finishBootParams(mem *guestmem.Memory, l memLayout, zp []byte, kernelEnd, initrdMax, cmdlineSize uint64, initrd Image, cmdline string) error {
 	le := binary.LittleEndian
 	zp[hdrTypeOfLoader] = loaderUndefined
 	zp[hdrLoadFlags] |= canUseHeap
@@ -182,12 +190,12 @@ func finishBootParams(mem *guestmem.Memory, l memLayout, zp []byte, kernelEnd, i
 	le.PutUint32(zp[hdrCmdLinePtr:], cmdlineAddr)
 	le.PutUint32(zp[bpExtCmdLinePtr:], 0)
 
-	if len(initrd) > 0 {
+	if initrd != nil && initrd.Size() > 0 {
 		top := l.lowSize
 		if initrdMax+1 < top {
 			top = initrdMax + 1
 		}
-		size := uint64(len(initrd))
+		size := uint64(initrd.Size())
 		if size > top {
 			return fmt.Errorf("initrd of %d MiB does not fit in guest memory", size>>20)
 		}
@@ -195,7 +203,7 @@ func finishBootParams(mem *guestmem.Memory, l memLayout, zp []byte, kernelEnd, i
 		if addr < kernelEnd {
 			return fmt.Errorf("initrd of %d MiB and kernel (up to %d MiB) do not fit below %#x; give the guest more memory", size>>20, kernelEnd>>20, top)
 		}
-		if err := mem.WriteAt(initrd, addr); err != nil {
+		if err := readInto(mem, initrd, 0, int64(size), addr); err != nil {
 			return fmt.Errorf("loading initrd: %w", err)
 		}
 		le.PutUint32(zp[hdrRamdiskImage:], uint32(addr))

@@ -23,8 +23,8 @@ const (
 // addresses of its program headers and builds boot_params from scratch, as
 // the kernel's own decompressor would hand over. It returns the physical
 // entry point (startup_64).
-func loadVmlinux(mem *guestmem.Memory, l memLayout, img []byte, initrd []byte, cmdline string) (uint64, error) {
-	f, err := elf.NewFile(bytes.NewReader(img))
+func loadVmlinux(mem *guestmem.Memory, l memLayout, img, initrd Image, cmdline string) (uint64, error) {
+	f, err := elf.NewFile(img)
 	if err != nil {
 		return 0, fmt.Errorf("%w: ELF: %v", ErrBadKernel, err)
 	}
@@ -41,11 +41,11 @@ func loadVmlinux(mem *guestmem.Memory, l memLayout, img []byte, initrd []byte, c
 		if p.Filesz > p.Memsz || end < p.Paddr || p.Paddr < highMemStart || end > l.lowSize {
 			return 0, fmt.Errorf("%w: segment at physical %#x+%#x does not fit in guest RAM [%#x, %#x)", ErrBadKernel, p.Paddr, p.Memsz, highMemStart, l.lowSize)
 		}
-		if p.Off > uint64(len(img)) || p.Filesz > uint64(len(img))-p.Off {
+		if size := uint64(img.Size()); p.Off > size || p.Filesz > size-p.Off {
 			return 0, fmt.Errorf("%w: segment at %#x: file bytes [%#x, +%#x) past the end of the image", ErrBadKernel, p.Paddr, p.Off, p.Filesz)
 		}
-		// Copy straight from the image: a vmlinux is tens of MiB.
-		if err := mem.WriteAt(img[p.Off:p.Off+p.Filesz], p.Paddr); err != nil {
+		// Read straight into guest memory: a vmlinux is tens of MiB.
+		if err := readInto(mem, img, int64(p.Off), int64(p.Filesz), p.Paddr); err != nil {
 			return 0, fmt.Errorf("loading kernel segment: %w", err)
 		}
 		// Guest RAM is a fresh anonymous mapping, so the rest of the

@@ -27,9 +27,11 @@ const MaxCPUs = 64
 
 // Config describes a machine.
 type Config struct {
-	// Kernel is the bzImage; Initrd (optional) the initial ramdisk.
-	Kernel []byte
-	Initrd []byte
+	// Kernel is the bzImage or ELF vmlinux; Initrd (optional, nil for
+	// none) the initial ramdisk. New reads both straight into guest
+	// memory and keeps no reference to them.
+	Kernel Image
+	Initrd Image
 	// Cmdline is the kernel command line.
 	Cmdline string
 	// MemSize is the guest RAM size in bytes.

@@ -105,7 +105,7 @@ func runTiny(t *testing.T, code []byte, cpus int, before func(*Machine)) (Result
 	skipWithoutKVM(t)
 	var out, diag bytes.Buffer
 	m, err := New(Config{
-		Kernel:  makeBzImage(code),
+		Kernel:  BytesImage(makeBzImage(code)),
 		Cmdline: "test cmdline",
 		MemSize: 64 << 20,
 		CPUs:    cpus,
@@ -258,7 +258,7 @@ func TestFatalExitDiagnostics(t *testing.T) {
 		debugExit(0),
 	)
 	var out, diag bytes.Buffer
-	m, err := New(Config{Kernel: makeBzImage(code), MemSize: 64 << 20, CPUs: 1, Output: &out, Diag: &diag})
+	m, err := New(Config{Kernel: BytesImage(makeBzImage(code)), MemSize: 64 << 20, CPUs: 1, Output: &out, Diag: &diag})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -296,7 +296,7 @@ func TestCloseReleasesEverything(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		runTiny(t, codeBootCheck, 2, nil)
 	}
-	if _, err := New(Config{Kernel: []byte("garbage"), MemSize: 64 << 20, CPUs: 2}); !errors.Is(err, ErrBadKernel) {
+	if _, err := New(Config{Kernel: BytesImage([]byte("garbage")), MemSize: 64 << 20, CPUs: 2}); !errors.Is(err, ErrBadKernel) {
 		t.Errorf("New with a bad kernel: %v, want ErrBadKernel", err)
 	}
 	if after := openFDs(t); after != before {
@@ -353,7 +353,7 @@ func TestTinyGuestVmlinux(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			var out bytes.Buffer
-			m, err := New(Config{Kernel: tc.kernel, Cmdline: "test", MemSize: 64 << 20, CPUs: 1, Output: &out})
+			m, err := New(Config{Kernel: BytesImage(tc.kernel), Cmdline: "test", MemSize: 64 << 20, CPUs: 1, Output: &out})
 			if tc.wantErr != "" {
 				if !errors.Is(err, ErrBadKernel) || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("New: %v, want ErrBadKernel mentioning %q", err, tc.wantErr)

@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -72,14 +75,14 @@ func TestParseBzImageRejects(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := parseBzImage(tc.img)
+			_, err := parseBzImage(tc.img, int64(len(tc.img)))
 			if !errors.Is(err, ErrBadKernel) || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("parseBzImage: %v, want ErrBadKernel mentioning %q", err, tc.want)
 			}
 		})
 	}
-	if _, err := parseBzImage(good); err != nil {
-		t.Errorf("parseBzImage(good): %v", err)
+	if _, err := parseBzImage(good, int64(len(good))); err != nil {
+		t.Errorf("parseBzImage(good, int64(len(good))): %v", err)
 	}
 }
 
@@ -113,7 +116,7 @@ func TestLoadKernel(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			mem, l := testMemory(t, tc.mem)
 			initrd := bytes.Repeat([]byte{0xab}, tc.initrd)
-			entry, err := loadKernel(mem, l, makeBzImage(code), initrd, tc.cmdline)
+			entry, err := loadKernel(mem, l, BytesImage(makeBzImage(code)), BytesImage(initrd), tc.cmdline)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("loadKernel: %v, want error mentioning %q", err, tc.wantErr)
@@ -606,5 +609,48 @@ func TestGuestRAMResident(t *testing.T) {
 	}
 	if _, err := newGuestRAM(1 << 20); err == nil {
 		t.Error("1 MiB of guest RAM accepted")
+	}
+}
+
+// TestLoadFromFiles loads a vmlinux and an initrd from files, as flushvm
+// run does (read straight into guest memory), and refuses a file that
+// shrank after it was opened.
+func TestLoadFromFiles(t *testing.T) {
+	dir := t.TempDir()
+	code := []byte{0xf4, 0xeb, 0xfe}
+	open := func(name string, b []byte) (*os.File, Image) {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return f, io.NewSectionReader(f, 0, int64(len(b)))
+	}
+	_, kernel := open("vmlinux", makeVmlinux(code))
+	initrdBytes := bytes.Repeat([]byte("initrd"), 1000)
+	_, initrd := open("initrd", initrdBytes)
+	mem, l := testMemory(t, 64<<20)
+	entry, err := loadKernel(mem, l, kernel, initrd, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(code))
+	if err := mem.ReadAt(got, entry); err != nil || !bytes.Equal(got, code) {
+		t.Errorf("code at the entry point %#x: %x, %v", entry, got, err)
+	}
+	addr := (l.lowSize - uint64(len(initrdBytes))) &^ 0xfff
+	gotInitrd := make([]byte, len(initrdBytes))
+	if err := mem.ReadAt(gotInitrd, addr); err != nil || !bytes.Equal(gotInitrd, initrdBytes) {
+		t.Errorf("initrd not at %#x: %v", addr, err)
+	}
+	if err := os.Truncate(filepath.Join(dir, "initrd"), 100); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loadKernel(mem, l, kernel, initrd, "x"); err == nil || !strings.Contains(err.Error(), "unexpected EOF") {
+		t.Errorf("an initrd that shrank while loaded: %v, want an unexpected EOF", err)
 	}
 }

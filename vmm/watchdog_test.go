@@ -106,7 +106,7 @@ func runTinyWatched(t *testing.T, code []byte, watchdog, stopAfter time.Duration
 	t.Helper()
 	skipWithoutKVM(t)
 	var diag bytes.Buffer
-	m, err := New(Config{Kernel: makeBzImage(code), MemSize: 64 << 20, CPUs: 1, Diag: &diag, Watchdog: watchdog})
+	m, err := New(Config{Kernel: BytesImage(makeBzImage(code)), MemSize: 64 << 20, CPUs: 1, Diag: &diag, Watchdog: watchdog})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -178,6 +178,8 @@ func runCommand(args []string, stdout, stderr io.Writer) int {
 // (userError) or failures of the VMM.
 func (f *runFlags) run(stdout, stderr io.Writer) (status int, err error) {
 	cfg, specs, pc, err := f.machineConfig(stdout, stderr)
+	defer closeImage(cfg.Kernel)
+	defer closeImage(cfg.Initrd)
 	if err != nil {
 		return 0, err
 	}
@@ -269,13 +271,17 @@ func (f *runFlags) machineConfig(stdout, stderr io.Writer) (vmm.Config, []blk.Sp
 	}
 	cfg = vmm.Config{Cmdline: f.append, MemSize: mem, CPUs: f.cpus, Console: os.Stdin, Output: stdout, Diag: stderr,
 		Debug: os.Getenv("FLUSHVM_DEBUG") != "", Watchdog: f.watchdog}
-	if cfg.Kernel, err = readBounded(f.kernel, mem); err != nil {
+	kernel, err := openBounded(f.kernel, mem)
+	if err != nil {
 		return cfg, nil, pc, userErrorf("--kernel: %v", err)
 	}
+	cfg.Kernel = kernel
 	if f.initrd != "" {
-		if cfg.Initrd, err = readBounded(f.initrd, mem); err != nil {
+		initrd, err := openBounded(f.initrd, mem)
+		if err != nil {
 			return cfg, nil, pc, userErrorf("--initrd: %v", err)
 		}
+		cfg.Initrd = initrd
 	}
 	if err := kvm.Available(); err != nil {
 		return cfg, nil, pc, userError{err}
@@ -401,33 +407,49 @@ func (s *runSession) close(err error) error {
 	return err
 }
 
-// readBounded reads the regular file path, which must fit in limit bytes
-// (the guest's memory): a device such as /dev/zero, or a file larger than
-// the guest, is refused before it is read.
-func readBounded(path string, limit uint64) ([]byte, error) {
+// imageFile is a --kernel or --initrd file as a vmm.Image: the loader
+// reads it straight into guest memory (never into the VMM's heap); the
+// run closes it.
+type imageFile struct {
+	*io.SectionReader
+	f *os.File
+}
+
+// Close closes the file.
+func (i *imageFile) Close() error { return i.f.Close() }
+
+// closeImage closes img if it is an imageFile.
+func closeImage(img vmm.Image) {
+	if c, ok := img.(io.Closer); ok {
+		c.Close()
+	}
+}
+
+// openBounded opens the regular file path, which must fit in limit bytes
+// (the guest's memory), as an image of the size it has now: a file that
+// shrinks while the loader reads it is an error, one that grows is read
+// up to that size.
+func openBounded(path string, limit uint64) (*imageFile, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fileError(err)
 	}
-	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
+		f.Close()
 		return nil, fileError(err)
 	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file", path)
+	switch {
+	case !fi.Mode().IsRegular():
+		err = fmt.Errorf("%s: not a regular file", path)
+	case uint64(fi.Size()) > limit:
+		err = fmt.Errorf("%s: %d bytes, more than the guest's %d bytes of memory", path, fi.Size(), limit)
 	}
-	if uint64(fi.Size()) > limit {
-		return nil, fmt.Errorf("%s: %d bytes, more than the guest's %d bytes of memory", path, fi.Size(), limit)
-	}
-	b, err := io.ReadAll(io.LimitReader(f, int64(limit)+1))
 	if err != nil {
-		return nil, fileError(err)
+		f.Close()
+		return nil, err
 	}
-	if uint64(len(b)) > limit {
-		return nil, fmt.Errorf("%s: grew past the guest's %d bytes of memory while read", path, limit)
-	}
-	return b, nil
+	return &imageFile{SectionReader: io.NewSectionReader(f, 0, fi.Size()), f: f}, nil
 }
 
 // checkDiskPath checks, before anything is opened, that a disk's path is a
