@@ -618,7 +618,7 @@ func TestGuestRAMResident(t *testing.T) {
 func TestLoadFromFiles(t *testing.T) {
 	dir := t.TempDir()
 	code := []byte{0xf4, 0xeb, 0xfe}
-	open := func(name string, b []byte) (*os.File, Image) {
+	open := func(name string, b []byte) Image {
 		p := filepath.Join(dir, name)
 		if err := os.WriteFile(p, b, 0o644); err != nil {
 			t.Fatal(err)
@@ -628,11 +628,11 @@ func TestLoadFromFiles(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { f.Close() })
-		return f, io.NewSectionReader(f, 0, int64(len(b)))
+		return io.NewSectionReader(f, 0, int64(len(b)))
 	}
-	_, kernel := open("vmlinux", makeVmlinux(code))
+	kernel := open("vmlinux", makeVmlinux(code))
 	initrdBytes := bytes.Repeat([]byte("initrd"), 1000)
-	_, initrd := open("initrd", initrdBytes)
+	initrd := open("initrd", initrdBytes)
 	mem, l := testMemory(t, 64<<20)
 	entry, err := loadKernel(mem, l, kernel, initrd, "x")
 	if err != nil {

@@ -418,7 +418,8 @@ type imageFile struct {
 // Close closes the file.
 func (i *imageFile) Close() error { return i.f.Close() }
 
-// closeImage closes img if it is an imageFile.
+// closeImage closes img if it has a file behind it (an imageFile); nil
+// and in-memory images are left alone.
 func closeImage(img vmm.Image) {
 	if c, ok := img.(io.Closer); ok {
 		c.Close()
