@@ -112,7 +112,7 @@ func TestDebianLinuxFaultsNested(t *testing.T) {
 	stop := stopRun(ctx, t, a, dir)
 	opts := harness.Options{Stdout: consoleWriter{}, Timeout: 15 * time.Minute}
 	if stop.files != nil {
-		runs = append(runs, harness.Run{Command: []string{"/bin/sh", "-c", stop.command}, Timeout: 4 * time.Minute})
+		runs = append(runs, harness.Run{Command: []string{"/bin/sh", "-c", stop.command}, Rerun: true, Timeout: 4 * time.Minute})
 		opts.JobFiles = stop.files
 	}
 	s, err := harness.Execute(ctx, opts, runs...)

@@ -67,8 +67,14 @@ type Run struct {
 	Args []string
 	// Command, when set, runs this command inside L1 instead of flushvm
 	// (nested only; L1 paths; flushvm is /job/flushvm). It is for
-	// checking the harness itself.
+	// checking the harness itself, and for tests that need more than
+	// one flushvm process in L1.
 	Command []string
+	// Rerun marks a Command that may run again from its start when L1
+	// died under it (see nestedOnceMore): it keeps no state but its
+	// --disk files, which the harness restores. flushvm runs always may;
+	// a command that counts failures (a soak) must not set it.
+	Rerun bool
 	// Timeout bounds this run inside L1; zero means only the session
 	// bound applies.
 	Timeout time.Duration

@@ -55,12 +55,12 @@ const tripleFaultEvent = "triple fault (KVM_EXIT_SHUTDOWN)"
 // kernel's own reboot method (reboot=t), not a crash below flushvm.
 const kernelRestart = "reboot: Restarting system"
 
-// retryable reports whether a session may be run again: only flushvm runs
-// (campaigns retry their own boots; commands, such as a soak, measure
-// failures and must see them).
+// retryable reports whether a session may be run again: flushvm runs and
+// commands marked Rerun (campaigns retry their own boots; other commands,
+// such as a soak, measure failures and must see them).
 func retryable(runs []Run) bool {
 	for _, r := range runs {
-		if r.Command != nil || r.sub() != SubRun {
+		if r.Command != nil && !r.Rerun || r.Command == nil && r.sub() != SubRun {
 			return false
 		}
 	}

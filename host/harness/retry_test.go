@@ -45,6 +45,9 @@ func TestRetryableAndWritableDisks(t *testing.T) {
 	if retryable([]Run{{Args: []string{"--kernel", "k"}}, {Command: []string{"/bin/sh"}}}) {
 		t.Error("a session with a command (a soak) must not be retried")
 	}
+	if !retryable([]Run{{Args: []string{"--kernel", "k"}}, {Command: []string{"/bin/sh"}, Rerun: true}}) {
+		t.Error("a command marked Rerun is retried with the flushvm runs")
+	}
 	if retryable([]Run{{Subcommand: SubCrashtest}}) {
 		t.Error("a campaign retries its own boots")
 	}
