@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/flushvm/flushvm/disk"
-	"github.com/flushvm/flushvm/host/harness"
 	"github.com/flushvm/flushvm/host/initramfs"
 	"github.com/flushvm/flushvm/protocol"
 )
@@ -176,7 +175,7 @@ func TestVhostUserBlkFaultsQEMU(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	q := exec.CommandContext(ctx, "nice", faultQEMUArgs(a.kernel, initrd, da.sock, db.sock)...)
+	q := exec.CommandContext(ctx, "nice", vhuQEMUArgs(a.kernel, initrd, vhuSocket{path: da.sock, queues: 1}, vhuSocket{path: db.sock, queues: 1})...)
 	var console syncBuffer
 	q.Stdout, q.Stderr = &console, &console
 	if err := q.Start(); err != nil {
@@ -203,16 +202,6 @@ func TestVhostUserBlkFaultsQEMU(t *testing.T) {
 		t.Fatalf("the guest did not finish its scenarios; console:\n%s", out)
 	}
 	checkFaultScenarios(t, out, da, db)
-}
-
-// faultQEMUArgs boots the guest with two vhost-user-blk disks.
-func faultQEMUArgs(kernelPath, initrd, sockA, sockB string) []string {
-	return harness.QEMUCommand{SMP: 2, Kernel: kernelPath, Initrd: initrd,
-		Append: "console=ttyS0 panic=-1 quiet flushvm.run=script",
-		Extra: []string{"-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-numa", "node,memdev=mem",
-			"-chardev", "socket,id=vhua,path=" + sockA, "-device", "vhost-user-blk-pci,chardev=vhua,num-queues=1",
-			"-chardev", "socket,id=vhub,path=" + sockB, "-device", "vhost-user-blk-pci,chardev=vhub,num-queues=1"},
-	}.Args()
 }
 
 // resumeHeld waits for backend b to say it holds a request, checks the

@@ -71,7 +71,7 @@ func TestVhostUserBlkPowerCutQEMU(t *testing.T) {
 	}
 	defer be.Process.Kill()
 	vhuWaitSocket(t, be, sock, &stderr)
-	q := exec.CommandContext(ctx, "nice", vhuQEMUArgs(a.kernel, initrd, sock, 1)...)
+	q := exec.CommandContext(ctx, "nice", vhuQEMUArgs(a.kernel, initrd, vhuSocket{path: sock, queues: 1})...)
 	var console bytes.Buffer
 	q.Stdout, q.Stderr = &console, &console
 	if err := q.Start(); err != nil {

@@ -140,79 +140,99 @@ func vhuAddDynamic(b *initramfs.Builder, prog string) error {
 	return b.Err()
 }
 
-// vhuGuest is one guest boot against `flushvm vhost-user-blk`.
-type vhuGuest struct {
-	console string
-	stats   blk.Stats
-	disk    string
-	status  int // flushvm's exit status
-	stderr  string
+// vhuDisk is one `flushvm vhost-user-blk` backend of a guest boot: a
+// fresh sparse 128 MiB image served with SPEC options spec and queues
+// queues, its serial= set to name so the guest finds it.
+type vhuDisk struct {
+	name   string
+	spec   string
+	queues int
+	img    string
+	sock   string
+	stats  string
+	cmd    *exec.Cmd
+	stderr bytes.Buffer
+	status int       // flushvm's exit status, once it ended
+	st     blk.Stats // from --stats, once it ended
 }
 
-// vhuBoot serves disk (SPEC options appended to path=) with flushvm and
-// boots the guest running script.
-func vhuBoot(t *testing.T, a *vhuArtifacts, cacheOpt string, queues int, script string, extra *initramfs.Builder) vhuGuest {
+// vhuStart starts d's backend in dir.
+func vhuStart(ctx context.Context, t *testing.T, a *vhuArtifacts, dir string, d *vhuDisk) {
+	t.Helper()
+	d.img, d.sock, d.stats = filepath.Join(dir, d.name+".img"), filepath.Join(dir, d.name+".sock"), filepath.Join(dir, d.name+".json")
+	if err := os.WriteFile(d.img, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(d.img, 128<<20); err != nil {
+		t.Fatal(err)
+	}
+	d.cmd = exec.CommandContext(ctx, "nice", a.flushvm, "vhost-user-blk", "--socket", d.sock,
+		"--disk", "path="+d.img+",serial="+d.name+d.spec, "--queues", strconv.Itoa(d.queues), "--stats", d.stats)
+	d.cmd.Stderr = &d.stderr
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.cmd.Process.Kill(); d.cmd.Wait() })
+	vhuWaitSocket(t, d.cmd, d.sock, &d.stderr)
+}
+
+// vhuBootDisks serves every disk with flushvm, boots one guest running
+// script against all of them, waits for each backend to exit after QEMU
+// ended and reads its --stats. It returns the guest's console.
+func vhuBootDisks(t *testing.T, a *vhuArtifacts, disks []*vhuDisk, script string, extra *initramfs.Builder) string {
 	t.Helper()
 	dir := t.TempDir()
-	diskImg := filepath.Join(dir, "disk.img")
-	if err := os.WriteFile(diskImg, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(diskImg, 128<<20); err != nil {
-		t.Fatal(err)
-	}
 	extra.Bytes("/run.sh", []byte(script), 0o755)
 	img, err := initramfs.Append(a.cache, a.base, extra)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sock := filepath.Join(dir, "vhu.sock")
-	statsFile := filepath.Join(dir, "stats.json")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	var stderr bytes.Buffer
-	be := exec.CommandContext(ctx, "nice", a.flushvm, "vhost-user-blk", "--socket", sock,
-		"--disk", "path="+diskImg+cacheOpt, "--queues", strconv.Itoa(queues), "--stats", statsFile)
-	be.Stderr = &stderr
-	if err := be.Start(); err != nil {
-		t.Fatal(err)
+	socks := make([]vhuSocket, len(disks))
+	for i, d := range disks {
+		vhuStart(ctx, t, a, dir, d)
+		socks[i] = vhuSocket{path: d.sock, queues: d.queues}
 	}
-	vhuWaitSocket(t, be, sock, &stderr)
-	q := exec.CommandContext(ctx, "nice", vhuQEMUArgs(a.kernel, img, sock, queues)...)
+	q := exec.CommandContext(ctx, "nice", vhuQEMUArgs(a.kernel, img, socks...)...)
 	var console bytes.Buffer
 	q.Stdout, q.Stderr = &console, &console
 	t0 := time.Now()
 	qerr := q.Run()
-	t.Logf("guest boot: qemu-system-x86_64 -accel tcg, vhost-user-blk-pci num-queues=%d -> flushvm vhost-user-blk --disk path=DISK%s --queues %d: %.1f s wall%s",
-		queues, cacheOpt, queues, time.Since(t0).Seconds(), vhuUptime(console.String()))
-	done := make(chan error, 1)
-	go func() { done <- be.Wait() }()
-	var berr error
-	select {
-	case berr = <-done:
-	case <-time.After(30 * time.Second):
-		be.Process.Kill()
-		<-done
-		t.Fatalf("flushvm did not exit after QEMU disconnected; stderr:\n%s", stderr.String())
+	t.Logf("guest boot: qemu-system-x86_64 -accel tcg, %d vhost-user-blk-pci disks, each served by flushvm vhost-user-blk: %.1f s wall%s",
+		len(disks), time.Since(t0).Seconds(), vhuUptime(console.String()))
+	for _, d := range disks {
+		vhuEnd(t, d)
 	}
-	g := vhuGuest{console: console.String(), disk: diskImg, stderr: stderr.String()}
 	if qerr != nil {
-		t.Fatalf("qemu: %v; console:\n%s\nflushvm:\n%s", qerr, g.console, g.stderr)
+		t.Fatalf("qemu: %v; console:\n%s", qerr, console.String())
 	}
-	if be.ProcessState != nil {
-		g.status = be.ProcessState.ExitCode()
+	return console.String()
+}
+
+// vhuEnd waits (up to 30 s) for d's backend to exit after QEMU
+// disconnected and reads its --stats.
+func vhuEnd(t *testing.T, d *vhuDisk) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { d.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		d.cmd.Process.Kill()
+		<-done
+		t.Fatalf("%s: flushvm did not exit after QEMU disconnected; stderr:\n%s", d.name, d.stderr.String())
 	}
-	_ = berr
-	b, err := os.ReadFile(statsFile)
+	d.status = d.cmd.ProcessState.ExitCode()
+	b, err := os.ReadFile(d.stats)
 	if err != nil {
-		t.Fatalf("--stats: %v; flushvm:\n%s", err, g.stderr)
+		t.Fatalf("%s: --stats: %v; flushvm:\n%s", d.name, err, d.stderr.String())
 	}
 	var doc disk.Stats
 	if err := json.Unmarshal(b, &doc); err != nil || len(doc.Disks) != 1 {
-		t.Fatalf("--stats %s: %v", b, err)
+		t.Fatalf("%s: --stats %s: %v", d.name, b, err)
 	}
-	g.stats = doc.Disks[0].Stats
-	return g
+	d.st = doc.Disks[0].Stats
 }
 
 // vhuWaitSocket waits (up to 5 s) for the backend be to create its socket;
@@ -232,67 +252,102 @@ func vhuWaitSocket(t *testing.T, be *exec.Cmd, sock string, stderr *bytes.Buffer
 	}
 }
 
-// vhuQEMUArgs is the QEMU command line (after "nice") booting kernel and
-// initrd with one vhost-user-blk-pci disk of queues queues on sock.
-func vhuQEMUArgs(kernelPath, initrd, sock string, queues int) []string {
-	return harness.QEMUCommand{SMP: 2, Kernel: kernelPath, Initrd: initrd,
-		Append: "console=ttyS0 panic=-1 quiet flushvm.run=script",
-		Extra: []string{"-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-numa", "node,memdev=mem",
-			"-chardev", "socket,id=vhu,path=" + sock,
-			"-device", "vhost-user-blk-pci,chardev=vhu,num-queues=" + strconv.Itoa(queues)},
-	}.Args()
+// vhuSocket is one vhost-user-blk-pci disk of a guest: the backend's
+// socket and the number of queues.
+type vhuSocket struct {
+	path   string
+	queues int
 }
 
-// vhuScript checks and toggles the cache the guest sees, optionally runs
-// fsyncstress and fio with crc32c verification, and writes /pattern.bin at
-// 64 MiB. Linux's /sys/block/vda/queue/write_cache is the block layer's
-// view; the device's writeback field is changed through virtio_blk's own
-// /sys/block/vda/cache_type (writing queue/write_cache never reaches the
-// device).
+// vhuQEMUArgs is the QEMU command line (after "nice") booting kernel and
+// initrd with one vhost-user-blk-pci disk per socket, in order.
+func vhuQEMUArgs(kernelPath, initrd string, socks ...vhuSocket) []string {
+	extra := []string{"-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-numa", "node,memdev=mem"}
+	for i, s := range socks {
+		id := "vhu" + strconv.Itoa(i)
+		extra = append(extra, "-chardev", "socket,id="+id+",path="+s.path,
+			"-device", "vhost-user-blk-pci,chardev="+id+",num-queues="+strconv.Itoa(s.queues))
+	}
+	return harness.QEMUCommand{SMP: 2, Kernel: kernelPath, Initrd: initrd,
+		Append: "console=ttyS0 panic=-1 quiet flushvm.run=script", Extra: extra}.Args()
+}
+
+// vhuScript defines check NAME FULL: it finds the disk whose serial is
+// NAME, checks and toggles the cache the guest sees, with FULL=1 runs
+// fsyncstress and fio with crc32c verification and checks large O_DIRECT
+// writes read back, and writes /pattern.bin at 64 MiB. Linux's
+// /sys/block/vdX/queue/write_cache is the block layer's view; the device's
+// writeback field is changed through virtio_blk's own
+// /sys/block/vdX/cache_type (writing queue/write_cache never reaches the
+// device). The test appends one check line per disk.
 const vhuScript = `set -e
-wc() { cat /sys/block/vda/queue/write_cache; }
-echo "VHU initial=$(wc)"
-orig=$(cat /sys/block/vda/cache_type)
-if [ "$orig" = "write back" ]; then flip="write through"; else flip="write back"; fi
-echo "$flip" > /sys/block/vda/cache_type
-echo "VHU toggled=$(wc)"
-echo "$orig" > /sys/block/vda/cache_type
-echo "VHU restored=$(wc)"
-if [ "$FULL" = 1 ]; then
-	/bin/fsyncstress -dev /dev/vda -writers 4 -records 100
-	/usr/bin/fio --name=verify --filename=/dev/vda --size=32M --rw=randwrite --bs=4k \
-		--ioengine=libaio --iodepth=16 --direct=1 --verify=crc32c --do_verify=1 \
-		--verify_fatal=1 --randrepeat=1 --output-format=terse --terse-version=3 >/tmp/fio.out
-	echo "VHU fio=ok"
-	# Large O_DIRECT writes, each read back from the device.
-	want=$(md5sum </pattern.bin)
-	i=0
-	while [ $i -lt 16 ]; do
-		dd if=/pattern.bin of=/dev/vda bs=1M seek=$((80 + i)) oflag=direct 2>/dev/null
-		got=$(dd if=/dev/vda bs=1M skip=$((80 + i)) count=1 iflag=direct 2>/dev/null | md5sum)
-		[ "$got" = "$want" ] || { echo "VHU readback $i differs"; exit 1; }
-		i=$((i + 1))
+dev_of() {
+	for d in /sys/block/vd*; do
+		if [ "$(cat $d/serial)" = "$1" ]; then echo ${d#/sys/block/}; return; fi
 	done
-	echo "VHU readback=ok"
-fi
-dd if=/pattern.bin of=/dev/vda bs=1M seek=64 oflag=direct conv=fsync 2>/dev/null
-echo "VHU pattern=written"
+	echo "VHU no disk has serial $1" >&2
+	exit 1
+}
+check() {
+	name=$1 full=$2
+	dev=$(dev_of $name)
+	wc() { cat /sys/block/$dev/queue/write_cache; }
+	echo "VHU $name initial=$(wc)"
+	orig=$(cat /sys/block/$dev/cache_type)
+	if [ "$orig" = "write back" ]; then flip="write through"; else flip="write back"; fi
+	echo "$flip" > /sys/block/$dev/cache_type
+	echo "VHU $name toggled=$(wc)"
+	echo "$orig" > /sys/block/$dev/cache_type
+	echo "VHU $name restored=$(wc)"
+	if [ "$full" = 1 ]; then
+		/bin/fsyncstress -dev /dev/$dev -writers 4 -records 100 >/tmp/fsyncstress.out
+		grep -q "records intact" /tmp/fsyncstress.out
+		echo "VHU $name fsyncstress=ok"
+		/usr/bin/fio --name=verify --filename=/dev/$dev --size=32M --rw=randwrite --bs=4k \
+			--ioengine=libaio --iodepth=16 --direct=1 --verify=crc32c --do_verify=1 \
+			--verify_fatal=1 --randrepeat=1 --output-format=terse --terse-version=3 >/tmp/fio.out
+		echo "VHU $name fio=ok"
+		# Large O_DIRECT writes, each read back from the device.
+		want=$(md5sum </pattern.bin)
+		i=0
+		while [ $i -lt 16 ]; do
+			dd if=/pattern.bin of=/dev/$dev bs=1M seek=$((80 + i)) oflag=direct 2>/dev/null
+			got=$(dd if=/dev/$dev bs=1M skip=$((80 + i)) count=1 iflag=direct 2>/dev/null | md5sum)
+			[ "$got" = "$want" ] || { echo "VHU $name readback $i differs"; exit 1; }
+			i=$((i + 1))
+		done
+		echo "VHU $name readback=ok"
+	fi
+	dd if=/pattern.bin of=/dev/$dev bs=1M seek=64 oflag=direct conv=fsync 2>/dev/null
+	echo "VHU $name pattern=written"
+}
 `
 
-// TestVhostUserBlkQEMU boots Linux under QEMU TCG against flushvm
-// vhost-user-blk in every cache mode (and writeback with two queues): the
-// guest sees the right write cache, toggles it (the device counts the
-// changes), runs fsyncstress and fio with crc32c verification and checks
-// large O_DIRECT writes read back (writeback and none), and the pattern it
-// writes is byte-exact in the host file after the VM is gone.
+// vhuCase is one disk of TestVhostUserBlkQEMU.
+type vhuCase struct {
+	mode   blk.CacheMode
+	queues int
+	wc     string // the write cache the guest sees first
+	full   bool   // fsyncstress, fio and large O_DIRECT read-back too
+}
+
+func (c vhuCase) name() string {
+	if c.queues > 1 {
+		return string(c.mode) + "-" + strconv.Itoa(c.queues) + "queues"
+	}
+	return string(c.mode)
+}
+
+// TestVhostUserBlkQEMU boots one Linux guest under QEMU TCG with a disk
+// per cache mode (and writeback with two queues), each served by its own
+// flushvm vhost-user-blk: the guest finds each disk by its serial (GET_ID),
+// sees the right write cache, toggles it (the device counts the changes),
+// runs fsyncstress and fio with crc32c verification and checks large
+// O_DIRECT writes read back (writeback and none), and the pattern it writes
+// is byte-exact in each host file after the VM is gone.
 func TestVhostUserBlkQEMU(t *testing.T) {
 	a := vhuPrepare(t)
-	cases := []struct {
-		mode   blk.CacheMode
-		queues int
-		wc     string
-		full   bool
-	}{
+	cases := []vhuCase{
 		{blk.CacheWriteback, 1, "write back", true},
 		{blk.CacheWriteback, 2, "write back", true},
 		{blk.CacheNone, 1, "write back", true},
@@ -300,76 +355,89 @@ func TestVhostUserBlkQEMU(t *testing.T) {
 		{blk.CacheDirectSync, 1, "write through", false},
 		{blk.CacheUnsafe, 1, "write back", false},
 	}
-	for _, tc := range cases {
-		name := string(tc.mode)
-		if tc.queues > 1 {
-			name += "-" + strconv.Itoa(tc.queues) + "queues"
+	pattern := make([]byte, 1<<20)
+	rand.Read(pattern)
+	x := initramfs.Extra()
+	x.Bytes("/pattern.bin", pattern, 0o644)
+	script := vhuScript
+	disks := make([]*vhuDisk, len(cases))
+	for i, tc := range cases {
+		disks[i] = &vhuDisk{name: tc.name(), spec: ",cache=" + string(tc.mode), queues: tc.queues}
+		full := 0
+		if tc.full {
+			full = 1
 		}
-		t.Run(name, func(t *testing.T) {
-			pattern := make([]byte, 1<<20)
-			rand.Read(pattern)
-			x := initramfs.Extra()
-			x.Bytes("/pattern.bin", pattern, 0o644)
-			script := vhuScript
-			if tc.full {
-				script = "FULL=1\n" + script
-			}
-			g := vhuBoot(t, a, ",cache="+string(tc.mode), tc.queues, script, x)
-			if !strings.Contains(g.console, "flushvm-init: exit status 0") {
-				t.Fatalf("guest script failed; console:\n%s\nflushvm:\n%s", g.console, g.stderr)
-			}
-			if g.status != 0 {
-				t.Errorf("flushvm exit status %d; stderr:\n%s", g.status, g.stderr)
-			}
-			other := "write through"
-			if tc.wc == other {
-				other = "write back"
-			}
-			for _, want := range []string{"VHU initial=" + tc.wc, "VHU toggled=" + other, "VHU restored=" + tc.wc} {
-				if !strings.Contains(g.console, want) {
-					t.Errorf("console lacks %q:\n%s", want, g.console)
-				}
-			}
-			if tc.full && !strings.Contains(g.console, "records intact") {
-				t.Errorf("fsyncstress did not verify:\n%s", g.console)
-			}
-			s := g.stats
-			t.Logf("stats: %+v\nstats: writes %d flushes %d host_syncs %d elided %d merged %d wce_changes %d wce %v", s,
-				s.Writes, s.Flushes, s.HostSyncs, s.FlushesElided, s.FlushesMerged, s.WCEChanges, s.WCE)
-			if s.WCEChanges != 2 {
-				t.Errorf("wce_changes = %d, want 2 (the guest toggled the cache and back)", s.WCEChanges)
-			}
-			if s.Cache != tc.mode || s.Writes == 0 || s.Errors != 0 || s.InvalidRequests != 0 {
-				t.Errorf("stats: cache %s writes %d errors %d invalid requests %d", s.Cache, s.Writes, s.Errors, s.InvalidRequests)
-			}
-			switch tc.mode {
-			case blk.CacheWriteback:
-				if s.HostSyncs == 0 || s.HostSyncs >= s.Flushes {
-					t.Errorf("writeback: host_syncs %d, flushes %d: want 0 < syncs < flushes", s.HostSyncs, s.Flushes)
-				}
-			case blk.CacheUnsafe:
-				if s.HostSyncs != 0 {
-					t.Errorf("unsafe: host_syncs = %d, want 0", s.HostSyncs)
-				}
-			}
-			f, err := os.Open(g.disk)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer f.Close()
-			got := make([]byte, len(pattern))
-			if _, err := f.ReadAt(got, 64<<20); err != nil {
-				t.Fatal(err)
-			}
-			if !bytes.Equal(got, pattern) {
-				i := 0
-				for i < len(got) && got[i] == pattern[i] {
-					i++
-				}
-				whole, _ := os.ReadFile(g.disk)
-				t.Errorf("host file at 64 MiB differs from what the guest wrote, from byte %d (pattern found at file offset %d); console:\n%s",
-					i, bytes.Index(whole, pattern[:4096]), g.console)
-			}
-		})
+		script += fmt.Sprintf("check %s %d\n", tc.name(), full)
+	}
+	console := vhuBootDisks(t, a, disks, script, x)
+	if !strings.Contains(console, "flushvm-init: exit status 0") {
+		t.Fatalf("guest script failed; console:\n%s", console)
+	}
+	for i, tc := range cases {
+		t.Run(tc.name(), func(t *testing.T) { checkVhuCase(t, tc, disks[i], console, pattern) })
+	}
+}
+
+// checkVhuCase checks what the guest printed for one disk, its backend's
+// --stats and the pattern in its host file.
+func checkVhuCase(t *testing.T, tc vhuCase, d *vhuDisk, console string, pattern []byte) {
+	if d.status != 0 {
+		t.Errorf("flushvm exit status %d; stderr:\n%s", d.status, d.stderr.String())
+	}
+	other := "write through"
+	if tc.wc == other {
+		other = "write back"
+	}
+	want := []string{"initial=" + tc.wc, "toggled=" + other, "restored=" + tc.wc, "pattern=written"}
+	if tc.full {
+		want = append(want, "fsyncstress=ok", "fio=ok", "readback=ok")
+	}
+	for _, w := range want {
+		if !strings.Contains(console, "VHU "+d.name+" "+w) {
+			t.Errorf("console lacks %q:\n%s", "VHU "+d.name+" "+w, console)
+		}
+	}
+	s := d.st
+	t.Logf("stats: %+v\nstats: writes %d flushes %d host_syncs %d elided %d merged %d wce_changes %d wce %v", s,
+		s.Writes, s.Flushes, s.HostSyncs, s.FlushesElided, s.FlushesMerged, s.WCEChanges, s.WCE)
+	if s.WCEChanges != 2 {
+		t.Errorf("wce_changes = %d, want 2 (the guest toggled the cache and back)", s.WCEChanges)
+	}
+	if s.Cache != tc.mode || s.Writes == 0 || s.GetIDs == 0 || s.Errors != 0 || s.InvalidRequests != 0 {
+		t.Errorf("stats: cache %s writes %d get_ids %d errors %d invalid requests %d", s.Cache, s.Writes, s.GetIDs, s.Errors, s.InvalidRequests)
+	}
+	switch tc.mode {
+	case blk.CacheWriteback:
+		if s.HostSyncs == 0 || s.HostSyncs >= s.Flushes {
+			t.Errorf("writeback: host_syncs %d, flushes %d: want 0 < syncs < flushes", s.HostSyncs, s.Flushes)
+		}
+	case blk.CacheUnsafe:
+		if s.HostSyncs != 0 {
+			t.Errorf("unsafe: host_syncs = %d, want 0", s.HostSyncs)
+		}
+	}
+	checkPatternAt(t, d.img, 64<<20, pattern, console)
+}
+
+// checkPatternAt checks that file holds pattern at offset off.
+func checkPatternAt(t *testing.T, file string, off int64, pattern []byte, console string) {
+	t.Helper()
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	got := make([]byte, len(pattern))
+	if _, err := f.ReadAt(got, off); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, pattern) {
+		i := 0
+		for i < len(got) && got[i] == pattern[i] {
+			i++
+		}
+		whole, _ := os.ReadFile(file)
+		t.Errorf("host file at %d differs from what the guest wrote, from byte %d (pattern found at file offset %d); console:\n%s",
+			off, i, bytes.Index(whole, pattern[:4096]), console)
 	}
 }
