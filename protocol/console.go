@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // WatchdogKicked starts the line `flushvm run --watchdog` prints each time
@@ -35,6 +36,26 @@ func CountWatchdogKicks(out []byte) int {
 		}
 	}
 	return n
+}
+
+// watchdogStuckText is what makes a watchdog line the stuck-vCPU line.
+const watchdogStuckText = " has not left KVM_RUN "
+
+// FormatWatchdogStuck is the line `flushvm run --watchdog` prints when a
+// vCPU it kicked has not come back from KVM_RUN for age: "flushvm:
+// watchdog: vCPU N has not left KVM_RUN D after being kicked". A signal
+// ends KVM_RUN on any working host, so the CPU that runs that vCPU is lost
+// below flushvm (nested: in L1's kernel or the TCG emulating it), and the
+// flushvm process cannot even be killed until it comes back.
+func FormatWatchdogStuck(vcpu int, age time.Duration) string {
+	return fmt.Sprintf("%s%d%s%v after being kicked", WatchdogKicked, vcpu, watchdogStuckText, age)
+}
+
+// IsWatchdogStuck reports whether line (a console line, possibly with
+// text before it) is a FormatWatchdogStuck line.
+func IsWatchdogStuck(line string) bool {
+	i := strings.Index(line, WatchdogKicked)
+	return i >= 0 && strings.Contains(line[i:], watchdogStuckText) && strings.HasSuffix(strings.TrimSpace(line), " after being kicked")
 }
 
 // Line prefixes of the guest's /init in its normal and check modes.

@@ -3,6 +3,7 @@ package protocol
 import (
 	"errors"
 	"testing"
+	"time"
 )
 
 func TestAckLines(t *testing.T) {
@@ -70,8 +71,26 @@ func TestInitExit(t *testing.T) {
 		}
 	}
 	kicks := WatchdogKicked + "1: no exit for at least 15s with vectors [236] requested; kicked it (LAPIC ID 0x1)\n" +
-		WatchdogKicked + "1 has not left KVM_RUN 1s after being kicked\n"
+		FormatWatchdogStuck(1, time.Second) + "\n"
 	if n := CountWatchdogKicks([]byte(kicks)); n != 1 {
 		t.Errorf("CountWatchdogKicks = %d, want 1", n)
+	}
+}
+
+func TestIsWatchdogStuck(t *testing.T) {
+	tests := []struct {
+		line string
+		want bool
+	}{
+		{FormatWatchdogStuck(0, time.Minute), true},
+		{"[l2] " + FormatWatchdogStuck(3, 61*time.Second) + "\r", true},
+		{"flushvm: watchdog: vCPU 1 has not left KVM_RUN 1s after being kicked", true},
+		{WatchdogKicked + "1: no exit for at least 15s with vectors [236] requested; kicked it (LAPIC ID 0x1)", false},
+		{"guest: has not left KVM_RUN after being kicked", false},
+	}
+	for _, tc := range tests {
+		if got := IsWatchdogStuck(tc.line); got != tc.want {
+			t.Errorf("IsWatchdogStuck(%q) = %v, want %v", tc.line, got, tc.want)
+		}
 	}
 }

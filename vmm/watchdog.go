@@ -139,7 +139,7 @@ func (m *Machine) watch(done <-chan struct{}) {
 				// a signal. Say so once; the machine cannot be stopped
 				// either.
 				w.warned = true
-				fmt.Fprintf(m.diag, "flushvm: watchdog: vCPU %d has not left KVM_RUN %v after being kicked\n", i, age.Round(time.Millisecond))
+				fmt.Fprintln(m.diag, protocol.FormatWatchdogStuck(i, age.Round(time.Millisecond)))
 			}
 			m.kick(i)
 		}

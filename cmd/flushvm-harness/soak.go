@@ -29,6 +29,8 @@ func soak(ctx context.Context, opts harness.Options, args []string) int {
 	fs.StringVar(&opts.L1Accel, "l1-accel", harness.DefaultL1Accel, "QEMU -accel of L1")
 	fs.StringVar(&opts.L1CPU, "l1-cpu", harness.DefaultL1CPU, "QEMU -cpu of L1")
 	fs.StringVar(&opts.L1Append, "l1-append", "", "added to L1's kernel command line (e.g. kvm_amd.npt=0)")
+	fs.DurationVar(&opts.Watchdog, "watchdog", harness.DefaultWatchdog,
+		"flushvm's --watchdog bound; a vCPU stalled with an interrupt pending is kicked after a quarter of it (a short bound counts shorter stalls)")
 	if status, ok := parseSub("soak", fs, args); !ok {
 		return status
 	}

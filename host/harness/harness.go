@@ -605,6 +605,9 @@ type console struct {
 	starts  []time.Duration
 	ends    []time.Duration
 	rss     []int64
+	// stuck is flushvm's watchdog line for a vCPU that a signal did not
+	// bring back from KVM_RUN (protocol.FormatWatchdogStuck), if one came.
+	stuck string
 }
 
 func newConsole(out io.Writer, t0 time.Time) *console { return &console{out: out, t0: t0} }
@@ -697,6 +700,9 @@ func (c *console) observe(line string) {
 			c.uptime = strings.TrimSuffix(rest[i+len("uptime "):], " at /init")
 		}
 	}
+	if c.stuck == "" && protocol.IsWatchdogStuck(line) {
+		c.stuck = strings.TrimSpace(line)
+	}
 	if strings.HasPrefix(line, "flushvm-l1: start run ") {
 		c.starts = append(c.starts, now)
 	}
@@ -762,6 +768,12 @@ func (c *console) stalled(timeouts []time.Duration, now time.Duration) (string, 
 			return fmt.Sprintf("L1 did not reach its /init within %v", l1BootBound), true
 		}
 		return "", false
+	}
+	if c.stuck != "" {
+		// An L1 CPU stuck in guest mode never comes back: its run can
+		// be neither finished nor killed, so waiting for the run's
+		// bound only costs minutes.
+		return "an L1 CPU no longer takes interrupts: " + c.stuck, true
 	}
 	i := len(c.starts) - 1
 	if i < 0 || i < len(c.ends) || i >= len(timeouts) || timeouts[i] <= 0 {

@@ -1,12 +1,15 @@
 package harness
 
 import (
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flushvm/flushvm/protocol"
 )
 
 func TestDecide(t *testing.T) {
@@ -206,6 +209,24 @@ func TestStalled(t *testing.T) {
 		if stuck != tc.stuck {
 			t.Errorf("%s: stalled = %v (%q), want %v", tc.name, stuck, why, tc.stuck)
 		}
+	}
+}
+
+// TestStalledOnStuckVCPU checks that flushvm's watchdog line for a vCPU
+// that a signal does not bring back from KVM_RUN ends the session at once,
+// long before the run's bound, and that the kick line alone does not.
+func TestStalledOnStuckVCPU(t *testing.T) {
+	c := newConsole(io.Discard, time.Now())
+	bounds := []time.Duration{4 * time.Minute}
+	io.WriteString(c, "flushvm-l1: kernel 6.1.0, 2 CPUs, uptime 4.01 s at /init\r\nflushvm-l1: start run 0 at uptime 4.1 s\r\n")
+	io.WriteString(c, protocol.WatchdogKicked+"0: no exit for at least 15s with vectors [35 236] requested; kicked it (LAPIC ID 0x0)\r\n")
+	if why, stuck := c.stalled(bounds, time.Minute); stuck {
+		t.Fatalf("a kick alone stalled the session: %s", why)
+	}
+	io.WriteString(c, protocol.FormatWatchdogStuck(0, time.Minute)+"\r\n")
+	why, stuck := c.stalled(bounds, 70*time.Second)
+	if !stuck || !strings.Contains(why, "has not left KVM_RUN") {
+		t.Errorf("stalled = %v (%q), want the stuck vCPU named", stuck, why)
 	}
 }
 

@@ -267,7 +267,7 @@ func (o SoakOptions) command(i int) string {
 			Kernel: "/job/soak/bzImage", Initrd: "/job/soak/initrd", Append: cmdline,
 			Extra: []string{"-L", "/tmp/qemu/share", "-drive", "file=" + soakDisk + ",if=virtio,format=raw,cache=" + o.cache(i)}}.Args()
 	} else {
-		argv = []string{"/job/flushvm", "run", "--watchdog", DefaultWatchdog.String(),
+		argv = []string{"/job/flushvm", "run", "--watchdog", o.watchdog().String(),
 			"--kernel", "/job/soak/bzImage", "--initrd", "/job/soak/initrd",
 			"--mem", o.Mem, "--cpus", strconv.Itoa(o.cpus(i)), "--append", cmdline,
 			"--disk", "path=" + soakDisk + ",cache=" + o.cache(i)}
@@ -277,6 +277,15 @@ func (o SoakOptions) command(i int) string {
 		q[k] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
 	}
 	return prep + "echo 'flushvm-soak: boot " + strconv.Itoa(i) + " " + o.vmm(i) + " cpus=" + strconv.Itoa(o.cpus(i)) + " cache=" + o.cache(i) + "'; exec " + strings.Join(q, " ")
+}
+
+// watchdog is the --watchdog bound of the flushvm boots: the harness's
+// (DefaultWatchdog unless set; a soak always runs one).
+func (o SoakOptions) watchdog() time.Duration {
+	if o.Harness.Watchdog > 0 {
+		return o.Harness.Watchdog
+	}
+	return DefaultWatchdog
 }
 
 // soakImage is the test guest's image with fio (and its libraries) and the

@@ -68,6 +68,10 @@ func TestSoakCommand(t *testing.T) {
 			t.Errorf("boot %d: cache %s, want %s", tc.boot, got, tc.wantCache)
 		}
 	}
+	o.Harness.Watchdog = 4 * time.Second
+	if cmd := o.command(1); !strings.Contains(cmd, "'--watchdog' '4s'") {
+		t.Errorf("a soak with Harness.Watchdog 4s runs flushvm without it:\n%s", cmd)
+	}
 }
 
 func TestWithWatchdog(t *testing.T) {
