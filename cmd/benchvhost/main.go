@@ -1,7 +1,8 @@
 // Command benchvhost benchmarks flushvm's vhost-user-blk backend against
 // the two block paths QEMU users have today, with the same QEMU TCG guest
 // (Debian kernel, flushvm's test initramfs plus fio), the same host file and
-// the same fio jobs, one backend after another, repeated:
+// the same jobs (fio, and the crash tests' fsyncstress workload), one
+// backend after another, repeated:
 //
 //  1. flushvm vhost-user-blk (cache=writeback)
 //  2. qemu-storage-daemon's vhost-user-blk export (file driver, page cache)
@@ -44,25 +45,32 @@ import (
 	"github.com/flushvm/flushvm/host/kernel"
 )
 
-// job is one fio job, run in the guest against /dev/vda.
+// job is one fio job, or one run of the guest's fsyncstress, in the guest
+// against /dev/vda.
 type job struct {
 	Name string
-	// Args are fio arguments beyond the common ones.
+	// Args are fio arguments beyond the common ones, or with Stress the
+	// arguments of /bin/fsyncstress.
 	Args string
-	// Metric names what is compared: "iops" or "MiB/s".
+	// Metric names what is compared: "iops", "MiB/s" or "records/s".
 	Metric string
 	// Sync marks the fdatasync jobs, whose host syncs are counted.
 	Sync bool
+	// Stress runs /bin/fsyncstress -dev /dev/vda Args instead of fio: the
+	// in-guest workload of the crash tests (writers appending 4 KiB
+	// records, an fdatasync after each), reported in records per second.
+	Stress bool
 }
 
 var jobs = []job{
-	{"randread-4k-qd1", "--rw=randread --bs=4k --iodepth=1 --ioengine=psync", "iops", false},
-	{"randread-4k-qd32", "--rw=randread --bs=4k --iodepth=32 --ioengine=libaio", "iops", false},
-	{"randwrite-4k-qd32", "--rw=randwrite --bs=4k --iodepth=32 --ioengine=libaio", "iops", false},
-	{"write-4k-fdatasync-1job", "--rw=write --bs=4k --ioengine=psync --fdatasync=1 --numjobs=1 --size=16M", "iops", true},
-	{"write-4k-fdatasync-8jobs", "--rw=write --bs=4k --ioengine=psync --fdatasync=1 --numjobs=8 --size=16M --offset_increment=16M", "iops", true},
-	{"seqread-1m", "--rw=read --bs=1M --iodepth=4 --ioengine=libaio", "MiB/s", false},
-	{"seqwrite-1m", "--rw=write --bs=1M --iodepth=4 --ioengine=libaio", "MiB/s", false},
+	{"randread-4k-qd1", "--rw=randread --bs=4k --iodepth=1 --ioengine=psync", "iops", false, false},
+	{"randread-4k-qd32", "--rw=randread --bs=4k --iodepth=32 --ioengine=libaio", "iops", false, false},
+	{"randwrite-4k-qd32", "--rw=randwrite --bs=4k --iodepth=32 --ioengine=libaio", "iops", false, false},
+	{"write-4k-fdatasync-1job", "--rw=write --bs=4k --ioengine=psync --fdatasync=1 --numjobs=1 --size=16M", "iops", true, false},
+	{"write-4k-fdatasync-8jobs", "--rw=write --bs=4k --ioengine=psync --fdatasync=1 --numjobs=8 --size=16M --offset_increment=16M", "iops", true, false},
+	{"seqread-1m", "--rw=read --bs=1M --iodepth=4 --ioengine=libaio", "MiB/s", false, false},
+	{"seqwrite-1m", "--rw=write --bs=1M --iodepth=4 --ioengine=libaio", "MiB/s", false, false},
+	{"fsyncstress-4writers", "-writers 4 -records 500", "records/s", true, true},
 }
 
 // backend is one way of giving the guest its disk.
@@ -225,6 +233,7 @@ func buildImage(ctx context.Context, runtime int) (kernelPath, initrd string, er
 	b := initramfs.New()
 	b.Busybox()
 	b.GoProgram(ctx, "/init", "./guest/cmd/init")
+	b.GoProgram(ctx, "/bin/fsyncstress", "./guest/fsyncstress")
 	b.Modules(mods)
 	if err := addDynamic(b, "/usr/bin/fio"); err != nil {
 		return "", "", err
@@ -274,7 +283,11 @@ func script(runtime int) string {
 		fmt.Fprintf(&s, "if [ \"$1\" = all ] || [ \"$1\" = %s ]; then\n", j.Name)
 		fmt.Fprintf(&s, "echo \"BENCH-STAT %s before $(cat /sys/block/vda/stat)\"\n", j.Name)
 		fmt.Fprintf(&s, "echo BENCH-BEGIN %s\n", j.Name)
-		fmt.Fprintf(&s, "/usr/bin/fio --name=%s %s %s\n", j.Name, common, j.Args)
+		if j.Stress {
+			fmt.Fprintf(&s, "/bin/fsyncstress -dev /dev/vda %s\n", j.Args)
+		} else {
+			fmt.Fprintf(&s, "/usr/bin/fio --name=%s %s %s\n", j.Name, common, j.Args)
+		}
 		fmt.Fprintf(&s, "echo BENCH-END %s\n", j.Name)
 		fmt.Fprintf(&s, "echo \"BENCH-STAT %s after $(cat /sys/block/vda/stat)\"\n", j.Name)
 		s.WriteString("fi\n")
@@ -474,6 +487,10 @@ type fioDir struct {
 	BW   float64 `json:"bw"` // KiB/s
 }
 
+// stressRE finds the rate in fsyncstress's summary line ("..., 437
+// records/s, ...").
+var stressRE = regexp.MustCompile(`fdatasyncs in [0-9.]+ s, ([0-9.]+) records/s`)
+
 func parseConsole(console string) (bootResult, error) {
 	r := bootResult{values: map[string]float64{}, syncs: syncCount{GuestFlushes: map[string]uint64{}}}
 	if m := regexp.MustCompile(`BENCH write_cache=([a-z ]+)`).FindStringSubmatch(console); m != nil {
@@ -498,6 +515,14 @@ func parseConsole(console string) (bootResult, error) {
 			continue
 		}
 		body := console[begin+len("BENCH-BEGIN "+j.Name) : end]
+		if j.Stress {
+			m := stressRE.FindStringSubmatch(body)
+			if m == nil {
+				return r, fmt.Errorf("job %s: no fsyncstress summary line", j.Name)
+			}
+			r.values[j.Name], _ = strconv.ParseFloat(m[1], 64)
+			continue
+		}
 		if i := strings.Index(body, "{"); i >= 0 {
 			body = body[i:]
 		}
@@ -579,7 +604,7 @@ func summarize(v []float64) (stat, bool) {
 }
 
 func (r *results) report(w io.Writer, c config, sel []backend) error {
-	fmt.Fprintf(w, "\nvhost-user-blk benchmark: QEMU TCG guest (-smp 2, 512 MiB), fio on /dev/vda, %d s per job, %d repetitions, medians [min-max]\n\n", c.runtime, c.reps)
+	fmt.Fprintf(w, "\nvhost-user-blk benchmark: QEMU TCG guest (-smp 2, 512 MiB), fio and fsyncstress on /dev/vda, %d s per fio job, %d repetitions, medians [min-max]\n\n", c.runtime, c.reps)
 	header := []string{"job", "metric"}
 	for _, b := range sel {
 		header = append(header, b.Short+" median", b.Short+" min", b.Short+" max")
