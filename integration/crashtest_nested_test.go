@@ -111,18 +111,22 @@ func TestDebianLinuxCrashtestCampaignsNested(t *testing.T) {
 	})
 }
 
-// crashtestSession runs crashtest runs in one harness session. Rarely the
-// TCG L1 itself dies under a nested guest (its kernel crashed with
+// crashtestSession runs crashtest runs in one harness session. The TCG L1
+// itself sometimes dies under a nested guest (its kernel crashed with
 // recursive page faults on its GS base after a nested VM exit, or QEMU
-// just ended): that is logged and the session runs once more.
+// just ended) or loses a CPU: that is logged and the session runs again,
+// up to harness.L0Retries times, as the harness does for flushvm runs (a
+// campaign's session is not retried by the harness: its campaigns retry
+// their own boots).
 func crashtestSession(t *testing.T, runs []harness.Run) *harness.Session {
 	t.Helper()
 	const bound = 25 * time.Minute
 	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	defer cancel()
 	s, err := harness.Execute(ctx, harness.Options{Stdout: consoleWriter{}, Timeout: bound}, runs...)
-	if errors.Is(err, harness.ErrNoStatus) && s.Mode == harness.Nested {
-		t.Logf("L1 died (%v) after %.1f s; console (end):\n%s\nretrying the session once", err, s.Wall.Seconds(), s.Console)
+	for try := 1; try <= harness.L0Retries && l1Failed(s, err); try++ {
+		t.Logf("L1 failed (%v) after %.1f s; console (end):\n%s\nrunning the session again (retry %d of %d)",
+			err, s.Wall.Seconds(), s.Console, try, harness.L0Retries)
 		s, err = harness.Execute(ctx, harness.Options{Stdout: consoleWriter{}, Timeout: bound}, runs...)
 	}
 	if s != nil {
@@ -138,6 +142,13 @@ func crashtestSession(t *testing.T, runs []harness.Run) *harness.Session {
 		t.Fatalf("harness: %v", err)
 	}
 	return s
+}
+
+// l1Failed reports whether a nested session failed because L1 died or
+// stopped making progress (below flushvm; see harness.ErrNoStatus and
+// harness.ErrL1Stuck).
+func l1Failed(s *harness.Session, err error) bool {
+	return s != nil && s.Mode == harness.Nested && (errors.Is(err, harness.ErrNoStatus) || errors.Is(err, harness.ErrL1Stuck))
 }
 
 // readCrashReport reads a campaign's --report, which must name host

@@ -282,10 +282,11 @@ func campaign(ctx context.Context, opts harness.Options, timeoutSet bool, args [
 	return status
 }
 
-// executeCampaigns runs the campaigns in one session. If L1 dies under a
-// campaign (rarely, a nested guest takes the whole TCG L1 down with it and
-// QEMU ends without a word), the campaigns that finished keep their
-// reports and the rest run once more in a fresh session.
+// executeCampaigns runs the campaigns in one session. If L1 dies or stops
+// making progress under a campaign (a nested guest takes the whole TCG L1
+// down with it and QEMU ends without a word, or an L1 CPU is lost), the
+// campaigns that finished keep their reports and the rest run again in a
+// fresh session, up to harness.L0Retries times.
 func executeCampaigns(ctx context.Context, opts harness.Options, runs []harness.Run) ([]harness.Result, error) {
 	var results []harness.Result
 	for attempt := 1; ; attempt++ {
@@ -300,7 +301,8 @@ func executeCampaigns(ctx context.Context, opts harness.Options, runs []harness.
 		if err == nil {
 			return results, nil
 		}
-		if !errors.Is(err, harness.ErrNoStatus) || attempt == 2 || ctx.Err() != nil || s == nil || s.Mode != harness.Nested {
+		l1 := errors.Is(err, harness.ErrNoStatus) || errors.Is(err, harness.ErrL1Stuck)
+		if !l1 || attempt > harness.L0Retries || ctx.Err() != nil || s == nil || s.Mode != harness.Nested {
 			return results, err
 		}
 		fmt.Fprintf(os.Stderr, "flushvm-harness: L1 ended under campaign %d of %d (%v); running the %d left in a new L1 session\n",

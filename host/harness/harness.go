@@ -71,7 +71,7 @@ type Run struct {
 	// one flushvm process in L1.
 	Command []string
 	// Rerun marks a Command that may run again from its start when L1
-	// died under it (see nestedOnceMore): it keeps no state but its
+	// died under it (see nestedRetried): it keeps no state but its
 	// --disk files, which the harness restores. flushvm runs always may;
 	// a command that counts failures (a soak) must not set it.
 	Rerun bool
@@ -203,7 +203,7 @@ func Execute(ctx context.Context, opts Options, runs ...Run) (*Session, error) {
 		err = direct(ctx, opts, s, runs)
 	} else {
 		fmt.Fprintf(opts.Log, "flushvm-harness: running flushvm nested in a QEMU TCG L1 guest (%s)\n", s.Reason)
-		err = nestedOnceMore(ctx, opts, s, runs)
+		err = nestedRetried(ctx, opts, s, runs)
 	}
 	s.Wall = time.Since(start)
 	if err != nil && ctx.Err() == context.DeadlineExceeded {

@@ -41,6 +41,43 @@ func TestL0Failure(t *testing.T) {
 	}
 }
 
+// TestRetriedBound checks that a session failing below flushvm runs again
+// up to L0Retries times, restoring its disks before each retry and logging
+// each cause, and that other failures are not retried.
+func TestRetriedBound(t *testing.T) {
+	tests := []struct {
+		name     string
+		failures int   // how many runs fail below flushvm before one passes
+		other    error // the failure of the run after those, if any
+		runs     int
+		wantErr  bool
+	}{
+		{"passes", 0, nil, 1, false},
+		{"one L1 death", 1, nil, 2, false},
+		{"two L1 deaths", 2, nil, 3, false},
+		{"L1 dies every time", 10, nil, 1 + L0Retries, true},
+		{"a flushvm failure is not retried", 0, errors.New("run 0: bad status"), 1, true},
+	}
+	for _, tc := range tests {
+		var log strings.Builder
+		runs, restores := 0, 0
+		s := &Session{Mode: Nested}
+		err := retried(context.Background(), &log, s, func() error { restores++; return nil }, func() error {
+			runs++
+			if runs <= tc.failures {
+				return fmt.Errorf("run 0: %w (last console line: x)", ErrNoStatus)
+			}
+			return tc.other
+		})
+		if runs != tc.runs || restores != runs-1 || (err != nil) != tc.wantErr {
+			t.Errorf("%s: %d runs, %d restores, err %v; want %d runs, err %v", tc.name, runs, restores, err, tc.runs, tc.wantErr)
+		}
+		if got := strings.Count(log.String(), "L1 died: "); got != runs-1 {
+			t.Errorf("%s: %d causes logged for %d retries:\n%s", tc.name, got, runs-1, log.String())
+		}
+	}
+}
+
 func TestRetryableAndWritableDisks(t *testing.T) {
 	if retryable([]Run{{Args: []string{"--kernel", "k"}}, {Command: []string{"/bin/sh"}}}) {
 		t.Error("a session with a command (a soak) must not be retried")
