@@ -308,6 +308,7 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 	cmd := exec.CommandContext(qctx, "nice", append([]string{"-n", "5"}, l1.Args()...)...)
 	cmd.Stdout, cmd.Stderr = watch, watch
 	cmd.WaitDelay = 5 * time.Second
+	watch.silences = runSilences(runs)
 	stuck := watch.watchProgress(qctx, runTimeouts(runs), stopL1)
 	qerr := cmd.Run()
 	stopL1()
@@ -605,6 +606,10 @@ type console struct {
 	starts  []time.Duration
 	ends    []time.Duration
 	rss     []int64
+	// silences bound each run's console silence (zero: none; see
+	// runSilences); lastLine is when the last whole line came.
+	silences []time.Duration
+	lastLine time.Duration
 	// stuck is flushvm's watchdog line for a vCPU that a signal did not
 	// bring back from KVM_RUN (protocol.FormatWatchdogStuck), if one came.
 	stuck string
@@ -689,6 +694,7 @@ func (c *console) observe(line string) {
 	}
 	c.lines = append(c.lines, line)
 	now := time.Since(c.t0)
+	c.lastLine = now
 	// Firmware clears the screen without a newline, so markers may
 	// follow escape sequences on their line.
 	if i := strings.Index(line, "flushvm-l1: "); i > 0 {
@@ -731,6 +737,33 @@ func runTimeouts(runs []Run) []time.Duration {
 		ts[i] = r.Timeout
 	}
 	return ts
+}
+
+// campaignBootTimeout is flushvm crashtest's default --boot-timeout.
+const campaignBootTimeout = 5 * time.Minute
+
+// runSilences bounds how long each run may print nothing before L1 counts
+// as stuck. A crashtest campaign has no bound of its own (it runs as long
+// as its states take) but prints a line at least once per guest boot, and
+// each boot ends within its --boot-timeout; so one silent for two boot
+// bounds and two minutes more is in an L1 that stopped: a TCG livelock
+// (QEMU spinning on both cores, nothing printed) was seen so, and waited
+// out only by the session's bound. Other runs have their Timeout.
+func runSilences(runs []Run) []time.Duration {
+	ss := make([]time.Duration, len(runs))
+	for i, r := range runs {
+		if r.Command != nil || r.sub() != SubCrashtest {
+			continue
+		}
+		boot := campaignBootTimeout
+		if v, ok := FlagValue(r.Args, "boot-timeout"); ok {
+			if d, err := time.ParseDuration(v); err == nil && d > 0 {
+				boot = d
+			}
+		}
+		ss[i] = 2*boot + 2*time.Minute
+	}
+	return ss
 }
 
 // watchProgress checks, every few seconds until ctx ends, that L1 makes
@@ -776,6 +809,12 @@ func (c *console) stalled(timeouts []time.Duration, now time.Duration) (string, 
 		return "an L1 CPU no longer takes interrupts: " + c.stuck, true
 	}
 	i := len(c.starts) - 1
+	if i >= 0 && i >= len(c.ends) && i < len(c.silences) && c.silences[i] > 0 {
+		if quiet := now - max(c.starts[i], c.lastLine); quiet > c.silences[i] {
+			return fmt.Sprintf("run %d printed nothing for %v, past its %v bound (a campaign prints a line at least once per guest boot)",
+				i, quiet.Round(time.Second), c.silences[i]), true
+		}
+	}
 	if i < 0 || i < len(c.ends) || i >= len(timeouts) || timeouts[i] <= 0 {
 		return "", false
 	}

@@ -230,6 +230,37 @@ func TestStalledOnStuckVCPU(t *testing.T) {
 	}
 }
 
+// TestStalledSilentCampaign checks that a crashtest run (no Timeout of its
+// own) that prints nothing for longer than its silence bound stops the
+// session, and that one printing lines does not.
+func TestStalledSilentCampaign(t *testing.T) {
+	runs := []Run{{Subcommand: SubCrashtest, Args: []string{"--boot-timeout", "2m"}}, {Args: []string{"--kernel", "k"}}}
+	ss := runSilences(runs)
+	if ss[0] != 6*time.Minute || ss[1] != 0 {
+		t.Fatalf("silences %v, want [6m 0]", ss)
+	}
+	if d := runSilences([]Run{{Subcommand: SubCrashtest}})[0]; d != 12*time.Minute {
+		t.Errorf("default campaign silence %v, want 12m", d)
+	}
+	tests := []struct {
+		name     string
+		lastLine time.Duration
+		now      time.Duration
+		stuck    bool
+	}{
+		{"printing", 9 * time.Minute, 10 * time.Minute, false},
+		{"silent within bound", 0, 6 * time.Minute, false},
+		{"silent past bound", 2 * time.Minute, 9 * time.Minute, true},
+	}
+	for _, tc := range tests {
+		c := &console{boot: time.Second, starts: []time.Duration{10 * time.Second}, silences: ss, lastLine: tc.lastLine}
+		why, stuck := c.stalled([]time.Duration{0, 0}, tc.now)
+		if stuck != tc.stuck {
+			t.Errorf("%s: stalled = %v (%q), want %v", tc.name, stuck, why, tc.stuck)
+		}
+	}
+}
+
 // TestDiskSpecPath checks that the harness reads a SPEC's path and
 // read-only flag as flushvm does, in every boolean spelling.
 func TestDiskSpecPath(t *testing.T) {
