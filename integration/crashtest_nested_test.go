@@ -3,7 +3,6 @@ package integration
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -124,7 +123,7 @@ func crashtestSession(t *testing.T, runs []harness.Run) *harness.Session {
 	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	defer cancel()
 	s, err := harness.Execute(ctx, harness.Options{Stdout: consoleWriter{}, Timeout: bound}, runs...)
-	for try := 1; try <= harness.L0Retries && l1Failed(s, err); try++ {
+	for try := 1; try <= harness.L0Retries && harness.L1Failed(s, err); try++ {
 		t.Logf("L1 failed (%v) after %.1f s; console (end):\n%s\nrunning the session again (retry %d of %d)",
 			err, s.Wall.Seconds(), s.Console, try, harness.L0Retries)
 		s, err = harness.Execute(ctx, harness.Options{Stdout: consoleWriter{}, Timeout: bound}, runs...)
@@ -142,13 +141,6 @@ func crashtestSession(t *testing.T, runs []harness.Run) *harness.Session {
 		t.Fatalf("harness: %v", err)
 	}
 	return s
-}
-
-// l1Failed reports whether a nested session failed because L1 died or
-// stopped making progress (below flushvm; see harness.ErrNoStatus and
-// harness.ErrL1Stuck).
-func l1Failed(s *harness.Session, err error) bool {
-	return s != nil && s.Mode == harness.Nested && (errors.Is(err, harness.ErrNoStatus) || errors.Is(err, harness.ErrL1Stuck))
 }
 
 // readCrashReport reads a campaign's --report, which must name host

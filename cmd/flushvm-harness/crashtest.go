@@ -301,8 +301,7 @@ func executeCampaigns(ctx context.Context, opts harness.Options, runs []harness.
 		if err == nil {
 			return results, nil
 		}
-		l1 := errors.Is(err, harness.ErrNoStatus) || errors.Is(err, harness.ErrL1Stuck)
-		if !l1 || attempt > harness.L0Retries || ctx.Err() != nil || s == nil || s.Mode != harness.Nested {
+		if !harness.L1Failed(s, err) || attempt > harness.L0Retries || ctx.Err() != nil {
 			return results, err
 		}
 		fmt.Fprintf(os.Stderr, "flushvm-harness: L1 ended under campaign %d of %d (%v); running the %d left in a new L1 session\n",

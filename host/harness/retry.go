@@ -49,6 +49,13 @@ func l0Failure(ctx context.Context, s *Session, err error) (string, bool) {
 	return "", false
 }
 
+// L1Failed reports whether a nested session failed because L1 died
+// (ErrNoStatus) or stopped making progress (ErrL1Stuck): below flushvm.
+// Callers that retry their own sessions (campaigns) use it.
+func L1Failed(s *Session, err error) bool {
+	return s != nil && s.Mode == Nested && (errors.Is(err, ErrNoStatus) || errors.Is(err, ErrL1Stuck))
+}
+
 // tripleFaultEvent names a triple fault in flushvm's report line.
 const tripleFaultEvent = "triple fault (KVM_EXIT_SHUTDOWN)"
 

@@ -78,6 +78,27 @@ func TestRetriedBound(t *testing.T) {
 	}
 }
 
+func TestL1Failed(t *testing.T) {
+	nested, direct := &Session{Mode: Nested}, &Session{Mode: Direct}
+	tests := []struct {
+		name string
+		s    *Session
+		err  error
+		want bool
+	}{
+		{"L1 died", nested, fmt.Errorf("run 1: %w", ErrNoStatus), true},
+		{"L1 stuck", nested, fmt.Errorf("QEMU L1: %w: x", ErrL1Stuck), true},
+		{"a run failed", nested, errors.New("run 0: bad status"), false},
+		{"direct", direct, ErrNoStatus, false},
+		{"no session", nil, ErrNoStatus, false},
+	}
+	for _, tc := range tests {
+		if got := L1Failed(tc.s, tc.err); got != tc.want {
+			t.Errorf("%s: L1Failed = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
 func TestRetryableAndWritableDisks(t *testing.T) {
 	if retryable([]Run{{Args: []string{"--kernel", "k"}}, {Command: []string{"/bin/sh"}}}) {
 		t.Error("a session with a command (a soak) must not be retried")
