@@ -22,8 +22,10 @@ INTEGRATION_TIMEOUT ?= 40m
 # record boot per cache mode, then every distinct crash state of its write log
 # (MODE:all) or the first N (MODE:N), checked in batches; then each
 # deliberately buggy workload in CRASHTEST_BUGS on cache=writeback, which must
-# be caught within CRASHTEST_BUG_STATES states. Extra `flushvm crashtest`
-# flags in CRASHTEST_ARGS (e.g. "--k 4" or "--torn 512").
+# be caught within CRASHTEST_BUG_STATES states; then each application
+# workload in CRASHTEST_APPS on cache=writeback, CRASHTEST_APP_STATES states
+# (MODE:N syntax: all, or a number). Extra `flushvm crashtest` flags in
+# CRASHTEST_ARGS (e.g. "--k 4" or "--torn 512").
 CRASHTEST_WORKLOAD    ?= fsyncstress
 CRASHTEST_SEED        ?= 1
 CRASHTEST_DISK_SIZE   ?= 32M
@@ -37,8 +39,13 @@ CRASHTEST_MODES       ?= writeback:all,writethrough:all,none:all,directsync:all,
 # create-no-dirsync is left out: ext4 commits a new file's directory entry
 # with the file's own fsync (the same journal transaction), so on ext4 that
 # bug loses nothing (issue 10's note); run it with CRASHTEST_BUGS to see.
-CRASHTEST_BUGS        ?= fsyncstress-ack-early rename-no-dirsync
+CRASHTEST_BUGS        ?= fsyncstress-ack-early rename-no-dirsync sqlite-sync-off
 CRASHTEST_BUG_STATES  ?= 200
+# SQLite (Debian's sqlite3 in the guest): rollback journal and WAL, a row per
+# transaction; 20 rows give logs of about 150-250 distinct states.
+CRASHTEST_APPS        ?= sqlite-rollback sqlite-wal
+CRASHTEST_APP_RECORDS ?= 20
+CRASHTEST_APP_STATES  ?= all
 CRASHTEST_OUT         ?= build/crashtest
 CRASHTEST_ARGS        ?=
 # `make soak`: SOAK_BOOTS nested L2 boots with fio verification, 25 per L1
@@ -126,6 +133,11 @@ crashtest: deps
 	for w in $(CRASHTEST_BUGS); do \
 		$(GO) run ./cmd/flushvm-harness campaign --modes writeback:$(CRASHTEST_BUG_STATES) --out $(CRASHTEST_OUT)/$$w \
 			--workload $$w --seed $(CRASHTEST_SEED) --disk-size $(CRASHTEST_DISK_SIZE) --records $(CRASHTEST_RECORDS) \
+			--cpus $(CRASHTEST_CPUS) --boot-timeout $(CRASHTEST_BOOT_TIMEOUT) $(CRASHTEST_ARGS) || exit 1; \
+	done
+	for w in $(CRASHTEST_APPS); do \
+		$(GO) run ./cmd/flushvm-harness campaign --modes writeback:$(CRASHTEST_APP_STATES) --out $(CRASHTEST_OUT)/$$w \
+			--workload $$w --seed $(CRASHTEST_SEED) --disk-size $(CRASHTEST_DISK_SIZE) --records $(CRASHTEST_APP_RECORDS) \
 			--cpus $(CRASHTEST_CPUS) --boot-timeout $(CRASHTEST_BOOT_TIMEOUT) $(CRASHTEST_ARGS) || exit 1; \
 	done
 

@@ -181,24 +181,24 @@ type LineBooter interface {
 func (c *Campaign) checkBatch(ctx context.Context, b Booter, dir string, job int, m *LogModel, batch []distinctState,
 	judged func(protocol.CrashtestState)) (int, int, []byte, error) {
 	name := "check-" + strconv.Itoa(job)
-	setPath, manPath := filepath.Join(dir, name+".states.json"), filepath.Join(dir, name+".manifest")
+	setPath := filepath.Join(dir, name+".states.json")
 	defer os.Remove(setPath)
-	defer os.Remove(manPath)
+	defer os.Remove(filepath.Join(dir, name+".job"))
 	set := &blk.CrashStateSet{Log: filepath.Join(dir, recordLog)}
-	acked := make([]string, len(batch))
+	acked := make([]int, len(batch))
 	for i, s := range batch {
 		set.States = append(set.States, s.State)
-		acked[i], _ = c.ackedFor(m, s.Acks)
+		acked[i] = c.ackedFor(m, s.Acks)
 	}
 	if err := blk.WriteCrashStateSet(setPath, set); err != nil {
 		return 0, -1, nil, fmt.Errorf("checker states: %w", err)
 	}
-	if err := os.WriteFile(manPath, protocol.FormatManifest(acked), 0o644); err != nil {
-		return 0, -1, nil, fmt.Errorf("checker manifest: %w", err)
+	jobArgs, jerr := c.jobDisk(dir, name, ackKeysOf(m), acked)
+	if jerr != nil {
+		return 0, -1, nil, jerr
 	}
-	args := c.bootArgs(guestCmdline("checkstates:"+c.program, c.workloadArgs),
-		"path="+filepath.Join(dir, templateFile)+",crashstates="+setPath+",cache=writeback",
-		"--disk", "path="+manPath+",readonly=on")
+	args := c.bootArgs(guestCmdline("checkstates:"+c.label),
+		"path="+esc(filepath.Join(dir, templateFile))+",crashstates="+esc(setPath)+",cache=writeback", jobArgs...)
 	p := &stateParser{ended: func(i int, seg *segment) {
 		if i < len(batch) {
 			judged(c.stateResult(batch[i], m, seg))
@@ -278,7 +278,7 @@ func (p *stateParser) feed(line string) {
 // stateResult judges a state from its segment.
 func (c *Campaign) stateResult(s distinctState, m *LogModel, seg *segment) protocol.CrashtestState {
 	r := c.newState(s, m)
-	judge(&r.CrashtestCheck, c.program, seg.status, seg.out)
+	judge(&r.CrashtestCheck, c.label, seg.status, seg.out)
 	return r
 }
 
@@ -291,7 +291,7 @@ func (c *Campaign) deadState(s distinctState, m *LogModel, out []byte) protocol.
 }
 
 func (c *Campaign) newState(s distinctState, m *LogModel) protocol.CrashtestState {
-	_, n := c.ackedFor(m, s.Acks)
+	n := c.ackedFor(m, s.Acks)
 	return protocol.CrashtestState{ID: s.State.ID, Index: s.index, Kind: s.Kind, Window: s.Window, Hash: s.hash,
 		CrashtestCheck: protocol.CrashtestCheck{Acked: n}, Repro: c.reproduceCommand(s.State.ID)}
 }

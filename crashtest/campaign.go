@@ -25,47 +25,74 @@ import (
 	"github.com/flushvm/flushvm/protocol"
 )
 
-// Workload is a crash-test workload: the guest program that runs it (and
-// checks it: /bin/PROGRAM -check) and its arguments.
+// Workload is a built-in crash-test workload: its workload and checker
+// commands (protocol/workload.go), sized by --records.
 type Workload struct {
-	// Program is the guest program: fsyncstress or rename.
-	Program string
-	// Args returns the arguments sized by n (records per writer, or
-	// versions).
-	Args func(n int) []string
+	// Label names it in the guest's console lines (flushvm.run=crash:LABEL).
+	Label string
+	// Run and Check return the workload's and the checker's command for
+	// n records per writer (or n versions).
+	Run, Check func(n int) string
 	// Buggy marks a deliberately wrong workload: a campaign must catch it.
 	Buggy bool
 	// What says what it does, for --help.
 	What string
 }
 
-func fsyncstressArgs(extra ...string) func(n int) []string {
-	return func(n int) []string {
-		return append([]string{"-writers", strconv.Itoa(fsyncstressWriters), "-records", strconv.Itoa(n), "-size", "4096"}, extra...)
+// Arguments the built-in programs take from the protocol's environment.
+const (
+	dirArg   = ` -dir "$` + protocol.EnvDir + `"`
+	ackedArg = ` -acked-file "$` + protocol.EnvAcked + `"`
+)
+
+// fsyncstress is the workload of /bin/fsyncstress with extra arguments.
+func fsyncstress(extra string, buggy bool, what string) Workload {
+	args := func(n int) string {
+		return fmt.Sprintf(" -writers %d -records %d -size 4096", fsyncstressWriters, n)
+	}
+	return Workload{Label: "fsyncstress", Buggy: buggy, What: what,
+		Run:   func(n int) string { return "/bin/fsyncstress" + dirArg + " -ack" + args(n) + extra },
+		Check: func(n int) string { return "/bin/fsyncstress -check" + dirArg + ackedArg + args(n) },
 	}
 }
 
-func renameArgs(extra ...string) func(n int) []string {
-	return func(n int) []string {
-		return append([]string{"-versions", strconv.Itoa(n), "-size", "16384"}, extra...)
+// rename is the workload of /bin/rename with extra arguments.
+func rename(extra string, buggy bool, what string) Workload {
+	return Workload{Label: "rename", Buggy: buggy, What: what,
+		Run:   func(n int) string { return fmt.Sprintf("/bin/rename%s -versions %d -size 16384%s", dirArg, n, extra) },
+		Check: func(n int) string { return "/bin/rename -check" + dirArg + ackedArg + extra },
 	}
 }
 
-// Workloads are the workloads the guest image runs: the correct ones and
-// deliberately buggy variants that prove the campaign catches bugs.
+// sqlite is the workload of /bin/sqlitework (Debian's sqlite3 in the
+// guest) with a journal mode and a synchronous setting.
+func sqlite(journal, sync string, buggy bool, what string) Workload {
+	args := " -journal " + journal + " -sync " + sync
+	return Workload{Label: "sqlite", Buggy: buggy, What: what,
+		Run:   func(n int) string { return fmt.Sprintf("/bin/sqlitework%s -ack -records %d%s", dirArg, n, args) },
+		Check: func(int) string { return "/bin/sqlitework -check" + dirArg + ackedArg },
+	}
+}
+
+// Workloads are the built-in workloads the guest image runs: the correct
+// ones and deliberately buggy variants that prove the campaign catches
+// bugs.
 var Workloads = map[string]Workload{
-	"fsyncstress": {Program: "fsyncstress", Args: fsyncstressArgs(),
-		What: "4 writers append records, each acknowledged after its fdatasync"},
-	"rename": {Program: "rename", Args: renameArgs(),
-		What: "atomic replace: write a temporary file, fsync, rename it over, fsync the dir"},
-	"create": {Program: "rename", Args: renameArgs("-create"),
-		What: "each version a new file: write, fsync the file, fsync the directory"},
-	"fsyncstress-ack-early": {Program: "fsyncstress", Args: fsyncstressArgs("-bug", "ack-early"), Buggy: true,
-		What: "BUGGY: fsyncstress acknowledging each record before its fdatasync"},
-	"rename-no-dirsync": {Program: "rename", Args: renameArgs("-bug", "no-dir-fsync"), Buggy: true,
-		What: "BUGGY: atomic replace without the directory fsync after the rename"},
-	"create-no-dirsync": {Program: "rename", Args: renameArgs("-create", "-bug", "no-dir-fsync"), Buggy: true,
-		What: "BUGGY: create, fsync the new file but not its directory"},
+	"fsyncstress": fsyncstress("", false, "4 writers append records, each acknowledged after its fdatasync"),
+	"rename":      rename("", false, "atomic replace: write a temporary file, fsync, rename it over, fsync the dir"),
+	"create":      rename(" -create", false, "each version a new file: write, fsync the file, fsync the directory"),
+	"sqlite-rollback": sqlite("delete", "full", false,
+		"SQLite, rollback journal, synchronous=FULL: a row per transaction, acknowledged after COMMIT"),
+	"sqlite-wal": sqlite("wal", "full", false,
+		"SQLite, WAL, synchronous=FULL: a row per transaction, acknowledged after COMMIT"),
+	"sqlite-sync-off": sqlite("wal", "off", true,
+		"BUGGY: SQLite WAL with synchronous=OFF: COMMIT returns before the row is durable"),
+	"fsyncstress-ack-early": fsyncstress(" -bug ack-early", true,
+		"BUGGY: fsyncstress acknowledging each record before its fdatasync"),
+	"rename-no-dirsync": rename(" -bug no-dir-fsync", true,
+		"BUGGY: atomic replace without the directory fsync after the rename"),
+	"create-no-dirsync": rename(" -create -bug no-dir-fsync", true,
+		"BUGGY: create, fsync the new file but not its directory"),
 }
 
 // WorkloadNames lists the workloads, sorted.
@@ -91,11 +118,14 @@ type Flags struct {
 	initrd   string
 	diskSize string
 	workload string
-	cuts     int
-	policy   string
-	seed     uint64
-	cache    string
-	shard    string
+	checker  string
+	// workloadDir is --workload-dir.
+	workloadDir string
+	cuts        int
+	policy      string
+	seed        uint64
+	cache       string
+	shard       string
 	// Report is --report: where the command writes the report.
 	Report      string
 	dir         string
@@ -125,7 +155,12 @@ func NewFlags() *Flags {
 	fs.StringVar(&f.initrd, "initrd", "", "flushvm's guest initramfs: its /init, the workloads, e2fsprogs (required;\n"+
 		"  go run ./cmd/flushvm-harness artifacts builds it and prints its path)\n  e.g. --initrd build/cache/initramfs/x-88418736.cpio.gz")
 	fs.StringVar(&f.diskSize, "disk-size", "", "size of the guest's disk, formatted ext4 by the guest (K/M/G suffixes) (required)\n  e.g. --disk-size 128M")
-	fs.StringVar(&f.workload, "workload", "", "what the guest runs and acknowledges: one of the workloads above (required)\n  e.g. --workload fsyncstress")
+	fs.StringVar(&f.workload, "workload", "", "what the guest runs and acknowledges: one of the workloads above, or with\n"+
+		"  --checker a shell command of your own (see \"Your own workload\") (required)\n  e.g. --workload fsyncstress")
+	fs.StringVar(&f.checker, "checker", "", "your own workload's checker: a shell command run on each crashed file system\n"+
+		"  with the keys it must find intact\n  e.g. --checker 'mycheck --keys \"$FLUSHVM_ACKED\"'")
+	fs.StringVar(&f.workloadDir, "workload-dir", "", "copy DIR into the guest as "+protocol.WorkloadGuestDir+" (on the commands' PATH): programs,\n"+
+		"  scripts, data; dynamic ELF programs bring their loader and libraries\n  e.g. --workload-dir ./myworkload")
 	fs.IntVar(&f.cuts, "cuts", 0, "--mode random: power cuts in the campaign (across all shards) (required)\n  e.g. --cuts 20")
 	fs.StringVar(&f.policy, "policy", "", "--mode random: which unstable writes survive each cut: lose-all, keep-all,\n"+
 		"  random-subset, random-sectors[:512|:4k] or prefix (required)\n  e.g. --policy random-subset")
@@ -167,6 +202,7 @@ func NewFlags() *Flags {
 // Usage writes `flushvm crashtest --help`.
 func (f *Flags) Usage(w io.Writer) {
 	fmt.Fprintln(w, "Usage: flushvm crashtest --kernel K --initrd I --disk-size SIZE --workload NAME --seed S")
+	fmt.Fprintln(w, "                         [--checker CMD] [--workload-dir DIR]")
 	fmt.Fprintln(w, "                         [--cache MODE] [--k K] [--max-states N] [--budget D] [--dir DIR]")
 	fmt.Fprintln(w, "                         [--shard i/n] [--report FILE]")
 	fmt.Fprintln(w, "       flushvm crashtest ... --reproduce LOG STATE")
@@ -197,6 +233,14 @@ func (f *Flags) Usage(w io.Writer) {
 		fmt.Fprintf(w, "  %-22s %s\n", n, Workloads[n].What)
 	}
 	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Your own workload (the built-in ones follow the same protocol): --workload CMD runs")
+	fmt.Fprintln(w, "the shell command CMD in the file system under test ($FLUSHVM_DIR, its working")
+	fmt.Fprintln(w, "directory); it prints \"ACK KEY\" once something is durable. --checker CMD runs in the")
+	fmt.Fprintln(w, "crashed file system after it mounted, reads the keys the state must keep on stdin")
+	fmt.Fprintln(w, "(also in the file $FLUSHVM_ACKED), prints \"LOST KEY\" for each one missing, and exits")
+	fmt.Fprintln(w, "0 when all are intact, 1 when some are not. --workload-dir DIR puts DIR in the guest")
+	fmt.Fprintln(w, "as "+protocol.WorkloadGuestDir+", first on PATH (dynamic programs with their libraries).")
+	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Every boot is a `flushvm run` of this binary, so this host needs a KVM that boots")
 	fmt.Fprintln(w, "Linux (see README: on hosts without one, `go run ./cmd/flushvm-harness crashtest`")
 	fmt.Fprintln(w, "runs it nested). Progress goes to stderr, the summary to stdout: coverage, states")
@@ -222,9 +266,15 @@ type Campaign struct {
 	kernel, initrd string
 	diskSize       int64
 	workload       string
-	// program is the workload's guest program.
-	program      string
-	workloadArgs []string
+	// label names the workload in the guest's console lines; runCmd and
+	// checkCmd are its commands (protocol/workload.go).
+	label, runCmd, checkCmd string
+	// checker and workloadDir are --checker and --workload-dir (a user's
+	// own workload; checker "": a built-in one).
+	checker, workloadDir string
+	// bootInitrd is the initrd the boots use: initrd, with workloadDir
+	// appended when given (set when the campaign runs).
+	bootInitrd string
 	// mode is protocol.CrashtestSystematic or CrashtestRandom.
 	mode string
 	// k, maxStates, budget, batch: the systematic mode's flags.
@@ -365,19 +415,18 @@ func (f *Flags) Campaign() (*Campaign, error) {
 	if c.initrd, err = existingAbs("initrd", f.initrd); err != nil {
 		return nil, err
 	}
+	c.bootInitrd = c.initrd
 	size, err := protocol.ParseSize(f.diskSize)
 	if err != nil || size < 16<<20 || size%512 != 0 {
 		return nil, usageErrorf("--disk-size %q: want at least 16M, a multiple of 512 bytes", f.diskSize)
 	}
 	c.diskSize = int64(size)
-	wl, ok := Workloads[f.workload]
-	if !ok {
-		return nil, usageErrorf("--workload %q: want one of %s", f.workload, strings.Join(WorkloadNames(), ", "))
-	}
 	if f.records < 1 || f.records > 100000 {
 		return nil, usageErrorf("--records %d: want 1..100000", f.records)
 	}
-	c.program, c.workloadArgs = wl.Program, wl.Args(f.records)
+	if err := f.workloadFlags(c); err != nil {
+		return nil, err
+	}
 	if c.cache, err = blk.ParseCacheMode(f.cache); err != nil {
 		return nil, usageErrorf("--cache: %v", err)
 	}
@@ -459,11 +508,33 @@ func (e UsageError) Unwrap() error { return e.Err }
 
 func usageErrorf(format string, a ...any) error { return UsageError{fmt.Errorf(format, a...)} }
 
-// writers is the number of concurrent writers of the campaign's workload
-// (0: rename, which acknowledges versions).
-func (c *Campaign) writers() int {
-	if c.program == "fsyncstress" {
-		return fsyncstressWriters
+// customLabel names a user's own workload in the guest's console lines.
+const customLabel = "custom"
+
+// workloadFlags checks --workload, --checker and --workload-dir: a
+// built-in workload by name, or a user's pair of commands.
+func (f *Flags) workloadFlags(c *Campaign) error {
+	if f.workloadDir != "" {
+		abs, err := existingAbs("workload-dir", f.workloadDir)
+		if err != nil {
+			return err
+		}
+		if fi, err := os.Stat(abs); err != nil || !fi.IsDir() {
+			return usageErrorf("--workload-dir %s: not a directory", f.workloadDir)
+		}
+		c.workloadDir = abs
 	}
-	return 0
+	if f.checker == "" {
+		wl, ok := Workloads[f.workload]
+		if !ok {
+			return usageErrorf("--workload %q: want one of %s, or a command of your own with --checker", f.workload, strings.Join(WorkloadNames(), ", "))
+		}
+		c.label, c.runCmd, c.checkCmd = wl.Label, wl.Run(f.records), wl.Check(f.records)
+		return nil
+	}
+	c.label, c.runCmd, c.checkCmd, c.checker = customLabel, f.workload, f.checker, f.checker
+	if _, err := protocol.FormatJob(protocol.Job{Workload: c.runCmd, Checker: c.checkCmd}); err != nil {
+		return usageErrorf("--workload, --checker: %v", err)
+	}
+	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,10 +51,20 @@ const (
 	fakeRecords = 40 // acknowledged per flush interval: one per writer
 )
 
+// specKeys returns a --disk SPEC's keys and values.
+func specKeys(spec string) map[string]string {
+	kv := map[string]string{}
+	kvs, _ := protocol.SplitDiskSpec(spec)
+	for _, e := range kvs {
+		kv[e.Key] = e.Value
+	}
+	return kv
+}
+
 func (g *fakeGuest) Boot(ctx context.Context, args []string) (int, []byte, error) {
 	fs := pflag.NewFlagSet("run", pflag.ContinueOnError)
 	appendLine := fs.String("append", "", "")
-	disk := fs.String("disk", "", "")
+	disks := fs.StringArray("disk", nil, "")
 	cut := fs.String("power-cut", "", "")
 	stats := fs.String("stats", "", "")
 	fs.String("kernel", "", "")
@@ -65,17 +76,23 @@ func (g *fakeGuest) Boot(ctx context.Context, args []string) (int, []byte, error
 	if err := fs.Parse(args); err != nil {
 		return 2, nil, nil
 	}
-	kv := map[string]string{}
-	for _, p := range strings.Split(*disk, ",") {
-		k, v, _ := strings.Cut(p, "=")
-		kv[k] = v
-	}
-	img, cache := kv["path"], kv["cache"]
+	spec := func(i int) map[string]string { return specKeys((*disks)[i]) }
+	img, cache := spec(0)["path"], spec(0)["cache"]
 	mode := ""
 	for _, w := range strings.Fields(*appendLine) {
 		if v, ok := strings.CutPrefix(w, "flushvm.run="); ok {
 			mode = v
 		}
+	}
+	var job protocol.Job
+	if len(*disks) > 1 {
+		b, _ := os.ReadFile(spec(1)["path"])
+		var err error
+		if job, err = protocol.ParseJob(b); err != nil {
+			return 0, nil, fmt.Errorf("%q: %w", *disks, err)
+		}
+	} else if mode != "mkfs" {
+		return 124, []byte("flushvm-init: no job disk\n"), nil
 	}
 	g.mu.Lock()
 	g.boots = append(g.boots, mode)
@@ -106,7 +123,7 @@ func (g *fakeGuest) Boot(ctx context.Context, args []string) (int, []byte, error
 	if fail {
 		return 1, out.Bytes(), nil
 	}
-	status, err := g.run(mode, img, cache, *cut, *stats, *appendLine, &out)
+	status, err := g.run(mode, img, cache, *cut, *stats, job, &out)
 	if status != protocol.ExitPowerCut {
 		fmt.Fprintf(&out, "flushvm-init: exit status %d\n", status)
 	}
@@ -114,7 +131,7 @@ func (g *fakeGuest) Boot(ctx context.Context, args []string) (int, []byte, error
 }
 
 // run plays the guest's /init mode.
-func (g *fakeGuest) run(mode, img, cache, cut, stats, appendLine string, out *bytes.Buffer) (int, error) {
+func (g *fakeGuest) run(mode, img, cache, cut, stats string, job protocol.Job, out *bytes.Buffer) (int, error) {
 	switch {
 	case mode == "mkfs":
 		if err := os.WriteFile(img, []byte("fs 0\n"), 0o644); err != nil {
@@ -170,16 +187,7 @@ func (g *fakeGuest) run(mode, img, cache, cut, stats, appendLine string, out *by
 			return 1, nil
 		}
 		durable, _ := strconv.Atoi(strings.TrimSpace(string(b[3:])))
-		acked := 0
-		for _, w := range strings.Fields(appendLine) {
-			if v, ok := strings.CutPrefix(w, "flushvm.args="); ok {
-				a := strings.Split(v, ",")
-				for _, n := range strings.Split(a[len(a)-1], ":") {
-					x, _ := strconv.Atoi(n)
-					acked += x
-				}
-			}
-		}
+		acked := job.States[0]
 		lost := max(0, acked-durable)
 		fmt.Fprintf(out, "flushvm-check: fsyncstress status %d\nCHECK fsyncstress acked=%d lost=%d extra=%d\nflushvm-check: fsck status 0\n",
 			min(lost, 1), acked, lost, max(0, durable-acked))
@@ -309,22 +317,20 @@ func TestCrashtestCampaign(t *testing.T) {
 	}
 }
 
-func TestParseAcks(t *testing.T) {
+func TestAckKeys(t *testing.T) {
 	tests := []struct {
-		name, out, workload, wantArg string
-		wantCount                    int
+		name, out string
+		want      []string
 	}{
-		{"fsyncstress per writer", "ACK fsyncstress 0 0\nACK fsyncstress 1 0\nACK fsyncstress 0 1\nnoise\n", "fsyncstress", "2:1:0:0", 3},
-		{"a line cut off by the power cut is no acknowledgement", "ACK fsyncstress 2 0\nACK fsyncstress 2 1", "fsyncstress", "0:0:1:0", 1},
-		{"malformed lines are ignored", "ACK fsyncstress 9 0\nACK fsyncstress 1 x\nACK fsyncstress 1\nxACK fsyncstress 1 1\n", "fsyncstress", "0:0:0:0", 0},
-		{"rename keeps the last version", "ACK rename 1\nACK rename 2\nACK rename 3\n", "rename", "3", 3},
-		{"rename nothing acknowledged", "rename: starting\n", "rename", "0", 0},
+		{"in order", "ACK fsyncstress 0 0\nACK fsyncstress 1 0\nnoise\nACK row 7\n", []string{"fsyncstress 0 0", "fsyncstress 1 0", "row 7"}},
+		{"a line cut off by the power cut is no acknowledgement", "ACK fsyncstress 2 0\nACK fsyncstress 2 1", []string{"fsyncstress 2 0"}},
+		{"malformed lines are ignored", "ACK \nxACK a\nack b\n", nil},
+		{"nothing acknowledged", "rename: starting\n", nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			a := parseAcks([]byte(tc.out), fsyncstressWriters)
-			if got := a.ackedArg(tc.workload); got != tc.wantArg || a.count() != tc.wantCount {
-				t.Errorf("acked %q count %d, want %q %d", got, a.count(), tc.wantArg, tc.wantCount)
+			if got := ackKeys([]byte(tc.out)); !slices.Equal(got, tc.want) {
+				t.Errorf("ackKeys = %q, want %q", got, tc.want)
 			}
 		})
 	}
@@ -348,6 +354,8 @@ func TestJudge(t *testing.T) {
 		{"no fsck line", 5, "CHECK fsyncstress acked=5 lost=0 extra=0\n", false, true},
 		{"damaged data, nothing acknowledged", 0, "flushvm-check: fsyncstress status 1\nCHECK fsyncstress acked=0 lost=0 extra=0\nflushvm-check: fsck status 0\n", true, false},
 		{"checker could not read", 5, "flushvm-check: fsyncstress status 2\nflushvm-check: fsck status 0\n", false, true},
+		{"LOST lines without a CHECK line", 5, "LOST a\nflushvm-check: fsyncstress status 1\nLOST b\nflushvm-check: fsck status 0\n", true, false},
+		{"a checker without a CHECK line passes", 5, "flushvm-check: fsyncstress status 0\nflushvm-check: fsck status 0\n", false, false},
 		{"checker saw other acknowledgements", 5, "CHECK fsyncstress acked=4 lost=0 extra=0\nflushvm-check: fsck status 0\n", false, true},
 	}
 	for _, tc := range tests {

@@ -18,58 +18,18 @@ import (
 	"github.com/flushvm/flushvm/protocol"
 )
 
-// acks are the acknowledgements a workload printed on the console.
-type acks struct {
-	// lines counts the well-formed ACK lines.
-	lines int
-	// perWriter[w] is 1 + the last record writer w acknowledged
-	// (fsyncstress: one entry per writer of the campaign).
-	perWriter []int
-	// version is the last version acknowledged (rename).
-	version int
-}
-
-// parseAcks collects the ACK lines of out from a workload of writers
-// writers (0 for rename). Only whole lines count: an acknowledgement cut
-// off by the power cut was never made.
-func parseAcks(out []byte, writers int) acks {
-	a := acks{perWriter: make([]int, writers)}
+// ackKeys collects the keys of the acknowledgement lines of out, in
+// order. Only whole lines count: an acknowledgement cut off by the power
+// cut was never made.
+func ackKeys(out []byte) []string {
+	var keys []string
 	whole := out[:bytes.LastIndexByte(out, '\n')+1]
 	for _, line := range strings.Split(string(whole), "\n") {
-		ack, ok := protocol.ParseAck(line, writers)
-		if !ok {
-			continue
+		if k, ok := protocol.AckKey(line); ok {
+			keys = append(keys, k)
 		}
-		if ack.Workload == "rename" {
-			a.version = max(a.version, ack.Version)
-		} else {
-			a.perWriter[ack.Writer] = max(a.perWriter[ack.Writer], ack.Seq+1)
-		}
-		a.lines++
 	}
-	return a
-}
-
-// count is the number of acknowledged records (fsyncstress) or the last
-// acknowledged version (rename).
-func (a acks) count() int {
-	n := a.version
-	for _, w := range a.perWriter {
-		n += w
-	}
-	return n
-}
-
-// ackedArg is the checker's -acked argument.
-func (a acks) ackedArg(workload string) string {
-	if workload == "rename" {
-		return strconv.Itoa(a.version)
-	}
-	s := make([]string, len(a.perWriter))
-	for i, n := range a.perWriter {
-		s[i] = strconv.Itoa(n)
-	}
-	return strings.Join(s, ":")
+	return keys
 }
 
 // readPowerCut fills in the model's report from the workload boot's
@@ -80,8 +40,9 @@ func readPowerCut(r *protocol.CrashtestCut, path string) error {
 		return fmt.Errorf("workload --stats: %w", err)
 	}
 	var doc disk.Stats
-	if err := json.Unmarshal(b, &doc); err != nil || len(doc.Disks) != 1 {
-		return fmt.Errorf("workload --stats %s: want one disk: %v", path, err)
+	// Disk 0 is the disk under test; the job disk follows it.
+	if err := json.Unmarshal(b, &doc); err != nil || len(doc.Disks) == 0 {
+		return fmt.Errorf("workload --stats %s: want the disk under test: %v", path, err)
 	}
 	pc := doc.Disks[0].PowerCut
 	if pc == nil || pc.Report == nil {
@@ -95,30 +56,40 @@ func readPowerCut(r *protocol.CrashtestCut, path string) error {
 }
 
 // judge reads a checker's console lines (out; status is the checker boot's
-// exit status, or the state's end status in a batch) and decides.
+// exit status, or the state's end status in a batch) and decides. The
+// checker's counts come from its CHECK line when it prints one, else from
+// its LOST lines (protocol/workload.go).
 func judge(r *protocol.CrashtestCheck, workload string, status int, out []byte) {
 	r.CheckStatus = status
 	v := protocol.CheckVerdict{CheckerStatus: -1, FsckStatus: -1}
-	sawCheck := false
+	sawCheck, lost := false, 0
 	for _, line := range strings.Split(string(out), "\n") {
 		if protocol.ParseCheckLine(&v, line, workload) {
 			continue
 		}
-		if c, ok := protocol.ParseCheck(strings.TrimSpace(line), workload); ok {
-			sawCheck = true
-			r.LostAcked, r.Extra = c.Lost, c.Extra
-			if c.Acked != r.Acked {
-				r.Error = fmt.Sprintf("the checker counted %d acknowledged records, the console showed %d", c.Acked, r.Acked)
+		if _, ok := protocol.LostKey(line); ok {
+			lost++
+		}
+		if f := strings.Fields(line); len(f) == 5 && f[0] == "CHECK" {
+			if c, ok := protocol.ParseCheck(strings.TrimSpace(line), f[1]); ok {
+				sawCheck = true
+				r.LostAcked, r.Extra = c.Lost, c.Extra
+				if c.Acked != r.Acked {
+					r.Error = fmt.Sprintf("the checker counted %d acknowledged keys, the console showed %d", c.Acked, r.Acked)
+				}
 			}
 		}
+	}
+	if !sawCheck {
+		r.LostAcked = lost
 	}
 	r.FsckStatus, r.MountFailed = v.FsckStatus, v.MountFailed
 	checker := v.CheckerStatus
 	var why []string
 	if r.MountFailed {
 		why = append(why, "the crashed file system does not mount")
-	} else if !sawCheck && r.Error == "" {
-		r.Error = "the checker printed no CHECK line: " + lines.Last(out, 3)
+	} else if checker < 0 && !sawCheck && r.Error == "" {
+		r.Error = "the guest printed no checker status: " + lines.Last(out, 3)
 	}
 	switch {
 	case r.LostAcked > 0:
@@ -273,8 +244,10 @@ func (r *Report) Write(path string) error {
 
 // unit names what the workload acknowledges.
 func (r *Report) unit() string {
-	if w, ok := Workloads[r.Workload]; ok && w.Program == "rename" {
-		return "versions (last acknowledged, summed)"
+	if w, ok := Workloads[r.Workload]; !ok {
+		return "keys"
+	} else if w.Label == "rename" {
+		return "versions"
 	}
 	return "records"
 }

@@ -55,6 +55,9 @@ func (c *Campaign) Reproduce(ctx context.Context, b Booter, prog *Progress, log 
 	c.log = log
 	dir := filepath.Dir(c.reproduceLog)
 	c.workDir = dir
+	if err := c.prepareInitrd(dir); err != nil {
+		return nil, err
+	}
 	m, err := openModel(c.reproduceLog, filepath.Join(dir, templateFile))
 	if err != nil {
 		return nil, err

@@ -113,18 +113,31 @@ type bootResult struct {
 }
 
 // guestCmdline is the kernel command line of a campaign boot: run is the
-// guest /init's flushvm.run= mode, args its comma-joined arguments.
-func guestCmdline(run string, args []string) string {
-	s := "console=ttyS0 panic=-1 quiet flushvm.run=" + run
-	if len(args) > 0 {
-		s += " flushvm.args=" + strings.Join(args, ",")
+// guest /init's flushvm.run= mode.
+func guestCmdline(run string) string { return "console=ttyS0 panic=-1 quiet flushvm.run=" + run }
+
+// esc escapes a SPEC value: as in QEMU, ",," is a comma inside a value.
+func esc(v string) string { return strings.ReplaceAll(v, ",", ",,") }
+
+// jobDisk writes the job disk of a boot (protocol.Job: the campaign's
+// commands, acks and the states' counts of them) as dir/name.job and
+// returns the flushvm run arguments that attach it, read-only, after the
+// disk under test.
+func (c *Campaign) jobDisk(dir, name string, acks []string, states []int) ([]string, error) {
+	b, err := protocol.FormatJob(protocol.Job{Workload: c.runCmd, Checker: c.checkCmd, Acks: acks, States: states})
+	if err != nil {
+		return nil, fmt.Errorf("job disk: %w", err)
 	}
-	return s
+	p := filepath.Join(dir, name+".job")
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		return nil, fmt.Errorf("job disk: %w", err)
+	}
+	return []string{"--disk", "path=" + esc(p) + ",readonly=on"}, nil
 }
 
 // bootArgs returns the `flushvm run` arguments of a campaign boot.
 func (c *Campaign) bootArgs(cmdline, diskSpec string, extra ...string) []string {
-	a := []string{"--kernel", c.kernel, "--initrd", c.initrd, "--mem", c.mem, "--cpus", strconv.Itoa(c.cpus),
+	a := []string{"--kernel", c.kernel, "--initrd", c.bootInitrd, "--mem", c.mem, "--cpus", strconv.Itoa(c.cpus),
 		"--append", cmdline, "--disk", diskSpec, "--watchdog", bootWatchdog.String()}
 	return append(a, extra...)
 }
@@ -234,6 +247,9 @@ func (c *Campaign) Run(ctx context.Context, b Booter, prog *Progress, log io.Wri
 		return rep, usageErrorf("--dir: %v", err)
 	}
 	c.workDir = dir
+	if err := c.prepareInitrd(dir); err != nil {
+		return rep, err
+	}
 	if c.mode == protocol.CrashtestSystematic {
 		err := c.runSystematic(ctx, b, prog, rep, dir)
 		prog.done()
@@ -275,7 +291,7 @@ func (c *Campaign) runRandom(ctx context.Context, b Booter, prog *Progress, rep 
 
 // format makes the template image: a fresh file the guest formats.
 func (c *Campaign) format(ctx context.Context, b Booter, dir, template string) error {
-	args := c.bootArgs(guestCmdline("mkfs", nil), "path="+template+",cache=writeback")
+	args := c.bootArgs(guestCmdline("mkfs"), "path="+esc(template)+",cache=writeback")
 	r, err := c.boot(ctx, b, dir, "format", args, func() error { return sparse.Create(template, c.diskSize) })
 	if err != nil {
 		return err
@@ -294,9 +310,14 @@ func (c *Campaign) calibrate(ctx context.Context, b Booter, dir, template string
 	stats := filepath.Join(dir, "calibration.stats.json")
 	defer os.Remove(img)
 	defer os.Remove(stats)
+	defer os.Remove(filepath.Join(dir, "calibration.job"))
 	t0 := time.Now()
-	args := c.bootArgs(guestCmdline("crash:"+c.program, c.workloadArgs),
-		"path="+img+",cache="+string(c.cache)+",powercut="+c.policy, "--stats", stats)
+	job, err := c.jobDisk(dir, "calibration", nil, nil)
+	if err != nil {
+		return protocol.CrashtestCalibration{}, err
+	}
+	args := c.bootArgs(guestCmdline("crash:"+c.label),
+		"path="+esc(img)+",cache="+string(c.cache)+",powercut="+c.policy, append(job, "--stats", stats)...)
 	r, err := c.boot(ctx, b, dir, "calibration", args, func() error { return sparse.Copy(template, img) })
 	if err != nil {
 		return protocol.CrashtestCalibration{}, err
@@ -317,12 +338,13 @@ func (c *Campaign) calibrate(ctx context.Context, b Booter, dir, template string
 			HostSyncs   uint64 `json:"host_syncs"`
 		} `json:"disks"`
 	}
-	if err := json.Unmarshal(sb, &doc); err != nil || len(doc.Disks) != 1 {
-		return protocol.CrashtestCalibration{}, fmt.Errorf("calibration --stats %s: want one disk: %v", stats, err)
+	// Disk 0 is the disk under test; the job disk follows it.
+	if err := json.Unmarshal(sb, &doc); err != nil || len(doc.Disks) == 0 {
+		return protocol.CrashtestCalibration{}, fmt.Errorf("calibration --stats %s: want the disk under test: %v", stats, err)
 	}
 	d := doc.Disks[0]
 	cal := protocol.CrashtestCalibration{Writes: d.Writes + d.Discards + d.WriteZeroes, Flushes: d.HostSyncs,
-		Acks: parseAcks(r.out, c.writers()).lines, Seconds: time.Since(t0).Seconds(), GuestCrashes: r.crashes}
+		Acks: len(ackKeys(r.out)), Seconds: time.Since(t0).Seconds(), GuestCrashes: r.crashes}
 	if cal.Writes == 0 {
 		return cal, fmt.Errorf("%w: the calibration boot wrote nothing to the disk", errBootFailed)
 	}
@@ -356,6 +378,8 @@ func (c *Campaign) cut(ctx context.Context, b Booter, dir, template string, k in
 	stats := filepath.Join(dir, name+".stats.json")
 	defer func() {
 		os.Remove(stats)
+		os.Remove(filepath.Join(dir, name+".workload.job"))
+		os.Remove(filepath.Join(dir, name+".check.job"))
 		if c.dir != "" && (res.Violation || res.Error != "") {
 			res.Image = img
 			return
@@ -364,9 +388,14 @@ func (c *Campaign) cut(ctx context.Context, b Booter, dir, template string, k in
 		os.Remove(filepath.Join(dir, name+".workload.log"))
 		os.Remove(filepath.Join(dir, name+".check.log"))
 	}()
-	args := c.bootArgs(guestCmdline("crash:"+c.program, c.workloadArgs),
-		"path="+img+",cache="+string(c.cache)+",powercut="+c.policy,
-		"--power-cut", at.String(), "--seed", strconv.FormatUint(seed, 10), "--stats", stats)
+	job, err := c.jobDisk(dir, name+".workload", nil, nil)
+	if err != nil {
+		res.Error = err.Error()
+		return res
+	}
+	args := c.bootArgs(guestCmdline("crash:"+c.label),
+		"path="+esc(img)+",cache="+string(c.cache)+",powercut="+c.policy,
+		append(job, "--power-cut", at.String(), "--seed", strconv.FormatUint(seed, 10), "--stats", stats)...)
 	r, err := c.boot(ctx, b, dir, name+".workload", args, func() error { return sparse.Copy(template, img) })
 	res.GuestCrashes += r.crashes
 	if err != nil {
@@ -374,8 +403,8 @@ func (c *Campaign) cut(ctx context.Context, b Booter, dir, template string, k in
 		return res
 	}
 	res.WorkloadStatus = r.status
-	acks := parseAcks(r.out, c.writers())
-	res.Acked = acks.count()
+	acks := ackKeys(r.out)
+	res.Acked = len(acks)
 	switch r.status {
 	case protocol.ExitPowerCut:
 		res.PowerCut = true
@@ -391,17 +420,21 @@ func (c *Campaign) cut(ctx context.Context, b Booter, dir, template string, k in
 		res.Error = fmt.Sprintf("the workload boot ended with status %d: %s", r.status, lines.Last(r.out, 3))
 		return res
 	}
-	// The guest's check mode adds -check and the mount point.
-	checkArgs := append(append([]string{}, c.workloadArgs...), "-acked", acks.ackedArg(c.program))
+	// The checker must find every acknowledged key intact.
+	job, err = c.jobDisk(dir, name+".check", acks, []int{len(acks)})
+	if err != nil {
+		res.Error = err.Error()
+		return res
+	}
 	// A crashed checker may have replayed part of the journal; replaying
 	// the rest on the next attempt is what a second reboot would do.
-	r, err = c.boot(ctx, b, dir, name+".check", c.bootArgs(guestCmdline("check:"+c.program, checkArgs), "path="+img+",cache=writeback"), nil)
+	r, err = c.boot(ctx, b, dir, name+".check", c.bootArgs(guestCmdline("check:"+c.label), "path="+esc(img)+",cache=writeback", job...), nil)
 	res.GuestCrashes += r.crashes
 	if err != nil {
 		res.Error = err.Error()
 		return res
 	}
-	judge(&res.CrashtestCheck, c.program, r.status, r.out)
+	judge(&res.CrashtestCheck, c.label, r.status, r.out)
 	return res
 }
 
@@ -416,6 +449,12 @@ func (c *Campaign) reproCommand(seed uint64, at protocol.Trigger) string {
 func (c *Campaign) commandLine(seed uint64, extra ...string) string {
 	a := []string{"flushvm", "crashtest", "--kernel", c.kernel, "--initrd", c.initrd, "--disk-size", c.diskSizeArg,
 		"--workload", c.workload, "--seed", strconv.FormatUint(seed, 10), "--cache", string(c.cache)}
+	if c.checker != "" {
+		a = append(a, "--checker", c.checker)
+	}
+	if c.workloadDir != "" {
+		a = append(a, "--workload-dir", c.workloadDir)
+	}
 	if c.records != 100 {
 		a = append(a, "--records", strconv.Itoa(c.records))
 	}

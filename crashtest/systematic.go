@@ -38,7 +38,7 @@ type recordInfo struct {
 
 // fingerprint names what a recording depends on.
 func (c *Campaign) fingerprint() string {
-	return strings.Join([]string{c.workload, strings.Join(c.workloadArgs, " "), string(c.cache),
+	return strings.Join([]string{c.workload, c.runCmd, c.checkCmd, c.workloadDir, string(c.cache),
 		strconv.FormatInt(c.diskSize, 10), c.kernel, c.initrd}, "|")
 }
 
@@ -126,9 +126,14 @@ func (c *Campaign) recording(ctx context.Context, b Booter, prog *Progress, dir 
 func (c *Campaign) record(ctx context.Context, b Booter, dir, template, logPath string) (protocol.CrashtestRecord, error) {
 	img := filepath.Join(dir, "record.img")
 	defer os.Remove(img)
+	defer os.Remove(filepath.Join(dir, "record.job"))
 	t0 := time.Now()
-	args := c.bootArgs(guestCmdline("crash:"+c.program, c.workloadArgs),
-		"path="+img+",cache="+string(c.cache), "--write-log", logPath)
+	job, err := c.jobDisk(dir, "record", nil, nil)
+	if err != nil {
+		return protocol.CrashtestRecord{}, err
+	}
+	args := c.bootArgs(guestCmdline("crash:"+c.label),
+		"path="+esc(img)+",cache="+string(c.cache), append(job, "--write-log", logPath)...)
 	r, err := c.boot(ctx, b, dir, "record", args, func() error { return sparse.Copy(template, img) })
 	if err != nil {
 		return protocol.CrashtestRecord{}, err
@@ -264,14 +269,19 @@ func appendExplored(path string, states []protocol.CrashtestState) error {
 	return nil
 }
 
-// ackedFor returns the acknowledgements a state must keep: the checker's
-// -acked argument and the count.
-func (c *Campaign) ackedFor(m *LogModel, n int) (string, int) {
-	var b strings.Builder
-	for _, l := range m.AckLines[:n] {
-		b.WriteString(l)
-		b.WriteByte('\n')
+// ackedFor returns how many of the record's acknowledgements a state that
+// keeps the first n ACK marks must keep (all of them: the marks are the
+// acknowledgements, in log order).
+func (c *Campaign) ackedFor(m *LogModel, n int) int { return min(n, len(m.AckLines)) }
+
+// ackKeysOf returns the keys of the record's acknowledgements, in log
+// order.
+func ackKeysOf(m *LogModel) []string {
+	keys := make([]string, 0, len(m.AckLines))
+	for _, l := range m.AckLines {
+		if k, ok := protocol.AckKey(l); ok {
+			keys = append(keys, k)
+		}
 	}
-	a := parseAcks([]byte(b.String()), c.writers())
-	return a.ackedArg(c.program), a.count()
+	return keys
 }

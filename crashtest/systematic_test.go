@@ -47,36 +47,32 @@ func (g *sysGuest) Boot(ctx context.Context, args []string) (int, []byte, error)
 		return 2, nil, nil
 	}
 	var mode string
-	var wargs []string
 	for _, f := range strings.Fields(*appendLine) {
 		if v, ok := strings.CutPrefix(f, "flushvm.run="); ok {
 			mode = v
-		}
-		if v, ok := strings.CutPrefix(f, "flushvm.args="); ok {
-			wargs = strings.Split(v, ",")
 		}
 	}
 	g.mu.Lock()
 	g.boots = append(g.boots, mode)
 	g.mu.Unlock()
-	spec := func(i int) map[string]string {
-		kv := map[string]string{}
-		for _, p := range strings.Split((*disks)[i], ",") {
-			k, v, _ := strings.Cut(p, "=")
-			kv[k] = v
-		}
-		return kv
-	}
+	spec := func(i int) map[string]string { return specKeys((*disks)[i]) }
 	var out bytes.Buffer
 	status := 0
 	var err error
+	var job protocol.Job
+	if len(*disks) > 1 {
+		b, _ := os.ReadFile(spec(1)["path"])
+		if job, err = protocol.ParseJob(b); err != nil {
+			return 0, nil, err
+		}
+	}
 	switch {
 	case mode == "mkfs":
 		out.WriteString(protocol.FormatMkfsOK("/dev/vda") + "\n")
 	case mode == "crash:fsyncstress":
-		err = g.record(spec(0)["path"], *wlog, wargs, &out)
+		err = g.record(spec(0)["path"], *wlog, strings.Fields(job.Workload), &out)
 	case mode == "checkstates:fsyncstress":
-		if g.check(spec(0), spec(1)["path"], wargs, &out) {
+		if g.check(spec(0), job, &out) {
 			return protocol.ExitGuestCrash, out.Bytes(), nil
 		}
 	default:
@@ -139,7 +135,7 @@ func (g *sysGuest) record(img, logPath string, args []string, out *bytes.Buffer)
 }
 
 // check plays the checker boot; it reports whether the guest "crashed".
-func (g *sysGuest) check(crash map[string]string, manifest string, args []string, out *bytes.Buffer) bool {
+func (g *sysGuest) check(crash map[string]string, job protocol.Job, out *bytes.Buffer) bool {
 	set, err := blk.ReadCrashStateSet(crash["crashstates"])
 	if err != nil {
 		out.WriteString(err.Error())
@@ -151,13 +147,7 @@ func (g *sysGuest) check(crash map[string]string, manifest string, args []string
 		return false
 	}
 	defer cl.Close()
-	mb, _ := os.ReadFile(manifest)
-	man, err := protocol.ParseManifest(mb)
-	if err != nil {
-		out.WriteString(err.Error())
-		return false
-	}
-	records := argInt(args, "-records")
+	records := argInt(strings.Fields(job.Checker), "-records")
 	for i, st := range set.States {
 		fmt.Fprintln(out, protocol.FormatCrashCheckNext(i))
 		fmt.Fprintln(out, protocol.FormatStateBegin(i))
@@ -175,14 +165,13 @@ func (g *sysGuest) check(crash map[string]string, manifest string, args []string
 			return false
 		}
 		acked, lost := 0, 0
-		for w, a := range strings.Split(man[i].Acked, ":") {
-			n, _ := strconv.Atoi(a)
-			acked += n
-			for seq := 0; seq < n; seq++ {
-				p := make([]byte, 512)
-				if img.ReadAt(p, recordOffset(w, seq, records)) != nil || p[0] != recordByte(w, seq) {
-					lost++
-				}
+		for _, key := range job.Acks[:job.States[i]] {
+			a, _ := protocol.ParseAck("ACK "+key, sysWriters)
+			acked++
+			p := make([]byte, 512)
+			if img.ReadAt(p, recordOffset(a.Writer, a.Seq, records)) != nil || p[0] != recordByte(a.Writer, a.Seq) {
+				fmt.Fprintln(out, protocol.FormatLost(key))
+				lost++
 			}
 		}
 		fmt.Fprintln(out, protocol.Check{Workload: "fsyncstress", Acked: acked, Lost: lost})

@@ -82,12 +82,16 @@ func TestConsoleLineMarksAcks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	long := "ACK " + strings.Repeat("y", 600)
+	longest := "ACK " + strings.Repeat("y", protocol.MaxAckKey)
+	tooLong := longest + "y"
+	if len(longest) > blk.MaxWriteLogMark {
+		t.Fatalf("an acknowledgement of %d bytes does not fit a mark (%d bytes)", len(longest), blk.MaxWriteLogMark)
+	}
 	writeAt(t, d.Dev.Backend(), 0, bytes.Repeat([]byte{1}, 4096))
 	if err := d.Dev.Backend().Sync(); err != nil {
 		t.Fatal(err)
 	}
-	for _, line := range []string{"ACK x 1\n", "hello ACK\n", "  ACK x 2\r\n", long, protocol.FormatCrashCheckNext(1)} {
+	for _, line := range []string{"ACK x 1\n", "hello ACK\n", "  ACK x 2\r\n", longest, tooLong, protocol.FormatCrashCheckNext(1)} {
 		d.ConsoleLine([]byte(line))
 	}
 	writeAt(t, d.Dev.Backend(), 4096, bytes.Repeat([]byte{2}, 512))
@@ -95,7 +99,7 @@ func TestConsoleLineMarksAcks(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := entryKinds(t, logPath)
-	want := []string{"write", "flush", "mark ACK x 1", "mark ACK x 2", "mark " + long[:blk.MaxWriteLogMark], "write"}
+	want := []string{"write", "flush", "mark ACK x 1", "mark ACK x 2", "mark " + longest, "write"}
 	if strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Fatalf("log entries %q, want %q", got, want)
 	}

@@ -205,8 +205,8 @@ func (d *Disk) CrashStates() *blk.CrashStateBackend { return d.crash }
 // before the guest goes on):
 //
 //   - On the disk with the write log, an acknowledgement line
-//     (protocol.IsAckLine) becomes a MARK entry whose text is the trimmed
-//     line, cut to blk.MaxWriteLogMark bytes. The mark's place in the log
+//     (protocol.IsAckLine: its key bounded so the line fits) becomes a
+//     MARK entry whose text is the trimmed line. The mark's place in the log
 //     is exact: a guest prints an ACK only after its fdatasync returned,
 //     that is after the flush request completed; WriteLog.Sync appends
 //     the FLUSH entry before the device completes the flush; the mark is
@@ -232,9 +232,6 @@ func (d *Disk) CrashStates() *blk.CrashStateBackend { return d.crash }
 func (d *Disk) ConsoleLine(line []byte) {
 	if d.log != nil && protocol.IsAckLine(line) {
 		text := bytes.TrimSpace(line)
-		if len(text) > blk.MaxWriteLogMark {
-			text = text[:blk.MaxWriteLogMark]
-		}
 		if err := d.log.Mark(string(text)); err != nil {
 			d.diagf("write log: mark %q: %v", text, err)
 		}

@@ -6,10 +6,9 @@ package protocol
 //
 //   - The host attaches the crash disk as /dev/vda with the SPEC key
 //     crashstates=FILE (the batch's states, over a read-only base image)
-//     and a manifest as /dev/vdb (read-only, text, padded with newlines to
-//     a multiple of 512 bytes): one line "state I ACKED" per state of the
-//     batch, I counting from 0, ACKED the workload checker's -acked
-//     argument for that state ("-": nothing was acknowledged).
+//     and the job disk (workload.go) as /dev/vdb: the checker's command,
+//     the acknowledged keys, and one line "state I N" per state of the
+//     batch, I counting from 0, N the keys state I must keep.
 //   - For each state I in turn, the guest prints CrashCheckNext I on the
 //     console. flushvm handles the line on the vCPU that printed it, before
 //     the guest's write instruction returns: the crash disk then shows
@@ -30,7 +29,6 @@ package protocol
 
 import (
 	"bytes"
-	"fmt"
 	"strconv"
 	"strings"
 )
@@ -75,14 +73,6 @@ const CrashStateNoneSerial = "crashstate-none"
 // wrong disk.
 const CrashStateErrorSerial = "crashstate-error"
 
-// IsAckLine reports whether a console line is an acknowledgement: a line
-// starting with "ACK " (the durability protocol of every crash-test
-// workload). flushvm run --write-log records each as a MARK entry whose
-// text is the trimmed line.
-func IsAckLine(line []byte) bool {
-	return bytes.HasPrefix(bytes.TrimSpace(line), []byte("ACK "))
-}
-
 // FormatStateBegin is the line before state i's check lines.
 func FormatStateBegin(i int) string { return CheckPrefix + ": state " + strconv.Itoa(i) + " begin" }
 
@@ -123,61 +113,4 @@ func ParseStateLine(line string) (StateLine, bool) {
 		return StateLine{Index: i, End: true, Status: st}, true
 	}
 	return StateLine{}, false
-}
-
-// ManifestState is one line of a checker boot's manifest.
-type ManifestState struct {
-	// Index is the state's index in the batch.
-	Index int
-	// Acked is the workload checker's -acked argument ("" when nothing
-	// was acknowledged).
-	Acked string
-}
-
-// FormatManifest is the manifest disk's content for states (indexes
-// 0..len-1 in order), padded with newlines to a multiple of 512 bytes.
-func FormatManifest(acked []string) []byte {
-	var b bytes.Buffer
-	for i, a := range acked {
-		if a == "" {
-			a = "-"
-		}
-		fmt.Fprintf(&b, "state %d %s\n", i, a)
-	}
-	for b.Len()%512 != 0 || b.Len() == 0 {
-		b.WriteByte('\n')
-	}
-	return b.Bytes()
-}
-
-// maxManifestStates bounds the states one manifest may list.
-const maxManifestStates = 1 << 16
-
-// ParseManifest reads a manifest (trailing blank lines ignored); states
-// must be numbered 0, 1, ... in order.
-func ParseManifest(data []byte) ([]ManifestState, error) {
-	var out []ManifestState
-	for n, line := range strings.Split(string(data), "\n") {
-		line = strings.TrimSpace(strings.TrimRight(line, "\x00"))
-		if line == "" {
-			continue
-		}
-		f := strings.Fields(line)
-		if len(f) != 3 || f[0] != "state" {
-			return nil, fmt.Errorf("manifest line %d: %q: want \"state I ACKED\"", n+1, line)
-		}
-		i, err := strconv.Atoi(f[1])
-		if err != nil || i != len(out) {
-			return nil, fmt.Errorf("manifest line %d: state %q, want %d", n+1, f[1], len(out))
-		}
-		if len(out) == maxManifestStates {
-			return nil, fmt.Errorf("manifest: more than %d states", maxManifestStates)
-		}
-		a := f[2]
-		if a == "-" {
-			a = ""
-		}
-		out = append(out, ManifestState{Index: i, Acked: a})
-	}
-	return out, nil
 }

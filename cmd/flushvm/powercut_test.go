@@ -78,6 +78,7 @@ func TestPowerCutFlagErrors(t *testing.T) {
 		{"bad cache bound", []string{"--disk", pcDisk, "--cache-bound", "lots"}, "--cache-bound"},
 		{"write log, two powercut disks", []string{"--disk", pcDisk, "--disk", pcDisk, "--write-log", filepath.Join(dir, "l")}, "ambiguous"},
 		{"write log, two plain disks", []string{"--disk", plain, "--disk", plain, "--write-log", filepath.Join(dir, "l")}, "ambiguous"},
+		{"write log, two read-only disks", []string{"--disk", plain + ",readonly=on", "--disk", plain + ",readonly=on", "--write-log", filepath.Join(dir, "l")}, "ambiguous: 0 writable"},
 		{"write log, no disk", []string{"--write-log", filepath.Join(dir, "l")}, "needs a --disk"},
 		{"bad powercut policy", []string{"--disk", plain + ",powercut=most"}, "bad power-cut policy"},
 	}

@@ -82,7 +82,7 @@ func newRunFlags() *runFlags {
 		"  N-th host flush, which includes write-through syncs, covers nothing); the VMM then stops\n"+
 		"  at once, applies each disk's policy and exits with status 100\n  e.g. --power-cut flushes=10")
 	fs.Uint64Var(&f.seed, "seed", 0, "seed of the power-cut policies' random choices and of fault rules' prob= (same seed, same image)\n  e.g. --seed 42")
-	fs.StringVar(&f.writeLog, "write-log", "", "record the writes, discards and flushes of the powercut= disk (or of the only disk)\n"+
+	fs.StringVar(&f.writeLog, "write-log", "", "record the writes, discards and flushes of the powercut= disk (or of the only writable disk)\n"+
 		"  in dm-log-writes format, for flushvm replay; console lines \"ACK ...\" become MARK entries\n"+
 		"  e.g. --write-log run.wlog")
 	fs.StringVar(&f.cacheBound, "cache-bound", "", "most unstable data the powercut= disks' volatile cache keeps before it destages\n"+
@@ -530,17 +530,24 @@ func (f *runFlags) powerCutSetup(specs []blk.Spec) (powerCutConfig, error) {
 		pc.bound = int64(b)
 	}
 	if f.writeLog != "" {
+		var writable []int
+		for i, sp := range specs {
+			if !sp.ReadOnly {
+				writable = append(writable, i)
+			}
+		}
 		switch {
 		case len(cutDisks) == 1:
 			pc.logDisk = cutDisks[0]
 		case len(cutDisks) > 1:
 			return pc, userErrorf("--write-log: ambiguous: %d disks have powercut= (one write log records one disk)", len(cutDisks))
-		case len(specs) == 1:
-			pc.logDisk = 0
+		case len(writable) == 1:
+			// Read-only disks are never written: nothing to record.
+			pc.logDisk = writable[0]
 		case len(specs) == 0:
 			return pc, userErrorf("--write-log needs a --disk")
 		default:
-			return pc, userErrorf("--write-log: ambiguous: %d disks and none has powercut= (give powercut= to the disk to record)", len(specs))
+			return pc, userErrorf("--write-log: ambiguous: %d writable disks and none has powercut= (give powercut= to the disk to record)", len(writable))
 		}
 	}
 	if len(cutDisks) > 0 {

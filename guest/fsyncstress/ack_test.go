@@ -323,3 +323,33 @@ func TestUsage(t *testing.T) {
 		})
 	}
 }
+
+func TestAckedFile(t *testing.T) {
+	tests := []struct {
+		name, keys string
+		writers    int
+		want       string
+		err        string
+	}{
+		{"in order", "fsyncstress 0 0\nfsyncstress 1 0\nfsyncstress 0 1\n", 2, "2:1", ""},
+		{"none", "", 3, "0:0:0", ""},
+		{"blank lines", "\nfsyncstress 1 4\n\n", 2, "0:5", ""},
+		{"another workload's key", "rename 3\n", 2, "", "key 1"},
+		{"writer past -writers", "fsyncstress 2 0\n", 2, "", "below -writers"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "acked")
+			if err := os.WriteFile(p, []byte(tt.keys), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			got, err := ackedFromFile(p, "", config{writers: tt.writers, records: 10})
+			if got != tt.want || (err == nil) != (tt.err == "") || (err != nil && !strings.Contains(err.Error(), tt.err)) {
+				t.Errorf("ackedFromFile = %q, %v; want %q, %q", got, err, tt.want, tt.err)
+			}
+		})
+	}
+	if _, err := ackedFromFile("x", "1:2", config{writers: 2}); err == nil {
+		t.Error("-acked and -acked-file together accepted")
+	}
+}

@@ -28,9 +28,12 @@
 //	fsyncstress -dir /mnt/disk [-ack] [-bug NAME] [-writers 4] [-records 500] [-size 4096]
 //	fsyncstress -dev /dev/vda  [-ack] [-bug NAME] [-writers 4] [-records 500] [-size 4096]
 //	fsyncstress -check -dir /mnt/disk -acked N0:N1:...:Nw-1 [-writers 4] [-records 500] [-size 4096]
+//	fsyncstress -check -dir /mnt/disk -acked-file FILE [-writers 4] [-records 500] [-size 4096]
 //
 // -acked gives, per writer, the number of records it acknowledged (its
-// last SEQ+1, 0 if none); it needs one entry per writer.
+// last SEQ+1, 0 if none); it needs one entry per writer. -acked-file gives
+// the same as the crash-test checker protocol does (protocol/workload.go):
+// a file of the acknowledged keys, "fsyncstress W SEQ" per line.
 //
 // -bug NAME makes the workload break its own durability protocol on
 // purpose, to prove that a crash tester notices (default "": none; other
@@ -61,6 +64,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/flushvm/flushvm/guest/internal/ackfile"
 	"github.com/flushvm/flushvm/protocol"
 )
 
@@ -105,7 +109,7 @@ func run(args []string, out io.Writer) int {
 	fs := flag.NewFlagSet("fsyncstress", flag.ContinueOnError)
 	fs.SetOutput(out)
 	c := config{sync: fdatasync}
-	var acked string
+	var acked, ackedFile string
 	fs.StringVar(&c.dir, "dir", "", "directory on the file system under test (one file per writer)")
 	fs.StringVar(&c.dev, "dev", "", "raw block device under test (one region per writer); overwrites it")
 	fs.IntVar(&c.writers, "writers", 4, "concurrent writers")
@@ -114,6 +118,7 @@ func run(args []string, out io.Writer) int {
 	fs.BoolVar(&c.ack, "ack", false, `print "ACK fsyncstress W SEQ" on stdout after each record's fdatasync returns`)
 	fs.BoolVar(&c.checkMode, "check", false, "check the records an earlier (interrupted) run left instead of writing")
 	fs.StringVar(&acked, "acked", "", "with -check: records each writer acknowledged, N0:N1:... (one entry per writer)")
+	fs.StringVar(&ackedFile, "acked-file", "", "with -check: a file of acknowledged keys, one \"fsyncstress W SEQ\" per line (the crash-test checker protocol's $FLUSHVM_ACKED)")
 	fs.StringVar(&c.bug, "bug", "", "break the durability protocol on purpose: ack-early (acknowledge before fdatasync)")
 	if err := fs.Parse(args); err != nil {
 		return exitError
@@ -121,6 +126,9 @@ func run(args []string, out io.Writer) int {
 	err := c.validate()
 	if err == nil && fs.NArg() > 0 {
 		err = fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if err == nil && ackedFile != "" {
+		acked, err = ackedFromFile(ackedFile, acked, c)
 	}
 	if err == nil {
 		c.acked, err = parseAcked(acked, c)
@@ -190,6 +198,31 @@ func parseAcked(s string, c config) ([]int, error) {
 		acked[i] = n
 	}
 	return acked, nil
+}
+
+// ackedFromFile reads -acked-file (one key per line, as the workload
+// acknowledged them) into the -acked form; -acked must not be given too.
+func ackedFromFile(path, acked string, c config) (string, error) {
+	if acked != "" {
+		return "", errors.New("give one of -acked and -acked-file")
+	}
+	keys, err := ackfile.Read(path)
+	if err != nil {
+		return "", err
+	}
+	n := make([]int, c.writers)
+	for i, key := range keys {
+		a, ok := protocol.ParseAck("ACK "+key, c.writers)
+		if !ok || a.Workload != "fsyncstress" {
+			return "", fmt.Errorf("-acked-file %s key %d: %q is not \"fsyncstress W SEQ\" with W below -writers", path, i+1, key)
+		}
+		n[a.Writer] = max(n[a.Writer], a.Seq+1)
+	}
+	per := make([]string, c.writers)
+	for w := range per {
+		per[w] = strconv.Itoa(n[w])
+	}
+	return strings.Join(per, ":"), nil
 }
 
 // target opens writer w's file or region for writing or reading and

@@ -27,7 +27,11 @@
 // Usage:
 //
 //	rename -dir /mnt/disk [-create] [-bug NAME] [-versions 200] [-size 16384]
-//	rename -check -dir /mnt/disk [-create] [-acked N]
+//	rename -check -dir /mnt/disk [-create] [-acked N | -acked-file FILE]
+//
+// -acked-file gives the acknowledged versions as the crash-test checker
+// protocol does (protocol/workload.go): a file of keys, "rename V" per
+// line; the last acknowledged version is the largest V.
 //
 // Each version is a header line "flushvm-rename version=V size=S\n"
 // followed by S bytes generated from V, so the checker can tell a torn or
@@ -63,6 +67,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/flushvm/flushvm/guest/internal/ackfile"
 	"github.com/flushvm/flushvm/protocol"
 )
 
@@ -114,6 +119,8 @@ func run(args []string, out io.Writer) int {
 	fl.IntVar(&c.size, "size", 16384, "payload bytes per version (workload)")
 	fl.BoolVar(&c.check, "check", false, "check the target file instead of writing")
 	fl.IntVar(&c.acked, "acked", 0, "last version acknowledged before the cut (check)")
+	var ackedFile string
+	fl.StringVar(&ackedFile, "acked-file", "", `with -check: a file of acknowledged keys, one "rename V" per line (the crash-test checker protocol's $FLUSHVM_ACKED)`)
 	fl.BoolVar(&c.create, "create", false, "write each version to a new file v-V instead of replacing the target")
 	fl.StringVar(&c.bug, "bug", "", "break the durability protocol on purpose: no-dir-fsync (acknowledge without fsyncing the directory)")
 	if err := fl.Parse(args); err != nil {
@@ -133,6 +140,14 @@ func run(args []string, out io.Writer) int {
 		fmt.Fprintf(out, "rename: unknown -bug %q (want one of %s)\n", c.bug, strings.Join(bugs, ", "))
 		return exitError
 	}
+	if ackedFile != "" {
+		v, err := ackedFromFile(ackedFile, c.acked)
+		if err != nil {
+			fmt.Fprintf(out, "rename: %v\n", err)
+			return exitError
+		}
+		c.acked = v
+	}
 	if c.check {
 		return check(c, out)
 	}
@@ -141,6 +156,27 @@ func run(args []string, out io.Writer) int {
 		return exitError
 	}
 	return exitOK
+}
+
+// ackedFromFile reads -acked-file and returns the last acknowledged
+// version; -acked must not be given too.
+func ackedFromFile(path string, acked int) (int, error) {
+	if acked != 0 {
+		return 0, errors.New("give one of -acked and -acked-file")
+	}
+	keys, err := ackfile.Read(path)
+	if err != nil {
+		return 0, err
+	}
+	v := 0
+	for i, key := range keys {
+		a, ok := protocol.ParseAck("ACK "+key, 0)
+		if !ok || a.Workload != "rename" {
+			return 0, fmt.Errorf("-acked-file %s key %d: %q is not \"rename V\"", path, i+1, key)
+		}
+		v = max(v, a.Version)
+	}
+	return v, nil
 }
 
 // content returns version v of the file.

@@ -220,3 +220,30 @@ func TestCheckCreatedIOError(t *testing.T) {
 		}
 	}
 }
+
+func TestAckedFile(t *testing.T) {
+	tests := []struct {
+		name, keys string
+		want       int
+		ok         bool
+	}{
+		{"versions", "rename 1\nrename 2\nrename 3\n", 3, true},
+		{"none", "", 0, true},
+		{"out of order", "rename 4\nrename 2\n", 4, true},
+		{"another workload's key", "fsyncstress 0 1\n", 0, false},
+		{"version 0", "rename 0\n", 0, false},
+	}
+	for _, tt := range tests {
+		p := filepath.Join(t.TempDir(), "acked")
+		if err := os.WriteFile(p, []byte(tt.keys), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		v, err := ackedFromFile(p, 0)
+		if v != tt.want || (err == nil) != tt.ok {
+			t.Errorf("%s: ackedFromFile = %d, %v; want %d, ok %v", tt.name, v, err, tt.want, tt.ok)
+		}
+	}
+	if _, err := ackedFromFile("x", 2); err == nil {
+		t.Error("-acked and -acked-file together accepted")
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -95,6 +96,8 @@ func (m *mapper) rewrite(i int, sub string, args []string) ([]string, error) {
 		switch name {
 		case "kernel", "initrd":
 			val, err = m.input(val)
+		case "workload-dir":
+			val, err = m.inputDir(val)
 		case "disk":
 			val, err = m.disk(val)
 		case "report":
@@ -133,6 +136,19 @@ func (m *mapper) rewrite(i int, sub string, args []string) ([]string, error) {
 // across file systems) and returns its L1 path. A missing file maps to a
 // missing L1 path so flushvm reports it in its own words.
 func (m *mapper) input(host string) (string, error) {
+	return m.mapInput(host, func(fi os.FileInfo) bool { return fi.Mode().IsRegular() }, linkOrCopy)
+}
+
+// inputDir makes a host directory visible in the job directory (a tree
+// of hard links, or copies across file systems, symbolic links kept) and
+// returns its L1 path, as input does for a file.
+func (m *mapper) inputDir(host string) (string, error) {
+	return m.mapInput(host, os.FileInfo.IsDir, copyTree)
+}
+
+// mapInput maps host into the job directory's in/ with put when ok
+// accepts it, once per host path.
+func (m *mapper) mapInput(host string, ok func(os.FileInfo) bool, put func(src, dst string) error) (string, error) {
 	abs, err := filepath.Abs(host)
 	if err != nil {
 		return "", fmt.Errorf("map %s: %w", host, err)
@@ -143,13 +159,41 @@ func (m *mapper) input(host string) (string, error) {
 	m.n++
 	name := strconv.Itoa(m.n) + "-" + filepath.Base(abs)
 	l1 := protocol.L1JobMount + "/in/" + name
-	if fi, err := os.Stat(abs); err != nil || !fi.Mode().IsRegular() {
+	if fi, err := os.Stat(abs); err != nil || !ok(fi) {
 		l1 = protocol.L1JobMount + "/missing/" + filepath.Base(abs)
-	} else if err := linkOrCopy(abs, filepath.Join(m.jobDir, "in", name)); err != nil {
+	} else if err := put(abs, filepath.Join(m.jobDir, "in", name)); err != nil {
 		return "", fmt.Errorf("map %s into L1: %w", host, err)
 	}
 	m.inputs[abs] = l1
 	return l1, nil
+}
+
+// copyTree recreates the directory src as dst: directories, symbolic
+// links, and regular files (hard links, or copies).
+func copyTree(src, dst string) error {
+	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, p)
+		if err != nil {
+			return err
+		}
+		to := filepath.Join(dst, rel)
+		switch {
+		case d.IsDir():
+			return os.MkdirAll(to, 0o755)
+		case d.Type()&fs.ModeSymlink != 0:
+			target, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			return os.Symlink(target, to)
+		case d.Type().IsRegular():
+			return linkOrCopy(p, to)
+		}
+		return fmt.Errorf("%s: not a regular file, directory or symbolic link", p)
+	})
 }
 
 // diskSpecPath returns a --disk SPEC's path= (empty without one) and

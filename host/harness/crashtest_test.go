@@ -207,3 +207,35 @@ func TestNestedCrashtestArgs(t *testing.T) {
 		}
 	}
 }
+
+// TestRewriteWorkloadDir: --workload-dir's tree reaches L1 whole (files,
+// subdirectories, symbolic links); --checker passes through.
+func TestRewriteWorkloadDir(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "mine")
+	if err := os.MkdirAll(filepath.Join(src, "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "bin", "w.sh"), []byte("echo ACK 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("bin/w.sh", filepath.Join(src, "w")); err != nil {
+		t.Fatal(err)
+	}
+	jobDir := t.TempDir()
+	m := newMapper(jobDir)
+	got, err := m.rewrite(0, SubCrashtest, []string{"--workload-dir", src, "--checker", "c.sh"})
+	want := []string{"--workload-dir=/job/in/1-mine", "--checker=c.sh"}
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("rewrite = %q, %v; want %q", got, err, want)
+	}
+	b, err := os.ReadFile(filepath.Join(jobDir, "in", "1-mine", "bin", "w.sh"))
+	if err != nil || string(b) != "echo ACK 1\n" {
+		t.Errorf("copied file: %q, %v", b, err)
+	}
+	if l, err := os.Readlink(filepath.Join(jobDir, "in", "1-mine", "w")); err != nil || l != "bin/w.sh" {
+		t.Errorf("copied link: %q, %v", l, err)
+	}
+	if got, _ := m.rewrite(1, SubCrashtest, []string{"--workload-dir", filepath.Join(src, "nope")}); !slices.Equal(got, []string{"--workload-dir=/job/missing/nope"}) {
+		t.Errorf("missing dir mapped to %q", got)
+	}
+}

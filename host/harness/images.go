@@ -20,7 +20,8 @@ type Artifacts struct {
 	Kernel *kernel.Kernel
 	// Initramfs is the L2 test guest's image: guest/cmd/init as /init,
 	// busybox, guest/fsyncstress as /bin/fsyncstress, guest/rename as
-	// /bin/rename, the host's e2fsprogs (/sbin/mke2fs and /sbin/e2fsck with
+	// /bin/rename, guest/sqlite as /bin/sqlitework with the host's sqlite3
+	// (/usr/bin/sqlite3, its loader and libraries), the host's e2fsprogs (/sbin/mke2fs and /sbin/e2fsck with
 	// their loader and shared libraries, and /etc/mke2fs.conf when the host
 	// has one) for the crash-test modes, and the virtio-blk, pvpanic and
 	// ext4 modules.
@@ -56,15 +57,22 @@ func GuestInitramfs(ctx context.Context, cache string, k *kernel.Kernel) (string
 	b.GoProgram(ctx, "/init", "./guest/cmd/init")
 	b.GoProgram(ctx, "/bin/fsyncstress", "./guest/fsyncstress")
 	b.GoProgram(ctx, "/bin/rename", "./guest/rename")
+	b.GoProgram(ctx, "/bin/sqlitework", "./guest/sqlite")
 	// /init's mkfs and check modes run e2fsprogs by these paths. They
 	// replace busybox's mke2fs applet, which cannot make ext4.
 	for _, tool := range []string{"mke2fs", "e2fsck"} {
 		src, err := hostTool(tool)
 		if err != nil {
-			return "", fmt.Errorf("guest initramfs: %w", err)
+			return "", fmt.Errorf("guest initramfs: %w (install e2fsprogs)", err)
 		}
 		b.Dynamic("/sbin/"+tool, src)
 	}
+	// The SQLite workloads run Debian's sqlite3 shell.
+	sqlite3, err := hostTool("sqlite3")
+	if err != nil {
+		return "", fmt.Errorf("guest initramfs: %w (install sqlite3)", err)
+	}
+	b.Dynamic("/usr/bin/sqlite3", sqlite3)
 	// Without it mke2fs uses its built-in profile (the same ext4 features
 	// in e2fsprogs 1.47); with it the guest formats as the host would.
 	if _, err := os.Stat(mke2fsConf); err == nil {
@@ -94,7 +102,7 @@ func hostTool(name string) (string, error) {
 	if p, err := exec.LookPath(name); err == nil {
 		return p, nil
 	}
-	return "", fmt.Errorf("%s not found in /sbin, /usr/sbin, /bin, /usr/bin or $PATH (install e2fsprogs)", name)
+	return "", fmt.Errorf("%s not found in /sbin, /usr/sbin, /bin, /usr/bin or $PATH", name)
 }
 
 // L1Initramfs builds the nested L1 guest's image: guest/cmd/l1init as

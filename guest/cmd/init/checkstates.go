@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"slices"
 	"strings"
 	"time"
 
@@ -16,11 +15,11 @@ import (
 
 // The checkstates mode's devices and bounds (protocol/crashcheck.go).
 const (
-	// manifestDisk is the second virtio-blk disk: the batch's manifest.
-	manifestDisk = "/dev/vdb"
-	// maxManifest bounds the manifest read: a line per state is small,
-	// and a wrong disk must not fill the guest's memory.
-	maxManifest = 16 << 20
+	// jobDisk is the second virtio-blk disk: the job (protocol.Job).
+	jobDisk = "/dev/vdb"
+	// maxJob bounds the job read: a line per key or state is small, and
+	// a wrong disk must not fill the guest's memory.
+	maxJob = 64 << 20
 	// serialPath is where the crash disk's virtio-blk serial reads; the
 	// kernel asks the device (VIRTIO_BLK_T_GET_ID) on every read.
 	serialPath = "/sys/block/vda/serial"
@@ -32,23 +31,18 @@ const (
 )
 
 // checkStates checks a batch of crash states on the disk:
-// flushvm.run=checkstates:W. For each state of the manifest it asks the
-// host for the state, waits until the disk shows it, and checks it as
-// check:W does with the state's -acked between the state's begin and end
-// lines. The status is 0 when every state was checked (the verdicts are
-// in the end lines), exitBatchFailed when the batch could not run.
-func (d diskModes) checkStates(w string, extra []string) int {
-	if _, err := workloadArgv(w, true, nil); err != nil {
-		d.logf(prefix, "flushvm.run=checkstates:%s: %v", w, err)
-		return exitUnknownWorkload
+// flushvm.run=checkstates:W. For each state of the job it asks the host
+// for the state, waits until the disk shows it, and checks it as check:W
+// does with the keys the state must keep, between the state's begin and
+// end lines. The status is 0 when every state was checked (the verdicts
+// are in the end lines), exitBatchFailed when the batch could not run.
+func (d diskModes) checkStates(w string) int {
+	j, err := d.job()
+	if err == nil && j.Checker == "" {
+		err = fmt.Errorf("%s: no checker line", jobDisk)
 	}
-	data, err := d.sys.readManifest()
-	if err == nil {
-		var states []protocol.ManifestState
-		states, err = protocol.ParseManifest(data)
-		for i := 0; err == nil && i < len(states); i++ {
-			err = d.checkState(w, extra, states[i])
-		}
+	for i := 0; err == nil && i < len(j.States); i++ {
+		err = d.checkState(w, j.Checker, i, j.Acks[:j.States[i]])
 	}
 	if err != nil {
 		d.logf(prefix, "checkstates: %v", err)
@@ -57,61 +51,45 @@ func (d diskModes) checkStates(w string, extra []string) int {
 	return 0
 }
 
-// checkState asks for state s, waits for it, and checks it between its
+// checkState asks for state i, waits for it, and checks it between its
 // begin and end lines. An error means the batch cannot go on; a state
 // that fails its check is no error.
-func (d diskModes) checkState(w string, extra []string, s protocol.ManifestState) error {
-	fmt.Fprintln(d.out, protocol.FormatCrashCheckNext(s.Index))
-	if err := d.sys.waitSerial(protocol.CrashStateSerial(s.Index)); err != nil {
-		return fmt.Errorf("state %d: %w", s.Index, err)
+func (d diskModes) checkState(w, checker string, i int, acked []string) error {
+	fmt.Fprintln(d.out, protocol.FormatCrashCheckNext(i))
+	if err := d.sys.waitSerial(protocol.CrashStateSerial(i)); err != nil {
+		return fmt.Errorf("state %d: %w", i, err)
 	}
 	// Blocks cached while the disk showed another state are not this
 	// state's.
 	if err := d.sys.flushBuffers(); err != nil {
-		return fmt.Errorf("state %d: %w", s.Index, err)
+		return fmt.Errorf("state %d: %w", i, err)
 	}
-	fmt.Fprintln(d.out, protocol.FormatStateBegin(s.Index))
-	argv, err := workloadArgv(w, true, slices.Concat(extra, []string{"-acked", ackedArg(s.Acked)}))
-	if err != nil {
-		return fmt.Errorf("state %d: %w", s.Index, err)
-	}
-	st := d.checkDisk(w, argv)
+	fmt.Fprintln(d.out, protocol.FormatStateBegin(i))
+	st := d.checkDisk(w, checker, acked)
 	// Write what the check left dirty (the journal replay) now, while the
 	// disk still shows this state, so none of it reaches the next one.
 	ferr := d.sys.flushBuffers()
-	fmt.Fprintln(d.out, protocol.FormatStateEnd(s.Index, st))
+	fmt.Fprintln(d.out, protocol.FormatStateEnd(i, st))
 	if ferr != nil {
-		return fmt.Errorf("after state %d: %w", s.Index, ferr)
+		return fmt.Errorf("after state %d: %w", i, ferr)
 	}
 	return nil
 }
 
-// ackedArg is the checker's -acked value for a manifest's Acked: "0" when
-// nothing was acknowledged. That is rename's "no version acknowledged";
-// fsyncstress wants one entry per writer and refuses "0" unless it runs
-// one writer, so its states fail their check (status 2) rather than pass
-// unchecked — the host always sends fsyncstress a full N0:N1:... value.
-func ackedArg(acked string) string {
-	if acked == "" {
-		return "0"
+// readJob waits for the crash disk and the job disk and reads the job
+// whole.
+func (machine) readJob() ([]byte, error) {
+	if err := pid1.WaitForFiles([]string{disk, jobDisk}, diskWait); err != nil {
+		return nil, fmt.Errorf("job: %w", err)
 	}
-	return acked
-}
-
-// readManifest waits for the crash disk and the manifest disk and reads
-// the manifest whole.
-func (machine) readManifest() ([]byte, error) {
-	if err := pid1.WaitForFiles([]string{disk, manifestDisk}, diskWait); err != nil {
-		return nil, fmt.Errorf("manifest: %w", err)
-	}
-	f, err := os.Open(manifestDisk)
+	f, err := os.Open(jobDisk)
 	if err != nil {
-		return nil, fmt.Errorf("manifest: %w", err)
+		return nil, fmt.Errorf("job: %w", err)
 	}
 	defer f.Close()
-	b, err := readBounded(f, maxManifest)
+	b, err := readBounded(f, maxJob)
 	if err != nil {
-		return nil, fmt.Errorf("manifest %s: %w", manifestDisk, err)
+		return nil, fmt.Errorf("job %s: %w", jobDisk, err)
 	}
 	return b, nil
 }

@@ -13,123 +13,98 @@ import (
 func TestCheckStates(t *testing.T) {
 	fail := errors.New("boom")
 	const (
-		fsck = "/sbin/e2fsck -fn /dev/vda"
-		args = "-writers 2 -records 25"
+		fsck    = "/sbin/e2fsck -fn /dev/vda"
+		checker = "/bin/fsyncstress -check -writers 2 -records 25"
 	)
-	manifest := protocol.FormatManifest([]string{"3:4", "25:25"})
-	checker := func(acked string) string { return "/bin/fsyncstress -check -dir /mnt " + args + " -acked " + acked }
+	job := testJob(t, protocol.Job{Workload: "w", Checker: checker, Acks: []string{"k0", "k1", "k2"}, States: []int{1, 3}})
+	keys := map[string]string{"0": "k0", "1": "k0|k1|k2"}
 	// state is the calls and lines of one state checked to the end.
-	state := func(i, acked, checkerStatus, fsckStatus, end string) ([]string, []string) {
-		return []string{"serial crashstate-" + i, "flush", "mount", checker(acked), "umount", fsck, "flush"},
+	state := func(i, checkerStatus, fsckStatus, end string) ([]string, []string) {
+		return []string{"serial crashstate-" + i, "flush", "mount", "job " + checker + " acked=" + keys[i], "umount", fsck, "flush"},
 			[]string{"flushvm-crashcheck: next " + i, "flushvm-check: state " + i + " begin",
 				"flushvm-check: fsyncstress status " + checkerStatus, "flushvm-check: fsck status " + fsckStatus,
 				"flushvm-check: state " + i + " end status " + end}
 	}
-	c0, l0 := state("0", "3:4", "0", "0", "0")
-	c1, l1 := state("1", "25:25", "0", "0", "0")
-	c1bad, l1bad := state("1", "25:25", "1", "0", "1")
+	c0, l0 := state("0", "0", "0", "0")
+	c1, l1 := state("1", "0", "0", "0")
+	c1bad, l1bad := state("1", "1", "0", "1")
 	tests := []struct {
 		name   string
-		mode   string
 		sys    fakeSystem
 		status int
 		calls  []string
 		lines  []string
 	}{
 		{
-			name: "two states pass", sys: fakeSystem{manifest: manifest}, status: 0,
-			calls: slices.Concat([]string{"manifest"}, c0, c1),
+			name: "two states pass", sys: fakeSystem{job: job}, status: 0,
+			calls: slices.Concat([]string{"job"}, c0, c1),
 			lines: slices.Concat(l0, l1),
 		},
 		{
 			name: "a violation is a verdict, not a batch failure", status: 0,
-			sys:   fakeSystem{manifest: manifest, stateStatus: map[string]int{"crashstate-1": 1}},
-			calls: slices.Concat([]string{"manifest"}, c0, c1bad),
+			sys:   fakeSystem{job: job, stateStatus: map[string]int{"crashstate-1": 1}},
+			calls: slices.Concat([]string{"job"}, c0, c1bad),
 			lines: slices.Concat(l0, l1bad),
 		},
 		{
 			name: "a state that does not mount still ends, and the next one runs", status: 0,
-			sys:   fakeSystem{manifest: manifest, stateMount: map[string]error{"crashstate-0": fail}},
-			calls: slices.Concat([]string{"manifest", "serial crashstate-0", "flush", "mount", fsck, "flush"}, c1),
+			sys:   fakeSystem{job: job, stateMount: map[string]error{"crashstate-0": fail}},
+			calls: slices.Concat([]string{"job", "serial crashstate-0", "flush", "mount", fsck, "flush"}, c1),
 			lines: slices.Concat([]string{"flushvm-crashcheck: next 0", "flushvm-check: state 0 begin",
 				"flushvm-check: mount failed: boom", "flushvm-check: fsck status 0", "flushvm-check: state 0 end status 1"}, l1),
 		},
 		{
 			name: "a state that does not appear ends the batch", status: exitBatchFailed,
-			sys:   fakeSystem{manifest: manifest, serialErr: map[string]error{"crashstate-1": fail}},
-			calls: slices.Concat([]string{"manifest"}, c0, []string{"serial crashstate-1"}),
+			sys:   fakeSystem{job: job, serialErr: map[string]error{"crashstate-1": fail}},
+			calls: slices.Concat([]string{"job"}, c0, []string{"serial crashstate-1"}),
 			lines: slices.Concat(l0, []string{"flushvm-crashcheck: next 1", "flushvm-init: checkstates: state 1: boom"}),
 		},
 		{
-			name: "no manifest", status: exitBatchFailed, sys: fakeSystem{manifestErr: fail},
-			calls: []string{"manifest"},
+			name: "no job disk", status: exitBatchFailed, sys: fakeSystem{jobErr: fail},
+			calls: []string{"job"},
 			lines: []string{"flushvm-init: checkstates: boom"},
 		},
 		{
-			name: "bad manifest", status: exitBatchFailed, sys: fakeSystem{manifest: []byte("state 1 3:4\n")},
-			calls: []string{"manifest"},
-			lines: []string{`flushvm-init: checkstates: manifest line 1: state "1", want 0`},
+			name: "bad job", status: exitBatchFailed, sys: fakeSystem{job: []byte("checker c\nstate 1 0\n")},
+			calls: []string{"job"},
+			lines: []string{`flushvm-init: checkstates: /dev/vdb: job line 2: state "1", want 0`},
 		},
 		{
-			name: "empty manifest", status: 0, sys: fakeSystem{manifest: protocol.FormatManifest(nil)},
-			calls: []string{"manifest"},
+			name: "no checker", status: exitBatchFailed, sys: fakeSystem{job: []byte("workload w\nstate 0 0\n")},
+			calls: []string{"job"},
+			lines: []string{`flushvm-init: checkstates: /dev/vdb: no checker line`},
+		},
+		{
+			name: "no states", status: 0, sys: fakeSystem{job: testJob(t, protocol.Job{Workload: "w", Checker: "c"})},
+			calls: []string{"job"},
 			lines: []string{""},
 		},
 		{
 			name: "cached blocks not dropped before a state", status: exitBatchFailed,
-			sys:   fakeSystem{manifest: manifest, flushErr: map[int]error{0: fail}},
-			calls: []string{"manifest", "serial crashstate-0", "flush"},
+			sys:   fakeSystem{job: job, flushErr: map[int]error{0: fail}},
+			calls: []string{"job", "serial crashstate-0", "flush"},
 			lines: []string{"flushvm-crashcheck: next 0", "flushvm-init: checkstates: state 0: boom"},
 		},
 		{
 			name: "cached blocks not dropped after a state: its verdict stands", status: exitBatchFailed,
-			sys:   fakeSystem{manifest: manifest, flushErr: map[int]error{1: fail}},
-			calls: slices.Concat([]string{"manifest"}, c0),
+			sys:   fakeSystem{job: job, flushErr: map[int]error{1: fail}},
+			calls: slices.Concat([]string{"job"}, c0),
 			lines: slices.Concat(l0, []string{"flushvm-init: checkstates: after state 0: boom"}),
-		},
-		{
-			name: "unknown workload", mode: "checkstates:fio", status: exitUnknownWorkload,
-			lines: []string{`flushvm-init: flushvm.run=checkstates:fio: unknown crash-test workload "fio" (want fsyncstress or rename)`},
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			mode := tt.mode
-			if mode == "" {
-				mode = "checkstates:fsyncstress"
-			}
 			var out strings.Builder
 			sys := tt.sys
-			st, ok := diskMode(diskModes{sys: &sys, out: &out}, mode, strings.Fields(args))
+			st, ok := diskMode(diskModes{sys: &sys, out: &out}, "checkstates:fsyncstress")
 			if !ok {
-				t.Fatalf("%s is not a disk mode", mode)
+				t.Fatal("checkstates is not a disk mode")
 			}
 			lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
 			if st != tt.status || !slices.Equal(sys.calls, tt.calls) || !slices.Equal(lines, tt.lines) {
 				t.Errorf("status %d, calls %q, output %q\nwant  %d, %q, %q", st, sys.calls, lines, tt.status, tt.calls, tt.lines)
 			}
 		})
-	}
-}
-
-func TestCheckStatesAcked(t *testing.T) {
-	tests := []struct {
-		w, acked string
-		args     []string
-		want     string
-	}{
-		{"rename", "7", nil, "/bin/rename -check -dir /mnt -acked 7"},
-		{"rename", "", []string{"-create"}, "/bin/rename -check -dir /mnt -create -acked 0"},
-		{"fsyncstress", "", []string{"-writers", "1"}, "/bin/fsyncstress -check -dir /mnt -writers 1 -acked 0"},
-		{"fsyncstress", "0:9", []string{"-writers", "2"}, "/bin/fsyncstress -check -dir /mnt -writers 2 -acked 0:9"},
-	}
-	for _, tt := range tests {
-		sys := &fakeSystem{manifest: protocol.FormatManifest([]string{tt.acked})}
-		args := slices.Clip(tt.args)
-		st, _ := diskMode(diskModes{sys: sys, out: &strings.Builder{}}, "checkstates:"+tt.w, args)
-		if st != 0 || !slices.Contains(sys.calls, tt.want) || !slices.Equal(args, tt.args) {
-			t.Errorf("%s with acked %q: status %d, calls %q; want %q (args %q untouched)", tt.w, tt.acked, st, sys.calls, tt.want, tt.args)
-		}
 	}
 }
 

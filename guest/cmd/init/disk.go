@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -34,30 +36,6 @@ const (
 	exitDiskSetup = 126
 )
 
-// crashWorkloads are the workloads with an acknowledging mode and a
-// checker, and the arguments that select the acknowledging mode on the
-// mounted disk.
-var crashWorkloads = map[string][]string{
-	"fsyncstress": {"-dir", mountPoint, "-ack"},
-	"rename":      {"-dir", mountPoint},
-}
-
-// workloadArgv returns the command line of workload w in the crash (check
-// false) or check mode, with the user's arguments appended.
-func workloadArgv(w string, check bool, extra []string) ([]string, error) {
-	mode, ok := crashWorkloads[w]
-	if !ok {
-		return nil, fmt.Errorf("unknown crash-test workload %q (want fsyncstress or rename)", w)
-	}
-	argv := []string{"/bin/" + w}
-	if check {
-		argv = append(argv, "-check", "-dir", mountPoint)
-	} else {
-		argv = append(argv, mode...)
-	}
-	return append(argv, extra...), nil
-}
-
 // system is what the disk modes do to the machine; tests replace it.
 type system interface {
 	// waitDisk waits for the disk's device node.
@@ -69,11 +47,15 @@ type system interface {
 	unmount() error
 	// run runs a program on the console and returns its exit status.
 	run(argv []string) (int, error)
+	// runJob runs a workload or checker command of the job (a shell
+	// command line) in mountPoint with the protocol's environment; a
+	// checker (acked not nil) gets the keys it must find intact.
+	runJob(cmd string, acked []string) (int, error)
 	// syncDisk makes everything written to the disk durable (a FLUSH).
 	syncDisk() error
-	// readManifest waits for the disk and the manifest disk and returns
-	// the manifest disk's content (checkstates:W).
-	readManifest() ([]byte, error)
+	// readJob waits for the disk and the job disk and returns the job
+	// disk's content (crash:W, check:W, checkstates:W).
+	readJob() ([]byte, error)
 	// waitSerial waits until the disk's virtio-blk serial reads want.
 	waitSerial(want string) error
 	// flushBuffers drops the guest's cached blocks of the disk, writing
@@ -118,11 +100,28 @@ func (d diskModes) mkfs() int {
 	return 0
 }
 
-// crash mounts the disk and runs workload w acknowledging what it makes
-// durable: flushvm.run=crash:W. The host cuts the power at some point;
-// if it does not, the workload's status is the VM's.
-func (d diskModes) crash(w string, extra []string) int {
-	argv, err := workloadArgv(w, false, extra)
+// job reads and parses the job disk.
+func (d diskModes) job() (protocol.Job, error) {
+	data, err := d.sys.readJob()
+	if err != nil {
+		return protocol.Job{}, err
+	}
+	j, err := protocol.ParseJob(data)
+	if err != nil {
+		return protocol.Job{}, fmt.Errorf("%s: %w", jobDisk, err)
+	}
+	return j, nil
+}
+
+// crash mounts the disk and runs the job's workload, which acknowledges
+// what it makes durable: flushvm.run=crash:W (W names the workload in the
+// console lines). The host cuts the power at some point; if it does not,
+// the workload's status is the VM's.
+func (d diskModes) crash(w string) int {
+	j, err := d.job()
+	if err == nil && j.Workload == "" {
+		err = fmt.Errorf("%s: no workload line", jobDisk)
+	}
 	if err != nil {
 		d.logf(prefix, "flushvm.run=crash:%s: %v", w, err)
 		return exitUnknownWorkload
@@ -132,38 +131,42 @@ func (d diskModes) crash(w string, extra []string) int {
 		return exitDiskSetup
 	}
 	d.logf(prefix, "mounted %s on %s", disk, mountPoint)
-	st, err := d.sys.run(argv)
+	st, err := d.sys.runJob(j.Workload, nil)
 	if err != nil {
 		d.logf(prefix, "%v", err)
 	}
 	return st
 }
 
-// check checks the disk after a power cut: flushvm.run=check:W. The
-// status is checkDisk's.
-func (d diskModes) check(w string, extra []string) int {
-	argv, err := workloadArgv(w, true, extra)
+// check checks the disk after a power cut against the job's first state:
+// flushvm.run=check:W. The status is checkDisk's.
+func (d diskModes) check(w string) int {
+	j, err := d.job()
+	if err == nil && (j.Checker == "" || len(j.States) != 1) {
+		err = fmt.Errorf("%s: want a checker line and one state", jobDisk)
+	}
 	if err != nil {
 		d.logf(prefix, "flushvm.run=check:%s: %v", w, err)
 		return exitUnknownWorkload
 	}
-	return d.checkDisk(w, argv)
+	return d.checkDisk(w, j.Checker, j.Acks[:j.States[0]])
 }
 
 // checkDisk checks the crashed file system on the disk with workload w's
-// checker argv: it mounts it (replaying the journal), runs the checker,
+// checker command and the keys it must find intact: it mounts it
+// (replaying the journal), runs the checker,
 // unmounts, and runs e2fsck -fn, printing the check lines of
 // protocol.ParseCheckLine. e2fsck runs even when the mount failed: a file
 // system that does not mount is what fsck should explain. The status is
 // 0 only if the checker passed and fsck found nothing, else
 // exitCheckFailed.
-func (d diskModes) checkDisk(w string, argv []string) int {
+func (d diskModes) checkDisk(w, checker string, acked []string) int {
 	passed := true
 	if err := d.sys.mount(); err != nil {
 		fmt.Fprintln(d.out, protocol.FormatCheckMountFailed(err))
 		passed = false
 	} else {
-		st, err := d.sys.run(argv)
+		st, err := d.sys.runJob(checker, acked)
 		if err != nil {
 			d.logf(protocol.CheckPrefix, "%s: %v", w, err)
 		}
@@ -215,6 +218,52 @@ func (machine) unmount() error {
 
 func (machine) run(argv []string) (int, error) { return command(argv[0], argv[1:]...) }
 
+// ackedFile is where a checker finds its keys ($FLUSHVM_ACKED).
+const ackedFile = "/run/flushvm-acked"
+
+// jobPath is the commands' PATH: the user's --workload-dir first.
+const jobPath = protocol.WorkloadGuestDir + ":" + protocol.WorkloadGuestDir + "/bin:/bin:/sbin:/usr/bin:/usr/sbin"
+
+// runJob runs cmd with /bin/sh in mountPoint; a checker's keys are in
+// ackedFile and on its standard input.
+func (machine) runJob(cmd string, acked []string) (int, error) {
+	c := exec.Command("/bin/sh", "-c", cmd)
+	c.Dir = mountPoint
+	c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
+	c.Env = append(os.Environ(), "HOME=/root", "TERM=linux", "PATH="+jobPath, protocol.EnvDir+"="+mountPoint)
+	if acked != nil {
+		f, err := writeAcked(acked)
+		if err != nil {
+			return 125, err
+		}
+		defer f.Close()
+		c.Stdin = f
+		c.Env = append(c.Env, protocol.EnvAcked+"="+ackedFile)
+	}
+	return wait(cmd, c.Run())
+}
+
+// writeAcked writes the keys to ackedFile and returns it open for
+// reading from its start.
+func writeAcked(keys []string) (*os.File, error) {
+	var b strings.Builder
+	for _, k := range keys {
+		b.WriteString(k)
+		b.WriteByte('\n')
+	}
+	if err := os.MkdirAll(filepath.Dir(ackedFile), 0o755); err != nil {
+		return nil, fmt.Errorf("acknowledged keys: %w", err)
+	}
+	if err := os.WriteFile(ackedFile, []byte(b.String()), 0o644); err != nil {
+		return nil, fmt.Errorf("acknowledged keys: %w", err)
+	}
+	f, err := os.Open(ackedFile)
+	if err != nil {
+		return nil, fmt.Errorf("acknowledged keys: %w", err)
+	}
+	return f, nil
+}
+
 // syncDisk fsyncs the block device: the kernel writes the device's dirty
 // pages and sends the disk a FLUSH, reporting a failure of either.
 func (machine) syncDisk() error {
@@ -230,16 +279,16 @@ func (machine) syncDisk() error {
 }
 
 // diskMode runs a crash-test mode: name is the flushvm.run= value.
-func diskMode(d diskModes, name string, args []string) (int, bool) {
+func diskMode(d diskModes, name string) (int, bool) {
 	switch {
 	case name == "mkfs":
 		return d.mkfs(), true
 	case strings.HasPrefix(name, "crash:"):
-		return d.crash(strings.TrimPrefix(name, "crash:"), args), true
+		return d.crash(strings.TrimPrefix(name, "crash:")), true
 	case strings.HasPrefix(name, "check:"):
-		return d.check(strings.TrimPrefix(name, "check:"), args), true
+		return d.check(strings.TrimPrefix(name, "check:")), true
 	case strings.HasPrefix(name, "checkstates:"):
-		return d.checkStates(strings.TrimPrefix(name, "checkstates:"), args), true
+		return d.checkStates(strings.TrimPrefix(name, "checkstates:")), true
 	}
 	return 0, false
 }

@@ -5,29 +5,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
-)
 
-func TestWorkloadArgv(t *testing.T) {
-	tests := []struct {
-		w     string
-		check bool
-		extra []string
-		want  []string
-	}{
-		{"fsyncstress", false, []string{"-writers", "2", "-records", "50"}, []string{"/bin/fsyncstress", "-dir", "/mnt", "-ack", "-writers", "2", "-records", "50"}},
-		{"fsyncstress", true, []string{"-writers", "2", "-acked", "50:49"}, []string{"/bin/fsyncstress", "-check", "-dir", "/mnt", "-writers", "2", "-acked", "50:49"}},
-		{"rename", false, nil, []string{"/bin/rename", "-dir", "/mnt"}},
-		{"rename", true, []string{"-acked", "7"}, []string{"/bin/rename", "-check", "-dir", "/mnt", "-acked", "7"}},
-		{"fio", false, nil, nil},
-		{"", true, nil, nil},
-	}
-	for _, tt := range tests {
-		got, err := workloadArgv(tt.w, tt.check, tt.extra)
-		if (err != nil) != (tt.want == nil) || !slices.Equal(got, tt.want) {
-			t.Errorf("workloadArgv(%q, %v, %q) = %q, %v; want %q", tt.w, tt.check, tt.extra, got, err, tt.want)
-		}
-	}
-}
+	"github.com/flushvm/flushvm/protocol"
+)
 
 // fakeSystem records what a mode did and fails or exits as told.
 type fakeSystem struct {
@@ -36,10 +16,10 @@ type fakeSystem struct {
 	runErr                                 map[string]error // by program
 	calls                                  []string
 
-	// The checkstates mode's disks: the manifest, the serial the disk
-	// shows (set by waitSerial), and failures by state or by call.
-	manifest    []byte
-	manifestErr error
+	// The crash-test modes' disks: the job, the serial the disk shows
+	// (set by waitSerial), and failures by state or by call.
+	job         []byte
+	jobErr      error
 	serial      string
 	serialErr   map[string]error // by the serial waited for
 	stateMount  map[string]error // mount's error while the disk shows a serial
@@ -68,9 +48,31 @@ func (f *fakeSystem) run(argv []string) (int, error) {
 	return f.status[argv[0]], f.runErr[argv[0]]
 }
 
-func (f *fakeSystem) readManifest() ([]byte, error) {
-	f.calls = append(f.calls, "manifest")
-	return f.manifest, f.manifestErr
+func (f *fakeSystem) runJob(cmd string, acked []string) (int, error) {
+	call := "job " + cmd
+	if acked != nil {
+		call += " acked=" + strings.Join(acked, "|")
+	}
+	f.calls = append(f.calls, call)
+	if st, ok := f.stateStatus[f.serial]; ok {
+		return st, nil
+	}
+	return f.status[cmd], f.runErr[cmd]
+}
+
+func (f *fakeSystem) readJob() ([]byte, error) {
+	f.calls = append(f.calls, "job")
+	return f.job, f.jobErr
+}
+
+// testJob is a job disk's content, or fails t.
+func testJob(t *testing.T, j protocol.Job) []byte {
+	t.Helper()
+	b, err := protocol.FormatJob(j)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 func (f *fakeSystem) waitSerial(want string) error {
@@ -93,12 +95,14 @@ func TestDiskModes(t *testing.T) {
 	const (
 		fsck    = "/sbin/e2fsck -fn /dev/vda"
 		mkfs    = "/sbin/mke2fs -t ext4 -q -F /dev/vda"
-		checkFS = "/bin/fsyncstress -check -dir /mnt -acked 3:4"
+		work    = "/bin/fsyncstress -ack -writers 2"
+		checker = "/bin/fsyncstress -check -writers 2"
 	)
+	job := testJob(t, protocol.Job{Workload: work, Checker: checker, Acks: []string{"fsyncstress 0 0", "x", "y"}, States: []int{2}})
+	checkFS := "job " + checker + " acked=fsyncstress 0 0|x"
 	tests := []struct {
 		name   string
 		mode   string
-		args   []string
 		sys    fakeSystem
 		status int
 		calls  []string
@@ -130,59 +134,66 @@ func TestDiskModes(t *testing.T) {
 			lines: []string{"flushvm-init: mkfs /dev/vda: boom"},
 		},
 		{
-			name: "crash", mode: "crash:fsyncstress", args: []string{"-writers", "2"}, sys: fakeSystem{status: map[string]int{"/bin/fsyncstress": 0}}, status: 0,
-			calls: []string{"mount", "/bin/fsyncstress -dir /mnt -ack -writers 2"},
+			name: "crash", mode: "crash:fsyncstress", sys: fakeSystem{job: job}, status: 0,
+			calls: []string{"job", "mount", "job " + work},
 			lines: []string{"flushvm-init: mounted /dev/vda on /mnt"},
 		},
 		{
-			name: "crash: workload status is the VM's", mode: "crash:rename", sys: fakeSystem{status: map[string]int{"/bin/rename": 2}}, status: 2,
-			calls: []string{"mount", "/bin/rename -dir /mnt"},
+			name: "crash: workload status is the VM's", mode: "crash:mine", sys: fakeSystem{job: job, status: map[string]int{work: 2}}, status: 2,
+			calls: []string{"job", "mount", "job " + work},
 			lines: []string{"flushvm-init: mounted /dev/vda on /mnt"},
 		},
 		{
-			name: "crash: mount fails", mode: "crash:rename", sys: fakeSystem{mountErr: fail}, status: exitDiskSetup,
-			calls: []string{"mount"},
+			name: "crash: mount fails", mode: "crash:rename", sys: fakeSystem{job: job, mountErr: fail}, status: exitDiskSetup,
+			calls: []string{"job", "mount"},
 			lines: []string{"flushvm-init: boom"},
 		},
 		{
-			name: "crash: unknown workload", mode: "crash:fio", status: exitUnknownWorkload,
-			lines: []string{`flushvm-init: flushvm.run=crash:fio: unknown crash-test workload "fio" (want fsyncstress or rename)`},
+			name: "crash: no job disk", mode: "crash:fio", sys: fakeSystem{jobErr: fail}, status: exitUnknownWorkload,
+			calls: []string{"job"},
+			lines: []string{`flushvm-init: flushvm.run=crash:fio: boom`},
 		},
 		{
-			name: "check passes", mode: "check:fsyncstress", args: []string{"-acked", "3:4"}, status: 0,
-			calls: []string{"mount", checkFS, "umount", fsck},
+			name: "crash: no workload line", mode: "crash:fio", sys: fakeSystem{job: []byte("checker c\n")}, status: exitUnknownWorkload,
+			calls: []string{"job"},
+			lines: []string{`flushvm-init: flushvm.run=crash:fio: /dev/vdb: no workload line`},
+		},
+		{
+			name: "check passes", mode: "check:fsyncstress", sys: fakeSystem{job: job}, status: 0,
+			calls: []string{"job", "mount", checkFS, "umount", fsck},
 			lines: []string{"flushvm-check: fsyncstress status 0", "flushvm-check: fsck status 0"},
 		},
 		{
-			name: "check: violation", mode: "check:fsyncstress", args: []string{"-acked", "3:4"}, sys: fakeSystem{status: map[string]int{"/bin/fsyncstress": 1}}, status: exitCheckFailed,
-			calls: []string{"mount", checkFS, "umount", fsck},
+			name: "check: violation", mode: "check:fsyncstress", sys: fakeSystem{job: job, status: map[string]int{checker: 1}}, status: exitCheckFailed,
+			calls: []string{"job", "mount", checkFS, "umount", fsck},
 			lines: []string{"flushvm-check: fsyncstress status 1", "flushvm-check: fsck status 0"},
 		},
 		{
-			name: "check: fsck finds errors", mode: "check:rename", args: []string{"-acked", "9"}, sys: fakeSystem{status: map[string]int{"/sbin/e2fsck": 4}}, status: exitCheckFailed,
-			calls: []string{"mount", "/bin/rename -check -dir /mnt -acked 9", "umount", fsck},
+			name: "check: fsck finds errors", mode: "check:rename", sys: fakeSystem{job: job, status: map[string]int{"/sbin/e2fsck": 4}}, status: exitCheckFailed,
+			calls: []string{"job", "mount", checkFS, "umount", fsck},
 			lines: []string{"flushvm-check: rename status 0", "flushvm-check: fsck status 4"},
 		},
 		{
-			name: "check: mount fails, fsck still runs", mode: "check:fsyncstress", args: []string{"-acked", "3:4"}, sys: fakeSystem{mountErr: fail}, status: exitCheckFailed,
-			calls: []string{"mount", fsck},
+			name: "check: mount fails, fsck still runs", mode: "check:fsyncstress", sys: fakeSystem{job: job, mountErr: fail}, status: exitCheckFailed,
+			calls: []string{"job", "mount", fsck},
 			lines: []string{"flushvm-check: mount failed: boom", "flushvm-check: fsck status 0"},
 		},
 		{
-			name: "check: umount fails", mode: "check:fsyncstress", args: []string{"-acked", "3:4"}, sys: fakeSystem{unmountErr: fail}, status: exitCheckFailed,
-			calls: []string{"mount", checkFS, "umount", fsck},
+			name: "check: umount fails", mode: "check:fsyncstress", sys: fakeSystem{job: job, unmountErr: fail}, status: exitCheckFailed,
+			calls: []string{"job", "mount", checkFS, "umount", fsck},
 			lines: []string{"flushvm-check: fsyncstress status 0", "flushvm-check: umount failed: boom", "flushvm-check: fsck status 0"},
 		},
 		{
-			name: "check: unknown workload", mode: "check:nope", status: exitUnknownWorkload,
-			lines: []string{`flushvm-init: flushvm.run=check:nope: unknown crash-test workload "nope" (want fsyncstress or rename)`},
+			name: "check: a job without its one state", mode: "check:nope", sys: fakeSystem{job: testJob(t, protocol.Job{Workload: work, Checker: checker})}, status: exitUnknownWorkload,
+			calls: []string{"job"},
+			lines: []string{`flushvm-init: flushvm.run=check:nope: /dev/vdb: want a checker line and one state`},
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var out strings.Builder
 			sys := tt.sys
-			st, ok := diskMode(diskModes{sys: &sys, out: &out}, tt.mode, tt.args)
+			st, ok := diskMode(diskModes{sys: &sys, out: &out}, tt.mode)
 			if !ok {
 				t.Fatalf("%s is not a disk mode", tt.mode)
 			}
@@ -197,7 +208,7 @@ func TestDiskModes(t *testing.T) {
 func TestOtherModesAreNotDiskModes(t *testing.T) {
 	for _, name := range []string{"", "info", "exit:3", "script", "shell", "fsyncstress", "mkfs:x", "crash", "checkstates", "check"} {
 		sys := &fakeSystem{}
-		if _, ok := diskMode(diskModes{sys: sys, out: &strings.Builder{}}, name, nil); ok || len(sys.calls) != 0 {
+		if _, ok := diskMode(diskModes{sys: sys, out: &strings.Builder{}}, name); ok || len(sys.calls) != 0 {
 			t.Errorf("%q taken as a disk mode (calls %q)", name, sys.calls)
 		}
 	}

@@ -13,15 +13,17 @@
 //	flushvm.run=shell         interactive busybox sh on the console
 //	flushvm.run=fsyncstress   run /bin/fsyncstress
 //	flushvm.run=mkfs          format /dev/vda ext4 (mke2fs -t ext4 -q -F), flush it
-//	flushvm.run=crash:W       mount /dev/vda on /mnt, run workload W (fsyncstress or
-//	                          rename) acknowledging each durable step on the console
+//	flushvm.run=crash:W       mount /dev/vda on /mnt, run the workload command of the
+//	                          job disk /dev/vdb, which acknowledges each durable step
+//	                          on the console (W names it in the console lines)
 //	flushvm.run=check:W       after a power cut: mount /dev/vda (replaying the
-//	                          journal), run W's checker, umount, e2fsck -fn /dev/vda
+//	                          journal), run the job's checker with the keys of its
+//	                          one state, umount, e2fsck -fn /dev/vda
 //	flushvm.run=checkstates:W check a batch of crash states of /dev/vda, one after
-//	                          the other, as check:W does, following the manifest on
-//	                          /dev/vdb (protocol/crashcheck.go)
-//	flushvm.args=A,B,C        arguments for the workload, comma separated (values
-//	                          may contain '=' and ':')
+//	                          the other, as check:W does, one per state of the job
+//	                          (protocol/crashcheck.go)
+//	flushvm.args=A,B,C        arguments for script, shell and fsyncstress, comma
+//	                          separated (values may contain '=' and ':')
 //
 // The crash-test modes (mkfs, crash:W, check:W, checkstates:W) print, on
 // the console:
@@ -36,16 +38,17 @@
 //	flushvm-check: state I end status N              (checkstates:W, N as check:W's status)
 //	flushvm-init: checkstates: ERR                   (checkstates:W could not go on)
 //
-// crash:W runs /bin/fsyncstress -dir /mnt -ack ARGS or /bin/rename -dir /mnt
-// ARGS; check:W runs /bin/W -check -dir /mnt ARGS; checkstates:W runs
-// /bin/W -check -dir /mnt ARGS -acked A for each state, A the manifest's
-// value for the state ("0" for "-", nothing acknowledged: rename's value
-// for it; fsyncstress then checks only with one writer, see ackedArg).
-// Between two states it waits for the disk's serial to name the state
-// (10 s at most) and drops the guest's cached blocks of /dev/vda.
+// The job disk (protocol.Job, protocol/workload.go) holds the workload and
+// checker commands, the acknowledged keys and the states. Commands run with
+// /bin/sh -c in /mnt, with $FLUSHVM_DIR=/mnt and /workload (a user's
+// --workload-dir) first on PATH; a checker finds its keys in the file
+// $FLUSHVM_ACKED and on its standard input. Between two states
+// checkstates:W waits for the disk's serial to name the state (10 s at
+// most) and drops the guest's cached blocks of /dev/vda.
 //
 // Exit status: the workload's; 120-123 init could not set the machine up;
 // 124 an unknown flushvm.run= value; 125 the workload could not be started;
+// 124 also for a crash-test mode whose job disk is missing or malformed;
 // 126 mkfs or the crash mode's mount failed (mkfs: mke2fs's own status when
 // it failed); check:W: 0 when the checker passed and e2fsck found nothing,
 // else 1; checkstates:W: 0 when every state of the batch was checked,
@@ -98,12 +101,12 @@ func run() int {
 		pid1.Logf(prefix, "%v", err)
 		return 123
 	}
+	if status, ok := diskMode(diskModes{sys: machine{}, out: os.Stdout}, cmdline["flushvm.run"]); ok {
+		return status
+	}
 	var args []string
 	if a := cmdline["flushvm.args"]; a != "" {
 		args = strings.Split(a, ",")
-	}
-	if status, ok := diskMode(diskModes{sys: machine{}, out: os.Stdout}, cmdline["flushvm.run"], args); ok {
-		return status
 	}
 	status, err := workload(cmdline["flushvm.run"], args)
 	if err != nil {
@@ -142,7 +145,11 @@ func command(name string, args ...string) (int, error) {
 	cmd := exec.Command(name, args...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.Env = append(os.Environ(), "HOME=/root", "TERM=linux")
-	err := cmd.Run()
+	return wait(name, cmd.Run())
+}
+
+// wait turns what running name returned into its exit status.
+func wait(name string, err error) (int, error) {
 	var ee *exec.ExitError
 	switch {
 	case err == nil:
