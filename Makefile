@@ -41,6 +41,12 @@ CRASHTEST_MODES       ?= writeback:all,writethrough:all,none:all,directsync:all,
 # bug loses nothing (issue 10's note); run it with CRASHTEST_BUGS to see.
 CRASHTEST_BUGS        ?= fsyncstress-ack-early rename-no-dirsync sqlite-sync-off
 CRASHTEST_BUG_STATES  ?= 200
+# The other file systems (--fs): CRASHTEST_WORKLOAD and the buggy workloads on
+# cache=writeback, CRASHTEST_FS_STATES states each, on a disk of
+# CRASHTEST_FS_DISK_SIZE (mkfs.xfs refuses less than 300M).
+CRASHTEST_MORE_FS     ?= xfs btrfs
+CRASHTEST_FS_STATES   ?= 200
+CRASHTEST_FS_DISK_SIZE ?= 300M
 # SQLite (Debian's sqlite3 in the guest): rollback journal and WAL, a row per
 # transaction; 20 rows give logs of about 150-250 distinct states.
 CRASHTEST_APPS        ?= sqlite-rollback sqlite-wal
@@ -135,6 +141,11 @@ crashtest: deps
 			--workload $$w --seed $(CRASHTEST_SEED) --disk-size $(CRASHTEST_DISK_SIZE) --records $(CRASHTEST_RECORDS) \
 			--cpus $(CRASHTEST_CPUS) --boot-timeout $(CRASHTEST_BOOT_TIMEOUT) $(CRASHTEST_ARGS) || exit 1; \
 	done
+	for fs in $(CRASHTEST_MORE_FS); do for w in $(CRASHTEST_WORKLOAD) $(CRASHTEST_BUGS) create-no-dirsync; do \
+		$(GO) run ./cmd/flushvm-harness campaign --modes writeback:$(CRASHTEST_FS_STATES) --out $(CRASHTEST_OUT)/$$fs/$$w \
+			--workload $$w --fs $$fs --seed $(CRASHTEST_SEED) --disk-size $(CRASHTEST_FS_DISK_SIZE) --records $(CRASHTEST_RECORDS) \
+			--cpus $(CRASHTEST_CPUS) --boot-timeout $(CRASHTEST_BOOT_TIMEOUT) $(CRASHTEST_ARGS) || exit 1; \
+	done; done
 	for w in $(CRASHTEST_APPS); do \
 		$(GO) run ./cmd/flushvm-harness campaign --modes writeback:$(CRASHTEST_APP_STATES) --out $(CRASHTEST_OUT)/$$w \
 			--workload $$w --seed $(CRASHTEST_SEED) --disk-size $(CRASHTEST_DISK_SIZE) --records $(CRASHTEST_APP_RECORDS) \

@@ -197,7 +197,7 @@ func (c *Campaign) checkBatch(ctx context.Context, b Booter, dir string, job int
 	if jerr != nil {
 		return 0, -1, nil, jerr
 	}
-	args := c.bootArgs(guestCmdline("checkstates:"+c.label),
+	args := c.bootArgs(c.cmdline("checkstates:"+c.label),
 		"path="+esc(filepath.Join(dir, templateFile))+",crashstates="+esc(setPath)+",cache=writeback", jobArgs...)
 	p := &stateParser{ended: func(i int, seg *segment) {
 		if i < len(batch) {

@@ -117,6 +117,7 @@ type Flags struct {
 	kernel   string
 	initrd   string
 	diskSize string
+	fs       string
 	workload string
 	checker  string
 	// workloadDir is --workload-dir.
@@ -154,7 +155,10 @@ func NewFlags() *Flags {
 	fs.StringVar(&f.kernel, "kernel", "", "guest kernel, bzImage or ELF vmlinux (required)\n  e.g. --kernel /boot/vmlinuz-6.1.0-56-amd64")
 	fs.StringVar(&f.initrd, "initrd", "", "flushvm's guest initramfs: its /init, the workloads, e2fsprogs (required;\n"+
 		"  go run ./cmd/flushvm-harness artifacts builds it and prints its path)\n  e.g. --initrd build/cache/initramfs/x-88418736.cpio.gz")
-	fs.StringVar(&f.diskSize, "disk-size", "", "size of the guest's disk, formatted ext4 by the guest (K/M/G suffixes) (required)\n  e.g. --disk-size 128M")
+	fs.StringVar(&f.diskSize, "disk-size", "", "size of the guest's disk, formatted by the guest (K/M/G suffixes; xfs needs\n"+
+		"  300M, btrfs 128M) (required)\n  e.g. --disk-size 128M")
+	fs.StringVar(&f.fs, "fs", protocol.FSExt4, "file system under test: ext4, xfs or btrfs (the guest's mkfs, its mount replays\n"+
+		"  the journal or log, its read-only check: e2fsck -fn, xfs_repair -n, btrfs check\n  --readonly)\n  e.g. --fs xfs")
 	fs.StringVar(&f.workload, "workload", "", "what the guest runs and acknowledges: one of the workloads above, or with\n"+
 		"  --checker a shell command of your own (see \"Your own workload\") (required)\n  e.g. --workload fsyncstress")
 	fs.StringVar(&f.checker, "checker", "", "your own workload's checker: a shell command run on each crashed file system\n"+
@@ -202,14 +206,14 @@ func NewFlags() *Flags {
 // Usage writes `flushvm crashtest --help`.
 func (f *Flags) Usage(w io.Writer) {
 	fmt.Fprintln(w, "Usage: flushvm crashtest --kernel K --initrd I --disk-size SIZE --workload NAME --seed S")
-	fmt.Fprintln(w, "                         [--checker CMD] [--workload-dir DIR]")
+	fmt.Fprintln(w, "                         [--fs ext4|xfs|btrfs] [--checker CMD] [--workload-dir DIR]")
 	fmt.Fprintln(w, "                         [--cache MODE] [--k K] [--max-states N] [--budget D] [--dir DIR]")
 	fmt.Fprintln(w, "                         [--shard i/n] [--report FILE]")
 	fmt.Fprintln(w, "       flushvm crashtest ... --reproduce LOG STATE")
 	fmt.Fprintln(w, "       flushvm crashtest --mode random ... --cuts N --policy POLICY")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Runs a crash-test campaign. Systematic mode (the default): a guest formats a")
-	fmt.Fprintln(w, "fresh disk (ext4); one record boot runs the workload to its end with a write log")
+	fmt.Fprintln(w, "fresh disk (--fs); one record boot runs the workload to its end with a write log")
 	fmt.Fprintln(w, "(dm-log-writes format) holding every write, every flush and, as MARK entries, every")
 	fmt.Fprintln(w, "acknowledgement the workload printed. Off-line, the log's flushes cut it into")
 	fmt.Fprintln(w, "windows; the crash states of window J keep every write before it and a subset of")
@@ -217,10 +221,11 @@ func (f *Flags) Usage(w io.Writer) {
 	fmt.Fprintln(w, "subsets; writes torn at 4 KiB, or 512 B with --torn 512), and must keep every")
 	fmt.Fprintln(w, "acknowledgement logged before the flush that ends it. States with identical images")
 	fmt.Fprintln(w, "(by content hash) are checked once. Checker boots check them in batches on a")
-	fmt.Fprintln(w, "copy-on-write crash disk: mount (journal replay), the workload's checker, e2fsck")
-	fmt.Fprintln(w, "-fn. A state violates durability when an acknowledged record is lost or damaged, or")
-	fmt.Fprintln(w, "fsck finds errors. State IDs (wJ.sMASK subset, wJ.pN prefix, wJ.tI.UNIT.MASK torn)")
-	fmt.Fprintln(w, "name images exactly: --reproduce rebuilds one byte for byte and checks it again.")
+	fmt.Fprintln(w, "copy-on-write crash disk: mount (journal replay), the workload's checker, the file")
+	fmt.Fprintln(w, "system's read-only check. A state violates durability when an acknowledged record")
+	fmt.Fprintln(w, "is lost or damaged, or the check finds errors. State IDs (wJ.sMASK subset, wJ.pN")
+	fmt.Fprintln(w, "prefix, wJ.tI.UNIT.MASK torn) name images exactly: --reproduce rebuilds one byte")
+	fmt.Fprintln(w, "for byte and checks it again.")
 	fmt.Fprintln(w, "With --dir, a second run resumes: it reuses the recording and skips the states")
 	fmt.Fprintln(w, "checked before (DIR/explored.jsonl), and says when the space is exhausted.")
 	fmt.Fprintln(w)
@@ -265,7 +270,9 @@ func (f *Flags) Usage(w io.Writer) {
 type Campaign struct {
 	kernel, initrd string
 	diskSize       int64
-	workload       string
+	// fs is the file system under test (protocol.FileSystems).
+	fs       string
+	workload string
 	// label names the workload in the guest's console lines; runCmd and
 	// checkCmd are its commands (protocol/workload.go).
 	label, runCmd, checkCmd string
@@ -421,6 +428,10 @@ func (f *Flags) Campaign() (*Campaign, error) {
 		return nil, usageErrorf("--disk-size %q: want at least 16M, a multiple of 512 bytes", f.diskSize)
 	}
 	c.diskSize = int64(size)
+	if err := protocol.CheckFileSystem(f.fs, c.diskSize); err != nil {
+		return nil, usageErrorf("--fs: %v", err)
+	}
+	c.fs = f.fs
 	if f.records < 1 || f.records > 100000 {
 		return nil, usageErrorf("--records %d: want 1..100000", f.records)
 	}

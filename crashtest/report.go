@@ -103,12 +103,12 @@ func judge(r *protocol.CrashtestCheck, workload string, status int, out []byte) 
 	}
 	switch {
 	case r.FsckStatus > 0 && r.FsckStatus < 8:
-		why = append(why, fmt.Sprintf("e2fsck -fn found errors (status %d)", r.FsckStatus))
+		why = append(why, fmt.Sprintf("the file system check found errors (status %d)", r.FsckStatus))
 	case r.FsckStatus >= 8 && r.MountFailed:
-		why = append(why, fmt.Sprintf("e2fsck cannot open it (status %d)", r.FsckStatus))
+		why = append(why, fmt.Sprintf("the file system check cannot open it (status %d)", r.FsckStatus))
 	case r.FsckStatus >= 8:
 		if r.Error == "" {
-			r.Error = fmt.Sprintf("e2fsck could not check the image (status %d)", r.FsckStatus)
+			r.Error = fmt.Sprintf("the file system check could not run (status %d)", r.FsckStatus)
 		}
 	case r.FsckStatus < 0 && r.Error == "":
 		r.Error = "the checker printed no fsck status: " + lines.Last(out, 3)
@@ -126,7 +126,7 @@ type Report struct {
 
 func newReport(c *Campaign) *Report {
 	r := &Report{CrashtestReport: protocol.CrashtestReport{Schema: protocol.CrashtestSchema, FlushvmVersion: protocol.Version(),
-		Mode: c.mode, Workload: c.workload, Records: c.records, Cache: string(c.cache), Policy: c.policy, Seed: c.seed,
+		Mode: c.mode, Workload: c.workload, FS: c.fs, Records: c.records, Cache: string(c.cache), Policy: c.policy, Seed: c.seed,
 		Cuts: c.cuts, Shard: fmt.Sprintf("%d/%d", c.shardIndex, c.shardCount), DiskSize: c.diskSize,
 		Kernel: c.kernel, Initrd: c.initrd, Results: []protocol.CrashtestCut{}}, start: time.Now()}
 	if c.mode == protocol.CrashtestRandom {
@@ -242,6 +242,14 @@ func (r *Report) Write(path string) error {
 	return nil
 }
 
+// fsName is the report's file system (ext4 in reports from before --fs).
+func (r *Report) fsName() string {
+	if r.FS == "" {
+		return protocol.FSExt4
+	}
+	return r.FS
+}
+
 // unit names what the workload acknowledges.
 func (r *Report) unit() string {
 	if w, ok := Workloads[r.Workload]; !ok {
@@ -259,8 +267,8 @@ func (r *Report) PrintSummary(w io.Writer) {
 		return
 	}
 	s := r.Summary
-	fmt.Fprintf(w, "flushvm crashtest: %s on ext4, cache=%s, policy %s, seed %d, shard %s of %d cuts\n",
-		r.Workload, r.Cache, r.Policy, r.Seed, r.Shard, r.Cuts)
+	fmt.Fprintf(w, "flushvm crashtest: %s on %s, cache=%s, policy %s, seed %d, shard %s of %d cuts\n",
+		r.Workload, r.fsName(), r.Cache, r.Policy, r.Seed, r.Shard, r.Cuts)
 	fmt.Fprintf(w, "  cuts:        %d planned, %d checked; %d run: %d power cuts, %d ended before their cut point, %d could not be checked\n",
 		s.Planned, s.Checked, s.Cuts, s.PowerCuts, s.NoCut, s.Errors)
 	fmt.Fprintf(w, "  time:        %s, %.1f cuts/min (calibration: %d writes, %d flushes per run)\n",
@@ -306,7 +314,7 @@ func (r *Report) PrintSummary(w io.Writer) {
 // printSystematic writes the systematic mode's summary.
 func (r *Report) printSystematic(w io.Writer) {
 	s := r.Summary
-	fmt.Fprintf(w, "flushvm crashtest: %s on ext4, cache=%s, systematic, seed %d, shard %s\n", r.Workload, r.Cache, r.Seed, r.Shard)
+	fmt.Fprintf(w, "flushvm crashtest: %s on %s, cache=%s, systematic, seed %d, shard %s\n", r.Workload, r.fsName(), r.Cache, r.Seed, r.Shard)
 	if rec := r.Record; rec != nil {
 		fmt.Fprintf(w, "  record:      %d writes, %d flushes, %d acknowledgements in %s (%d windows, the largest %d writes)\n",
 			rec.Writes, rec.Flushes, rec.Acks, rec.Log, rec.Windows, rec.MaxWindow)

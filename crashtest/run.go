@@ -112,9 +112,11 @@ type bootResult struct {
 	crashes int
 }
 
-// guestCmdline is the kernel command line of a campaign boot: run is the
-// guest /init's flushvm.run= mode.
-func guestCmdline(run string) string { return "console=ttyS0 panic=-1 quiet flushvm.run=" + run }
+// cmdline is the kernel command line of a campaign boot: run is the
+// guest /init's flushvm.run= mode; flushvm.fs= names the file system.
+func (c *Campaign) cmdline(run string) string {
+	return "console=ttyS0 panic=-1 quiet flushvm.fs=" + c.fs + " flushvm.run=" + run
+}
 
 // esc escapes a SPEC value: as in QEMU, ",," is a comma inside a value.
 func esc(v string) string { return strings.ReplaceAll(v, ",", ",,") }
@@ -263,7 +265,7 @@ func (c *Campaign) Run(ctx context.Context, b Booter, prog *Progress, log io.Wri
 func (c *Campaign) runRandom(ctx context.Context, b Booter, prog *Progress, rep *Report, dir string) error {
 	template := filepath.Join(dir, "template.img")
 	defer os.Remove(template)
-	prog.note("formatting a %s disk (ext4, in the guest)", formatSize(c.diskSize))
+	prog.note("formatting a %s disk (%s, in the guest)", formatSize(c.diskSize), c.fs)
 	if err := c.format(ctx, b, dir, template); err != nil {
 		return err
 	}
@@ -291,7 +293,7 @@ func (c *Campaign) runRandom(ctx context.Context, b Booter, prog *Progress, rep 
 
 // format makes the template image: a fresh file the guest formats.
 func (c *Campaign) format(ctx context.Context, b Booter, dir, template string) error {
-	args := c.bootArgs(guestCmdline("mkfs"), "path="+esc(template)+",cache=writeback")
+	args := c.bootArgs(c.cmdline("mkfs"), "path="+esc(template)+",cache=writeback")
 	r, err := c.boot(ctx, b, dir, "format", args, func() error { return sparse.Create(template, c.diskSize) })
 	if err != nil {
 		return err
@@ -316,7 +318,7 @@ func (c *Campaign) calibrate(ctx context.Context, b Booter, dir, template string
 	if err != nil {
 		return protocol.CrashtestCalibration{}, err
 	}
-	args := c.bootArgs(guestCmdline("crash:"+c.label),
+	args := c.bootArgs(c.cmdline("crash:"+c.label),
 		"path="+esc(img)+",cache="+string(c.cache)+",powercut="+c.policy, append(job, "--stats", stats)...)
 	r, err := c.boot(ctx, b, dir, "calibration", args, func() error { return sparse.Copy(template, img) })
 	if err != nil {
@@ -393,7 +395,7 @@ func (c *Campaign) cut(ctx context.Context, b Booter, dir, template string, k in
 		res.Error = err.Error()
 		return res
 	}
-	args := c.bootArgs(guestCmdline("crash:"+c.label),
+	args := c.bootArgs(c.cmdline("crash:"+c.label),
 		"path="+esc(img)+",cache="+string(c.cache)+",powercut="+c.policy,
 		append(job, "--power-cut", at.String(), "--seed", strconv.FormatUint(seed, 10), "--stats", stats)...)
 	r, err := c.boot(ctx, b, dir, name+".workload", args, func() error { return sparse.Copy(template, img) })
@@ -428,7 +430,7 @@ func (c *Campaign) cut(ctx context.Context, b Booter, dir, template string, k in
 	}
 	// A crashed checker may have replayed part of the journal; replaying
 	// the rest on the next attempt is what a second reboot would do.
-	r, err = c.boot(ctx, b, dir, name+".check", c.bootArgs(guestCmdline("check:"+c.label), "path="+esc(img)+",cache=writeback", job...), nil)
+	r, err = c.boot(ctx, b, dir, name+".check", c.bootArgs(c.cmdline("check:"+c.label), "path="+esc(img)+",cache=writeback", job...), nil)
 	res.GuestCrashes += r.crashes
 	if err != nil {
 		res.Error = err.Error()
@@ -449,6 +451,9 @@ func (c *Campaign) reproCommand(seed uint64, at protocol.Trigger) string {
 func (c *Campaign) commandLine(seed uint64, extra ...string) string {
 	a := []string{"flushvm", "crashtest", "--kernel", c.kernel, "--initrd", c.initrd, "--disk-size", c.diskSizeArg,
 		"--workload", c.workload, "--seed", strconv.FormatUint(seed, 10), "--cache", string(c.cache)}
+	if c.fs != protocol.FSExt4 {
+		a = append(a, "--fs", c.fs)
+	}
 	if c.checker != "" {
 		a = append(a, "--checker", c.checker)
 	}

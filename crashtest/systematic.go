@@ -38,7 +38,7 @@ type recordInfo struct {
 
 // fingerprint names what a recording depends on.
 func (c *Campaign) fingerprint() string {
-	return strings.Join([]string{c.workload, c.runCmd, c.checkCmd, c.workloadDir, string(c.cache),
+	return strings.Join([]string{c.workload, c.runCmd, c.checkCmd, c.workloadDir, c.fs, string(c.cache),
 		strconv.FormatInt(c.diskSize, 10), c.kernel, c.initrd}, "|")
 }
 
@@ -94,7 +94,7 @@ func (c *Campaign) recording(ctx context.Context, b Booter, prog *Progress, dir 
 		prog.note("resuming: the recording in %s", dir)
 		info.Record.Reused = true
 	case errors.Is(err, os.ErrNotExist):
-		prog.note("formatting a %s disk (ext4, in the guest)", formatSize(c.diskSize))
+		prog.note("formatting a %s disk (%s, in the guest)", formatSize(c.diskSize), c.fs)
 		if err := c.format(ctx, b, dir, template); err != nil {
 			return nil, nil, err
 		}
@@ -132,7 +132,7 @@ func (c *Campaign) record(ctx context.Context, b Booter, dir, template, logPath 
 	if err != nil {
 		return protocol.CrashtestRecord{}, err
 	}
-	args := c.bootArgs(guestCmdline("crash:"+c.label),
+	args := c.bootArgs(c.cmdline("crash:"+c.label),
 		"path="+esc(img)+",cache="+string(c.cache), append(job, "--write-log", logPath)...)
 	r, err := c.boot(ctx, b, dir, "record", args, func() error { return sparse.Copy(template, img) })
 	if err != nil {

@@ -185,7 +185,7 @@ type CheckVerdict struct {
 	MountFailed bool
 	// CheckerStatus is the workload checker's exit status (-1: none).
 	CheckerStatus int
-	// FsckStatus is e2fsck -fn's status (-1: none).
+	// FsckStatus is the file system check's status (-1: none).
 	FsckStatus int
 }
 

@@ -56,8 +56,10 @@ type CrashtestReport struct {
 	// CrashtestIncomplete. Only CrashtestPassed proves anything.
 	Status string `json:"status"`
 	// Mode is CrashtestSystematic or CrashtestRandom.
-	Mode        string               `json:"mode"`
-	Workload    string               `json:"workload"`
+	Mode     string `json:"mode"`
+	Workload string `json:"workload"`
+	// FS is the file system under test (FileSystems).
+	FS          string               `json:"fs"`
 	Records     int                  `json:"records"`
 	Cache       string               `json:"cache"`
 	Policy      string               `json:"policy"`
@@ -138,7 +140,7 @@ type CrashtestCheck struct {
 	// acknowledged version) the image must keep.
 	Acked int `json:"acked"`
 	// CheckStatus is the checker's exit status; MountFailed says the
-	// crashed file system did not mount; FsckStatus is e2fsck -fn's status
+	// crashed file system did not mount; FsckStatus is the file system check's status
 	// (-1: not reported).
 	CheckStatus int  `json:"check_status"`
 	MountFailed bool `json:"mount_failed"`

@@ -11,5 +11,5 @@ var (
 	// CrashtestValueFlags are the value flags of `flushvm crashtest`.
 	CrashtestValueFlags = []string{"kernel", "initrd", "disk-size", "workload", "cuts", "policy", "seed", "cache",
 		"shard", "report", "dir", "mem", "cpus", "records", "at", "boot-timeout", "mode", "k", "max-states", "budget", "batch", "reproduce", "torn", "jobs",
-		"checker", "workload-dir"}
+		"checker", "workload-dir", "fs"}
 )

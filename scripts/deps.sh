@@ -8,12 +8,13 @@
 # qemu-system-x86: the QEMU TCG L1 guest (nested KVM) and the plain-QEMU
 #   reference boots; qemu-utils: image tools; busybox-static: the guests'
 #   shell and applets; fio: I/O workloads; e2fsprogs: mkfs.ext4 for fresh
-#   disks; sqlite3: the SQLite crash-test workloads' shell, carried into the
+#   disks; xfsprogs, btrfs-progs: the crash tests' other file systems, carried
+#   into the guest; sqlite3: the SQLite crash-test workloads' shell, carried into the
 #   guest; xz-utils/zstd: compressed kernel modules; make, git,
 #   ca-certificates.
 set -euo pipefail
 
-packages=(qemu-system-x86 qemu-utils busybox-static fio e2fsprogs sqlite3 xz-utils zstd make git ca-certificates)
+packages=(qemu-system-x86 qemu-utils busybox-static fio e2fsprogs xfsprogs btrfs-progs sqlite3 xz-utils zstd make git ca-certificates)
 
 missing=()
 for p in "${packages[@]}"; do

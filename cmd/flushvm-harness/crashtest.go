@@ -377,14 +377,14 @@ func (t tableRow) unit() string {
 type tableRow struct {
 	// systematic rows count states (cuts: states checked; distinct:
 	// distinct states in the space).
-	systematic             bool
-	distinct               int
-	mode, workload, policy string
-	cuts, powerCuts        int
-	acked, lostAcked       int
-	fsckErrors, unmounted  int
-	violations, errors     int
-	seconds                float64
+	systematic                 bool
+	distinct                   int
+	mode, fs, workload, policy string
+	cuts, powerCuts            int
+	acked, lostAcked           int
+	fsckErrors, unmounted      int
+	violations, errors         int
+	seconds                    float64
 }
 
 // add adds o's counts and time to t.
@@ -405,8 +405,9 @@ func (t *tableRow) add(o tableRow) {
 // order their reports were given.
 var modeOrder = []string{"writeback", "writethrough", "none", "directsync", "unsafe"}
 
-// readReports reads crashtest reports into one row per cache mode. It
-// returns the rows it could read and an error naming those it could not.
+// readReports reads crashtest reports into one row per cache mode, file
+// system and workload (shards of one campaign add up). It returns the rows
+// it could read and an error naming those it could not.
 func readReports(paths []string) ([]tableRow, error) {
 	var rows []tableRow
 	var bad []string
@@ -435,15 +436,16 @@ func readReports(paths []string) ([]tableRow, error) {
 			continue
 		}
 		version = r.FlushvmVersion
-		i := slices.IndexFunc(rows, func(t tableRow) bool { return t.mode == r.Cache })
+		fs := r.FS
+		if fs == "" {
+			fs = protocol.FSExt4 // reports from before --fs
+		}
+		i := slices.IndexFunc(rows, func(t tableRow) bool { return t.mode == r.Cache && t.fs == fs && t.workload == r.Workload })
 		if i < 0 {
-			rows = append(rows, tableRow{mode: r.Cache, workload: r.Workload, policy: r.Policy, systematic: sys})
+			rows = append(rows, tableRow{mode: r.Cache, fs: fs, workload: r.Workload, policy: r.Policy, systematic: sys})
 			i = len(rows) - 1
 		}
 		t, s := &rows[i], r.Summary
-		if t.workload != r.Workload {
-			t.workload = "mixed"
-		}
 		if t.policy != r.Policy {
 			t.policy = "mixed"
 		}
@@ -471,15 +473,15 @@ func readReports(paths []string) ([]tableRow, error) {
 	return rows, nil
 }
 
-// printTable prints the per-mode table (a Markdown table, so it can be
-// quoted as it is).
+// printTable prints the table, a row per cache mode, file system and
+// workload (a Markdown table, so it can be quoted as it is).
 func printTable(w io.Writer, rows []tableRow) {
-	cells := [][]string{{"mode", "cuts", "power cuts", "acked records", "lost acked", "fsck errors", "violations", "cuts/min", "not checked"}}
+	cells := [][]string{{"mode", "fs", "workload", "cuts", "power cuts", "acked records", "lost acked", "fsck errors", "violations", "cuts/min", "not checked"}}
 	sys := len(rows) > 0 && rows[0].systematic
 	if sys {
-		cells[0] = []string{"mode", "states checked", "distinct states", "acked records (summed)", "lost acked", "fsck errors", "violations", "states/min", "not checked"}
+		cells[0] = []string{"mode", "fs", "workload", "states checked", "distinct states", "acked records (summed)", "lost acked", "fsck errors", "violations", "states/min", "not checked"}
 	}
-	total := tableRow{systematic: sys}
+	total := tableRow{systematic: sys, fs: "-", workload: "-"}
 	distinct := 0
 	for _, r := range rows {
 		cells = append(cells, row(r.mode, r))
@@ -500,7 +502,7 @@ func printTable(w io.Writer, rows []tableRow) {
 		var b strings.Builder
 		for i, c := range r {
 			pad := strings.Repeat(" ", width[i]-len(c))
-			if i == 0 {
+			if i < 3 {
 				fmt.Fprintf(&b, "| %s%s ", c, pad) // names left, numbers right
 			} else {
 				fmt.Fprintf(&b, "| %s%s ", pad, c)
@@ -511,7 +513,7 @@ func printTable(w io.Writer, rows []tableRow) {
 			b.Reset()
 			for i := range r {
 				dash := strings.Repeat("-", width[i]+1)
-				if i == 0 {
+				if i < 3 {
 					fmt.Fprintf(&b, "|:%s", dash)
 				} else {
 					fmt.Fprintf(&b, "|%s:", dash)
@@ -554,7 +556,7 @@ func row(name string, r tableRow) []string {
 	if r.seconds > 0 {
 		rate = strconv.FormatFloat(float64(r.cuts)/(r.seconds/60), 'f', 2, 64)
 	}
-	c := []string{name}
+	c := []string{name, r.fs, r.workload}
 	second := r.powerCuts
 	if r.systematic {
 		second = r.distinct

@@ -111,16 +111,23 @@ func TestTable(t *testing.T) {
 	var b strings.Builder
 	printTable(&b, rows)
 	got := b.String()
-	want := `| mode      | cuts | power cuts | acked records | lost acked | fsck errors | violations | cuts/min | not checked |
-|:----------|-----:|-----------:|--------------:|-----------:|------------:|-----------:|---------:|------------:|
-| writeback |   20 |         19 |          3800 |          0 |           0 |          0 |     1.00 |           0 |
-| unsafe    |   10 |          9 |          1500 |        212 |           2 |          8 |     2.00 |           0 |
-| all       |   30 |         28 |          5300 |        212 |           2 |          8 |     1.20 |           0 |
+	want := `| mode      | fs   | workload    | cuts | power cuts | acked records | lost acked | fsck errors | violations | cuts/min | not checked |
+|:----------|:-----|:------------|-----:|-----------:|--------------:|-----------:|------------:|-----------:|---------:|------------:|
+| writeback | ext4 | fsyncstress |   20 |         19 |          3800 |          0 |           0 |          0 |     1.00 |           0 |
+| unsafe    | ext4 | fsyncstress |   10 |          9 |          1500 |        212 |           2 |          8 |     2.00 |           0 |
+| all       | -    | -           |   30 |         28 |          5300 |        212 |           2 |          8 |     1.20 |           0 |
 workload fsyncstress, policy random-subset; cuts/min over each campaign's whole run (its format and calibration boots included)
 1 crashed file systems did not mount (counted as violations)
 `
 	if got != want {
 		t.Errorf("table:\n%s\nwant:\n%s", got, want)
+	}
+
+	// Another file system or workload is a row of its own.
+	xfs := strings.Replace(shard(5, 5, 100, "60"), `"workload":"fsyncstress"`, `"workload":"sqlite-wal","fs":"xfs"`, 1)
+	rows, err = readReports(append(slices.Clone(paths), writeReport(t, dir, "xfs.json", xfs)))
+	if err != nil || len(rows) != 3 || rows[1].fs != "xfs" || rows[1].workload != "sqlite-wal" || rows[1].cuts != 5 || rows[0].cuts != 20 {
+		t.Errorf("rows with an xfs report: %+v, %v", rows, err)
 	}
 
 	// A missing or foreign report is named; the readable ones still make

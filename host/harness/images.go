@@ -10,6 +10,7 @@ import (
 	"github.com/flushvm/flushvm/host"
 	"github.com/flushvm/flushvm/host/initramfs"
 	"github.com/flushvm/flushvm/host/kernel"
+	"github.com/flushvm/flushvm/protocol"
 )
 
 // Artifacts are the cached guest images every run needs.
@@ -20,7 +21,9 @@ type Artifacts struct {
 	Kernel *kernel.Kernel
 	// Initramfs is the L2 test guest's image: guest/cmd/init as /init,
 	// busybox, guest/fsyncstress as /bin/fsyncstress, guest/rename as
-	// /bin/rename, guest/sqlite as /bin/sqlitework with the host's sqlite3
+	// /bin/rename, xfsprogs' and btrfs-progs' mkfs and check programs in
+	// /sbin with the xfs and btrfs modules as on-demand sets
+	// (protocol.ModuleSetList), guest/sqlite as /bin/sqlitework with the host's sqlite3
 	// (/usr/bin/sqlite3, its loader and libraries), the host's e2fsprogs (/sbin/mke2fs and /sbin/e2fsck with
 	// their loader and shared libraries, and /etc/mke2fs.conf when the host
 	// has one) for the crash-test modes, and the virtio-blk, pvpanic and
@@ -67,6 +70,22 @@ func GuestInitramfs(ctx context.Context, cache string, k *kernel.Kernel) (string
 		}
 		b.Dynamic("/sbin/"+tool, src)
 	}
+	// The crash-test modes format, mount and check xfs and btrfs too, with
+	// their modules loaded on demand.
+	for _, fs := range []string{protocol.FSXFS, protocol.FSBtrfs} {
+		mods, err := k.Modules(kernel.FSModules[fs]...)
+		if err != nil {
+			return "", fmt.Errorf("guest initramfs: %w", err)
+		}
+		b.ModuleSet(fs, mods)
+	}
+	for _, tool := range fsTools {
+		src, err := hostTool(tool.name)
+		if err != nil {
+			return "", fmt.Errorf("guest initramfs: %w (install %s)", err, tool.pkg)
+		}
+		b.Dynamic("/sbin/"+tool.name, src)
+	}
 	// The SQLite workloads run Debian's sqlite3 shell.
 	sqlite3, err := hostTool("sqlite3")
 	if err != nil {
@@ -84,6 +103,12 @@ func GuestInitramfs(ctx context.Context, cache string, k *kernel.Kernel) (string
 		return "", fmt.Errorf("guest initramfs: %w", err)
 	}
 	return img, nil
+}
+
+// fsTools are the xfs and btrfs programs the crash-test modes run, with
+// their Debian packages.
+var fsTools = []struct{ name, pkg string }{
+	{"mkfs.xfs", "xfsprogs"}, {"xfs_repair", "xfsprogs"}, {"mkfs.btrfs", "btrfs-progs"}, {"btrfs", "btrfs-progs"},
 }
 
 // mke2fsConf is e2fsprogs' mke2fs configuration, on the host and in the

@@ -30,11 +30,12 @@ import (
 
 	"github.com/flushvm/flushvm/host"
 	"github.com/flushvm/flushvm/host/kernel"
+	"github.com/flushvm/flushvm/protocol"
 )
 
 // ModuleListPath is where an image lists its kernel modules, one path per
 // line in load order; guest init programs load them from there.
-const ModuleListPath = "/etc/flushvm/modules"
+const ModuleListPath = protocol.ModuleList
 
 // BusyboxPath is the static busybox binary on a Debian host
 // (package busybox-static).
@@ -129,6 +130,22 @@ func (b *Builder) Modules(mods []kernel.Module) {
 		b.modules = append(b.modules, dst)
 	}
 	b.Bytes(ModuleListPath, []byte(strings.Join(b.modules, "\n")+"\n"), 0o644)
+}
+
+// ModuleSet adds kernel modules (dependencies first) that the guest loads
+// only on demand: those not already in the image go in as
+// /lib/modules/NAME.ko, and all of them, in order, are listed at
+// protocol.ModuleSetList(name).
+func (b *Builder) ModuleSet(name string, mods []kernel.Module) {
+	var list []string
+	for _, m := range mods {
+		dst := "/lib/modules/" + m.Name + ".ko"
+		if _, ok := b.entries[clean(dst)]; !ok {
+			b.File(dst, m.Path, 0o644)
+		}
+		list = append(list, dst)
+	}
+	b.Bytes(protocol.ModuleSetList(name), []byte(strings.Join(list, "\n")+"\n"), 0o644)
 }
 
 // Static adds a statically linked host binary; a dynamically linked one is

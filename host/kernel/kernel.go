@@ -19,6 +19,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
+
+	"github.com/flushvm/flushvm/protocol"
 )
 
 // MetaPackage is the Debian package that always depends on the current
@@ -38,6 +40,15 @@ var GuestModules = []string{"virtio_ring", "virtio", "virtio_pci_modern_dev", "v
 // and its checksums need the crc32c crypto driver, which nothing would load
 // on demand without modprobe.
 var Ext4Modules = []string{"crc32c_generic", "crc16", "mbcache", "jbd2", "ext4"}
+
+// FSModules are, per file system other than ext4, the modules that mount
+// it (their dependencies are added by Modules); the crash-test modes load
+// them on demand, so boots that do not use them do not pay for them (btrfs
+// pulls in raid6_pq and xor, which time their algorithms when loaded).
+var FSModules = map[string][]string{
+	protocol.FSXFS:   {"libcrc32c", "xfs"},
+	protocol.FSBtrfs: {"btrfs"},
+}
 
 // L1Modules are the modules the nested L1 guest loads: KVM for AMD SVM
 // (QEMU TCG's -cpu max offers svm), virtio-blk for the job's disks and the

@@ -5,7 +5,9 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -15,7 +17,9 @@ import (
 	"github.com/flushvm/flushvm/protocol"
 )
 
-// The crash-test modes work on the first virtio-blk disk, formatted ext4.
+// The crash-test modes work on the first virtio-blk disk, formatted with
+// the file system the kernel command line names (flushvm.fs=, default
+// ext4).
 const (
 	disk       = "/dev/vda"
 	mountPoint = "/mnt"
@@ -40,9 +44,9 @@ const (
 type system interface {
 	// waitDisk waits for the disk's device node.
 	waitDisk() error
-	// mount mounts the disk's ext4 file system on mountPoint (replaying
-	// its journal, as a reboot would).
-	mount() error
+	// mount mounts the disk's file system of type fstype on mountPoint
+	// (replaying its journal, as a reboot would).
+	mount(fstype string) error
 	// unmount unmounts mountPoint.
 	unmount() error
 	// run runs a program on the console and returns its exit status.
@@ -61,30 +65,63 @@ type system interface {
 	// flushBuffers drops the guest's cached blocks of the disk, writing
 	// dirty ones first (BLKFLSBUF).
 	flushBuffers() error
+	// loadFS loads the modules of a file system the image carries as an
+	// on-demand set (protocol.ModuleSetList; none for ext4).
+	loadFS(fs string) error
 }
 
 // diskModes runs the flushvm.run= modes of a crash-test campaign.
 type diskModes struct {
 	sys system
 	out io.Writer
+	// fs is the file system (protocol.FileSystems; "": ext4).
+	fs string
+}
+
+// fsTools are the commands that format and check one file system (the
+// device is appended).
+type fsTools struct{ mkfs, fsck []string }
+
+// fileSystems are the tools of each file system the image carries: the
+// checks are read-only (-n, --readonly) and run after the mount replayed
+// the journal or log.
+var fileSystems = map[string]fsTools{
+	protocol.FSExt4:  {mkfs: []string{"/sbin/mke2fs", "-t", "ext4", "-q", "-F"}, fsck: []string{"/sbin/e2fsck", "-fn"}},
+	protocol.FSXFS:   {mkfs: []string{"/sbin/mkfs.xfs", "-f", "-q"}, fsck: []string{"/sbin/xfs_repair", "-n"}},
+	protocol.FSBtrfs: {mkfs: []string{"/sbin/mkfs.btrfs", "-f", "-q"}, fsck: []string{"/sbin/btrfs", "check", "--readonly"}},
+}
+
+// fsName is the file system's name, ext4 when none was given.
+func (d diskModes) fsName() string {
+	if d.fs == "" {
+		return protocol.FSExt4
+	}
+	return d.fs
+}
+
+// tools returns the file system's tools with the disk appended.
+func (d diskModes) tools() (mkfs, fsck []string) {
+	t := fileSystems[d.fsName()]
+	return append(slices.Clip(t.mkfs), disk), append(slices.Clip(t.fsck), disk)
 }
 
 func (d diskModes) logf(prefix, format string, args ...any) {
 	fmt.Fprintf(d.out, prefix+": "+format+"\n", args...)
 }
 
-// mkfs formats the disk ext4 and flushes it: flushvm.run=mkfs.
+// mkfs formats the disk and flushes it: flushvm.run=mkfs.
 func (d diskModes) mkfs() int {
 	if err := d.sys.waitDisk(); err != nil {
 		d.logf(prefix, "mkfs %s: %v", disk, err)
 		return exitDiskSetup
 	}
-	st, err := d.sys.run([]string{"/sbin/mke2fs", "-t", "ext4", "-q", "-F", disk})
+	mkfs, _ := d.tools()
+	st, err := d.sys.run(mkfs)
 	switch {
 	case err != nil:
 		d.logf(prefix, "mkfs %s: %v", disk, err)
 	case st != 0:
-		d.logf(prefix, "mkfs %s: mke2fs exit status %d", disk, st)
+		d.logf(prefix, "mkfs %s: %s exit status %d", disk, path.Base(mkfs[0]), st)
 	}
 	if err != nil || st != 0 {
 		if st == 0 {
@@ -126,7 +163,7 @@ func (d diskModes) crash(w string) int {
 		d.logf(prefix, "flushvm.run=crash:%s: %v", w, err)
 		return exitUnknownWorkload
 	}
-	if err := d.sys.mount(); err != nil {
+	if err := d.sys.mount(d.fsName()); err != nil {
 		d.logf(prefix, "%v", err)
 		return exitDiskSetup
 	}
@@ -162,10 +199,13 @@ func (d diskModes) check(w string) int {
 // exitCheckFailed.
 func (d diskModes) checkDisk(w, checker string, acked []string) int {
 	passed := true
-	if err := d.sys.mount(); err != nil {
+	if err := d.sys.mount(d.fsName()); err != nil {
 		fmt.Fprintln(d.out, protocol.FormatCheckMountFailed(err))
 		passed = false
 	} else {
+		if acked == nil {
+			acked = []string{} // a checker, with no key to find
+		}
 		st, err := d.sys.runJob(checker, acked)
 		if err != nil {
 			d.logf(protocol.CheckPrefix, "%s: %v", w, err)
@@ -175,14 +215,15 @@ func (d diskModes) checkDisk(w, checker string, acked []string) int {
 			passed = false
 		}
 		if err := d.sys.unmount(); err != nil {
-			// e2fsck below then sees a mounted file system and says so.
+			// fsck below then sees a mounted file system and says so.
 			d.logf(protocol.CheckPrefix, "umount failed: %v", err)
 			passed = false
 		}
 	}
-	st, err := d.sys.run([]string{"/sbin/e2fsck", "-fn", disk})
+	_, fsck := d.tools()
+	st, err := d.sys.run(fsck)
 	if err != nil {
-		d.logf(protocol.CheckPrefix, "e2fsck: %v", err)
+		d.logf(protocol.CheckPrefix, "%s: %v", path.Base(fsck[0]), err)
 	}
 	fmt.Fprintln(d.out, protocol.FormatFsckStatus(st))
 	if !passed || st != 0 {
@@ -196,14 +237,14 @@ type machine struct{}
 
 func (machine) waitDisk() error { return pid1.WaitForFiles([]string{disk}, diskWait) }
 
-func (m machine) mount() error {
+func (m machine) mount(fstype string) error {
 	if err := m.waitDisk(); err != nil {
 		return fmt.Errorf("mount %s on %s: %w", disk, mountPoint, err)
 	}
 	if err := os.MkdirAll(mountPoint, 0o755); err != nil {
 		return fmt.Errorf("mount %s on %s: %w", disk, mountPoint, err)
 	}
-	if err := unix.Mount(disk, mountPoint, "ext4", 0, ""); err != nil {
+	if err := unix.Mount(disk, mountPoint, fstype, 0, ""); err != nil {
 		return fmt.Errorf("mount %s on %s: %w", disk, mountPoint, err)
 	}
 	return nil
@@ -217,6 +258,13 @@ func (machine) unmount() error {
 }
 
 func (machine) run(argv []string) (int, error) { return command(argv[0], argv[1:]...) }
+
+func (machine) loadFS(fs string) error {
+	if _, err := pid1.LoadModules(protocol.ModuleSetList(fs)); err != nil {
+		return fmt.Errorf("load modules: %w", err)
+	}
+	return nil
+}
 
 // ackedFile is where a checker finds its keys ($FLUSHVM_ACKED).
 const ackedFile = "/run/flushvm-acked"
@@ -280,6 +328,16 @@ func (machine) syncDisk() error {
 
 // diskMode runs a crash-test mode: name is the flushvm.run= value.
 func diskMode(d diskModes, name string) (int, bool) {
+	if _, ok := fileSystems[d.fsName()]; !ok && isDiskMode(name) {
+		d.logf(prefix, "flushvm.fs=%s: unknown file system (want one of %s)", d.fs, strings.Join(protocol.FileSystems, ", "))
+		return exitUnknownWorkload, true
+	}
+	if isDiskMode(name) {
+		if err := d.sys.loadFS(d.fsName()); err != nil {
+			d.logf(prefix, "flushvm.fs=%s: %v", d.fsName(), err)
+			return exitDiskSetup, true
+		}
+	}
 	switch {
 	case name == "mkfs":
 		return d.mkfs(), true
@@ -291,4 +349,17 @@ func diskMode(d diskModes, name string) (int, bool) {
 		return d.checkStates(strings.TrimPrefix(name, "checkstates:")), true
 	}
 	return 0, false
+}
+
+// isDiskMode reports whether a flushvm.run= value is a crash-test mode.
+func isDiskMode(name string) bool {
+	if name == "mkfs" {
+		return true
+	}
+	for _, p := range []string{"crash:", "check:", "checkstates:"} {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	return false
 }

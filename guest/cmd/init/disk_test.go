@@ -32,8 +32,12 @@ func (f *fakeSystem) waitDisk() error { f.calls = append(f.calls, "wait"); retur
 func (f *fakeSystem) unmount() error  { f.calls = append(f.calls, "umount"); return f.unmountErr }
 func (f *fakeSystem) syncDisk() error { f.calls = append(f.calls, "sync"); return f.syncErr }
 
-func (f *fakeSystem) mount() error {
-	f.calls = append(f.calls, "mount")
+func (f *fakeSystem) mount(fstype string) error {
+	call := "mount"
+	if fstype != protocol.FSExt4 {
+		call += " " + fstype
+	}
+	f.calls = append(f.calls, call)
 	if err := f.stateMount[f.serial]; err != nil {
 		return err
 	}
@@ -58,6 +62,13 @@ func (f *fakeSystem) runJob(cmd string, acked []string) (int, error) {
 		return st, nil
 	}
 	return f.status[cmd], f.runErr[cmd]
+}
+
+func (f *fakeSystem) loadFS(fs string) error {
+	if fs != protocol.FSExt4 {
+		f.calls = append(f.calls, "load "+fs)
+	}
+	return nil
 }
 
 func (f *fakeSystem) readJob() ([]byte, error) {
@@ -202,6 +213,36 @@ func TestDiskModes(t *testing.T) {
 				t.Errorf("status %d, calls %q, output %q\nwant  %d, %q, %q", st, sys.calls, lines, tt.status, tt.calls, tt.lines)
 			}
 		})
+	}
+}
+
+func TestFileSystems(t *testing.T) {
+	job := testJob(t, protocol.Job{Workload: "w", Checker: "c", States: []int{0}})
+	tests := []struct {
+		fs, mode string
+		status   int
+		calls    []string
+		lines    []string
+	}{
+		{"xfs", "mkfs", 0, []string{"load xfs", "wait", "/sbin/mkfs.xfs -f -q /dev/vda", "sync"}, []string{"flushvm-init: mkfs /dev/vda: ok"}},
+		{"btrfs", "mkfs", 0, []string{"load btrfs", "wait", "/sbin/mkfs.btrfs -f -q /dev/vda", "sync"}, []string{"flushvm-init: mkfs /dev/vda: ok"}},
+		{"xfs", "check:w", 0, []string{"load xfs", "job", "mount xfs", "job c acked=", "umount", "/sbin/xfs_repair -n /dev/vda"},
+			[]string{"flushvm-check: w status 0", "flushvm-check: fsck status 0"}},
+		{"btrfs", "crash:w", 0, []string{"load btrfs", "job", "mount btrfs", "job w"}, []string{"flushvm-init: mounted /dev/vda on /mnt"}},
+		{"zfs", "mkfs", exitUnknownWorkload, nil, []string{"flushvm-init: flushvm.fs=zfs: unknown file system (want one of ext4, xfs, btrfs)"}},
+	}
+	for _, tt := range tests {
+		var out strings.Builder
+		sys := &fakeSystem{job: job}
+		st, ok := diskMode(diskModes{sys: sys, out: &out, fs: tt.fs}, tt.mode)
+		lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+		if !ok || st != tt.status || !slices.Equal(sys.calls, tt.calls) || !slices.Equal(lines, tt.lines) {
+			t.Errorf("%s %s: status %d, calls %q, output %q\nwant %d, %q, %q", tt.fs, tt.mode, st, sys.calls, lines, tt.status, tt.calls, tt.lines)
+		}
+	}
+	// Other modes do not care about the file system.
+	if _, ok := diskMode(diskModes{sys: &fakeSystem{}, out: &strings.Builder{}, fs: "zfs"}, "info"); ok {
+		t.Error("info taken as a disk mode with an unknown file system")
 	}
 }
 

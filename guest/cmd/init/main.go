@@ -12,13 +12,17 @@
 //	flushvm.run=script        run /run.sh with busybox sh (appended per test)
 //	flushvm.run=shell         interactive busybox sh on the console
 //	flushvm.run=fsyncstress   run /bin/fsyncstress
-//	flushvm.run=mkfs          format /dev/vda ext4 (mke2fs -t ext4 -q -F), flush it
+//	flushvm.run=mkfs          format /dev/vda (ext4: mke2fs -t ext4 -q -F; xfs:
+//	                          mkfs.xfs -f -q; btrfs: mkfs.btrfs -f -q), flush it
 //	flushvm.run=crash:W       mount /dev/vda on /mnt, run the workload command of the
 //	                          job disk /dev/vdb, which acknowledges each durable step
 //	                          on the console (W names it in the console lines)
 //	flushvm.run=check:W       after a power cut: mount /dev/vda (replaying the
 //	                          journal), run the job's checker with the keys of its
-//	                          one state, umount, e2fsck -fn /dev/vda
+//	                          one state, umount, check the file system read-only
+//	                          (e2fsck -fn, xfs_repair -n, btrfs check --readonly)
+//	flushvm.fs=NAME           the crash-test modes' file system: ext4 (default),
+//	                          xfs or btrfs
 //	flushvm.run=checkstates:W check a batch of crash states of /dev/vda, one after
 //	                          the other, as check:W does, one per state of the job
 //	                          (protocol/crashcheck.go)
@@ -101,7 +105,7 @@ func run() int {
 		pid1.Logf(prefix, "%v", err)
 		return 123
 	}
-	if status, ok := diskMode(diskModes{sys: machine{}, out: os.Stdout}, cmdline["flushvm.run"]); ok {
+	if status, ok := diskMode(diskModes{sys: machine{}, out: os.Stdout, fs: cmdline["flushvm.fs"]}, cmdline["flushvm.run"]); ok {
 		return status
 	}
 	var args []string

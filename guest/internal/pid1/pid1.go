@@ -22,9 +22,8 @@ import (
 // the VMM with exit status v.
 const DebugExitPort = protocol.DebugExitPort
 
-// ModuleList is where initramfs images list their modules in load order
-// (host/initramfs.ModuleListPath).
-const ModuleList = "/etc/flushvm/modules"
+// ModuleList is where initramfs images list their modules in load order.
+const ModuleList = protocol.ModuleList
 
 // Logf prints one line on the console with the program's prefix.
 func Logf(prefix, format string, args ...any) {
