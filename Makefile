@@ -141,7 +141,7 @@ crashtest: deps
 			--workload $$w --seed $(CRASHTEST_SEED) --disk-size $(CRASHTEST_DISK_SIZE) --records $(CRASHTEST_RECORDS) \
 			--cpus $(CRASHTEST_CPUS) --boot-timeout $(CRASHTEST_BOOT_TIMEOUT) $(CRASHTEST_ARGS) || exit 1; \
 	done
-	for fs in $(CRASHTEST_MORE_FS); do for w in $(CRASHTEST_WORKLOAD) $(CRASHTEST_BUGS) create-no-dirsync; do \
+	for fs in $(CRASHTEST_MORE_FS); do for w in $(CRASHTEST_WORKLOAD) $(CRASHTEST_BUGS); do \
 		$(GO) run ./cmd/flushvm-harness campaign --modes writeback:$(CRASHTEST_FS_STATES) --out $(CRASHTEST_OUT)/$$fs/$$w \
 			--workload $$w --fs $$fs --seed $(CRASHTEST_SEED) --disk-size $(CRASHTEST_FS_DISK_SIZE) --records $(CRASHTEST_RECORDS) \
 			--cpus $(CRASHTEST_CPUS) --boot-timeout $(CRASHTEST_BOOT_TIMEOUT) $(CRASHTEST_ARGS) || exit 1; \

@@ -38,6 +38,7 @@ import (
 //   - systematic, sqlite-wal (Debian's sqlite3 in the guest), a quarter
 //     of the states: every state keeps every acknowledged row and passes
 //     integrity_check and fsck;
+//   - systematic, fsyncstress on btrfs: 10 states pass;
 //   - the reproduce command of the ack-early violation, run in a new
 //     session from the host --dir: the same image (hash) and the same
 //     violation.
@@ -59,7 +60,7 @@ func TestDebianLinuxCrashtestCampaignsNested(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mineReport, sqliteReport := filepath.Join(dir, "mine.json"), filepath.Join(dir, "sqlite.json")
+	mineReport, sqliteReport, btrfsReport := filepath.Join(dir, "mine.json"), filepath.Join(dir, "sqlite.json"), filepath.Join(dir, "btrfs.json")
 	wbReport, bugReport, unsafeReport := filepath.Join(dir, "writeback.json"), filepath.Join(dir, "bug.json"), filepath.Join(dir, "unsafe.json")
 	with := func(extra ...string) []string { return append(append([]string{}, common...), extra...) }
 	runs := []harness.Run{
@@ -81,6 +82,10 @@ func TestDebianLinuxCrashtestCampaignsNested(t *testing.T) {
 		// 4: states 0, 4, 8, ...), reaches the acknowledged rows.
 		{Subcommand: harness.SubCrashtest, Args: with("--workload", "sqlite-wal", "--cache", "writeback",
 			"--seed", "1", "--shard", "1/4", "--report", sqliteReport)},
+		// Another file system: btrfs's mkfs, its log replayed by the
+		// mount, btrfs check --readonly (mkfs.btrfs wants 128M).
+		{Subcommand: harness.SubCrashtest, Args: append(with("--workload", "fsyncstress", "--cache", "writeback",
+			"--seed", "1", "--max-states", "10", "--report", btrfsReport), "--fs", "btrfs", "--disk-size", "128M")},
 	}
 	s := crashtestSession(t, runs)
 	t.Run("systematic_writeback_keeps_every_acknowledged_record", func(t *testing.T) {
@@ -134,6 +139,15 @@ func TestDebianLinuxCrashtestCampaignsNested(t *testing.T) {
 		}
 		if sum.Acked == 0 {
 			t.Errorf("no state expected an acknowledged row: nothing was tested")
+		}
+	})
+	t.Run("btrfs_keeps_every_acknowledged_record", func(t *testing.T) {
+		r := s.Results[5]
+		rep := readCrashReport(t, btrfsReport, r)
+		sum := rep.Summary
+		if r.Status != 0 || rep.FS != "btrfs" || sum.Checked != 10 || sum.Violations != 0 || sum.Errors != 0 ||
+			!strings.Contains(string(r.Output), "fsyncstress on btrfs") {
+			t.Fatalf("exit status %d, fs %q, summary %+v: want status 0, btrfs, 10 states, no violation; output:\n%s", r.Status, rep.FS, sum, r.Output)
 		}
 	})
 	t.Run("reproduce_rebuilds_the_same_image", func(t *testing.T) {
