@@ -65,7 +65,7 @@ SOAK_ARGS  ?=
 
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v '/integration')
 
-.PHONY: deps soak crashtest bench-vhost all build run run-nodisk test unit fuzz-smoke fuzz integration lint artifacts clean
+.PHONY: deps soak crashtest bench-vhost all build run run-nodisk test unit fuzz-smoke fuzz integration lint artifacts clean test-slurm
 
 all: build
 
@@ -151,6 +151,13 @@ crashtest: deps
 			--workload $$w --seed $(CRASHTEST_SEED) --disk-size $(CRASHTEST_DISK_SIZE) --records $(CRASHTEST_APP_RECORDS) \
 			--cpus $(CRASHTEST_CPUS) --boot-timeout $(CRASHTEST_BOOT_TIMEOUT) $(CRASHTEST_ARGS) || exit 1; \
 	done
+
+## test-slurm: the Slurm path alone: a single-node cluster on loopback (munge, slurmctld, slurmd in
+## a temporary directory), a 2-shard crash-test campaign on it, merged and compared with the
+## unsharded run (installs Slurm and munge first).
+test-slurm:
+	scripts/deps.sh slurm
+	$(GO) test -count=1 -v -timeout 30m -run 'TestLocalCluster|TestSlurm' ./host/slurm/ ./integration/
 
 ## soak: SOAK_BOOTS nested L2 boots with disk I/O (fio, crc32c verify); prints every failed boot
 ## with its diagnostic and the count; exits non-zero if any boot failed.

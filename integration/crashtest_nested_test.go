@@ -30,15 +30,6 @@ import (
 //   - random, cache=unsafe with lose-all, its cut placed after the
 //     workload's first acknowledgements: acknowledged records lost (exit
 //     status 1) — the random mode's oracle can fail too;
-//   - a user's own workload on the workload protocol (README's example in
-//     examples/crashtest-workload: shell scripts on busybox, --workload-dir
-//     mapped into L1), in its buggy form that skips the directory fsync
-//     after a rename: caught, with a reproduce command naming the host
-//     directory;
-//   - systematic, sqlite-wal (Debian's sqlite3 in the guest), a quarter
-//     of the states: every state keeps every acknowledged row and passes
-//     integrity_check and fsck;
-//   - systematic, fsyncstress on btrfs: 10 states pass;
 //   - the reproduce command of the ack-early violation, run in a new
 //     session from the host --dir: the same image (hash) and the same
 //     violation.
@@ -56,11 +47,6 @@ func TestDebianLinuxCrashtestCampaignsNested(t *testing.T) {
 	common := []string{"--kernel", vmlinux, "--initrd", a.Initramfs, "--disk-size", "32M",
 		"--records", "6", "--cpus", "1", "--boot-timeout", "2m"}
 	kept, bugDir := filepath.Join(dir, "kept"), filepath.Join(dir, "bug")
-	mine, err := filepath.Abs(filepath.Join("..", "examples", "crashtest-workload"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	mineReport, sqliteReport, btrfsReport := filepath.Join(dir, "mine.json"), filepath.Join(dir, "sqlite.json"), filepath.Join(dir, "btrfs.json")
 	wbReport, bugReport, unsafeReport := filepath.Join(dir, "writeback.json"), filepath.Join(dir, "bug.json"), filepath.Join(dir, "unsafe.json")
 	with := func(extra ...string) []string { return append(append([]string{}, common...), extra...) }
 	runs := []harness.Run{
@@ -75,17 +61,6 @@ func TestDebianLinuxCrashtestCampaignsNested(t *testing.T) {
 		{Subcommand: harness.SubCrashtest, Args: with("--workload", "fsyncstress", "--mode", "random",
 			"--cache", "unsafe", "--policy", "lose-all", "--cuts", "1", "--seed", "3",
 			"--at", "writes="+strconv.Itoa(unsafeCutWrites), "--report", unsafeReport, "--dir", kept)},
-		{Subcommand: harness.SubCrashtest, Args: with("--workload", "workload.sh 6 nodirsync", "--checker", "check.sh",
-			"--workload-dir", mine, "--cache", "writeback", "--seed", "1", "--max-states", "16", "--report", mineReport)},
-		// The first windows are mkfs, mount and the database's creation:
-		// a quarter of the states, spread over the whole log (shard 1 of
-		// 4: states 0, 4, 8, ...), reaches the acknowledged rows.
-		{Subcommand: harness.SubCrashtest, Args: with("--workload", "sqlite-wal", "--cache", "writeback",
-			"--seed", "1", "--shard", "1/4", "--report", sqliteReport)},
-		// Another file system: btrfs's mkfs, its log replayed by the
-		// mount, btrfs check --readonly (mkfs.btrfs wants 128M).
-		{Subcommand: harness.SubCrashtest, Args: append(with("--workload", "fsyncstress", "--cache", "writeback",
-			"--seed", "1", "--max-states", "10", "--report", btrfsReport), "--fs", "btrfs", "--disk-size", "128M")},
 	}
 	s := crashtestSession(t, runs)
 	t.Run("systematic_writeback_keeps_every_acknowledged_record", func(t *testing.T) {
@@ -117,39 +92,6 @@ func TestDebianLinuxCrashtestCampaignsNested(t *testing.T) {
 	t.Run("random_unsafe_lose-all_loses_acknowledged_records", func(t *testing.T) {
 		checkUnsafeRandom(t, s.Results[2], unsafeReport, kept)
 	})
-	t.Run("own_workload_without_dir_fsync_is_caught", func(t *testing.T) {
-		r := s.Results[3]
-		rep := readCrashReport(t, mineReport, r)
-		v := rep.Summary.FirstViolation
-		// check.sh prints no CHECK line: LostAcked counts its LOST lines.
-		if r.Status != 1 || v == nil || v.LostAcked == 0 {
-			t.Fatalf("exit status %d, first violation %+v: want status 1 and a LOST record; output:\n%s", r.Status, v, r.Output)
-		}
-		if !strings.Contains(v.Repro, "--workload-dir "+mine) || !strings.Contains(v.Repro, "--checker check.sh") {
-			t.Errorf("reproduce command %q does not carry the workload's directory and checker", v.Repro)
-		}
-		t.Logf("first violating state %s (#%d): %s", v.ID, v.Index, v.Reason)
-	})
-	t.Run("sqlite_wal_keeps_every_acknowledged_row", func(t *testing.T) {
-		r := s.Results[4]
-		rep := readCrashReport(t, sqliteReport, r)
-		sum := rep.Summary
-		if r.Status != 0 || sum.Checked == 0 || sum.Violations != 0 || sum.LostAcked != 0 || sum.FsckErrors != 0 || sum.Errors != 0 {
-			t.Fatalf("exit status %d, summary %+v: want status 0, no violation; output:\n%s", r.Status, sum, r.Output)
-		}
-		if sum.Acked == 0 {
-			t.Errorf("no state expected an acknowledged row: nothing was tested")
-		}
-	})
-	t.Run("btrfs_keeps_every_acknowledged_record", func(t *testing.T) {
-		r := s.Results[5]
-		rep := readCrashReport(t, btrfsReport, r)
-		sum := rep.Summary
-		if r.Status != 0 || rep.FS != "btrfs" || sum.Checked != 10 || sum.Violations != 0 || sum.Errors != 0 ||
-			!strings.Contains(string(r.Output), "fsyncstress on btrfs") {
-			t.Fatalf("exit status %d, fs %q, summary %+v: want status 0, btrfs, 10 states, no violation; output:\n%s", r.Status, rep.FS, sum, r.Output)
-		}
-	})
 	t.Run("reproduce_rebuilds_the_same_image", func(t *testing.T) {
 		if first == nil {
 			t.Skip("no violation to reproduce")
@@ -164,6 +106,82 @@ func TestDebianLinuxCrashtestCampaignsNested(t *testing.T) {
 		img := filepath.Join(bugDir, "state-"+first.ID+".img")
 		if fi, err := os.Stat(img); err != nil || fi.Size() != 32<<20 {
 			t.Errorf("the rebuilt image did not come back to %s: %v", img, err)
+		}
+	})
+}
+
+// TestDebianLinuxCrashtestWorkloadsNested runs, in one harness session,
+// the workloads beyond fsyncstress on the same engine:
+//
+//   - a user's own workload on the workload protocol (README's example in
+//     examples/crashtest-workload: shell scripts on busybox, --workload-dir
+//     mapped into L1), in its buggy form that skips the directory fsync
+//     after a rename: caught, with a reproduce command naming the host
+//     directory;
+//   - sqlite-wal (Debian's sqlite3 in the guest), a quarter of the states:
+//     every state keeps every acknowledged row and passes integrity_check
+//     and fsck;
+//   - fsyncstress on btrfs: 10 states pass.
+func TestDebianLinuxCrashtestWorkloadsNested(t *testing.T) {
+	a := prepare(t)
+	vmlinux, err := a.Kernel.Vmlinux(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	mine, err := filepath.Abs(filepath.Join("..", "examples", "crashtest-workload"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mineReport, sqliteReport, btrfsReport := filepath.Join(dir, "mine.json"), filepath.Join(dir, "sqlite.json"), filepath.Join(dir, "btrfs.json")
+	with := func(extra ...string) []string {
+		return append([]string{"--kernel", vmlinux, "--initrd", a.Initramfs, "--disk-size", "32M",
+			"--cpus", "1", "--boot-timeout", "2m", "--cache", "writeback", "--seed", "1"}, extra...)
+	}
+	runs := []harness.Run{
+		{Subcommand: harness.SubCrashtest, Args: with("--workload", "workload.sh 6 nodirsync", "--checker", "check.sh",
+			"--workload-dir", mine, "--max-states", "16", "--report", mineReport)},
+		// The first windows are mkfs, mount and the database's creation:
+		// a quarter of the states, spread over the whole log (shard 1 of
+		// 4: states 0, 4, 8, ...), reaches the acknowledged rows.
+		{Subcommand: harness.SubCrashtest, Args: with("--workload", "sqlite-wal", "--records", "6", "--shard", "1/4", "--report", sqliteReport)},
+		// Another file system: btrfs's mkfs, its log replayed by the
+		// mount, btrfs check --readonly (mkfs.btrfs wants 128M).
+		{Subcommand: harness.SubCrashtest, Args: append(with("--workload", "fsyncstress", "--records", "6", "--max-states", "10",
+			"--report", btrfsReport), "--fs", "btrfs", "--disk-size", "128M")},
+	}
+	s := crashtestSession(t, runs)
+	t.Run("own_workload_without_dir_fsync_is_caught", func(t *testing.T) {
+		r := s.Results[0]
+		rep := readCrashReport(t, mineReport, r)
+		v := rep.Summary.FirstViolation
+		// check.sh prints no CHECK line: LostAcked counts its LOST lines.
+		if r.Status != 1 || v == nil || v.LostAcked == 0 {
+			t.Fatalf("exit status %d, first violation %+v: want status 1 and a LOST record; output:\n%s", r.Status, v, r.Output)
+		}
+		if !strings.Contains(v.Repro, "--workload-dir "+mine) || !strings.Contains(v.Repro, "--checker check.sh") {
+			t.Errorf("reproduce command %q does not carry the workload's directory and checker", v.Repro)
+		}
+		t.Logf("first violating state %s (#%d): %s", v.ID, v.Index, v.Reason)
+	})
+	t.Run("sqlite_wal_keeps_every_acknowledged_row", func(t *testing.T) {
+		r := s.Results[1]
+		rep := readCrashReport(t, sqliteReport, r)
+		sum := rep.Summary
+		if r.Status != 0 || sum.Checked == 0 || sum.Violations != 0 || sum.LostAcked != 0 || sum.FsckErrors != 0 || sum.Errors != 0 {
+			t.Fatalf("exit status %d, summary %+v: want status 0, no violation; output:\n%s", r.Status, sum, r.Output)
+		}
+		if sum.Acked == 0 {
+			t.Errorf("no state expected an acknowledged row: nothing was tested")
+		}
+	})
+	t.Run("btrfs_keeps_every_acknowledged_record", func(t *testing.T) {
+		r := s.Results[2]
+		rep := readCrashReport(t, btrfsReport, r)
+		sum := rep.Summary
+		if r.Status != 0 || rep.FS != "btrfs" || sum.Checked != 10 || sum.Violations != 0 || sum.Errors != 0 ||
+			!strings.Contains(string(r.Output), "fsyncstress on btrfs") {
+			t.Fatalf("exit status %d, fs %q, summary %+v: want status 0, btrfs, 10 states, no violation; output:\n%s", r.Status, rep.FS, sum, r.Output)
 		}
 	})
 }

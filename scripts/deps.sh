@@ -12,9 +12,16 @@
 #   into the guest; sqlite3: the SQLite crash-test workloads' shell, carried into the
 #   guest; xz-utils/zstd: compressed kernel modules; make, git,
 #   ca-certificates.
+#
+# With the argument "slurm" it also installs Slurm and munge (slurmctld,
+# slurmd, slurm-client, munge): the Slurm crash-test path and its test
+# (make test-slurm; .ci/run installs them).
 set -euo pipefail
 
 packages=(qemu-system-x86 qemu-utils busybox-static fio e2fsprogs xfsprogs btrfs-progs sqlite3 xz-utils zstd make git ca-certificates)
+if [[ "${1:-}" == slurm ]]; then
+	packages+=(slurmctld slurmd slurm-client munge)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -120,7 +120,8 @@ func isRandom(args []string) bool {
 }
 
 // crashtest runs one `flushvm crashtest` campaign as one run: directly, or
-// nested in one L1 session with a scratch disk for its images.
+// nested in one L1 session with a scratch disk for its images, run again
+// in a new session when L1 itself failed under it (as campaign does).
 func crashtest(ctx context.Context, opts harness.Options, timeoutSet bool, args []string) int {
 	args, err := withGuestDefaults(ctx, args)
 	if err != nil {
@@ -130,7 +131,14 @@ func crashtest(ctx context.Context, opts harness.Options, timeoutSet bool, args 
 	if !timeoutSet {
 		opts.Timeout = crashtestTimeout([]harness.Run{r})
 	}
-	return session(ctx, opts, r)
+	results, err := executeCampaigns(ctx, opts, []harness.Run{r})
+	if err != nil {
+		return fail(err)
+	}
+	if res := results[0]; res.Err != nil {
+		return fail(res.Err)
+	}
+	return results[0].Status
 }
 
 // campaignMode is one cache mode of a campaign and its number of cuts

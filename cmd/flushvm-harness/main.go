@@ -21,6 +21,9 @@
 //	    does), reports in DIR/MODE.json, then the per-mode table.
 //	flushvm-harness crashtest-table REPORT...
 //	    the per-mode table of crashtest reports (shards of a mode add up).
+//	flushvm-harness slurm-campaign [--shards N] [--shared DIR] [--local-cluster] FLUSHVM-CRASHTEST-ARGS...
+//	    one systematic crashtest split into N Slurm tasks (each a
+//	    flushvm-harness crashtest --shard I/N), the reports merged.
 //	flushvm-harness soak [--boots N] [--vmm flushvm|qemu] [--cpus N] [--cache MODE] ...
 //	    N nested L2 boots with fio verification in one L1 session; the
 //	    failures with their diagnostics, and a count (what `make soak` does).
@@ -76,6 +79,11 @@ Commands:
                    out build/crashtest), then the per-mode table (make crashtest)
   crashtest-table REPORT...
                    print the per-mode table of crashtest --report files
+  slurm-campaign [--shards 2] [--shared DIR] [--local-cluster] [--sbatch-arg ARG]... ARGS...
+                   one systematic crashtest as N Slurm tasks (shard I of N each; shard 1
+                   records, the others start from a copy of its recording), reports in
+                   DIR/report-I.json, then the merged table (DIR/table.md); --local-cluster
+                   runs it on a single-node cluster on loopback in DIR/cluster
   soak [--boots 100] [--vmm flushvm|qemu] [--cpus 1] [--cache writethrough] [--append ARGS]
        [--l1-accel tcg,thread=multi] [--l1-cpu max] [--l1-append ARGS]
                    N L2 boots with fio verification in one L1 session; failures with
@@ -124,7 +132,7 @@ func run(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	cmd, rest := fs.Arg(0), fs.Args()[1:]
-	if (cmd != "crashtest" && cmd != "campaign" && cmd != "soak") || fs.Changed("timeout") {
+	if (cmd != "crashtest" && cmd != "campaign" && cmd != "soak" && cmd != "slurm-campaign") || fs.Changed("timeout") {
 		// Campaigns and soaks without --timeout size their own bound from
 		// their cuts or boots (harness.Options.Timeout bounds the session).
 		var cancel context.CancelFunc
@@ -179,6 +187,8 @@ func dispatch(ctx context.Context, opts harness.Options, cmd string, rest []stri
 		return campaign(ctx, opts, timeoutSet, rest)
 	case "crashtest-table":
 		return crashtestTable(rest)
+	case "slurm-campaign":
+		return slurmCampaign(ctx, opts, rest)
 	case "soak":
 		if !timeoutSet {
 			opts.Timeout = 0
