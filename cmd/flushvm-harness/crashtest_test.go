@@ -177,3 +177,34 @@ func TestJudgeCampaign(t *testing.T) {
 		}
 	}
 }
+
+func TestParseSlurmFlags(t *testing.T) {
+	tests := []struct {
+		args  []string
+		want  slurmFlags
+		rest  []string
+		error string
+	}{
+		{[]string{"--shards", "4", "--disk-size", "32M", "--shared=/s", "--local-cluster", "--workload", "w"},
+			slurmFlags{shards: 4, shared: "/s", local: true}, []string{"--disk-size", "32M", "--workload", "w"}, ""},
+		{[]string{"--sbatch-arg=--partition=p", "--sbatch-arg", "--time=1:00:00", "--seed", "1"},
+			slurmFlags{shards: 2, shared: "build/crashtest-slurm", sbatch: []string{"--partition=p", "--time=1:00:00"}}, []string{"--seed", "1"}, ""},
+		{[]string{"--shards", "0"}, slurmFlags{}, nil, "want 1..10000"},
+		{[]string{"--shards"}, slurmFlags{}, nil, "needs a value"},
+		{[]string{"--shard", "1/2"}, slurmFlags{}, nil, "set per shard"},
+		{[]string{"--mode", "random"}, slurmFlags{}, nil, "is systematic"},
+	}
+	for _, tt := range tests {
+		f, rest, err := parseSlurmFlags(tt.args)
+		if tt.error != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.error) {
+				t.Errorf("%q: %v, want %q", tt.args, err, tt.error)
+			}
+			continue
+		}
+		if err != nil || !slices.Equal(rest, tt.rest) || f.shards != tt.want.shards || f.shared != tt.want.shared ||
+			f.local != tt.want.local || !slices.Equal(f.sbatch, tt.want.sbatch) {
+			t.Errorf("%q: %+v %q %v; want %+v %q", tt.args, f, rest, err, tt.want, tt.rest)
+		}
+	}
+}

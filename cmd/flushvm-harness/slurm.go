@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
-
-	"github.com/spf13/pflag"
 
 	"github.com/flushvm/flushvm/host/harness"
 	"github.com/flushvm/flushvm/host/slurm"
@@ -20,33 +20,70 @@ import (
 // `flushvm-harness crashtest` with the shared flags, the reports merged
 // into one table.
 func slurmCampaign(ctx context.Context, opts harness.Options, args []string) int {
-	fs := pflag.NewFlagSet("slurm-campaign", pflag.ContinueOnError)
-	fs.SetInterspersed(false)
-	shards := fs.Int("shards", 2, "shards, one Slurm task each")
-	shared := fs.String("shared", "build/crashtest-slurm", "directory every task reads and writes (a shared file system on a real cluster)")
-	local := fs.Bool("local-cluster", false, "bring up a single-node Slurm cluster on loopback in SHARED/cluster for this campaign, and tear it down after")
-	var sbatchArgs []string
-	fs.StringArrayVar(&sbatchArgs, "sbatch-arg", nil, "an extra sbatch option for every job (repeatable), e.g. --sbatch-arg=--partition=fast")
-	if err := fs.Parse(args); err != nil {
+	f, rest, err := parseSlurmFlags(args)
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "flushvm-harness slurm-campaign: %v\n", err)
 		return 2
 	}
-	rest := fs.Args()
-	for _, f := range []string{"shard", "dir", "report", "mode"} {
-		if hasFlag(rest, f) {
-			fmt.Fprintf(os.Stderr, "flushvm-harness slurm-campaign: --%s is set per shard (systematic mode only)\n", f)
-			return 2
-		}
-	}
-	if *shards < 1 || *shards > 10000 {
-		fmt.Fprintf(os.Stderr, "flushvm-harness slurm-campaign: --shards %d: want 1..10000\n", *shards)
-		return 2
-	}
-	camp, err := slurmShards(ctx, opts, *shards, *shared, sbatchArgs, rest)
+	camp, err := slurmShards(ctx, opts, f.shards, f.shared, f.sbatch, rest)
 	if err != nil {
 		return fail(err)
 	}
-	return runSlurmCampaign(ctx, camp, *local)
+	return runSlurmCampaign(ctx, camp, f.local)
+}
+
+// slurmFlags are slurm-campaign's own flags; the others are crashtest's.
+type slurmFlags struct {
+	shards int
+	shared string
+	local  bool
+	sbatch []string
+}
+
+// parseSlurmFlags takes slurm-campaign's flags out of args (--shards N,
+// --shared DIR, --local-cluster, --sbatch-arg ARG, repeatable) and checks
+// that the rest leaves the per-shard flags to it.
+func parseSlurmFlags(args []string) (slurmFlags, []string, error) {
+	f := slurmFlags{shards: 2, shared: filepath.Join("build", "crashtest-slurm")}
+	var rest []string
+	for k := 0; k < len(args); k++ {
+		name, val, hasVal := strings.Cut(strings.TrimPrefix(args[k], "--"), "=")
+		own := strings.HasPrefix(args[k], "--") && slices.Contains([]string{"shards", "shared", "sbatch-arg"}, name)
+		switch {
+		case args[k] == "--local-cluster":
+			f.local = true
+			continue
+		case !own:
+			rest = append(rest, args[k])
+			continue
+		case !hasVal && k+1 >= len(args):
+			return f, nil, fmt.Errorf("--%s needs a value", name)
+		case !hasVal:
+			k++
+			val = args[k]
+		}
+		switch name {
+		case "shards":
+			n, err := strconv.Atoi(val)
+			if err != nil || n < 1 || n > 10000 {
+				return f, nil, fmt.Errorf("--shards %q: want 1..10000", val)
+			}
+			f.shards = n
+		case "shared":
+			f.shared = val
+		case "sbatch-arg":
+			f.sbatch = append(f.sbatch, val)
+		}
+	}
+	for _, fl := range []string{"shard", "dir", "report"} {
+		if hasFlag(rest, fl) {
+			return f, nil, fmt.Errorf("--%s is set per shard", fl)
+		}
+	}
+	if hasFlag(rest, "mode") {
+		return f, nil, errors.New("--mode: a Slurm campaign is systematic (its shards share one recording)")
+	}
+	return f, rest, nil
 }
 
 // slurmShards builds the campaign: the harness binary itself runs each
