@@ -45,11 +45,6 @@ func (c Campaign) ReportPath(i int) string {
 	return filepath.Join(c.Shared, "report-"+strconv.Itoa(i)+".json")
 }
 
-// shardDir is shard i's --dir.
-func (c Campaign) shardDir(i int) string {
-	return filepath.Join(c.Shared, "shard-"+strconv.Itoa(i))
-}
-
 // quote quotes s for a POSIX shell.
 func quote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
