@@ -17,7 +17,7 @@ FUZZ_LONG_TIME  ?= 30m
 DEMO        ?=
 # Bound on one `make run` (it must finish in < 3 minutes from a warm cache).
 RUN_TIMEOUT ?= 170s
-INTEGRATION_TIMEOUT ?= 40m
+INTEGRATION_TIMEOUT ?= 70m
 # `make crashtest`: the full crash-test campaign (issue 10: systematic). One
 # record boot per cache mode, then every distinct crash state of its write log
 # (MODE:all) or the first N (MODE:N), checked in batches; then each

@@ -121,7 +121,7 @@ func TestDebianLinuxCrashtestCampaignsNested(t *testing.T) {
 //   - sqlite-wal (Debian's sqlite3 in the guest), a quarter of the states:
 //     every state keeps every acknowledged row and passes integrity_check
 //     and fsck;
-//   - fsyncstress on btrfs: 10 states pass.
+//   - fsyncstress on xfs: 10 states pass.
 func TestDebianLinuxCrashtestWorkloadsNested(t *testing.T) {
 	a := prepare(t)
 	vmlinux, err := a.Kernel.Vmlinux(context.Background())
@@ -133,7 +133,7 @@ func TestDebianLinuxCrashtestWorkloadsNested(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mineReport, sqliteReport, btrfsReport := filepath.Join(dir, "mine.json"), filepath.Join(dir, "sqlite.json"), filepath.Join(dir, "btrfs.json")
+	mineReport, sqliteReport, xfsReport := filepath.Join(dir, "mine.json"), filepath.Join(dir, "sqlite.json"), filepath.Join(dir, "xfs.json")
 	with := func(extra ...string) []string {
 		return append([]string{"--kernel", vmlinux, "--initrd", a.Initramfs, "--disk-size", "32M",
 			"--cpus", "1", "--boot-timeout", "2m", "--cache", "writeback", "--seed", "1"}, extra...)
@@ -145,10 +145,13 @@ func TestDebianLinuxCrashtestWorkloadsNested(t *testing.T) {
 		// a quarter of the states, spread over the whole log (shard 1 of
 		// 4: states 0, 4, 8, ...), reaches the acknowledged rows.
 		{Subcommand: harness.SubCrashtest, Args: with("--workload", "sqlite-wal", "--records", "6", "--shard", "1/4", "--report", sqliteReport)},
-		// Another file system: btrfs's mkfs, its log replayed by the
-		// mount, btrfs check --readonly (mkfs.btrfs wants 128M).
+		// Another file system: mkfs.xfs, its log replayed by the mount,
+		// xfs_repair -n (mkfs.xfs wants 300M; the disk is sparse). Not
+		// btrfs: its checker boots load raid6_pq and xor, and two CI runs
+		// lost an L2 or the whole L1 while checking btrfs states (see the
+		// issue 11 note).
 		{Subcommand: harness.SubCrashtest, Args: append(with("--workload", "fsyncstress", "--records", "6", "--max-states", "10",
-			"--report", btrfsReport), "--fs", "btrfs", "--disk-size", "128M")},
+			"--report", xfsReport), "--fs", "xfs", "--disk-size", "300M")},
 	}
 	s := crashtestSession(t, runs)
 	t.Run("own_workload_without_dir_fsync_is_caught", func(t *testing.T) {
@@ -175,15 +178,15 @@ func TestDebianLinuxCrashtestWorkloadsNested(t *testing.T) {
 			t.Errorf("no state expected an acknowledged row: nothing was tested")
 		}
 	})
-	t.Run("btrfs_keeps_every_acknowledged_record", func(t *testing.T) {
+	t.Run("xfs_keeps_every_acknowledged_record", func(t *testing.T) {
 		r := s.Results[2]
-		rep := readCrashReport(t, btrfsReport, r)
+		rep := readCrashReport(t, xfsReport, r)
 		sum := rep.Summary
 		// A state that killed two checker guests stays unchecked (the
 		// campaign is INCOMPLETE, status 3): it says nothing about the
 		// disk. A CI run saw it once on btrfs (two triple faults at
-		// mounting the same state, w0.s3e of its recording); the test
-		// names such states and wants every other one checked and passed.
+		// mounting the same state); the test names such states and wants
+		// every other one checked and passed.
 		var killers []string
 		for _, st := range rep.States {
 			if st.Error != "" && st.CheckerDeaths >= 2 {
@@ -191,9 +194,9 @@ func TestDebianLinuxCrashtestWorkloadsNested(t *testing.T) {
 			}
 		}
 		status := r.Status == 0 || (r.Status == protocol.CrashtestFailed && len(killers) == sum.Errors)
-		if !status || rep.FS != "btrfs" || sum.Checked+len(killers) != 10 || sum.Checked < 8 || sum.Violations != 0 ||
-			!strings.Contains(string(r.Output), "fsyncstress on btrfs") {
-			t.Fatalf("exit status %d, fs %q, summary %+v, states that killed their checkers %q: want btrfs, 10 states "+
+		if !status || rep.FS != "xfs" || sum.Checked+len(killers) != 10 || sum.Checked < 8 || sum.Violations != 0 ||
+			!strings.Contains(string(r.Output), "fsyncstress on xfs") {
+			t.Fatalf("exit status %d, fs %q, summary %+v, states that killed their checkers %q: want xfs, 10 states "+
 				"(at most 2 left unchecked by checker deaths), no violation; output:\n%s", r.Status, rep.FS, sum, killers, r.Output)
 		}
 		if len(killers) > 0 {
@@ -211,7 +214,7 @@ func TestDebianLinuxCrashtestWorkloadsNested(t *testing.T) {
 // their own boots).
 func crashtestSession(t *testing.T, runs []harness.Run) *harness.Session {
 	t.Helper()
-	const bound = 25 * time.Minute
+	const bound = 35 * time.Minute
 	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	defer cancel()
 	s, err := harness.Execute(ctx, harness.Options{Stdout: consoleWriter{}, Timeout: bound}, runs...)
