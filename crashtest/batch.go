@@ -148,7 +148,7 @@ func (k *checker) settle(rest []distinctState, n int, dying bool, out []byte, er
 		k.prog.note("a checker boot ended while checking state %s (death %d of %d allowed): %s",
 			d.State.ID, k.deaths[d.index], maxDeaths, lines.Last(out, 3))
 		if k.deaths[d.index] >= maxDeaths {
-			dead, rest = append(dead, k.c.deadState(d, k.m, out)), rest[1:]
+			dead, rest = append(dead, k.c.deadState(d, out)), rest[1:]
 		}
 	}
 	if len(rest) > 0 {
@@ -188,12 +188,12 @@ func (c *Campaign) checkBatch(ctx context.Context, b Booter, dir string, job int
 	acked := make([]int, len(batch))
 	for i, s := range batch {
 		set.States = append(set.States, s.State)
-		acked[i] = c.ackedFor(m, s.Acks)
+		acked[i] = s.Acks
 	}
 	if err := blk.WriteCrashStateSet(setPath, set); err != nil {
 		return 0, -1, nil, fmt.Errorf("checker states: %w", err)
 	}
-	jobArgs, jerr := c.jobDisk(dir, name, ackKeysOf(m), acked)
+	jobArgs, jerr := c.jobDisk(dir, name, m.AckKeys, acked)
 	if jerr != nil {
 		return 0, -1, nil, jerr
 	}
@@ -201,7 +201,7 @@ func (c *Campaign) checkBatch(ctx context.Context, b Booter, dir string, job int
 		"path="+esc(filepath.Join(dir, templateFile))+",crashstates="+esc(setPath)+",cache=writeback", jobArgs...)
 	p := &stateParser{ended: func(i int, seg *segment) {
 		if i < len(batch) {
-			judged(c.stateResult(batch[i], m, seg))
+			judged(c.stateResult(batch[i], seg))
 		}
 	}}
 	bctx, cancel := context.WithTimeout(ctx, c.bootTimeout+time.Duration(len(batch))*perStateTimeout)
@@ -276,22 +276,21 @@ func (p *stateParser) feed(line string) {
 }
 
 // stateResult judges a state from its segment.
-func (c *Campaign) stateResult(s distinctState, m *LogModel, seg *segment) protocol.CrashtestState {
-	r := c.newState(s, m)
+func (c *Campaign) stateResult(s distinctState, seg *segment) protocol.CrashtestState {
+	r := c.newState(s)
 	judge(&r.CrashtestCheck, c.label, seg.status, seg.out)
 	return r
 }
 
 // deadState is the verdict of a state its checkers died on.
-func (c *Campaign) deadState(s distinctState, m *LogModel, out []byte) protocol.CrashtestState {
-	r := c.newState(s, m)
+func (c *Campaign) deadState(s distinctState, out []byte) protocol.CrashtestState {
+	r := c.newState(s)
 	r.FsckStatus = -1
 	r.Error = fmt.Sprintf("the checker guest died %d times while checking it; the last: %s", maxDeaths, lines.Last(out, 3))
 	return r
 }
 
-func (c *Campaign) newState(s distinctState, m *LogModel) protocol.CrashtestState {
-	n := c.ackedFor(m, s.Acks)
+func (c *Campaign) newState(s distinctState) protocol.CrashtestState {
 	return protocol.CrashtestState{ID: s.State.ID, Index: s.index, Kind: s.Kind, Window: s.Window, Hash: s.hash,
-		CrashtestCheck: protocol.CrashtestCheck{Acked: n}, Repro: c.reproduceCommand(s.State.ID)}
+		CrashtestCheck: protocol.CrashtestCheck{Acked: s.Acks}, Repro: c.reproduceCommand(s.State.ID)}
 }

@@ -70,8 +70,9 @@ type Window struct {
 type LogModel struct {
 	Log     *blk.CrashLog
 	Windows []Window
-	// AckLines are the MARK texts of the acknowledgements, in log order.
-	AckLines []string
+	// AckKeys are the keys of the acknowledgements (their MARK texts
+	// "ACK KEY"), in log order.
+	AckKeys []string
 	// Writes and Flushes count the log's writes (and discards) and FLUSH
 	// entries.
 	Writes, Flushes int
@@ -86,20 +87,20 @@ func NewLogModel(cl *blk.CrashLog) *LogModel {
 	for _, e := range cl.Entries() {
 		switch {
 		case e.IsFlush():
-			w.End, w.Acks = e.Index, len(m.AckLines)
+			w.End, w.Acks = e.Index, len(m.AckKeys)
 			m.Windows = append(m.Windows, w)
 			w = Window{Start: e.Index}
 			m.Flushes++
 		case e.IsMark():
-			if protocol.IsAckLine([]byte(e.Mark)) {
-				m.AckLines = append(m.AckLines, strings.TrimSpace(e.Mark))
+			if k, ok := protocol.AckKey(e.Mark); ok {
+				m.AckKeys = append(m.AckKeys, k)
 			}
 		case e.Length > 0 && (e.HasData() || e.IsDiscard()):
 			w.Writes = append(w.Writes, e.Index)
 			m.Writes++
 		}
 	}
-	w.End, w.Acks = uint64(len(cl.Entries())), len(m.AckLines)
+	w.End, w.Acks = uint64(len(cl.Entries())), len(m.AckKeys)
 	m.Windows = append(m.Windows, w)
 	return m
 }
@@ -111,7 +112,7 @@ type Candidate struct {
 	Kind   string
 	Window int
 	// Acks is the number of acknowledgements the state must keep (the
-	// first Acks of LogModel.AckLines).
+	// first Acks of LogModel.AckKeys).
 	Acks int
 }
 

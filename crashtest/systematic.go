@@ -147,7 +147,7 @@ func (c *Campaign) record(ctx context.Context, b Booter, dir, template, logPath 
 
 func fillRecord(r *protocol.CrashtestRecord, m *LogModel, logPath, base string) {
 	r.Log, r.Base = logPath, base
-	r.Entries, r.Writes, r.Flushes, r.Acks = len(m.Log.Entries()), m.Writes, m.Flushes, len(m.AckLines)
+	r.Entries, r.Writes, r.Flushes, r.Acks = len(m.Log.Entries()), m.Writes, m.Flushes, len(m.AckKeys)
 	r.Windows = len(m.Windows)
 	r.MaxWindow = 0
 	for _, w := range m.Windows {
@@ -267,21 +267,4 @@ func appendExplored(path string, states []protocol.CrashtestState) error {
 		return fmt.Errorf("explored states: %w", err)
 	}
 	return nil
-}
-
-// ackedFor returns how many of the record's acknowledgements a state that
-// keeps the first n ACK marks must keep (all of them: the marks are the
-// acknowledgements, in log order).
-func (c *Campaign) ackedFor(m *LogModel, n int) int { return min(n, len(m.AckLines)) }
-
-// ackKeysOf returns the keys of the record's acknowledgements, in log
-// order.
-func ackKeysOf(m *LogModel) []string {
-	keys := make([]string, 0, len(m.AckLines))
-	for _, l := range m.AckLines {
-		if k, ok := protocol.AckKey(l); ok {
-			keys = append(keys, k)
-		}
-	}
-	return keys
 }
