@@ -242,14 +242,6 @@ func (r *Report) Write(path string) error {
 	return nil
 }
 
-// fsName is the report's file system (ext4 in reports from before --fs).
-func (r *Report) fsName() string {
-	if r.FS == "" {
-		return protocol.FSExt4
-	}
-	return r.FS
-}
-
 // unit names what the workload acknowledges.
 func (r *Report) unit() string {
 	if w, ok := Workloads[r.Workload]; !ok {
@@ -268,7 +260,7 @@ func (r *Report) PrintSummary(w io.Writer) {
 	}
 	s := r.Summary
 	fmt.Fprintf(w, "flushvm crashtest: %s on %s, cache=%s, policy %s, seed %d, shard %s of %d cuts\n",
-		r.Workload, r.fsName(), r.Cache, r.Policy, r.Seed, r.Shard, r.Cuts)
+		r.Workload, r.FileSystem(), r.Cache, r.Policy, r.Seed, r.Shard, r.Cuts)
 	fmt.Fprintf(w, "  cuts:        %d planned, %d checked; %d run: %d power cuts, %d ended before their cut point, %d could not be checked\n",
 		s.Planned, s.Checked, s.Cuts, s.PowerCuts, s.NoCut, s.Errors)
 	fmt.Fprintf(w, "  time:        %s, %.1f cuts/min (calibration: %d writes, %d flushes per run)\n",
@@ -314,7 +306,7 @@ func (r *Report) PrintSummary(w io.Writer) {
 // printSystematic writes the systematic mode's summary.
 func (r *Report) printSystematic(w io.Writer) {
 	s := r.Summary
-	fmt.Fprintf(w, "flushvm crashtest: %s on %s, cache=%s, systematic, seed %d, shard %s\n", r.Workload, r.fsName(), r.Cache, r.Seed, r.Shard)
+	fmt.Fprintf(w, "flushvm crashtest: %s on %s, cache=%s, systematic, seed %d, shard %s\n", r.Workload, r.FileSystem(), r.Cache, r.Seed, r.Shard)
 	if rec := r.Record; rec != nil {
 		fmt.Fprintf(w, "  record:      %d writes, %d flushes, %d acknowledgements in %s (%d windows, the largest %d writes)\n",
 			rec.Writes, rec.Flushes, rec.Acks, rec.Log, rec.Windows, rec.MaxWindow)

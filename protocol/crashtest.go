@@ -79,6 +79,15 @@ type CrashtestReport struct {
 	Summary  CrashtestTotals    `json:"summary"`
 }
 
+// FileSystem is the report's file system: FS, or ext4 for reports
+// written before --fs.
+func (r *CrashtestReport) FileSystem() string {
+	if r.FS == "" {
+		return FSExt4
+	}
+	return r.FS
+}
+
 // The modes of a campaign (CrashtestReport.Mode).
 const (
 	// CrashtestSystematic: record once, explore the crash states of the

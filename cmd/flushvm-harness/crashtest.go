@@ -444,10 +444,7 @@ func readReports(paths []string) ([]tableRow, error) {
 			continue
 		}
 		version = r.FlushvmVersion
-		fs := r.FS
-		if fs == "" {
-			fs = protocol.FSExt4 // reports from before --fs
-		}
+		fs := r.FileSystem()
 		i := slices.IndexFunc(rows, func(t tableRow) bool { return t.mode == r.Cache && t.fs == fs && t.workload == r.Workload })
 		if i < 0 {
 			rows = append(rows, tableRow{mode: r.Cache, fs: fs, workload: r.Workload, policy: r.Policy, systematic: sys})
