@@ -328,38 +328,36 @@ func (machine) syncDisk() error {
 
 // diskMode runs a crash-test mode: name is the flushvm.run= value.
 func diskMode(d diskModes, name string) (int, bool) {
-	if _, ok := fileSystems[d.fsName()]; !ok && isDiskMode(name) {
+	run := d.mode(name)
+	if run == nil {
+		return 0, false
+	}
+	if _, ok := fileSystems[d.fsName()]; !ok {
 		d.logf(prefix, "flushvm.fs=%s: unknown file system (want one of %s)", d.fs, strings.Join(protocol.FileSystems, ", "))
 		return exitUnknownWorkload, true
 	}
-	if isDiskMode(name) {
-		if err := d.sys.loadFS(d.fsName()); err != nil {
-			d.logf(prefix, "flushvm.fs=%s: %v", d.fsName(), err)
-			return exitDiskSetup, true
-		}
+	if err := d.sys.loadFS(d.fsName()); err != nil {
+		d.logf(prefix, "flushvm.fs=%s: %v", d.fsName(), err)
+		return exitDiskSetup, true
 	}
-	switch {
-	case name == "mkfs":
-		return d.mkfs(), true
-	case strings.HasPrefix(name, "crash:"):
-		return d.crash(strings.TrimPrefix(name, "crash:")), true
-	case strings.HasPrefix(name, "check:"):
-		return d.check(strings.TrimPrefix(name, "check:")), true
-	case strings.HasPrefix(name, "checkstates:"):
-		return d.checkStates(strings.TrimPrefix(name, "checkstates:")), true
-	}
-	return 0, false
+	return run(), true
 }
 
-// isDiskMode reports whether a flushvm.run= value is a crash-test mode.
-func isDiskMode(name string) bool {
+// mode returns the crash-test mode a flushvm.run= value names, nil for
+// any other value.
+func (d diskModes) mode(name string) func() int {
+	workload := func(p string) (string, bool) { return strings.CutPrefix(name, p) }
 	if name == "mkfs" {
-		return true
+		return d.mkfs
 	}
-	for _, p := range []string{"crash:", "check:", "checkstates:"} {
-		if strings.HasPrefix(name, p) {
-			return true
-		}
+	if w, ok := workload("crash:"); ok {
+		return func() int { return d.crash(w) }
 	}
-	return false
+	if w, ok := workload("check:"); ok {
+		return func() int { return d.check(w) }
+	}
+	if w, ok := workload("checkstates:"); ok {
+		return func() int { return d.checkStates(w) }
+	}
+	return nil
 }
