@@ -61,15 +61,6 @@ func GuestInitramfs(ctx context.Context, cache string, k *kernel.Kernel) (string
 	b.GoProgram(ctx, "/bin/fsyncstress", "./guest/fsyncstress")
 	b.GoProgram(ctx, "/bin/rename", "./guest/rename")
 	b.GoProgram(ctx, "/bin/sqlitework", "./guest/sqlite")
-	// /init's mkfs and check modes run e2fsprogs by these paths. They
-	// replace busybox's mke2fs applet, which cannot make ext4.
-	for _, tool := range []string{"mke2fs", "e2fsck"} {
-		src, err := hostTool(tool)
-		if err != nil {
-			return "", fmt.Errorf("guest initramfs: %w (install e2fsprogs)", err)
-		}
-		b.Dynamic("/sbin/"+tool, src)
-	}
 	// The crash-test modes format, mount and check xfs and btrfs too, with
 	// their modules loaded on demand.
 	for _, fs := range []string{protocol.FSXFS, protocol.FSBtrfs} {
@@ -105,9 +96,11 @@ func GuestInitramfs(ctx context.Context, cache string, k *kernel.Kernel) (string
 	return img, nil
 }
 
-// fsTools are the xfs and btrfs programs the crash-test modes run, with
-// their Debian packages.
+// fsTools are the programs /init's crash-test modes run from /sbin to
+// format and check each file system, with their Debian packages. mke2fs
+// replaces busybox's applet, which cannot make ext4.
 var fsTools = []struct{ name, pkg string }{
+	{"mke2fs", "e2fsprogs"}, {"e2fsck", "e2fsprogs"},
 	{"mkfs.xfs", "xfsprogs"}, {"xfs_repair", "xfsprogs"}, {"mkfs.btrfs", "btrfs-progs"}, {"btrfs", "btrfs-progs"},
 }
 

@@ -122,14 +122,22 @@ func (b *Builder) Symlink(name, target string) {
 // the load-order list at ModuleListPath.
 func (b *Builder) Modules(mods []kernel.Module) {
 	for _, m := range mods {
-		dst := "/lib/modules/" + m.Name + ".ko"
-		if _, ok := b.entries[clean(dst)]; ok {
-			continue
+		if dst, added := b.module(m); added {
+			b.modules = append(b.modules, dst)
 		}
-		b.File(dst, m.Path, 0o644)
-		b.modules = append(b.modules, dst)
 	}
 	b.Bytes(ModuleListPath, []byte(strings.Join(b.modules, "\n")+"\n"), 0o644)
+}
+
+// module adds module m as /lib/modules/NAME.ko unless the image has it, and
+// returns that path and whether it was added now.
+func (b *Builder) module(m kernel.Module) (string, bool) {
+	dst := "/lib/modules/" + m.Name + ".ko"
+	if _, ok := b.entries[clean(dst)]; ok {
+		return dst, false
+	}
+	b.File(dst, m.Path, 0o644)
+	return dst, true
 }
 
 // ModuleSet adds kernel modules (dependencies first) that the guest loads
@@ -139,10 +147,7 @@ func (b *Builder) Modules(mods []kernel.Module) {
 func (b *Builder) ModuleSet(name string, mods []kernel.Module) {
 	var list []string
 	for _, m := range mods {
-		dst := "/lib/modules/" + m.Name + ".ko"
-		if _, ok := b.entries[clean(dst)]; !ok {
-			b.File(dst, m.Path, 0o644)
-		}
+		dst, _ := b.module(m)
 		list = append(list, dst)
 	}
 	b.Bytes(protocol.ModuleSetList(name), []byte(strings.Join(list, "\n")+"\n"), 0o644)
