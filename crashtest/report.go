@@ -70,13 +70,11 @@ func judge(r *protocol.CrashtestCheck, workload string, status int, out []byte) 
 		if _, ok := protocol.LostKey(line); ok {
 			lost++
 		}
-		if f := strings.Fields(line); len(f) == 5 && f[0] == "CHECK" {
-			if c, ok := protocol.ParseCheck(strings.TrimSpace(line), f[1]); ok {
-				sawCheck = true
-				r.LostAcked, r.Extra = c.Lost, c.Extra
-				if c.Acked != r.Acked {
-					r.Error = fmt.Sprintf("the checker counted %d acknowledged keys, the console showed %d", c.Acked, r.Acked)
-				}
+		if c, ok := protocol.ParseAnyCheck(line); ok {
+			sawCheck = true
+			r.LostAcked, r.Extra = c.Lost, c.Extra
+			if c.Acked != r.Acked {
+				r.Error = fmt.Sprintf("the checker counted %d acknowledged keys, the console showed %d", c.Acked, r.Acked)
 			}
 		}
 	}

@@ -124,11 +124,21 @@ func (c Check) String() string {
 
 // ParseCheck reads one console line as workload's CHECK line.
 func ParseCheck(line, workload string) (Check, bool) {
-	f := strings.Fields(line)
-	if len(f) != 5 || f[0] != "CHECK" || f[1] != workload {
+	c, ok := ParseAnyCheck(line)
+	if !ok || c.Workload != workload {
 		return Check{}, false
 	}
-	c := Check{Workload: workload}
+	return c, true
+}
+
+// ParseAnyCheck reads one console line as a CHECK line of any workload
+// (a user's checker names its workload as it likes).
+func ParseAnyCheck(line string) (Check, bool) {
+	f := strings.Fields(line)
+	if len(f) != 5 || f[0] != "CHECK" {
+		return Check{}, false
+	}
+	c := Check{Workload: f[1]}
 	for i, p := range []*int{&c.Acked, &c.Lost, &c.Extra} {
 		v, ok := strings.CutPrefix(f[2+i], [...]string{"acked=", "lost=", "extra="}[i])
 		n, err := strconv.Atoi(v)

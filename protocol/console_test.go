@@ -44,6 +44,13 @@ func TestCheckLines(t *testing.T) {
 			t.Errorf("ParseCheck(%q) = %+v, want no CHECK line", bad, got)
 		}
 	}
+	mine := Check{Workload: "check.sh", Acked: 3, Lost: 0, Extra: 1}
+	if got, ok := ParseAnyCheck("  " + mine.String() + "\r"); !ok || got != mine {
+		t.Errorf("ParseAnyCheck(%q) = %+v, %v", mine.String(), got, ok)
+	}
+	if got, ok := ParseAnyCheck("CHECK check.sh acked=3 lost=0"); ok {
+		t.Errorf("ParseAnyCheck of a short line = %+v", got)
+	}
 	v := CheckVerdict{CheckerStatus: -1, FsckStatus: -1}
 	for _, l := range []string{FormatCheckMountFailed(errors.New("EIO")), FormatCheckStatus("rename", 1), FormatFsckStatus(4), "noise"} {
 		ParseCheckLine(&v, l, "rename")
