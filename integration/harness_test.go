@@ -20,8 +20,9 @@ import (
 // (no VMM involved) and checks what flushvm relies on there: /dev/kvm
 // exists (kvm_amd loaded on the emulated SVM CPU), and a stand-in flushvm
 // gets --kernel through 9p byte-exact, --disk as an L1 block device whose
-// O_DIRECT writes land in the host file, and --stats copied back with the
-// host path.
+// O_DIRECT writes land in the host file, --stats copied back with the
+// host path, and L1's heartbeat file (how the harness tells a stopped L1)
+// written over 9p.
 func TestNestedL1Harness(t *testing.T) {
 	a := prepare(t)
 	if m, why := harness.Detect(); m == harness.Direct {
@@ -83,6 +84,14 @@ func TestNestedL1Harness(t *testing.T) {
 		if !bytes.Contains(r.Output, []byte("disk /dev/vda pattern written")) {
 			t.Errorf("disk not mapped to /dev/vda: %s", r.Output)
 		}
+	})
+	t.Run("heartbeat_over_9p", func(t *testing.T) {
+		// L1 rewrites its heartbeat file as each run starts: the last
+		// names run 1.
+		if !strings.HasPrefix(s.L1Heartbeat, "uptime ") || !strings.Contains(s.L1Heartbeat, ", run 1, load ") {
+			t.Errorf("L1's last heartbeat %q, want its uptime and run 1", s.L1Heartbeat)
+		}
+		t.Logf("L1's last heartbeat:\n%s", s.L1Heartbeat)
 	})
 	t.Run("stats_copied_back", func(t *testing.T) {
 		b, err := os.ReadFile(stats)

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"time"
 )
 
 // L1JobTag is the 9p mount tag of the shared job directory; L1 mounts it
@@ -64,6 +65,18 @@ type L1Run struct {
 func L1StatusFile(dir string, i int) string {
 	return filepath.Join(dir, L1JobOutDir, "run-"+strconv.Itoa(i)+".status")
 }
+
+// L1HeartbeatFile is the file L1's init rewrites every L1HeartbeatInterval
+// from the moment it has mounted the job directory until it powers off: a
+// snapshot of L1 (uptime, load, and the state of every thread of its
+// runs). The host takes a file that stops changing for an L1 that stopped
+// running its own processes, and the last snapshot shows where it stood.
+func L1HeartbeatFile(dir string) string {
+	return filepath.Join(dir, L1JobOutDir, "heartbeat")
+}
+
+// L1HeartbeatInterval is how often L1 rewrites its heartbeat file.
+const L1HeartbeatInterval = 10 * time.Second
 
 // L1LogFile is where L1 records run i's combined output.
 func L1LogFile(dir string, i int) string {

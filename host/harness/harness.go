@@ -177,6 +177,10 @@ type Session struct {
 	// Console is the end of the L1 console (nested): L1's own lines and
 	// every run's output, for diagnosing a failed session.
 	Console string
+	// L1Heartbeat is the last snapshot L1 wrote into its heartbeat file
+	// (nested; protocol.L1HeartbeatFile): its uptime and load, the run
+	// under way, and what each thread of that run was doing.
+	L1Heartbeat string
 }
 
 // Execute runs the runs in one session: one L1 boot when nested.
@@ -309,11 +313,13 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 	cmd.Stdout, cmd.Stderr = watch, watch
 	cmd.WaitDelay = 5 * time.Second
 	watch.silences = runSilences(runs)
+	watch.beatPath = protocol.L1HeartbeatFile(dir)
 	stuck := watch.watchProgress(qctx, runTimeouts(runs), stopL1)
 	qerr := cmd.Run()
 	stopL1()
 	watch.flush()
-	s.Console = watch.recent()
+	watch.readBeat(time.Since(watch.t0))
+	s.Console, s.L1Heartbeat = watch.recent(), watch.lastBeat()
 	s.L1Boot, s.L1Uptime = watch.l1Boot()
 	var failure error
 	switch why := <-stuck; {
@@ -613,6 +619,12 @@ type console struct {
 	// stuck is flushvm's watchdog line for a vCPU that a signal did not
 	// bring back from KVM_RUN (protocol.FormatWatchdogStuck), if one came.
 	stuck string
+	// beatPath is L1's heartbeat file on the host (none: not watched);
+	// beat and prevBeat are its last two contents, beatAt when it last
+	// changed.
+	beatPath       string
+	beat, prevBeat string
+	beatAt         time.Duration
 }
 
 func newConsole(out io.Writer, t0 time.Time) *console { return &console{out: out, t0: t0} }
@@ -685,14 +697,19 @@ func (c *console) flush() {
 // keepLines is how much console history a session keeps for diagnosis.
 const keepLines = 200
 
-func (c *console) observe(line string) {
-	if strings.TrimSpace(line) != "" {
-		c.last = line
-	}
+// keep adds a line to the console history.
+func (c *console) keep(line string) {
 	if len(c.lines) == keepLines {
 		c.lines = c.lines[1:]
 	}
 	c.lines = append(c.lines, line)
+}
+
+func (c *console) observe(line string) {
+	if strings.TrimSpace(line) != "" {
+		c.last = line
+	}
+	c.keep(line)
 	now := time.Since(c.t0)
 	c.lastLine = now
 	// Firmware clears the screen without a newline, so markers may
@@ -780,7 +797,9 @@ func (c *console) watchProgress(ctx context.Context, timeouts []time.Duration, s
 				out <- ""
 				return
 			case <-t.C:
-				if why, ok := c.stalled(timeouts, time.Since(c.t0)); ok {
+				now := time.Since(c.t0)
+				c.readBeat(now)
+				if why, ok := c.stalled(timeouts, now); ok {
 					stop()
 					out <- why
 					return
@@ -808,6 +827,9 @@ func (c *console) stalled(timeouts []time.Duration, now time.Duration) (string, 
 		// bound only costs minutes.
 		return "an L1 CPU no longer takes interrupts: " + c.stuck, true
 	}
+	if why, ok := c.beatStopped(now); ok {
+		return why, true
+	}
 	i := len(c.starts) - 1
 	if i >= 0 && i >= len(c.ends) && i < len(c.silences) && c.silences[i] > 0 {
 		if quiet := now - max(c.starts[i], c.lastLine); quiet > c.silences[i] {
@@ -822,6 +844,70 @@ func (c *console) stalled(timeouts []time.Duration, now time.Duration) (string, 
 		return fmt.Sprintf("run %d started %v ago and neither ended nor was stopped by L1's own %v bound", i, over.Round(time.Second), timeouts[i]), true
 	}
 	return "", false
+}
+
+// l1BeatBound is how long L1's heartbeat file, rewritten every
+// protocol.L1HeartbeatInterval, may stay unchanged after L1 reached its
+// /init before L1 counts as stopped. The file goes over 9p, so it stops
+// changing only when L1's own processes stop running (a TCG livelock was
+// seen so: QEMU spinning on both host cores, L1 printing nothing). A busy
+// L1 still runs its init: its L2 vCPUs leave guest mode on every L1 timer
+// tick.
+const l1BeatBound = 90 * time.Second
+
+// readBeat reads L1's heartbeat file and notes when (now, into the session)
+// its content changed.
+func (c *console) readBeat(now time.Duration) {
+	if c.beatPath == "" {
+		return
+	}
+	b, err := os.ReadFile(c.beatPath)
+	if err != nil {
+		return // not written yet
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if string(b) != c.beat {
+		c.prevBeat, c.beat, c.beatAt = c.beat, string(b), now
+	}
+}
+
+// lastBeat is the last heartbeat snapshot read.
+func (c *console) lastBeat() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.beat
+}
+
+// beatStopped reports whether L1's heartbeat has stopped, and says so with
+// its last two snapshots on the console and in its history (what each
+// thread of the runs was doing as L1 stopped). It is called with c.mu
+// held.
+func (c *console) beatStopped(now time.Duration) (string, bool) {
+	if c.beatPath == "" || c.boot == 0 {
+		return "", false
+	}
+	quiet := now - max(c.boot, c.beatAt)
+	if quiet <= l1BeatBound {
+		return "", false
+	}
+	var b strings.Builder
+	for i, snap := range []string{c.prevBeat, c.beat} {
+		for _, l := range strings.Split(strings.TrimSpace(snap), "\n") {
+			if l != "" {
+				l = fmt.Sprintf("flushvm-harness: L1 heartbeat %d of 2: %s", i+1, l)
+				c.keep(l)
+				b.WriteString(l + "\n")
+			}
+		}
+	}
+	io.WriteString(c.out, b.String())
+	first, _, _ := strings.Cut(c.beat, "\n")
+	if first == "" {
+		first = "none came"
+	}
+	return fmt.Sprintf("L1's heartbeat file (rewritten every %v) has not changed for %v: L1 stopped running its own processes (last heartbeat: %s)",
+		protocol.L1HeartbeatInterval, quiet.Round(time.Second), first), true
 }
 
 func (c *console) l1Boot() (time.Duration, string) {

@@ -282,3 +282,49 @@ func TestDiskSpecPath(t *testing.T) {
 		}
 	}
 }
+
+// TestStalledHeartbeat checks that an L1 whose heartbeat file stops
+// changing for longer than l1BeatBound stops the session with its last
+// snapshots shown, and that one still rewriting it, or still booting, does
+// not.
+func TestStalledHeartbeat(t *testing.T) {
+	sec := time.Second
+	tests := []struct {
+		name   string
+		boot   time.Duration
+		writes []time.Duration // when L1 rewrote the file, in session time
+		now    time.Duration
+		stuck  bool
+	}{
+		{"booting, no file", 0, nil, 5 * time.Minute / 2, false},
+		{"booted, no file within bound", 10 * sec, nil, 90 * sec, false},
+		{"booted, no file past bound", 10 * sec, nil, 110 * sec, true},
+		{"beating", 10 * sec, []time.Duration{20 * sec, 30 * sec, 200 * sec}, 205 * sec, false},
+		{"stopped within bound", 10 * sec, []time.Duration{20 * sec, 30 * sec}, 110 * sec, false},
+		{"stopped past bound", 10 * sec, []time.Duration{20 * sec, 30 * sec}, 130 * sec, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var out strings.Builder
+			c := newConsole(&out, time.Now())
+			c.boot = tc.boot
+			c.beatPath = filepath.Join(t.TempDir(), "heartbeat")
+			for i, at := range tc.writes {
+				snap := "uptime " + time.Duration(i).String() + ", run 0, load 1\n1234/1235 flushvm R ticks 9 cpu 1 wchan -\n"
+				if err := os.WriteFile(c.beatPath, []byte(snap), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				c.readBeat(at)
+				c.readBeat(at + 5*sec) // unchanged: not a beat
+			}
+			why, stuck := c.stalled(nil, tc.now)
+			if stuck != tc.stuck {
+				t.Fatalf("stalled = %v (%q), want %v", stuck, why, tc.stuck)
+			}
+			if stuck && len(tc.writes) > 0 && (!strings.Contains(why, "heartbeat") || !strings.Contains(out.String(), "1234/1235 flushvm R") ||
+				!strings.Contains(c.recent(), "L1 heartbeat 2 of 2: 1234/1235 flushvm R")) {
+				t.Errorf("stall %q does not show the last snapshot; console:\n%s", why, out.String())
+			}
+		})
+	}
+}

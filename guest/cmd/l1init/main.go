@@ -12,6 +12,9 @@
 // "flushvm-l1: kernel ..." when L1 reaches /init and
 // "flushvm-l1: start run N" before and "flushvm-l1: end run N, max RSS K
 // KiB" after each command (K is the command's peak resident set size).
+// Every few seconds it rewrites a heartbeat file in the job directory
+// (protocol.L1HeartbeatFile), by which the host tells a slow L1 from one
+// that stopped.
 package main
 
 import (
@@ -67,6 +70,10 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	beats := newBeater()
+	beatCtx, stopBeats := context.WithCancel(context.Background())
+	defer stopBeats()
+	go beats.beat(beatCtx)
 	if _, err := os.Stat("/dev/kvm"); err != nil {
 		pid1.Logf(prefix, "no /dev/kvm in L1 (%v): KVM will fail", err)
 	}
@@ -81,6 +88,7 @@ func run() error {
 		defer umount()
 	}
 	for i, r := range j.Runs {
+		beats.start(i)
 		up, _ := pid1.Uptime()
 		pid1.Logf(prefix, "start run %d at uptime %.2f s", i, up.Seconds())
 		// No retry: a run that fails is reported as it failed (the
