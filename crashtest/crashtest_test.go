@@ -470,3 +470,36 @@ func TestReportSchema(t *testing.T) {
 		})
 	}
 }
+
+// TestSystematicResultLine checks the systematic summary's verdict: a pass
+// over states that expected no acknowledged record says that no record
+// was tested instead of claiming every one survived.
+func TestSystematicResultLine(t *testing.T) {
+	tests := []struct {
+		name     string
+		workload string
+		status   string
+		sum      protocol.CrashtestTotals
+		want     string
+	}{
+		{"records tested", "fsyncstress", protocol.CrashtestPassed, protocol.CrashtestTotals{Checked: 10, Acked: 25},
+			"PASS: every acknowledged record survived in all 10 states"},
+		{"nothing acknowledged", "fsyncstress", protocol.CrashtestPassed, protocol.CrashtestTotals{Checked: 10},
+			"PASS: every file system is clean in all 10 states; none of them expected an acknowledged record"},
+		{"a user's keys", "workload.sh 1", protocol.CrashtestPassed, protocol.CrashtestTotals{Checked: 3},
+			"PASS: every file system is clean in all 3 states; none of them expected an acknowledged key (all lie before the first acknowledgement), so no key was tested"},
+		{"violated", "fsyncstress", protocol.CrashtestViolated, protocol.CrashtestTotals{Checked: 10, Acked: 4, LostAcked: 1, Violations: 1},
+			"FAIL: acknowledged data was lost"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &Report{CrashtestReport: protocol.CrashtestReport{Mode: protocol.CrashtestSystematic, Workload: tc.workload,
+				Status: tc.status, Summary: tc.sum}}
+			var b bytes.Buffer
+			r.PrintSummary(&b)
+			if !strings.Contains(b.String(), "result:      "+tc.want) {
+				t.Errorf("summary does not say %q:\n%s", tc.want, b.String())
+			}
+		})
+	}
+}
