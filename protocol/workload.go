@@ -26,8 +26,9 @@ package protocol
 // which then gives the counts.
 //
 // The guest learns the commands, and a checker its keys, from the job disk
-// (/dev/vdb, read-only, text, padded with newlines to a multiple of 512
-// bytes) the host attaches to every crash-test boot that runs them:
+// (/dev/vdb, read-only, text, padded with newlines to a multiple of 4 KiB
+// and at least JobDiskMin bytes) the host attaches to every crash-test boot
+// that runs them:
 //
 //	workload CMD      the workload's command (one line)
 //	checker CMD       the checker's command (one line)
@@ -129,7 +130,7 @@ type Job struct {
 }
 
 // FormatJob is the job disk's content for j, padded with newlines to a
-// multiple of 512 bytes.
+// multiple of 4 KiB and to at least JobDiskMin.
 func FormatJob(j Job) ([]byte, error) {
 	var b bytes.Buffer
 	for _, c := range []struct{ name, cmd string }{{"workload", j.Workload}, {"checker", j.Checker}} {
@@ -150,11 +151,17 @@ func FormatJob(j Job) ([]byte, error) {
 		}
 		fmt.Fprintf(&b, "state %d %d\n", i, n)
 	}
-	for b.Len()%512 != 0 || b.Len() == 0 {
-		b.WriteByte('\n')
-	}
+	pad := max(JobDiskMin, (b.Len()+4095)&^4095) - b.Len()
+	b.Write(bytes.Repeat([]byte{'\n'}, pad))
 	return b.Bytes(), nil
 }
+
+// JobDiskMin is the least size of a job disk. The guest kernel's partition
+// scan reads the first sectors of every disk, and its Amiga RDB parser
+// logs an error on the console ("Dev vdb: unable to read RDB block 1") for
+// each of its first 16 sectors a disk lacks: an error line in every
+// crash-test boot's output, where a workload's acknowledgements go too.
+const JobDiskMin = 16 * 512
 
 // validCommand checks a job's command: one line of printable text.
 func validCommand(cmd string) error {

@@ -46,8 +46,15 @@ func TestJobRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(b)%512 != 0 {
-		t.Errorf("job is %d bytes, want a multiple of 512", len(b))
+	if len(b)%4096 != 0 || len(b) < JobDiskMin {
+		t.Errorf("job is %d bytes, want a multiple of 4 KiB, at least %d", len(b), JobDiskMin)
+	}
+	big := Job{Workload: "w", Checker: "c", Acks: []string{strings.Repeat("k", MaxAckKey)}}
+	for len(big.Acks) < 40 {
+		big.Acks = append(big.Acks, big.Acks[0])
+	}
+	if bb, err := FormatJob(big); err != nil || len(bb)%4096 != 0 || len(bb) <= JobDiskMin {
+		t.Errorf("a %d-key job: %d bytes, %v; want a multiple of 4 KiB past %d", len(big.Acks), len(bb), err, JobDiskMin)
 	}
 	got, err := ParseJob(append(b, 0, 0))
 	if err != nil {
