@@ -42,22 +42,22 @@ func (b *ExecBooter) Boot(ctx context.Context, args []string) (int, []byte, erro
 
 // BootLines is Boot, also passing each line of output to line (nil: none)
 // as it comes.
+//
+// The output holds the child's stdout (the guest's console) and stderr
+// (flushvm's own lines) merged line by line, each whole line as it came,
+// and only whole lines but the last: a console line that a power cut ended
+// half-way stays unterminated at the very end, after flushvm's report of
+// the cut, so that no reader of whole lines (acknowledgements above all)
+// takes it for a line, or reads it glued to the report.
 func (b *ExecBooter) BootLines(ctx context.Context, args []string, line func(string)) (int, []byte, error) {
-	var out bytes.Buffer
-	var w io.Writer = &out
-	var lw *lineWriter
-	if line != nil {
-		lw = &lineWriter{line: line}
-		w = io.MultiWriter(&out, lw)
-	}
+	m := &lineMerger{line: line}
 	cmd := exec.CommandContext(ctx, b.Flushvm, append([]string{"run"}, args...)...)
-	cmd.Stdout, cmd.Stderr = w, w
+	console, own := m.stream(), m.stream()
+	cmd.Stdout, cmd.Stderr = console, own
 	cmd.WaitDelay = 10 * time.Second
 	err := cmd.Run()
-	if lw != nil {
-		lw.flush()
-	}
-	clean := bytes.ReplaceAll(out.Bytes(), []byte{'\r'}, nil)
+	m.finish(own, console)
+	clean := bytes.ReplaceAll(m.out.Bytes(), []byte{'\r'}, nil)
 	var ee *exec.ExitError
 	switch {
 	case ctx.Err() != nil:
@@ -71,36 +71,65 @@ func (b *ExecBooter) BootLines(ctx context.Context, args []string, line func(str
 	}
 }
 
-// lineWriter cuts what is written into lines (the child's stdout and
-// stderr share it: exec serializes their writes through one pipe).
-type lineWriter struct {
+// lineMerger merges output streams into one of whole lines, in the order
+// the lines were completed, passing each to line (nil: none).
+type lineMerger struct {
 	mu   sync.Mutex
-	buf  []byte
+	out  bytes.Buffer
 	line func(string)
 }
 
-func (w *lineWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.buf = append(w.buf, p...)
+// mergeStream is one stream of a lineMerger: it holds back its current
+// line until the line ends.
+type mergeStream struct {
+	m       *lineMerger
+	partial []byte
+}
+
+func (m *lineMerger) stream() *mergeStream { return &mergeStream{m: m} }
+
+func (s *mergeStream) Write(p []byte) (int, error) {
+	s.m.mu.Lock()
+	defer s.m.mu.Unlock()
+	s.partial = append(s.partial, p...)
 	for {
-		i := bytes.IndexByte(w.buf, '\n')
+		i := bytes.IndexByte(s.partial, '\n')
 		if i < 0 {
 			break
 		}
-		w.line(string(w.buf[:i]))
-		w.buf = w.buf[i+1:]
+		s.m.emit(s.partial[:i+1])
+		s.partial = s.partial[i+1:]
 	}
 	return len(p), nil
 }
 
-// flush passes the last, unterminated line.
-func (w *lineWriter) flush() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if len(w.buf) > 0 {
-		w.line(string(w.buf))
-		w.buf = nil
+// emit appends a whole line (with its newline). Called with m.mu held.
+func (m *lineMerger) emit(l []byte) {
+	m.out.Write(l)
+	if m.line != nil {
+		m.line(string(l[:len(l)-1]))
+	}
+}
+
+// finish ends the streams once their writers are done: the unterminated
+// lines of all but the last stream are ended with a newline, and the
+// last's is left unterminated at the very end.
+func (m *lineMerger) finish(streams ...*mergeStream) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i, s := range streams {
+		if len(s.partial) == 0 {
+			continue
+		}
+		if i < len(streams)-1 {
+			m.emit(append(s.partial, '\n'))
+		} else {
+			m.out.Write(s.partial)
+			if m.line != nil {
+				m.line(string(s.partial))
+			}
+		}
+		s.partial = nil
 	}
 }
 

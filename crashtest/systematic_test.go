@@ -328,9 +328,10 @@ type lineGuest struct{ *sysGuest }
 
 func (g lineGuest) BootLines(ctx context.Context, args []string, line func(string)) (int, []byte, error) {
 	st, out, err := g.Boot(ctx, args)
-	lw := &lineWriter{line: line}
-	lw.Write(out)
-	lw.flush()
+	m := &lineMerger{line: line}
+	one := m.stream()
+	one.Write(out)
+	m.finish(one)
 	return st, out, err
 }
 
