@@ -50,7 +50,9 @@ var (
 	kvmSetFPU              = iow(0x8d, 416)
 	kvmGetLAPIC            = ior(0x8e, 1024) // struct kvm_lapic_state
 	kvmSetLAPIC            = iow(0x8f, 1024)
-	kvmSetCPUID2           = iow(0x90, 8) // struct kvm_cpuid2 header
+	kvmSetCPUID2           = iow(0x90, 8)    // struct kvm_cpuid2 header
+	kvmGetVCPUEvents       = ior(0x9f, 64)   // struct kvm_vcpu_events
+	kvmGetNestedState      = iowr(0xbe, 128) // struct kvm_nested_state header
 )
 
 // APIVersion is the only KVM API version there has ever been (KVM_API_VERSION).

@@ -174,13 +174,28 @@ func (m *Machine) serveWatchdog(i int, c *kvm.VCPU) {
 			// trace of a lost wake-up below flushvm (see README, nested).
 			// Said once per stall, when it begins.
 			fmt.Fprintf(m.diag, protocol.WatchdogKicked+"%d: no exit for at least %v with vectors %v requested; kicked it (%s)\n",
-				i, m.watchdog/4, irr.list(), lapicLine(&l))
+				i, m.watchdog/4, irr.list(), interruptLine(c, &l))
 		}
 		return
 	}
 	event := fmt.Sprintf("made no progress for %v (no exit to flushvm; vectors %v requested at every sample)",
 		now.Sub(w.det.since).Round(time.Millisecond), w.det.pending.list())
-	m.guestFailed(c, protocol.ExitGuestHang, event, lapicLine(&l))
+	m.guestFailed(c, protocol.ExitGuestHang, event, interruptLine(c, &l))
+}
+
+// interruptLine is lapicLine and what KVM says may block delivery: its
+// event state (an interrupt shadow, an event being injected) and, on AMD,
+// the global interrupt flag. A vector requested with IF set and nothing
+// blocking is one KVM fails to deliver. Called on the vCPU's thread.
+func interruptLine(c *kvm.VCPU, l *kvm.LAPICState) string {
+	s := lapicLine(l)
+	if e, err := c.Events(); err == nil {
+		s += "; KVM events: " + e.String()
+	}
+	if gif, ok := c.GIF(); ok {
+		s += fmt.Sprintf("; GIF %v", gif)
+	}
+	return s
 }
 
 // lapicLine describes a local APIC's interrupt state.

@@ -136,7 +136,7 @@ func TestTinyGuestFailures(t *testing.T) {
 		{"pvpanic CRASH_LOADED alone is ignored", codePvpanicCrashLoaded, 0, 0, ExitDebugPort, 5, nil},
 		{"pvpanic port reads PANICKED only", codePvpanicRead, 0, 0, ExitDebugPort, pvpanicPanicked, nil},
 		{"watchdog: timer interrupt pending with IF clear", codeStuckTimer, 200 * time.Millisecond, 0, ExitGuestHang, protocol.ExitGuestHang,
-			[]string{"flushvm: guest hung (exit status 102): vCPU 0 made no progress", "vectors [64]", "IRR [64]", "(IF 0)", "code at RIP: eb fe"}},
+			[]string{"flushvm: guest hung (exit status 102): vCPU 0 made no progress", "vectors [64]", "IRR [64]", "(IF 0)", "code at RIP: eb fe", "KVM events: shadow 0"}},
 		{"watchdog: a spinning guest with nothing pending is left alone", codeSpin, 100 * time.Millisecond, 800 * time.Millisecond, ExitQuit, 7, nil},
 	}
 	for _, tc := range tests {
@@ -154,6 +154,7 @@ func TestTinyGuestFailures(t *testing.T) {
 				}
 			}
 			if tc.wantDiag != nil {
+				t.Logf("diagnostics:\n%s", diag)
 				// The report, after at most one note that the stall began.
 				notes := strings.Count(diag, "flushvm: watchdog: ")
 				if r, ok := protocol.FindCrashReport([]byte(diag)); !ok || r.Status != tc.wantStatus || strings.Count(diag, "\n") != 1+notes || notes > 1 {
