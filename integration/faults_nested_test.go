@@ -120,6 +120,11 @@ func TestDebianLinuxFaultsNested(t *testing.T) {
 		t.Fatalf("harness: %v", err)
 	}
 	t.Logf("session: flushvm ran %s; wall %.1f s", s.Mode, s.Wall.Seconds())
+	for i, r := range s.Results {
+		// A slow session is then traced to its run (one took 278 s
+		// where 70 is usual, with no retry).
+		t.Logf("run %d took %.1f s", i, r.Duration.Seconds())
+	}
 	t.Run("enospc_reported_and_consistent", func(t *testing.T) { checkENOSPC(t, s.Results[0], enospcStats) })
 	t.Run("dropped_metadata_found_by_fsck", func(t *testing.T) { checkDrop(t, s.Results[1], dropImg, dropStats) })
 	t.Run("werror_enospc_pauses_until_resume", func(t *testing.T) {
