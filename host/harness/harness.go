@@ -307,6 +307,12 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 		// paths; show the host's.
 		watch.rewrite = func(line string) string { return m.hostLine(line) }
 	}
+	mon, err := newL1Monitor()
+	if err != nil {
+		return err
+	}
+	defer mon.close()
+	l1.Extra = append(l1.Extra, mon.args()...)
 	qctx, stopL1 := context.WithCancel(ctx)
 	defer stopL1()
 	cmd := exec.CommandContext(qctx, "nice", append([]string{"-n", "5"}, l1.Args()...)...)
@@ -314,8 +320,13 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 	cmd.WaitDelay = 5 * time.Second
 	watch.silences = runSilences(runs)
 	watch.beatPath = protocol.L1HeartbeatFile(dir)
-	stuck := watch.watchProgress(qctx, runTimeouts(runs), stopL1)
+	exited := make(chan struct{})
+	stuck := watch.watchProgress(qctx, runTimeouts(runs), func() {
+		mon.backtrace(watch, exited)
+		stopL1()
+	})
 	qerr := cmd.Run()
+	close(exited)
 	stopL1()
 	watch.flush()
 	watch.readBeat(time.Since(watch.t0))
@@ -466,7 +477,10 @@ func l1Command(opts Options, bzImage, l1img, dir string, m *mapper, scratch stri
 	}
 	l1 := QEMUCommand{Accel: orDefault(opts.L1Accel, DefaultL1Accel), CPU: orDefault(opts.L1CPU, DefaultL1CPU),
 		Mem: strconv.Itoa(mem), SMP: cpus, BIOS: firmware(), Kernel: bzImage, Initrd: l1img,
-		Append: strings.TrimSpace("console=ttyS0 panic=-1 quiet loglevel=3 mitigations=off " + opts.L1Append),
+		// unknown_nmi_panic, panic_print=0x40 (every CPU's backtrace):
+		// an L1 the harness finds stuck gets an NMI and answers with
+		// where each CPU was (l1Monitor.backtrace).
+		Append: strings.TrimSpace("console=ttyS0 panic=-1 quiet loglevel=3 mitigations=off unknown_nmi_panic=1 panic_print=0x40 " + opts.L1Append),
 		Extra:  []string{"-virtfs", "local,path=" + qemuEscape(dir) + ",mount_tag=" + protocol.L1JobTag + ",security_model=none,id=" + protocol.L1JobTag},
 	}
 	for _, d := range m.disks {
