@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/flushvm/flushvm/host/harness"
 	"github.com/flushvm/flushvm/host/initramfs"
+	"github.com/flushvm/flushvm/protocol"
 )
 
 // TestNestedL1Harness boots the nested harness's QEMU TCG L1 guest once
@@ -110,4 +112,32 @@ func TestNestedL1Harness(t *testing.T) {
 			t.Errorf("stats disks %+v, want one with path %s", doc.Disks, disk)
 		}
 	})
+}
+
+// TestNestedL1StuckBacktrace makes the harness find L1 stuck (a run prints
+// flushvm's line for a vCPU that ignores kicks) and checks what a stuck L1
+// leaves in the session's console: the NMI the harness sent through L1's
+// QEMU monitor made L1's kernel panic with every CPU's backtrace, and the
+// session failed as stuck, which the harness retries.
+func TestNestedL1StuckBacktrace(t *testing.T) {
+	prepare(t)
+	if m, why := harness.Detect(); m == harness.Direct {
+		t.Skipf("this host runs flushvm directly (%s); no L1 to check", why)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	stuck := protocol.FormatWatchdogStuck(0, time.Minute)
+	s, err := harness.Execute(ctx, harness.Options{Mode: harness.Nested, Stdout: consoleWriter{}},
+		harness.Run{Command: []string{"/bin/sh", "-c", "echo '" + stuck + "'; sleep 120"}})
+	if !errors.Is(err, harness.ErrL1Stuck) {
+		t.Fatalf("session error %v, want ErrL1Stuck", err)
+	}
+	for _, want := range []string{"sent it an NMI", "Kernel panic - not syncing: NMI", "NMI backtrace for cpu 1"} {
+		if !strings.Contains(s.Console, want) {
+			t.Errorf("console lacks %q:\n%s", want, s.Console)
+		}
+	}
+	if s.Wall > time.Minute {
+		t.Errorf("the stuck session took %v: the NMI did not end L1", s.Wall)
+	}
 }
