@@ -47,26 +47,18 @@ exit 100
 // lines in the order they ended, unterminated lines only at the end, the
 // last stream's left unterminated.
 func TestLineMerger(t *testing.T) {
+	type write struct {
+		stream int
+		text   string
+	}
 	tests := []struct {
 		name   string
-		writes []struct {
-			stream int
-			text   string
-		}
-		want string
+		writes []write
+		want   string
 	}{
-		{"whole lines interleave", []struct {
-			stream int
-			text   string
-		}{{0, "a1\n"}, {1, "b1\n"}, {0, "a2\n"}}, "a1\nb1\na2\n"},
-		{"a line split around another", []struct {
-			stream int
-			text   string
-		}{{0, "a"}, {1, "b1\n"}, {0, "1\n"}}, "b1\na1\n"},
-		{"both cut", []struct {
-			stream int
-			text   string
-		}{{0, "a1\na"}, {1, "b"}}, "a1\nb\na"},
+		{"whole lines interleave", []write{{0, "a1\n"}, {1, "b1\n"}, {0, "a2\n"}}, "a1\nb1\na2\n"},
+		{"a line split around another", []write{{0, "a"}, {1, "b1\n"}, {0, "1\n"}}, "b1\na1\n"},
+		{"both cut", []write{{0, "a1\na"}, {1, "b"}}, "a1\nb\na"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

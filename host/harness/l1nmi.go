@@ -1,12 +1,12 @@
 package harness
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 )
 
@@ -67,7 +67,7 @@ func readPrompt(r io.Reader) error {
 	for len(seen) < 64<<10 {
 		n, err := r.Read(buf)
 		seen = append(seen, buf[:n]...)
-		if strings.Contains(string(seen), monitorPrompt) {
+		if bytes.Contains(seen, []byte(monitorPrompt)) {
 			return nil
 		}
 		if err != nil {

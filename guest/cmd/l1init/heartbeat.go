@@ -72,7 +72,8 @@ func snapshot(run int) string {
 	load, _ := os.ReadFile("/proc/loadavg")
 	fmt.Fprintf(&b, "uptime %.2f s, run %d, load %s\n", up.Seconds(), run, strings.TrimSpace(string(load)))
 	n := 0
-	for _, pid := range userPIDs() {
+	for _, p := range userPIDs() {
+		pid := strconv.Itoa(p)
 		tids, _ := filepath.Glob(filepath.Join("/proc", pid, "task", "[0-9]*"))
 		for _, task := range tids {
 			if n == maxThreads {
@@ -90,7 +91,7 @@ func snapshot(run int) string {
 
 // userPIDs lists the processes other than init that are not kernel threads
 // (those have an empty command line), in pid order.
-func userPIDs() []string {
+func userPIDs() []int {
 	dirs, _ := filepath.Glob("/proc/[0-9]*")
 	var pids []int
 	for _, d := range dirs {
@@ -103,11 +104,7 @@ func userPIDs() []string {
 		}
 	}
 	sort.Ints(pids)
-	out := make([]string, len(pids))
-	for i, p := range pids {
-		out[i] = strconv.Itoa(p)
-	}
-	return out
+	return pids
 }
 
 // threadLine describes one thread (task is its /proc/PID/task/TID).
