@@ -61,7 +61,9 @@ dd if=/tmp/r of=/dev/vda bs=4096 seek=6 count=1 conv=notrunc,fsync 2>/dev/null &
 
 // stopCommand is the shell command that runs flushvm with werror=enospc
 // and the apiresume helper beside it; paths are where the files are (in
-// L1 or on the host).
+// L1 or on the host). The helper's line goes to a file, printed once
+// flushvm ended: printed at once it could land inside a guest console
+// line ("STOP AC" "APIRESUME ..." "K 6", seen in a CI run).
 func stopCommand(flushvm, kernelPath, initrd, helper, dir string) string {
 	return fmt.Sprintf(`set -u
 d=%[5]s
@@ -70,10 +72,10 @@ echo 'write sectors=48-55 enospc once' > $d/f.rules
 %[1]s run --kernel %[2]s --initrd %[3]s --append '%[6]s' --disk path=$d/d.img,cache=writeback,faults=$d/f.rules,werror=enospc \
 	--api $d/api.sock --stats $d/stats.json --watchdog 60s 2>$d/err &
 pid=$!
-%[4]s $d/api.sock $d/err
+%[4]s $d/api.sock $d/err > $d/api.out
 wait $pid
 st=$?
-cat $d/err
+cat $d/api.out $d/err
 echo "STOP stats $(tr -d '\n' < $d/stats.json)"
 echo "STOP record $(dd if=$d/d.img bs=4096 skip=6 count=1 2>/dev/null | md5sum)"
 echo "STOP flushvm status $st"
