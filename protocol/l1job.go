@@ -110,3 +110,12 @@ func WriteL1Job(dir string, j *L1Job) error {
 	}
 	return nil
 }
+
+// L1HoldVMParam is the L1 kernel command-line word by which the harness
+// turns off (L1HoldVMParam=0) the idle KVM VM that L1's init keeps open for
+// the whole session. With that VM open, KVM's static keys that count VMs
+// and vCPUs (the scheduler's preempt-notifier key, the local APIC's
+// sw-disabled key) never return to zero, so starting and ending flushvm's
+// VMs never patches kernel code while the other CPU runs it: QEMU TCG has
+// been seen to run such code stale and loop on a breakpoint for ever.
+const L1HoldVMParam = "flushvm.l1_hold_vm"

@@ -465,6 +465,28 @@ func nestedCrashtestArgs(r Run) []string {
 	return []string{"--jobs=1"}
 }
 
+// L1AppendEnv names the environment variable whose words every nested
+// session adds to L1's kernel command line after Options.L1Append: the
+// knob for experiments on L1 through tests and tools that set no options
+// of their own (e.g. FLUSHVM_L1_APPEND=flushvm.l1_hold_vm=0, the control
+// for the idle VM L1's init holds).
+const L1AppendEnv = "FLUSHVM_L1_APPEND"
+
+// l1Append is L1's kernel command line: the harness's words, then the
+// session's, then the environment's.
+func l1Append(session, env string) string {
+	// unknown_nmi_panic, panic_print=0x40 (every CPU's backtrace): an L1
+	// the harness finds stuck gets an NMI and answers with where each CPU
+	// was (l1Monitor.backtrace).
+	words := []string{"console=ttyS0 panic=-1 quiet loglevel=3 mitigations=off unknown_nmi_panic=1 panic_print=0x40"}
+	for _, w := range []string{session, env} {
+		if w = strings.TrimSpace(w); w != "" {
+			words = append(words, w)
+		}
+	}
+	return strings.Join(words, " ")
+}
+
 // l1Command is L1's QEMU command line: the job directory over 9p, the
 // runs' disks, then the scratch disk.
 func l1Command(opts Options, bzImage, l1img, dir string, m *mapper, scratch string) QEMUCommand {
@@ -477,10 +499,7 @@ func l1Command(opts Options, bzImage, l1img, dir string, m *mapper, scratch stri
 	}
 	l1 := QEMUCommand{Accel: orDefault(opts.L1Accel, DefaultL1Accel), CPU: orDefault(opts.L1CPU, DefaultL1CPU),
 		Mem: strconv.Itoa(mem), SMP: cpus, BIOS: firmware(), Kernel: bzImage, Initrd: l1img,
-		// unknown_nmi_panic, panic_print=0x40 (every CPU's backtrace):
-		// an L1 the harness finds stuck gets an NMI and answers with
-		// where each CPU was (l1Monitor.backtrace).
-		Append: strings.TrimSpace("console=ttyS0 panic=-1 quiet loglevel=3 mitigations=off unknown_nmi_panic=1 panic_print=0x40 " + opts.L1Append),
+		Append: l1Append(opts.L1Append, os.Getenv(L1AppendEnv)),
 		Extra:  []string{"-virtfs", "local,path=" + qemuEscape(dir) + ",mount_tag=" + protocol.L1JobTag + ",security_model=none,id=" + protocol.L1JobTag},
 	}
 	for _, d := range m.disks {

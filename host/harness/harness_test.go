@@ -328,3 +328,18 @@ func TestStalledHeartbeat(t *testing.T) {
 		})
 	}
 }
+
+func TestL1Append(t *testing.T) {
+	const base = "console=ttyS0 panic=-1 quiet loglevel=3 mitigations=off unknown_nmi_panic=1 panic_print=0x40"
+	tests := []struct{ session, env, want string }{
+		{"", "", base},
+		{"kvm_amd.npt=0", "", base + " kvm_amd.npt=0"},
+		{"", " flushvm.l1_hold_vm=0 ", base + " flushvm.l1_hold_vm=0"},
+		{"kvm_amd.vgif=0", "flushvm.l1_hold_vm=0", base + " kvm_amd.vgif=0 flushvm.l1_hold_vm=0"},
+	}
+	for _, tt := range tests {
+		if got := l1Append(tt.session, tt.env); got != tt.want {
+			t.Errorf("l1Append(%q, %q) = %q, want %q", tt.session, tt.env, got, tt.want)
+		}
+	}
+}

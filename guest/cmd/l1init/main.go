@@ -14,7 +14,8 @@
 // KiB" after each command (K is the command's peak resident set size).
 // Every few seconds it rewrites a heartbeat file in the job directory
 // (protocol.L1HeartbeatFile), by which the host tells a slow L1 from one
-// that stopped.
+// that stopped. For the whole session it keeps one idle KVM VM open
+// (holdVM says why).
 package main
 
 import (
@@ -76,6 +77,10 @@ func run() error {
 	go beats.beat(beatCtx)
 	if _, err := os.Stat("/dev/kvm"); err != nil {
 		pid1.Logf(prefix, "no /dev/kvm in L1 (%v): KVM will fail", err)
+	} else if release, err := holdVM(); err != nil {
+		pid1.Logf(prefix, "%v", err)
+	} else {
+		defer release()
 	}
 	if err := pid1.WaitForFiles(j.WaitFor, 10*time.Second); err != nil {
 		return err
