@@ -3,8 +3,9 @@ package main
 import (
 	"fmt"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/flushvm/flushvm/guest/internal/pid1"
-	"github.com/flushvm/flushvm/kvm"
 	"github.com/flushvm/flushvm/protocol"
 )
 
@@ -31,29 +32,37 @@ func holdVM() (release func(), err error) {
 		pid1.Logf(prefix, "%s=0: no idle VM held; KVM's static keys flip with every VM", protocol.L1HoldVMParam)
 		return func() {}, nil
 	}
-	sys, err := kvm.Open()
+	kvm, err := unix.Open("/dev/kvm", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("hold an idle VM: %w", err)
+		return nil, fmt.Errorf("hold an idle VM: open /dev/kvm: %w", err)
 	}
-	defer sys.Close()
-	vm, err := sys.CreateVM()
+	defer unix.Close(kvm)
+	vm, err := unix.IoctlRetInt(kvm, kvmCreateVM)
 	if err != nil {
-		return nil, fmt.Errorf("hold an idle VM: %w", err)
+		return nil, fmt.Errorf("hold an idle VM: KVM_CREATE_VM: %w", err)
 	}
-	if err := vm.CreateIRQChip(); err != nil {
-		vm.Close()
-		return nil, fmt.Errorf("hold an idle VM: %w", err)
+	if _, err := unix.IoctlRetInt(vm, kvmCreateIRQChip); err != nil {
+		unix.Close(vm)
+		return nil, fmt.Errorf("hold an idle VM: KVM_CREATE_IRQCHIP: %w", err)
 	}
-	cpu, err := vm.CreateVCPU(0)
+	cpu, err := unix.IoctlRetInt(vm, kvmCreateVCPU) // vCPU id 0
 	if err != nil {
-		vm.Close()
-		return nil, fmt.Errorf("hold an idle VM: %w", err)
+		unix.Close(vm)
+		return nil, fmt.Errorf("hold an idle VM: KVM_CREATE_VCPU: %w", err)
 	}
 	return func() {
-		cpu.Close()
-		vm.Close()
+		unix.Close(cpu)
+		unix.Close(vm)
 	}, nil
 }
+
+// The KVM ioctls holdVM makes (_IO(KVMIO, nr), KVMIO = 0xAE; guest
+// programs link no VMM package, so not the kvm package's).
+const (
+	kvmCreateVM      = 0xAE01
+	kvmCreateVCPU    = 0xAE41
+	kvmCreateIRQChip = 0xAE60
+)
 
 // wantHoldVM says whether the kernel command line cl leaves the idle VM on
 // (everything but protocol.L1HoldVMParam=0 does).
