@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"regexp"
@@ -58,7 +59,7 @@ func session(t *testing.T, boots []boot) {
 	bound := 3*time.Minute + time.Duration(len(runs))*(perRun+time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	defer cancel()
-	s, err := harness.Execute(ctx, harness.Options{Stdout: consoleWriter{}, Timeout: bound}, runs...)
+	s, err := harness.Execute(ctx, harness.Options{Stdout: consoleWriter{}, Log: testLog{t}, Timeout: bound}, runs...)
 	if s != nil {
 		t.Logf("session: flushvm ran %s (%s); wall %.1f s", s.Mode, s.Reason, s.Wall.Seconds())
 		if s.Mode == harness.Nested {
@@ -124,6 +125,17 @@ func machine(t *testing.T, out []byte) (string, int, int) {
 // cmdline is the guest kernel command line for a workload.
 func cmdline(workload string) string {
 	return "console=ttyS0 panic=-1 quiet flushvm.run=" + workload
+}
+
+// testLog is a harness Options.Log that puts the harness's own lines in
+// the test's log: above all a retried session's cause and the failed
+// attempt's L1 console, which would otherwise leave nothing but a longer
+// wall time.
+type testLog struct{ t *testing.T }
+
+func (l testLog) Write(p []byte) (int, error) {
+	l.t.Logf("%s", bytes.TrimRight(p, "\n"))
+	return len(p), nil
 }
 
 // consoleWriter shows the guests' consoles on stderr when

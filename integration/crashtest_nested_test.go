@@ -222,11 +222,11 @@ func crashtestSession(t *testing.T, runs []harness.Run) *harness.Session {
 	const bound = 35 * time.Minute
 	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	defer cancel()
-	s, err := harness.Execute(ctx, harness.Options{Stdout: consoleWriter{}, Timeout: bound}, runs...)
+	s, err := harness.Execute(ctx, harness.Options{Stdout: consoleWriter{}, Log: testLog{t}, Timeout: bound}, runs...)
 	for try := 1; try <= harness.L0Retries && harness.L1Failed(s, err); try++ {
 		t.Logf("L1 failed (%v) after %.1f s; console (end):\n%s\nrunning the session again (retry %d of %d)",
 			err, s.Wall.Seconds(), s.Console, try, harness.L0Retries)
-		s, err = harness.Execute(ctx, harness.Options{Stdout: consoleWriter{}, Timeout: bound}, runs...)
+		s, err = harness.Execute(ctx, harness.Options{Stdout: consoleWriter{}, Log: testLog{t}, Timeout: bound}, runs...)
 	}
 	if s != nil {
 		t.Logf("session: flushvm crashtest ran %s (%s); wall %.1f s", s.Mode, s.Reason, s.Wall.Seconds())

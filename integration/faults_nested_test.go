@@ -112,7 +112,7 @@ func TestDebianLinuxFaultsNested(t *testing.T) {
 		{Args: faultRunArgs(t, a, dropScript, "path="+dropImg+",faults="+dropRules, dropStats), Timeout: 4 * time.Minute},
 	}
 	stop := stopRun(ctx, t, a, dir)
-	opts := harness.Options{Stdout: consoleWriter{}, Timeout: 15 * time.Minute}
+	opts := harness.Options{Stdout: consoleWriter{}, Log: testLog{t}, Timeout: 15 * time.Minute}
 	if stop.files != nil {
 		runs = append(runs, harness.Run{Command: []string{"/bin/sh", "-c", stop.command}, Rerun: true, Timeout: 4 * time.Minute})
 		opts.JobFiles = stop.files

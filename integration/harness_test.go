@@ -56,7 +56,7 @@ func TestNestedL1Harness(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts := harness.Options{Mode: harness.Nested, Flushvm: fake, Stdout: consoleWriter{},
+	opts := harness.Options{Mode: harness.Nested, Flushvm: fake, Stdout: consoleWriter{}, Log: testLog{t},
 		JobFiles: map[string]string{"churn/kvmchurn": churn}}
 	s, err := harness.Execute(ctx, opts,
 		harness.Run{Command: []string{"/bin/sh", "-c", "test -c /dev/kvm && grep -qw svm /proc/cpuinfo && lsmod | grep -q kvm_amd"}},
@@ -150,7 +150,7 @@ func TestNestedL1StuckBacktrace(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	stuck := protocol.FormatWatchdogStuck(0, time.Minute)
-	s, err := harness.Execute(ctx, harness.Options{Mode: harness.Nested, Stdout: consoleWriter{}},
+	s, err := harness.Execute(ctx, harness.Options{Mode: harness.Nested, Stdout: consoleWriter{}, Log: testLog{t}},
 		harness.Run{Command: []string{"/bin/sh", "-c", "echo '" + stuck + "'; sleep 120"}})
 	if !errors.Is(err, harness.ErrL1Stuck) {
 		t.Fatalf("session error %v, want ErrL1Stuck", err)

@@ -110,6 +110,7 @@ func retried(ctx context.Context, log io.Writer, s *Session, restore, session fu
 		fmt.Fprintf(log, "flushvm-harness: %s: a crash of nested QEMU TCG (L0), not of flushvm "+
 			"(QEMU's own KVM monitor crashes the same way in the same L1: make soak SOAK_ARGS=\"--vmm both\"); "+
 			"restoring the disks and running the session again (retry %d of %d)\n", cause, try, L0Retries)
+		logConsoleEnd(log, s.Console)
 		if err := restore(); err != nil {
 			return err
 		}
@@ -193,4 +194,26 @@ func writableDisks(args []string) []string {
 		}
 	}
 	return out
+}
+
+// retryConsoleLines is how much of a failed attempt's L1 console a retry
+// logs: enough for an NMI panic's backtraces of both L1 CPUs.
+const retryConsoleLines = 80
+
+// logConsoleEnd writes the end of a failed attempt's L1 console to log,
+// each line marked, before the retry replaces the session: a caller that
+// does not stream the console (the integration tests) keeps the evidence
+// of what failed.
+func logConsoleEnd(log io.Writer, console string) {
+	if console == "" {
+		return
+	}
+	ls := strings.Split(strings.TrimRight(console, "\n"), "\n")
+	if len(ls) > retryConsoleLines {
+		ls = ls[len(ls)-retryConsoleLines:]
+	}
+	fmt.Fprintf(log, "flushvm-harness: the failed attempt's L1 console (last %d lines):\n", len(ls))
+	for _, l := range ls {
+		fmt.Fprintf(log, "flushvm-harness: | %s\n", l)
+	}
 }

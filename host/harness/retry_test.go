@@ -65,6 +65,7 @@ func TestRetriedBound(t *testing.T) {
 		err := retried(context.Background(), &log, s, func() error { restores++; return nil }, func() error {
 			runs++
 			if runs <= tc.failures {
+				s.Console = "panic line\nbacktrace line\n"
 				return fmt.Errorf("run 0: %w (last console line: x)", ErrNoStatus)
 			}
 			return tc.other
@@ -74,6 +75,9 @@ func TestRetriedBound(t *testing.T) {
 		}
 		if got := strings.Count(log.String(), "L1 died: "); got != runs-1 {
 			t.Errorf("%s: %d causes logged for %d retries:\n%s", tc.name, got, runs-1, log.String())
+		}
+		if got := strings.Count(log.String(), "flushvm-harness: | backtrace line\n"); got != runs-1 {
+			t.Errorf("%s: the failed attempt's console logged %d times for %d retries:\n%s", tc.name, got, runs-1, log.String())
 		}
 	}
 }
