@@ -59,7 +59,7 @@ func TestNestedL1Harness(t *testing.T) {
 	opts := harness.Options{Mode: harness.Nested, Flushvm: fake, Stdout: consoleWriter{}, Log: testLog{t},
 		JobFiles: map[string]string{"churn/kvmchurn": churn}}
 	s, err := harness.Execute(ctx, opts,
-		harness.Run{Command: []string{"/bin/sh", "-c", "test -c /dev/kvm && grep -qw svm /proc/cpuinfo && lsmod | grep -q kvm_amd"}},
+		harness.Run{Command: []string{"/bin/sh", "-c", "test -c /dev/kvm && grep -qw svm /proc/cpuinfo && lsmod | grep -q kvm_amd && test $(cat /sys/devices/system/cpu/online) = 0-1"}},
 		harness.Run{Args: []string{"--kernel", a.Kernel.BzImage, "--disk", "path=" + disk + ",cache=none", "--stats", stats}},
 		harness.Run{Command: []string{protocol.L1JobMount + "/churn/kvmchurn", "20s"}},
 	)
@@ -75,7 +75,7 @@ func TestNestedL1Harness(t *testing.T) {
 	}
 	t.Run("dev_kvm_in_L1", func(t *testing.T) {
 		if st := s.Results[0].Status; st != 0 {
-			t.Errorf("L1 lacks /dev/kvm, svm or kvm_amd (status %d): %s", st, s.Results[0].Output)
+			t.Errorf("L1 lacks /dev/kvm, svm or kvm_amd, or CPU 1 (l1init takes it offline to make its idle VM) (status %d): %s", st, s.Results[0].Output)
 		}
 	})
 	r := s.Results[1]
@@ -117,6 +117,9 @@ func TestNestedL1Harness(t *testing.T) {
 				s.Results[2].Status, vms, switches, out)
 		}
 		t.Logf("L1 created and closed %d VMs in %d s while its CPUs switched tasks %d times", vms, secs, switches)
+		if want := "idle KVM VM held, made with 1 other CPUs offline"; !strings.Contains(s.Console, want) {
+			t.Errorf("L1's console lacks %q:\n%s", want, s.Console)
+		}
 	})
 	t.Run("stats_copied_back", func(t *testing.T) {
 		b, err := os.ReadFile(stats)

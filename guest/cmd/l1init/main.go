@@ -77,10 +77,8 @@ func run() error {
 	go beats.beat(beatCtx)
 	if _, err := os.Stat("/dev/kvm"); err != nil {
 		pid1.Logf(prefix, "no /dev/kvm in L1 (%v): KVM will fail", err)
-	} else if release, err := holdVM(); err != nil {
+	} else if err := holdVM(); err != nil {
 		pid1.Logf(prefix, "%v", err)
-	} else {
-		defer release()
 	}
 	if err := pid1.WaitForFiles(j.WaitFor, 10*time.Second); err != nil {
 		return err

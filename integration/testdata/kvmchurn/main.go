@@ -8,12 +8,18 @@
 //
 //	KVMCHURN vms=N switches=M seconds=S
 //
-// Usage: kvmchurn DURATION (e.g. 60s)
+// With -alone, it takes every other CPU offline around each VM's creation
+// and closing (as l1init does around the idle VM it holds), so that no
+// other CPU runs while the key's code is patched.
+//
+// Usage: kvmchurn [-alone] DURATION (e.g. 60s)
 package main
 
 import (
+	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"sync/atomic"
 	"time"
@@ -24,22 +30,24 @@ import (
 )
 
 func main() {
-	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: kvmchurn DURATION")
+	alone := flag.Bool("alone", false, "take the other CPUs offline around each VM's creation and closing")
+	flag.Parse()
+	if flag.NArg() != 1 {
+		fmt.Fprintln(os.Stderr, "usage: kvmchurn [-alone] DURATION")
 		os.Exit(2)
 	}
-	d, err := time.ParseDuration(os.Args[1])
+	d, err := time.ParseDuration(flag.Arg(0))
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "kvmchurn: %v\n", err)
 		os.Exit(2)
 	}
-	if err := run(d); err != nil {
+	if err := run(d, *alone); err != nil {
 		fmt.Printf("KVMCHURN failed: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(d time.Duration) error {
+func run(d time.Duration, alone bool) error {
 	sys, err := kvm.Open()
 	if err != nil {
 		return err
@@ -52,11 +60,11 @@ func run(d time.Duration) error {
 	start := time.Now()
 	vms := 0
 	for time.Since(start) < d {
-		vm, err := sys.CreateVM()
-		if err != nil {
+		var vm *kvm.VM
+		if err := maybeAlone(alone, func() (err error) { vm, err = sys.CreateVM(); return err }); err != nil {
 			return fmt.Errorf("after %d VMs: %w", vms, err)
 		}
-		if err := vm.Close(); err != nil {
+		if err := maybeAlone(alone, vm.Close); err != nil {
 			return fmt.Errorf("close VM %d: %w", vms, err)
 		}
 		vms++
@@ -66,6 +74,26 @@ func run(d time.Duration) error {
 	}
 	fmt.Printf("KVMCHURN vms=%d switches=%d seconds=%.0f\n", vms, switches.Load(), time.Since(start).Seconds())
 	return nil
+}
+
+// maybeAlone runs f, with every CPU but the boot CPU offline if alone.
+func maybeAlone(alone bool, f func() error) error {
+	if !alone {
+		return f()
+	}
+	paths, _ := filepath.Glob("/sys/devices/system/cpu/cpu[0-9]*/online")
+	for _, p := range paths {
+		if err := os.WriteFile(p, []byte("0"), 0o644); err != nil {
+			return fmt.Errorf("offline %s: %w", p, err)
+		}
+	}
+	err := f()
+	for _, p := range paths {
+		if werr := os.WriteFile(p, []byte("1"), 0o644); werr != nil && err == nil {
+			err = fmt.Errorf("online %s: %w", p, werr)
+		}
+	}
+	return err
 }
 
 // pingPong starts two threads that pass one byte back and forth over two
