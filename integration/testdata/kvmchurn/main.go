@@ -1,5 +1,5 @@
 // Command kvmchurn is a test helper for the nested L1 guest
-// (integration/l1churn_test.go): for a while it creates and closes KVM VMs
+// (integration/harness_test.go, TestNestedL1Harness): for a while it creates and closes KVM VMs
 // as fast as it can while two threads bounce a byte over a pair of pipes,
 // so that both of L1's CPUs pass through the scheduler all the time. In a
 // kernel where no other VM is open, each VM created and each VM closed
