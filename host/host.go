@@ -1,11 +1,13 @@
 // Package host holds the host tooling that boots real Linux test guests for
-// flushvm: the Debian kernel fetch (host/kernel), initramfs images built in
-// Go (host/initramfs) around the programs that run inside guests (under
-// guest/), and the harness that runs `flushvm run` directly or nested
-// inside a QEMU L1 guest (host/harness, command cmd/flushvm-harness).
+// flushvm: the Debian kernel fetch (host/kernel) and the nested L1 guest's
+// QEMU (host/l1qemu), both Debian packages unpacked into the cache
+// (host/debpkg), initramfs images built in Go (host/initramfs) around the
+// programs that run inside guests (under guest/), and the harness that
+// runs `flushvm run` directly or nested inside a QEMU L1 guest
+// (host/harness, command cmd/flushvm-harness).
 //
 // This package itself only answers where the repository and the artifact
-// cache are. Nothing under host/ or guest/ imports the VMM packages (the
+// cache are, and quotes shell words. Nothing under host/ or guest/ imports the VMM packages (the
 // internal/layout test keeps it so): the harness drives flushvm as a
 // separate binary, exactly as a user would.
 package host
@@ -75,4 +77,10 @@ func CacheDir() (string, error) {
 		return "", fmt.Errorf("cache dir: %w", err)
 	}
 	return dir, nil
+}
+
+// ShellQuote quotes s as one word for a POSIX shell: host tools hand
+// commands to shells in L1 and on Slurm nodes.
+func ShellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

@@ -5,13 +5,21 @@
 # run. It also makes sure apt has package lists: the guest kernel comes from
 # `apt-get download`.
 #
-# qemu-system-x86: the QEMU TCG L1 guest (nested KVM) and the plain-QEMU
-#   reference boots; qemu-utils: image tools; busybox-static: the guests'
+# qemu-system-x86: the plain-QEMU reference boots, the vhost-user peers and
+#   the libraries of the L1 guest's newer QEMU (below); qemu-utils: image tools; busybox-static: the guests'
 #   shell and applets; fio: I/O workloads; e2fsprogs: mkfs.ext4 for fresh
 #   disks; xfsprogs, btrfs-progs: the crash tests' other file systems, carried
 #   into the guest; sqlite3: the SQLite crash-test workloads' shell, carried into the
 #   guest; xz-utils/zstd: compressed kernel modules; make, git,
 #   ca-certificates.
+#
+# On Debian 12 it also adds bookworm-backports to apt's sources
+# (/etc/apt/sources.list.d/flushvm-bookworm-backports.sources): the nested
+# harness runs its L1 guest on QEMU 10 from there, which host/l1qemu fetches
+# with apt-get download and unpacks into the artifact cache, installing
+# nothing (QEMU 7.2's emulated nested SVM fails too often; docs/nested.md).
+# Backports have pin priority 100, so apt installs or upgrades nothing from
+# that suite unless asked by name.
 #
 # With the argument "slurm" it also installs Slurm and munge (slurmctld,
 # slurmd, slurm-client, munge): the Slurm crash-test path and its test
@@ -29,20 +37,38 @@ for p in "${packages[@]}"; do
 done
 have_lists() { compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; }
 
-if ((${#missing[@]} == 0)) && have_lists && [[ "${FLUSHVM_APT_UPDATE:-}" != 1 ]]; then
+backports=/etc/apt/sources.list.d/flushvm-bookworm-backports.sources
+need_backports=0
+if [[ "$(. /etc/os-release && echo "${VERSION_CODENAME:-}")" == bookworm ]] &&
+	! grep -rqs '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+	need_backports=1
+fi
+
+if ((${#missing[@]} == 0 && need_backports == 0)) && have_lists && [[ "${FLUSHVM_APT_UPDATE:-}" != 1 ]]; then
 	exit 0
 fi
 if ((EUID != 0)); then
+	if ((need_backports)); then
+		echo "deps: note: nested L1 guests run on QEMU from bookworm-backports, which apt's sources lack; without it they run on the system's older QEMU. To add it (as root):" >&2
+		printf '  printf "Types: deb\\nURIs: http://deb.debian.org/debian\\nSuites: bookworm-backports\\nComponents: main\\n" > %s && apt-get update\n' "$backports" >&2
+	fi
 	if ((${#missing[@]})); then
 		echo "flushvm needs these Debian packages: ${missing[*]}. Install them (as root) with:" >&2
 		echo "  apt-get update && apt-get install -y --no-install-recommends ${missing[*]}" >&2
-	else
+		exit 1
+	fi
+	if ! have_lists; then
 		echo "flushvm fetches the guest kernel with apt-get download, and apt has no package lists. Run (as root):" >&2
 		echo "  apt-get update" >&2
+		exit 1
 	fi
-	exit 1
+	exit 0
 fi
 export DEBIAN_FRONTEND=noninteractive
+if ((need_backports)); then
+	echo "deps: adding bookworm-backports to apt's sources ($backports), for the L1 guest's QEMU"
+	printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' >"$backports"
+fi
 if ((${#missing[@]})); then
 	echo "deps: apt-get update && apt-get install -y --no-install-recommends ${missing[*]}"
 	apt-get update -qq

@@ -48,6 +48,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/flushvm/flushvm/host/harness"
+	"github.com/flushvm/flushvm/host/l1qemu"
 	"github.com/flushvm/flushvm/internal/cli"
 	"github.com/flushvm/flushvm/protocol"
 )
@@ -93,6 +94,10 @@ Commands:
 Global flags:
 `)
 	cli.FlagTable(w, fs)
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "Environment (nested): %s=system|PATH runs L1 on that QEMU instead of QEMU %d or later\n", l1qemu.Env, l1qemu.MinMajor)
+	fmt.Fprintf(w, "(the system's when it is that new, else the one from %s, unpacked in the cache);\n", l1qemu.Suite)
+	fmt.Fprintf(w, "%s=WORDS adds WORDS to L1's kernel command line. See docs/nested.md.\n", harness.L1AppendEnv)
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Exit status: flushvm's (or the command's); 2 a usage error, 1 a harness failure.")
 }

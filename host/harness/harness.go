@@ -37,6 +37,7 @@ import (
 	"github.com/flushvm/flushvm/host"
 	"github.com/flushvm/flushvm/host/initramfs"
 	"github.com/flushvm/flushvm/host/kernel"
+	"github.com/flushvm/flushvm/host/l1qemu"
 	"github.com/flushvm/flushvm/protocol"
 )
 
@@ -170,6 +171,9 @@ type Session struct {
 	L1Boot time.Duration
 	// L1Uptime is L1's own uptime at /init (nested).
 	L1Uptime string
+	// L1QEMU is the emulator L1 ran on, with where it came from (nested;
+	// host/l1qemu).
+	L1QEMU string
 	// Wall is the whole session's wall time.
 	Wall time.Duration
 	// Results has one entry per run, in order.
@@ -288,6 +292,10 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 	if err != nil {
 		return err
 	}
+	q, err := findL1QEMU(ctx, opts, cache, s)
+	if err != nil {
+		return err
+	}
 	dir, err := newJobDir(ctx, opts, cache, runs)
 	if err != nil {
 		return err
@@ -300,7 +308,7 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 	if err != nil {
 		return err
 	}
-	l1 := l1Command(opts, k.BzImage, l1img, dir, m, scratch)
+	l1 := l1Command(opts, q, k.BzImage, l1img, dir, m, scratch)
 	watch := newConsole(opts.Stdout, time.Now())
 	if scratch != "" {
 		// Campaigns print reproduce commands and kept images with L1
@@ -487,9 +495,29 @@ func l1Append(session, env string) string {
 	return strings.Join(words, " ")
 }
 
+// findL1QEMU picks the QEMU that emulates L1 (host/l1qemu), records it in
+// s and says which in the log: once per session, and with the reason when
+// L1 has to run on an older QEMU than host/l1qemu asks for.
+func findL1QEMU(ctx context.Context, opts Options, cache string, s *Session) (*l1qemu.QEMU, error) {
+	q, fallback := l1qemu.Find(ctx, cache)
+	if q == nil {
+		return nil, fallback
+	}
+	first := s.L1QEMU == ""
+	s.L1QEMU = "QEMU " + q.Version + " (" + q.Source + ")"
+	switch {
+	case fallback != nil:
+		fmt.Fprintf(opts.Log, "flushvm-harness: L1 runs on %s, as %v; nested guests fail more often on older QEMU TCG (docs/nested.md)\n",
+			s.L1QEMU, fallback)
+	case first:
+		fmt.Fprintf(opts.Log, "flushvm-harness: L1 runs on %s\n", s.L1QEMU)
+	}
+	return q, nil
+}
+
 // l1Command is L1's QEMU command line: the job directory over 9p, the
 // runs' disks, then the scratch disk.
-func l1Command(opts Options, bzImage, l1img, dir string, m *mapper, scratch string) QEMUCommand {
+func l1Command(opts Options, q *l1qemu.QEMU, bzImage, l1img, dir string, m *mapper, scratch string) QEMUCommand {
 	mem, cpus := opts.L1Mem, opts.L1CPUs
 	if mem == 0 {
 		mem = 2048
@@ -497,8 +525,8 @@ func l1Command(opts Options, bzImage, l1img, dir string, m *mapper, scratch stri
 	if cpus == 0 {
 		cpus = 2
 	}
-	l1 := QEMUCommand{Accel: orDefault(opts.L1Accel, DefaultL1Accel), CPU: orDefault(opts.L1CPU, DefaultL1CPU),
-		Mem: strconv.Itoa(mem), SMP: cpus, BIOS: firmware(), Kernel: bzImage, Initrd: l1img,
+	l1 := QEMUCommand{Exec: q.Exec, Accel: orDefault(opts.L1Accel, DefaultL1Accel), CPU: orDefault(opts.L1CPU, DefaultL1CPU),
+		Mem: strconv.Itoa(mem), SMP: cpus, BIOS: orDefault(q.Firmware("qboot.rom"), firmware()), Kernel: bzImage, Initrd: l1img,
 		Append: l1Append(opts.L1Append, os.Getenv(L1AppendEnv)),
 		Extra:  []string{"-virtfs", "local,path=" + qemuEscape(dir) + ",mount_tag=" + protocol.L1JobTag + ",security_model=none,id=" + protocol.L1JobTag},
 	}

@@ -197,8 +197,10 @@ func writableDisks(args []string) []string {
 }
 
 // retryConsoleLines is how much of a failed attempt's L1 console a retry
-// logs: enough for an NMI panic's backtraces of both L1 CPUs.
-const retryConsoleLines = 80
+// logs: all the history a session keeps, as 80 lines cut the top of a
+// CPU's trace in ci15 (an NMI panic prints both L1 CPUs' backtraces, each
+// with its registers, code bytes and up to ~40 frames).
+const retryConsoleLines = keepLines
 
 // logConsoleEnd writes the end of a failed attempt's L1 console to log,
 // each line marked, before the retry replaces the session: a caller that

@@ -143,3 +143,47 @@ func TestDiskSnapshotRestores(t *testing.T) {
 		t.Errorf("restored disk holds %q", b)
 	}
 }
+
+func TestLogConsoleEnd(t *testing.T) {
+	numbered := func(n int) string {
+		var b strings.Builder
+		for i := 1; i <= n; i++ {
+			fmt.Fprintf(&b, "line %d\n", i)
+		}
+		return b.String()
+	}
+	for _, tc := range []struct {
+		name        string
+		console     string
+		lines       int    // marked lines logged
+		first, last string // the first and last marked lines
+	}{
+		{"empty", "", 0, "", ""},
+		{"short", "a\nb", 2, "flushvm-harness: | a", "flushvm-harness: | b"},
+		{"the whole history", numbered(keepLines), keepLines, "flushvm-harness: | line 1", fmt.Sprintf("flushvm-harness: | line %d", keepLines)},
+		{"longer is cut at the front", numbered(keepLines + 50), keepLines, "flushvm-harness: | line 51", fmt.Sprintf("flushvm-harness: | line %d", keepLines+50)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out strings.Builder
+			logConsoleEnd(&out, tc.console)
+			var marked []string
+			for _, l := range strings.Split(strings.TrimRight(out.String(), "\n"), "\n") {
+				if strings.HasPrefix(l, "flushvm-harness: | ") {
+					marked = append(marked, l)
+				}
+			}
+			if len(marked) != tc.lines {
+				t.Fatalf("%d marked lines, want %d:\n%s", len(marked), tc.lines, out.String())
+			}
+			if tc.lines == 0 {
+				if out.Len() != 0 {
+					t.Fatalf("an empty console logged %q", out.String())
+				}
+				return
+			}
+			if marked[0] != tc.first || marked[len(marked)-1] != tc.last {
+				t.Errorf("logged %q .. %q, want %q .. %q", marked[0], marked[len(marked)-1], tc.first, tc.last)
+			}
+		})
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flushvm/flushvm/host"
 	"github.com/flushvm/flushvm/host/initramfs"
 	"github.com/flushvm/flushvm/internal/lines"
 	"github.com/flushvm/flushvm/protocol"
@@ -93,8 +94,8 @@ type SoakReport struct {
 	Options SoakOptions
 	// Sessions are the L1 sessions the boots ran in, in order.
 	Sessions []*Session
-	// Boots are the boots that ran, in order; a soak whose L1 died has
-	// fewer than Options.Boots.
+	// Boots are the boots that ran, in order: Options.Boots of them unless
+	// the context ended, an L1 death counting as the failed boot it ended.
 	Boots []SoakBoot
 }
 
@@ -144,20 +145,34 @@ func Soak(ctx context.Context, o SoakOptions) (*SoakReport, error) {
 		}
 	}
 	rep := &SoakReport{Options: o}
-	for first := 0; first < o.Boots; first += o.SessionBoots {
-		n := min(o.SessionBoots, o.Boots-first)
-		if err := rep.session(ctx, hopts, first, n); err != nil {
-			return rep, err
-		}
-	}
-	return rep, nil
+	return rep, rep.sessions(ctx, Execute, hopts)
 }
 
-// session runs boots first..first+n-1 in one L1 session. An L1 that dies
-// (its QEMU exits before every run reported) fails the boot it was running
-// and the rest of the session's boots are not run: the next session starts
-// a fresh L1. Only the caller's context ending stops the soak.
-func (rep *SoakReport) session(ctx context.Context, hopts Options, first, n int) error {
+// executeFunc runs one L1 session: Execute, or a stand-in in tests.
+type executeFunc func(ctx context.Context, o Options, runs ...Run) (*Session, error)
+
+// sessions runs every boot of the soak in as many L1 sessions as it takes.
+func (rep *SoakReport) sessions(ctx context.Context, exec executeFunc, hopts Options) error {
+	o := rep.Options
+	for first := 0; first < o.Boots; {
+		ran, err := rep.session(ctx, exec, hopts, first, min(o.SessionBoots, o.Boots-first))
+		if err != nil {
+			return err
+		}
+		if ran == 0 {
+			return fmt.Errorf("soak: the L1 session for boots from %d ended without running one", first)
+		}
+		first += ran
+	}
+	return nil
+}
+
+// session runs boots first..first+n-1 in one L1 session and returns how
+// many boots it used. An L1 that dies (its QEMU exits before every run
+// reported) fails the boot it was running, and the session ends there: the
+// next session starts a fresh L1 at the boot after it, so every boot of the
+// soak runs. Only the caller's context ending stops the soak.
+func (rep *SoakReport) session(ctx context.Context, exec executeFunc, hopts Options, first, n int) (int, error) {
 	o := rep.Options
 	if hopts.Timeout == 0 {
 		hopts.Timeout = 5*time.Minute + time.Duration(n)*(o.BootTimeout+time.Minute)
@@ -166,29 +181,30 @@ func (rep *SoakReport) session(ctx context.Context, hopts Options, first, n int)
 	for k := range runs {
 		runs[k] = Run{Command: []string{"/bin/sh", "-c", o.command(first + k)}, Timeout: o.BootTimeout}
 	}
-	s, err := Execute(ctx, hopts, runs...)
+	s, err := exec(ctx, hopts, runs...)
 	if s != nil {
 		rep.Sessions = append(rep.Sessions, s)
 		for k, r := range s.Results {
 			rep.Boots = append(rep.Boots, classifySoak(first+k, r, o.vmm(first+k)))
 		}
 	}
-	if err == nil {
-		return nil
-	}
-	if ctx.Err() != nil {
-		return err
-	}
 	done := 0
 	if s != nil {
 		done = len(s.Results)
+	}
+	if err == nil {
+		return done, nil
+	}
+	if ctx.Err() != nil {
+		return done, err
 	}
 	if done < n {
 		// The boot L1 was running when it died.
 		rep.Boots = append(rep.Boots, SoakBoot{Index: first + done, VMM: o.vmm(first + done), Outcome: SoakL1,
 			Detail: err.Error() + l1Tail(s)})
+		done++
 	}
-	return nil
+	return done, nil
 }
 
 // l1Tail is the end of a session's L1 console, for a boot whose L1 died.
@@ -274,7 +290,7 @@ func (o SoakOptions) command(i int) string {
 	}
 	q := make([]string, len(argv))
 	for k, a := range argv {
-		q[k] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		q[k] = host.ShellQuote(a)
 	}
 	return prep + "echo 'flushvm-soak: boot " + strconv.Itoa(i) + " " + o.vmm(i) + " cpus=" + strconv.Itoa(o.cpus(i)) + " cache=" + o.cache(i) + "'; exec " + strings.Join(q, " ")
 }
@@ -389,6 +405,9 @@ func (r *SoakReport) Print(w io.Writer) {
 	}
 	fmt.Fprintf(w, "soak: vmm=%s cpus=%v cache=%s append=%q l1-accel=%s l1-cpu=%s l1-append=%q\n",
 		o.VMM, o.CPUs, o.Cache, o.Append, orDefault(o.Harness.L1Accel, DefaultL1Accel), orDefault(o.Harness.L1CPU, DefaultL1CPU), o.Harness.L1Append)
+	if len(r.Sessions) > 0 {
+		fmt.Fprintf(w, "soak: %d L1 sessions on %s\n", len(r.Sessions), r.Sessions[0].L1QEMU)
+	}
 	for _, vmm := range []string{"flushvm", "qemu"} {
 		var c [6]int
 		n := 0

@@ -1,7 +1,9 @@
 package harness
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -91,5 +93,71 @@ func TestWithWatchdog(t *testing.T) {
 		if got := strings.Join(tc.opts.withWatchdog(tc.run), " "); got != tc.want {
 			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
 		}
+	}
+}
+
+// fakeL1 stands in for Execute: each session runs its runs in order, and
+// the L1 dies as it starts any boot listed in dies. Boots are known by the
+// index each run's command prints (flushvm-soak: boot N).
+type fakeL1 struct {
+	dies     map[int]bool
+	sessions [][]int // the boots each session was given
+}
+
+func (f *fakeL1) execute(_ context.Context, _ Options, runs ...Run) (*Session, error) {
+	s := &Session{}
+	var given []int
+	for _, r := range runs {
+		var b int
+		cmd := r.Command[len(r.Command)-1]
+		if _, err := fmt.Sscanf(cmd[strings.Index(cmd, "flushvm-soak: boot "):], "flushvm-soak: boot %d", &b); err != nil {
+			return s, fmt.Errorf("no boot index in %q: %w", cmd, err)
+		}
+		given = append(given, b)
+	}
+	f.sessions = append(f.sessions, given)
+	for _, b := range given {
+		if f.dies[b] {
+			return s, errors.New("L1 died: QEMU exited with status 1")
+		}
+		s.Results = append(s.Results, Result{Output: []byte("flushvm-init: kernel x\nSOAK fio ok\nflushvm-init: exit status 0\n")})
+	}
+	return s, nil
+}
+
+func TestSoakSessionsRunEveryBoot(t *testing.T) {
+	tests := []struct {
+		name     string
+		boots    int
+		dies     []int
+		sessions [][]int
+	}{
+		{"no death", 5, nil, [][]int{{0, 1}, {2, 3}, {4}}},
+		{"a death restarts at the next boot", 5, []int{0}, [][]int{{0, 1}, {1, 2}, {3, 4}}},
+		{"deaths in a row", 4, []int{1, 2}, [][]int{{0, 1}, {2, 3}, {3}}},
+		{"the last boot dies", 3, []int{2}, [][]int{{0, 1}, {2}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := &fakeL1{dies: map[int]bool{}}
+			for _, d := range tc.dies {
+				f.dies[d] = true
+			}
+			rep := &SoakReport{Options: SoakOptions{Boots: tc.boots, SessionBoots: 2}.withDefaults()}
+			if err := rep.sessions(context.Background(), f.execute, Options{}); err != nil {
+				t.Fatal(err)
+			}
+			if fmt.Sprint(f.sessions) != fmt.Sprint(tc.sessions) {
+				t.Errorf("sessions ran boots %v, want %v", f.sessions, tc.sessions)
+			}
+			if len(rep.Boots) != tc.boots || rep.Failures() != len(tc.dies) {
+				t.Fatalf("%d boots, %d failed; want %d, %d", len(rep.Boots), rep.Failures(), tc.boots, len(tc.dies))
+			}
+			for i, b := range rep.Boots {
+				if b.Index != i || (b.Outcome == SoakL1) != f.dies[i] {
+					t.Errorf("boot %d: index %d, outcome %s", i, b.Index, b.Outcome)
+				}
+			}
+		})
 	}
 }

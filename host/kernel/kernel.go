@@ -7,19 +7,17 @@
 package kernel
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
 	"sync"
 
+	"github.com/flushvm/flushvm/host/debpkg"
 	"github.com/flushvm/flushvm/protocol"
 )
 
@@ -110,7 +108,7 @@ func Fetch(ctx context.Context, cacheDir string) (*Kernel, error) {
 // apt's package lists are unchanged: apt-cache takes seconds to load them,
 // and every harness run asks.
 func resolveCached(ctx context.Context, cacheDir string) (string, string, error) {
-	stamp := aptStamp()
+	stamp := debpkg.AptStamp()
 	memo := filepath.Join(cacheDir, "kernel", "resolved")
 	if b, err := os.ReadFile(memo); err == nil && stamp != "" {
 		if f := strings.Fields(string(b)); len(f) == 3 && f[0] == stamp {
@@ -121,23 +119,11 @@ func resolveCached(ctx context.Context, cacheDir string) (string, string, error)
 	if err != nil {
 		return "", "", err
 	}
-	if stamp = aptStamp(); stamp != "" && os.MkdirAll(filepath.Dir(memo), 0o755) == nil {
+	if stamp = debpkg.AptStamp(); stamp != "" && os.MkdirAll(filepath.Dir(memo), 0o755) == nil {
 		// Best effort: without the memo the next run asks apt again.
 		_ = os.WriteFile(memo, []byte(stamp+" "+pkg+" "+ver+"\n"), 0o644)
 	}
 	return pkg, ver, nil
-}
-
-// aptStamp identifies the state of apt's package lists, or is empty if
-// they cannot be found.
-func aptStamp() string {
-	// apt-get update renames fresh lists into this directory, which
-	// changes its modification time.
-	fi, err := os.Stat("/var/lib/apt/lists")
-	if err != nil {
-		return ""
-	}
-	return fmt.Sprint(fi.ModTime().UnixNano())
 }
 
 // resolve asks apt which kernel image linux-image-amd64 points at and that
@@ -146,14 +132,14 @@ func aptStamp() string {
 func resolve(ctx context.Context) (pkg, ver string, err error) {
 	pkg, err = dependsOf(ctx, MetaPackage)
 	if err != nil {
-		if uerr := run(ctx, "apt-get", "update", "-qq"); uerr != nil {
+		if uerr := debpkg.Run(ctx, "apt-get", "update", "-qq"); uerr != nil {
 			return "", "", fmt.Errorf("resolve %s: %w (apt-get update: %v)", MetaPackage, err, uerr)
 		}
 		if pkg, err = dependsOf(ctx, MetaPackage); err != nil {
 			return "", "", fmt.Errorf("resolve %s: %w", MetaPackage, err)
 		}
 	}
-	out, err := output(ctx, "apt-cache", "policy", pkg)
+	out, err := debpkg.Output(ctx, "apt-cache", "policy", pkg)
 	if err != nil {
 		return "", "", fmt.Errorf("version of %s: %w", pkg, err)
 	}
@@ -167,7 +153,7 @@ func resolve(ctx context.Context) (pkg, ver string, err error) {
 var dependsRE = regexp.MustCompile(`(?m)^\s*Depends:\s*(linux-image-[0-9]\S*)`)
 
 func dependsOf(ctx context.Context, meta string) (string, error) {
-	out, err := output(ctx, "apt-cache", "depends", meta)
+	out, err := debpkg.Output(ctx, "apt-cache", "depends", meta)
 	if err != nil {
 		return "", err
 	}
@@ -184,30 +170,11 @@ func fetchVersion(ctx context.Context, cacheDir, pkg, ver string) (*Kernel, erro
 	if k, err := open(dir, pkg, ver); err == nil {
 		return k, nil
 	}
-	if err := os.MkdirAll(base, 0o755); err != nil {
-		return nil, fmt.Errorf("kernel cache: %w", err)
-	}
-	tmp, err := os.MkdirTemp(base, ".fetch-")
+	root, err := debpkg.Unpack(ctx, base, pkg+"="+ver)
 	if err != nil {
 		return nil, fmt.Errorf("kernel cache: %w", err)
 	}
-	defer os.RemoveAll(tmp)
-	// apt drops privileges to _apt for downloads; a cache dir that user
-	// cannot write makes apt warn, so make it writable.
-	_ = os.Chmod(tmp, 0o777)
-	cmd := exec.CommandContext(ctx, "apt-get", "download", "-q", pkg+"="+ver)
-	cmd.Dir = tmp
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("apt-get download %s=%s: %w: %s", pkg, ver, err, lastLine(out))
-	}
-	debs, _ := filepath.Glob(filepath.Join(tmp, "*.deb"))
-	if len(debs) != 1 {
-		return nil, fmt.Errorf("apt-get download %s=%s: got %d .deb files", pkg, ver, len(debs))
-	}
-	root := filepath.Join(tmp, "root")
-	if err := run(ctx, "dpkg", "-x", debs[0], root); err != nil {
-		return nil, fmt.Errorf("unpack %s: %w", debs[0], err)
-	}
+	defer debpkg.Discard(root)
 	if _, err := open(root, pkg, ver); err != nil {
 		return nil, err
 	}
@@ -262,34 +229,4 @@ func modTime(p string) int64 {
 		return 0
 	}
 	return fi.ModTime().UnixNano()
-}
-
-func run(ctx context.Context, name string, args ...string) error {
-	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%s: %w: %s", name, err, lastLine(out))
-	}
-	return nil
-}
-
-func output(ctx context.Context, name string, args ...string) ([]byte, error) {
-	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, lastLine(stderr.Bytes()))
-	}
-	return out, nil
-}
-
-func lastLine(b []byte) string {
-	var last string
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		if s := strings.TrimSpace(sc.Text()); s != "" {
-			last = s
-		}
-	}
-	return last
 }

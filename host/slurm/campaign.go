@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/flushvm/flushvm/host"
 )
 
 // Campaign is a systematic crash-test campaign split into shards, one
@@ -45,17 +47,14 @@ func (c Campaign) ReportPath(i int) string {
 	return filepath.Join(c.Shared, "report-"+strconv.Itoa(i)+".json")
 }
 
-// quote quotes s for a POSIX shell.
-func quote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
-
 // command is the shell command of shard I (I a shell expression).
 func (c Campaign) command(i string) string {
 	var b strings.Builder
 	for _, a := range c.Command {
-		b.WriteString(quote(a) + " ")
+		b.WriteString(host.ShellQuote(a) + " ")
 	}
 	n := strconv.Itoa(c.Shards)
-	fmt.Fprintf(&b, "--shard %s/%s --dir %s/shard-%s --report %s/report-%s.json", i, n, quote(c.Shared), i, quote(c.Shared), i)
+	fmt.Fprintf(&b, "--shard %s/%s --dir %s/shard-%s --report %s/report-%s.json", i, n, host.ShellQuote(c.Shared), i, host.ShellQuote(c.Shared), i)
 	return b.String()
 }
 
@@ -70,9 +69,9 @@ func (c Campaign) Scripts() (first, rest string) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "#!/bin/sh\n# flushvm crash-test campaign, shards 2..%d: each from a copy of shard 1's recording.\n", c.Shards)
 	b.WriteString("set -e\ni=$SLURM_ARRAY_TASK_ID\n")
-	fmt.Fprintf(&b, "mkdir -p %s/shard-$i\n", quote(c.Shared))
+	fmt.Fprintf(&b, "mkdir -p %s/shard-$i\n", host.ShellQuote(c.Shared))
 	for _, f := range recordingFiles {
-		fmt.Fprintf(&b, "cp --sparse=always %s/shard-1/%s %s/shard-$i/%s\n", quote(c.Shared), f, quote(c.Shared), f)
+		fmt.Fprintf(&b, "cp --sparse=always %s/shard-1/%s %s/shard-$i/%s\n", host.ShellQuote(c.Shared), f, host.ShellQuote(c.Shared), f)
 	}
 	b.WriteString("exec " + c.command("$i") + "\n")
 	return first, b.String()
