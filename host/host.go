@@ -7,9 +7,9 @@
 // (host/harness, command cmd/flushvm-harness).
 //
 // This package itself only answers where the repository and the artifact
-// cache are, and quotes shell words. Nothing under host/ or guest/ imports the VMM packages (the
-// internal/layout test keeps it so): the harness drives flushvm as a
-// separate binary, exactly as a user would.
+// cache are, and quotes shell words. Nothing under host/ or guest/ imports
+// the VMM packages (the internal/layout test keeps it so): the harness
+// drives flushvm as a separate binary, exactly as a user would.
 package host
 
 import (

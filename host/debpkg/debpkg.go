@@ -18,39 +18,42 @@ import (
 
 // Unpack downloads the packages, each given as NAME=VERSION, and unpacks
 // them all into a new directory under parent, which it returns. The caller
-// renames it into place or removes it.
-func Unpack(ctx context.Context, parent string, pkgs ...string) (string, error) {
+// completes it with Place, or removes it with Discard. On error nothing is
+// left under parent.
+func Unpack(ctx context.Context, parent string, pkgs ...string) (root string, err error) {
+	what := strings.Join(pkgs, " ")
 	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return "", fmt.Errorf("unpack %s: %w", strings.Join(pkgs, " "), err)
+		return "", fmt.Errorf("unpack %s: %w", what, err)
 	}
 	tmp, err := os.MkdirTemp(parent, ".fetch-")
 	if err != nil {
-		return "", fmt.Errorf("unpack %s: %w", strings.Join(pkgs, " "), err)
+		return "", fmt.Errorf("unpack %s: %w", what, err)
 	}
-	defer os.RemoveAll(filepath.Join(tmp, "debs"))
 	debDir := filepath.Join(tmp, "debs")
+	defer func() {
+		os.RemoveAll(debDir)
+		if err != nil {
+			os.RemoveAll(tmp)
+		}
+	}()
 	// apt drops privileges to _apt for downloads; a directory that user
-	// cannot write makes apt warn, so make it writable.
+	// cannot write makes apt warn, so make it writable (whatever the umask).
 	if err := os.Mkdir(debDir, 0o777); err != nil {
-		os.RemoveAll(tmp)
-		return "", fmt.Errorf("unpack %s: %w", strings.Join(pkgs, " "), err)
+		return "", fmt.Errorf("unpack %s: %w", what, err)
 	}
 	_ = os.Chmod(debDir, 0o777)
 	cmd := exec.CommandContext(ctx, "apt-get", append([]string{"download", "-q"}, pkgs...)...)
 	cmd.Dir = debDir
 	if out, err := cmd.CombinedOutput(); err != nil {
-		os.RemoveAll(tmp)
-		return "", fmt.Errorf("apt-get download %s: %w: %s", strings.Join(pkgs, " "), err, LastLine(out))
+		return "", fmt.Errorf("apt-get download %s: %w: %s", what, err, LastLine(out))
 	}
 	debs, _ := filepath.Glob(filepath.Join(debDir, "*.deb"))
 	if len(debs) != len(pkgs) {
-		os.RemoveAll(tmp)
-		return "", fmt.Errorf("apt-get download %s: got %d .deb files, want %d", strings.Join(pkgs, " "), len(debs), len(pkgs))
+		return "", fmt.Errorf("apt-get download %s: got %d .deb files, want %d", what, len(debs), len(pkgs))
 	}
-	root := filepath.Join(tmp, "root")
+	root = filepath.Join(tmp, "root")
 	for _, deb := range debs {
 		if err := Run(ctx, "dpkg", "-x", deb, root); err != nil {
-			os.RemoveAll(tmp)
 			return "", fmt.Errorf("unpack %s: %w", filepath.Base(deb), err)
 		}
 	}

@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"sort"
 	"strings"
 	"sync"
 
@@ -105,25 +104,16 @@ func Fetch(ctx context.Context, cacheDir string) (*Kernel, error) {
 }
 
 // resolveCached answers like resolve, but reuses the last answer while
-// apt's package lists are unchanged: apt-cache takes seconds to load them,
-// and every harness run asks.
+// apt's package lists are unchanged (debpkg.Memoized).
 func resolveCached(ctx context.Context, cacheDir string) (string, string, error) {
-	stamp := debpkg.AptStamp()
-	memo := filepath.Join(cacheDir, "kernel", "resolved")
-	if b, err := os.ReadFile(memo); err == nil && stamp != "" {
-		if f := strings.Fields(string(b)); len(f) == 3 && f[0] == stamp {
-			return f[1], f[2], nil
-		}
-	}
-	pkg, ver, err := resolve(ctx)
+	f, err := debpkg.Memoized(filepath.Join(cacheDir, "kernel", "resolved"), 2, func() ([]string, error) {
+		pkg, ver, err := resolve(ctx)
+		return []string{pkg, ver}, err
+	})
 	if err != nil {
 		return "", "", err
 	}
-	if stamp = debpkg.AptStamp(); stamp != "" && os.MkdirAll(filepath.Dir(memo), 0o755) == nil {
-		// Best effort: without the memo the next run asks apt again.
-		_ = os.WriteFile(memo, []byte(stamp+" "+pkg+" "+ver+"\n"), 0o644)
-	}
-	return pkg, ver, nil
+	return f[0], f[1], nil
 }
 
 // resolve asks apt which kernel image linux-image-amd64 points at and that
@@ -175,18 +165,9 @@ func fetchVersion(ctx context.Context, cacheDir, pkg, ver string) (*Kernel, erro
 		return nil, fmt.Errorf("kernel cache: %w", err)
 	}
 	defer debpkg.Discard(root)
-	if _, err := open(root, pkg, ver); err != nil {
+	check := func(d string) error { _, err := open(d, pkg, ver); return err }
+	if err := debpkg.Place(root, dir, check, pkg, ver); err != nil {
 		return nil, err
-	}
-	if err := os.WriteFile(filepath.Join(root, ".flushvm-package"), []byte(pkg+" "+ver+"\n"), 0o644); err != nil {
-		return nil, fmt.Errorf("kernel cache: %w", err)
-	}
-	// Another process may have unpacked the same version meanwhile; either
-	// copy is complete, so losing the race is fine.
-	if err := os.Rename(root, dir); err != nil {
-		if _, oerr := open(dir, pkg, ver); oerr != nil {
-			return nil, fmt.Errorf("kernel cache: %w", err)
-		}
 	}
 	return open(dir, pkg, ver)
 }
@@ -207,26 +188,12 @@ func open(dir, pkg, ver string) (*Kernel, error) {
 
 // newestCached returns the most recently unpacked kernel in the cache.
 func newestCached(cacheDir string) (*Kernel, error) {
-	marks, _ := filepath.Glob(filepath.Join(cacheDir, "kernel", "*", ".flushvm-package"))
-	if len(marks) == 0 {
-		return nil, errors.New("no kernel in cache")
-	}
-	sort.Slice(marks, func(i, j int) bool { return modTime(marks[i]) > modTime(marks[j]) })
-	b, err := os.ReadFile(marks[0])
+	dir, f, err := debpkg.Newest(filepath.Join(cacheDir, "kernel"))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("kernel: %w", err)
 	}
-	f := strings.Fields(string(b))
 	if len(f) != 2 {
-		return nil, fmt.Errorf("%s: malformed", marks[0])
+		return nil, fmt.Errorf("%s: malformed", filepath.Join(dir, debpkg.Marker))
 	}
-	return open(filepath.Dir(marks[0]), f[0], f[1])
-}
-
-func modTime(p string) int64 {
-	fi, err := os.Stat(p)
-	if err != nil {
-		return 0
-	}
-	return fi.ModTime().UnixNano()
+	return open(dir, f[0], f[1])
 }

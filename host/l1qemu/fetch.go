@@ -7,15 +7,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 
 	"github.com/flushvm/flushvm/host/debpkg"
 )
-
-// marker names the file, in an unpacked QEMU's directory, that holds its
-// package version once the directory is complete.
-const marker = ".flushvm-package"
 
 // fetch returns Suite's QEMU from cacheDir/l1qemu, downloading and
 // unpacking it first when the version apt offers is not there yet. When
@@ -42,25 +37,16 @@ func fetch(ctx context.Context, cacheDir string) (*QEMU, error) {
 		return nil, err
 	}
 	defer debpkg.Discard(root)
-	if err := os.WriteFile(filepath.Join(root, marker), []byte(ver+"\n"), 0o644); err != nil {
-		return nil, fmt.Errorf("L1 QEMU cache: %w", err)
-	}
-	if _, err := open(ctx, root); err != nil {
+	check := func(d string) error { _, err := open(ctx, d); return err }
+	if err := debpkg.Place(root, dir, check, ver); err != nil {
 		return nil, err
-	}
-	// Another process may have unpacked the same version meanwhile; either
-	// copy is complete.
-	if err := os.Rename(root, dir); err != nil {
-		if _, oerr := open(ctx, dir); oerr != nil {
-			return nil, fmt.Errorf("L1 QEMU cache: %w", err)
-		}
 	}
 	return open(ctx, dir)
 }
 
 // open describes the QEMU unpacked in dir, checking that it runs.
 func open(ctx context.Context, dir string) (*QEMU, error) {
-	b, err := os.ReadFile(filepath.Join(dir, marker))
+	b, err := os.ReadFile(filepath.Join(dir, debpkg.Marker))
 	if err != nil {
 		return nil, fmt.Errorf("L1 QEMU cache %s: incomplete: %w", dir, err)
 	}
@@ -77,27 +63,22 @@ func open(ctx context.Context, dir string) (*QEMU, error) {
 // candidate returns the version of qemu-system-x86 that apt offers from
 // Suite, memoized under apt's list stamp in base/resolved.
 func candidate(ctx context.Context, base string) (string, error) {
-	stamp := debpkg.AptStamp()
-	memo := filepath.Join(base, "resolved")
-	if b, err := os.ReadFile(memo); err == nil && stamp != "" {
-		if f := strings.Fields(string(b)); len(f) == 2 && f[0] == stamp {
-			return f[1], nil
+	f, err := debpkg.Memoized(filepath.Join(base, "resolved"), 1, func() ([]string, error) {
+		out, err := debpkg.Output(ctx, "apt-cache", "madison", Packages[0])
+		if err != nil {
+			return nil, err
 		}
-	}
-	out, err := debpkg.Output(ctx, "apt-cache", "madison", Packages[0])
+		ver := suiteVersion(out, Suite)
+		if ver == "" {
+			return nil, fmt.Errorf("apt offers no %s from %s (scripts/deps.sh adds that suite to apt's sources; or set %s=system)",
+				Packages[0], Suite, Env)
+		}
+		return []string{ver}, nil
+	})
 	if err != nil {
 		return "", err
 	}
-	ver := suiteVersion(out, Suite)
-	if ver == "" {
-		return "", fmt.Errorf("apt offers no %s from %s (scripts/deps.sh adds that suite to apt's sources; or set %s=system)",
-			Packages[0], Suite, Env)
-	}
-	if os.MkdirAll(base, 0o755) == nil {
-		// Best effort: without the memo the next run asks apt again.
-		_ = os.WriteFile(memo, []byte(stamp+" "+ver+"\n"), 0o644)
-	}
-	return ver, nil
+	return f[0], nil
 }
 
 // suiteVersion picks, from `apt-cache madison` output, the first version
@@ -120,17 +101,9 @@ func suiteVersion(madison []byte, suite string) string {
 
 // newestCached returns the most recently unpacked QEMU under base.
 func newestCached(ctx context.Context, base string) (*QEMU, error) {
-	marks, _ := filepath.Glob(filepath.Join(base, "*", marker))
-	if len(marks) == 0 {
-		return nil, fmt.Errorf("no L1 QEMU in %s", base)
+	dir, _, err := debpkg.Newest(base)
+	if err != nil {
+		return nil, fmt.Errorf("L1 QEMU: %w", err)
 	}
-	mtime := func(p string) int64 {
-		fi, err := os.Stat(p)
-		if err != nil {
-			return 0
-		}
-		return fi.ModTime().UnixNano()
-	}
-	sort.Slice(marks, func(i, j int) bool { return mtime(marks[i]) > mtime(marks[j]) })
-	return open(ctx, filepath.Dir(marks[0]))
+	return open(ctx, dir)
 }

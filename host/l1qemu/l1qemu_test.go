@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flushvm/flushvm/host/debpkg"
 )
 
 const madison = ` qemu-system-x86 | 1:10.0.2+ds-2+deb13u1~bpo12+1 | http://deb.debian.org/debian bookworm-backports/main amd64 Packages
@@ -93,7 +95,7 @@ func TestOpenCached(t *testing.T) {
 		t.Fatalf("a directory without its marker was taken: %v", err)
 	}
 	for i, d := range []string{old, newer} {
-		m := filepath.Join(d, marker)
+		m := filepath.Join(d, debpkg.Marker)
 		if err := os.WriteFile(m, []byte(filepath.Base(d)+"\n"), 0o644); err != nil {
 			t.Fatal(err)
 		}
