@@ -166,7 +166,13 @@ func (d *qdDriver) run(tb testing.TB, n int) {
 
 // BenchmarkDeviceRandRead4K: 4 KiB random reads at queue depth 32 through
 // the whole device path.
-func BenchmarkDeviceRandRead4K(b *testing.B) { runBench(b, deviceRandRead) }
+func BenchmarkDeviceRandRead4K(b *testing.B) {
+	for _, aio := range engines {
+		b.Run(string(aio), func(b *testing.B) {
+			runBench(b, func(tb testing.TB) (func(int), func()) { return deviceRandRead(tb, aio) })
+		})
+	}
+}
 
 // BenchmarkRawPreadv4K: the same harness, but the worker goroutines issue
 // the preadv calls directly for sectors handed to them, with no virtqueue
@@ -182,8 +188,18 @@ func BenchmarkRawPreadv4K(b *testing.B) { runBench(b, rawPreadv) }
 // disturbs much less than wall time. Every invocation does all its rounds;
 // run it with -benchtime=1x.
 func BenchmarkRandRead4KRatio(b *testing.B) {
+	for _, aio := range engines {
+		b.Run(string(aio), func(b *testing.B) { randRead4KRatio(b, aio) })
+	}
+}
+
+// randRead4KRatio is BenchmarkRandRead4KRatio on one engine.
+func randRead4KRatio(b *testing.B, aio AIOEngine) {
+	if aio == AIOIOUring {
+		skipWithoutRing(b)
+	}
 	const rounds, reads = 7, 100_000
-	runDev, stopDev := deviceRandRead(b)
+	runDev, stopDev := deviceRandRead(b, aio)
 	defer stopDev()
 	runRaw, stopRaw := rawPreadv(b)
 	defer stopRaw()
@@ -207,7 +223,7 @@ func BenchmarkRandRead4KRatio(b *testing.B) {
 	b.ReportMetric(mr, "raw-ns/read")
 	b.ReportMetric(mr/md, "ratio")
 	b.ReportMetric(mrc/mdc, "cpu-ratio")
-	b.Logf("4 KiB random reads, QD%d, page-cached, medians of %d rounds:", benchQD, rounds)
+	b.Logf("aio=%s: 4 KiB random reads, QD%d, page-cached, medians of %d rounds:", aio, benchQD, rounds)
 	b.Logf("  wall: device %.0f ns/read (min %.0f max %.0f), raw preadv %.0f ns/read (min %.0f max %.0f): ratio raw/device %.2f",
 		md, dev[0], dev[rounds-1], mr, raw[0], raw[rounds-1], mr/md)
 	b.Logf("  cpu:  device %.0f ns/read, raw preadv %.0f ns/read: ratio raw/device %.2f", mdc, mrc, mrc/mdc)
@@ -236,12 +252,15 @@ func runBench(b *testing.B, setup func(testing.TB) (run func(int), stop func()))
 
 // deviceRandRead sets up a device on the page-cached disk and a QD32
 // driver; run(n) completes n random 4 KiB reads.
-func deviceRandRead(tb testing.TB) (func(int), func()) {
+func deviceRandRead(tb testing.TB, aio AIOEngine) (func(int), func()) {
+	if aio == AIOIOUring {
+		skipWithoutRing(tb)
+	}
 	path, err := benchDisk()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	dev, err := Open(Spec{Path: path, Cache: CacheWriteback}, Options{})
+	dev, err := Open(Spec{Path: path, Cache: CacheWriteback, AIO: aio}, Options{})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -253,8 +272,8 @@ func deviceRandRead(tb testing.TB) (func(int), func()) {
 	}
 	return func(n int) { d.run(tb, n) }, func() {
 		dev.Reset()
-		if s := dev.Stats(); s.Errors != 0 {
-			tb.Errorf("%d errors", s.Errors)
+		if s := dev.Stats(); s.Errors != 0 || s.AIO != aio {
+			tb.Errorf("%d errors, aio=%s (want %s)", s.Errors, s.AIO, aio)
 		}
 		dev.Close()
 	}
@@ -370,7 +389,9 @@ func BenchmarkRawPreadvLoop4K(b *testing.B) {
 // TestNoAllocsPerRequest: once warm, a read request through the whole path
 // (driver, ring, parse, worker, preadv, completion) allocates nothing,
 // counting every goroutine of the process.
-func TestNoAllocsPerRequest(t *testing.T) {
+func TestNoAllocsPerRequest(t *testing.T) { forEngines(t, testNoAllocsPerRequest) }
+
+func testNoAllocsPerRequest(t *testing.T, aio AIOEngine) {
 	for _, tc := range []struct {
 		name     string
 		indirect bool
@@ -385,7 +406,7 @@ func TestNoAllocsPerRequest(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := tempDisk(t, 1<<20)
-			dev, err := Open(Spec{Path: path, Cache: tc.cache}, Options{})
+			dev, err := Open(Spec{Path: path, Cache: tc.cache, AIO: aio}, Options{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -440,6 +461,11 @@ func TestNoAllocsPerRequest(t *testing.T) {
 			s := dev.Stats()
 			if s.Reads+s.Writes != 401 || s.Errors != 0 || (tc.write && (s.Flushes != 401 || s.HostSyncs < 401)) {
 				t.Fatalf("stats %+v", s)
+			}
+			// On io_uring every read and write-back write took the ring
+			// (write-through writes sync on the workers).
+			if ring := aio == AIOIOUring && tc.cache != CacheWritethrough; ring != (s.RingRequests == 401) {
+				t.Fatalf("%d of 401 requests through io_uring (aio=%s, cache=%s)", s.RingRequests, aio, tc.cache)
 			}
 		})
 	}

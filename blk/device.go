@@ -76,6 +76,14 @@ type counters struct {
 	errors, invalid, wceChanges                                        atomic.Uint64
 	hostSyncs, flushesElided, flushesMerged                            atomic.Uint64
 	held, errorStops, errorsIgnored                                    atomic.Uint64
+	ringRequests                                                       atomic.Uint64
+}
+
+// aioState is the engine an activation runs on, and why it is not the
+// one asked for.
+type aioState struct {
+	engine   AIOEngine
+	fallback string
 }
 
 // Device is a virtio-blk device: it implements virtio.Device, so any
@@ -100,6 +108,12 @@ type Device struct {
 
 	syncer *syncer
 	c      counters
+	// aio is the engine the spec asked for; ringIO is the backend as a
+	// ringFile, nil when it cannot give requests to a ring.
+	aio    AIOEngine
+	ringIO ringFile
+	// lastAIO is the engine of the latest activation (Stats).
+	lastAIO atomic.Pointer[aioState]
 	// stopped is Options.Stopped.
 	stopped func(ErrorStopEvent)
 
@@ -183,6 +197,11 @@ func Open(spec Spec, opts Options) (*Device, error) {
 	d.lim = limits{capacity: d.capacity, readOnly: spec.ReadOnly}
 	copy(d.serial[:], spec.Serial)
 	d.serialer, _ = b.(serialer)
+	d.aio = spec.AIO
+	if d.aio == "" {
+		d.aio = AIOThreads
+	}
+	d.ringIO, _ = b.(ringFile)
 	d.syncer = newSyncer(b, &d.c.hostSyncs)
 	d.features = FeatureSegMax | FeatureGeometry | FeatureBlkSize | FeatureFlush | FeatureTopology |
 		FeatureConfigWCE | FeatureDiscard | FeatureWriteZeroes |
@@ -354,7 +373,7 @@ func (d *Device) writeThrough() bool { return d.pol.WriteThrough(d.wce.Load()) }
 // Stats returns a snapshot of the device's counters.
 func (d *Device) Stats() Stats {
 	c := &d.c
-	return Stats{
+	st := Stats{
 		Path:            d.spec.Path,
 		Cache:           d.pol.Mode(),
 		WCE:             d.wce.Load(),
@@ -376,7 +395,13 @@ func (d *Device) Stats() Stats {
 		Held:            c.held.Load(),
 		ErrorStops:      c.errorStops.Load(),
 		ErrorsIgnored:   c.errorsIgnored.Load(),
+		AIO:             d.aio,
+		RingRequests:    c.ringRequests.Load(),
 	}
+	if a := d.lastAIO.Load(); a != nil {
+		st.AIO, st.AIOFallback = a.engine, a.fallback
+	}
+	return st
 }
 
 // Activate implements virtio.Device: it starts one loop per queue and the

@@ -15,8 +15,10 @@ import (
 )
 
 // TestRequestTypes runs every request type through a device on a file.
-func TestRequestTypes(t *testing.T) {
-	h := newHarness(t, harnessConfig{serial: "flushvm-serial-01"})
+func TestRequestTypes(t *testing.T) { forEngines(t, testRequestTypes) }
+
+func testRequestTypes(t *testing.T, aio AIOEngine) {
+	h := newHarness(t, harnessConfig{serial: "flushvm-serial-01", aio: aio})
 	data := pattern(8192, 3)
 
 	// OUT, split over two segments, then IN, split differently.
@@ -73,7 +75,10 @@ func TestRequestTypes(t *testing.T) {
 	st := h.dev.Stats()
 	want := Stats{Path: h.path, Cache: CacheWriteback, WCE: true, Reads: 2, Writes: 1, Flushes: 1,
 		Discards: 1, WriteZeroes: 2, GetIDs: 1, Unsupported: 1, BytesRead: 16384, BytesWritten: 8192,
-		Errors: 2, InvalidRequests: 2, HostSyncs: 1}
+		Errors: 2, InvalidRequests: 2, HostSyncs: 1, AIO: aio}
+	if aio == AIOIOUring {
+		want.RingRequests = 3 // the reads and the write; the rest are not for the ring
+	}
 	if st != want {
 		t.Fatalf("stats\n got %+v\nwant %+v", st, want)
 	}
@@ -81,14 +86,18 @@ func TestRequestTypes(t *testing.T) {
 
 // TestCacheModes checks, per cache mode, what the guest sees and what
 // writes and flushes cost on the host.
+// cacheModeCase is what a cache mode must do to a write, flush, flush,
+// write, write, flush sequence.
+type cacheModeCase struct {
+	mode      CacheMode
+	wce       byte
+	syncs     uint64 // host syncs after the sequence
+	elided    uint64
+	directOpt bool
+}
+
 func TestCacheModes(t *testing.T) {
-	tests := []struct {
-		mode      CacheMode
-		wce       byte
-		syncs     uint64 // after write, flush, flush, write, write, flush
-		elided    uint64
-		directOpt bool
-	}{
+	tests := []cacheModeCase{
 		// Each FLUSH after new writes syncs once; the second flush is free.
 		{mode: CacheWriteback, wce: 1, syncs: 2, elided: 1},
 		// Every write syncs; every FLUSH finds nothing to do.
@@ -98,37 +107,43 @@ func TestCacheModes(t *testing.T) {
 		// Never a host sync.
 		{mode: CacheUnsafe, wce: 1, syncs: 0, elided: 0},
 	}
-	for _, tc := range tests {
-		t.Run(string(tc.mode), func(t *testing.T) {
-			h := newHarness(t, harnessConfig{cache: tc.mode})
-			if got := cfgByte(h, cfgWriteback); got != tc.wce {
-				t.Fatalf("config writeback %d, want %d", got, tc.wce)
-			}
-			if fb, ok := h.dev.Backend().(*FileBackend); !ok || fb.direct != tc.directOpt {
-				t.Fatalf("O_DIRECT %v, want %v", ok && fb.direct, tc.directOpt)
-			}
-			data := pattern(4096, 9)
-			// A misaligned guest buffer (O_DIRECT bounce path) and an
-			// aligned one.
-			mustStatus(t, "write", h.do(writeReq(0, data[:1000], data[1000:])), StatusOK)
-			mustStatus(t, "flush", h.do(flushReq()), StatusOK)
-			mustStatus(t, "flush", h.do(flushReq()), StatusOK)
-			mustStatus(t, "write", h.do(writeReq(8, data)), StatusOK)
-			mustStatus(t, "write", h.do(writeReq(1, data[:512])), StatusOK)
-			mustStatus(t, "flush", h.do(flushReq()), StatusOK)
-			st := h.dev.Stats()
-			if st.HostSyncs != tc.syncs || st.FlushesElided != tc.elided || st.Flushes != 3 || st.Writes != 3 {
-				t.Fatalf("host_syncs %d flushes_elided %d flushes %d writes %d, want %d %d 3 3",
-					st.HostSyncs, st.FlushesElided, st.Flushes, st.Writes, tc.syncs, tc.elided)
-			}
-			r := h.do(readReq(0, 4096))
-			want := append(append([]byte{}, data[:512]...), data[512:]...)
-			copy(want[512:1024], data[:512])
-			if !bytes.Equal(r.in[0][:512], data[:512]) || !bytes.Equal(r.in[0][512:1024], data[:512]) ||
-				!bytes.Equal(r.in[0][1024:], data[1024:]) {
-				t.Fatal("read back differs")
-			}
-		})
+	forEngines(t, func(t *testing.T, aio AIOEngine) {
+		for _, tc := range tests {
+			t.Run(string(tc.mode), func(t *testing.T) { testCacheMode(t, aio, tc) })
+		}
+	})
+}
+
+func testCacheMode(t *testing.T, aio AIOEngine, tc cacheModeCase) {
+	h := newHarness(t, harnessConfig{cache: tc.mode, aio: aio})
+	if got := cfgByte(h, cfgWriteback); got != tc.wce {
+		t.Fatalf("config writeback %d, want %d", got, tc.wce)
+	}
+	if fb, ok := h.dev.Backend().(*FileBackend); !ok || fb.direct != tc.directOpt {
+		t.Fatalf("O_DIRECT %v, want %v", ok && fb.direct, tc.directOpt)
+	}
+	data := pattern(4096, 9)
+	// A misaligned guest buffer (O_DIRECT bounce path) and an aligned one.
+	mustStatus(t, "write", h.do(writeReq(0, data[:1000], data[1000:])), StatusOK)
+	mustStatus(t, "flush", h.do(flushReq()), StatusOK)
+	mustStatus(t, "flush", h.do(flushReq()), StatusOK)
+	mustStatus(t, "write", h.do(writeReq(8, data)), StatusOK)
+	mustStatus(t, "write", h.do(writeReq(1, data[:512])), StatusOK)
+	mustStatus(t, "flush", h.do(flushReq()), StatusOK)
+	st := h.dev.Stats()
+	if st.HostSyncs != tc.syncs || st.FlushesElided != tc.elided || st.Flushes != 3 || st.Writes != 3 {
+		t.Fatalf("host_syncs %d flushes_elided %d flushes %d writes %d, want %d %d 3 3",
+			st.HostSyncs, st.FlushesElided, st.Flushes, st.Writes, tc.syncs, tc.elided)
+	}
+	r := h.do(readReq(0, 4096))
+	if !bytes.Equal(r.in[0][:512], data[:512]) || !bytes.Equal(r.in[0][512:1024], data[:512]) ||
+		!bytes.Equal(r.in[0][1024:], data[1024:]) {
+		t.Fatal("read back differs")
+	}
+	// Write-through writes stay on the workers (they sync before they
+	// complete); the rest of a writeback disk's writes go to the ring.
+	if aio == AIOIOUring && tc.mode == CacheWriteback && st.RingRequests != 3 {
+		t.Fatalf("ring_requests %d, want 3 (the writes)", st.RingRequests)
 	}
 }
 
@@ -484,9 +499,11 @@ func TestResetInFlight(t *testing.T) {
 }
 
 // TestMultiQueue serves two queues of one device at once.
-func TestMultiQueue(t *testing.T) {
+func TestMultiQueue(t *testing.T) { forEngines(t, testMultiQueue) }
+
+func testMultiQueue(t *testing.T, aio AIOEngine) {
 	path := tempDisk(t, 1<<20)
-	dev, err := Open(Spec{Path: path, Cache: CacheWriteback}, Options{Queues: 2})
+	dev, err := Open(Spec{Path: path, Cache: CacheWriteback, AIO: aio}, Options{Queues: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -530,7 +547,7 @@ func TestMultiQueue(t *testing.T) {
 		}
 	}
 	dev.Reset()
-	if s := dev.Stats(); s.Reads != 2 || s.Writes != 2 {
+	if s := dev.Stats(); s.Reads != 2 || s.Writes != 2 || (aio == AIOIOUring) != (s.RingRequests == 4) {
 		t.Fatalf("stats %+v", s)
 	}
 }

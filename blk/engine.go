@@ -46,9 +46,16 @@ import (
 
 // slot is one request in flight.
 type slot struct {
-	q     *queueRunner
-	chain virtio.Chain
-	req   *request
+	q *queueRunner
+	// idx is the slot's index in q.all (the ring's user data).
+	idx uint64
+	// inRing is set while the request is io_uring's: stored before it is
+	// submitted, loaded when its completion is reaped. The kernel orders
+	// the two; the atomic also shows the order to the race detector,
+	// which cannot see through the ring.
+	inRing atomic.Bool
+	chain  virtio.Chain
+	req    *request
 	// mark is the write generation a FLUSH must cover, taken when it was
 	// popped (submitted).
 	mark uint64
@@ -68,6 +75,10 @@ type queueRunner struct {
 	pfds  []unix.PollFd
 	kbuf  [8]byte
 	free  chan *slot
+	// all are the queue's slots, free or not.
+	all []*slot
+	// ring is the queue's io_uring (aio=io_uring), nil on threads.
+	ring *ringEngine
 	// spare is a free slot the loop holds between passes.
 	spare *slot
 	// broken is set when the ring itself is unusable (avail index moved
@@ -112,6 +123,10 @@ type activeState struct {
 	// requests still in flight are accounted without being executed or
 	// published.
 	faulted atomic.Bool
+	// aio is the engine serving this activation; aioFallback says why it
+	// is threads where the device asked for io_uring.
+	aio         AIOEngine
+	aioFallback string
 }
 
 // start builds the runners and starts the workers and, with loops, one
@@ -139,12 +154,15 @@ func (d *Device) start(a virtio.Activation, loops bool) (*activeState, error) {
 			pending: make([]*slot, 0, n),
 			batch:   make([]*slot, 0, n),
 		}
-		for range n {
-			q.free <- &slot{
+		for i := range n {
+			s := &slot{
 				q:     q,
+				idx:   uint64(i),
 				chain: virtio.Chain{Descriptors: make([]virtio.Descriptor, 0, d.chainCap())},
 				req:   newRequest(d.chainCap()),
 			}
+			q.all = append(q.all, s)
+			q.free <- s
 		}
 		st.queues[i] = q
 		total += n
@@ -157,6 +175,11 @@ func (d *Device) start(a virtio.Activation, loops bool) (*activeState, error) {
 	st.flushes = make(chan *slot, total)
 	st.flushBatch = make([]*slot, 0, total)
 	st.held = make([]*slot, 0, total)
+	st.aio = AIOThreads
+	if st.aioFallback = d.newRings(st); d.aio == AIOIOUring && st.aioFallback == "" {
+		st.aio = AIOIOUring
+	}
+	d.lastAIO.Store(&aioState{engine: st.aio, fallback: st.aioFallback})
 	st.flusherWG.Add(1)
 	go st.flusher()
 	for range d.workers {
@@ -191,6 +214,7 @@ func (st *activeState) stopAll() {
 	st.loops.Wait()
 	st.closeHeld()
 	st.inflight.Wait()
+	st.stopRings()
 	close(st.work)
 	close(st.flushes)
 	st.workers.Wait()
@@ -243,6 +267,7 @@ func (q *queueRunner) drain() bool {
 	var idleSince time.Time
 	for {
 		n, ok := q.popAll()
+		q.submitRing()
 		if !ok {
 			// popAll completes bad chains itself: publish them now, or
 			// no worker ever will and Reset waits for them forever.
@@ -288,7 +313,9 @@ func (q *queueRunner) drain() bool {
 // the reset the fault handler asks for.
 func (q *queueRunner) pass() bool {
 	ok := true
-	if q.st.guard(func() error { ok = q.drain(); return nil }) {
+	faulted := q.st.guard(func() error { ok = q.drain(); return nil })
+	q.submitRing() // what a fault interrupted was prepared: it completes
+	if faulted {
 		q.broken = true
 		if s := q.cur; s != nil {
 			q.cur = nil
@@ -604,6 +631,9 @@ func (d *Device) submit(s *slot) {
 	}
 	if r.typ == TypeFlush {
 		q.st.flushes <- s
+		return
+	}
+	if q.toRing(s) {
 		return
 	}
 	q.st.work <- s

@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // FaultBackend is the fault-injection layer: a Backend that passes every
@@ -387,6 +389,26 @@ func (b *FaultBackend) ReadAt(v *Vec, off int64) error {
 		return nil
 	}
 	return h.err()
+}
+
+// ringFD implements ringFile: with no rule, bad sector or failed write to
+// track, the layer passes every call through, so a request may go straight
+// to the file under it. Rules set while the request is in the ring apply
+// from the next request on, as they do for requests already executing.
+func (b *FaultBackend) ringFD(v *Vec, off int64) (int, []unix.Iovec, bool) {
+	if b.active.Load() {
+		return 0, nil, false
+	}
+	if rf, ok := b.lower.(ringFile); ok {
+		return rf.ringFD(v, off)
+	}
+	return 0, nil, false
+}
+
+// ringFile implements ringFile: the layer is straight over a file.
+func (b *FaultBackend) ringFile() bool {
+	rf, ok := b.lower.(ringFile)
+	return ok && rf.ringFile()
 }
 
 // WriteAt writes unless a rule fails, drops or delays the write.

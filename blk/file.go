@@ -463,3 +463,32 @@ func (b *FileBackend) Close() error {
 	})
 	return b.closeErr
 }
+
+// ringFile implements ringFile.
+func (b *FileBackend) ringFile() bool { return true }
+
+// ringFD implements ringFile: a request goes to the ring as preadv/pwritev
+// would go to the descriptor pathFor picks, except an O_DIRECT request
+// that needs the bounce buffer, or one with more buffers than one call
+// takes. The iovecs are built in v's scratch array, which the ring engine
+// clears once the request completed.
+func (b *FileBackend) ringFD(v *Vec, off int64) (int, []unix.Iovec, bool) {
+	if len(v.Bufs) > maxIov || len(v.Bufs) == 0 {
+		return 0, nil, false
+	}
+	fd := b.fd
+	switch b.pathFor(v, off) {
+	case pathBounce:
+		return 0, nil, false
+	case pathBuffered:
+		fd = b.bufFd
+	}
+	iov := v.iov[:0]
+	for _, buf := range v.Bufs {
+		var e unix.Iovec
+		e.Base = &buf[0]
+		e.SetLen(len(buf))
+		iov = append(iov, e)
+	}
+	return fd, iov, true
+}

@@ -2,6 +2,7 @@ package blk
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -9,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/flushvm/flushvm/internal/uring"
 	"github.com/flushvm/flushvm/virtio"
 )
 
@@ -44,6 +46,37 @@ type harnessConfig struct {
 	faults []FaultRule
 	// werror and rerror are the SPEC's error policies ("": report).
 	werror, rerror ErrorPolicy
+	// aio is the SPEC's aio= ("": threads).
+	aio AIOEngine
+}
+
+// engines are the I/O engines tests run on.
+var engines = []AIOEngine{AIOThreads, AIOIOUring}
+
+// forEngines runs fn as a subtest per I/O engine; io_uring's is skipped
+// where the kernel refuses io_uring.
+func forEngines(t *testing.T, fn func(t *testing.T, aio AIOEngine)) {
+	for _, aio := range engines {
+		t.Run(string(aio), func(t *testing.T) {
+			if aio == AIOIOUring {
+				skipWithoutRing(t)
+			}
+			fn(t, aio)
+		})
+	}
+}
+
+// skipWithoutRing skips a test where this kernel refuses io_uring.
+func skipWithoutRing(t testing.TB) {
+	t.Helper()
+	r, err := uring.New(4)
+	if errors.Is(err, uring.ErrUnsupported) {
+		t.Skipf("io_uring unavailable here: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
 }
 
 func tempDisk(t testing.TB, size int64) string {
@@ -84,7 +117,7 @@ func newHarness(t testing.TB, hc harnessConfig) *harness {
 		opts.Backend, h.faults = fb, fb
 	}
 	dev, err := Open(Spec{Path: h.path, Cache: hc.cache, ReadOnly: hc.readOnly, Serial: hc.serial, IgnoreDiscard: hc.ignoreDiscard,
-		WError: hc.werror, RError: hc.rerror}, opts)
+		WError: hc.werror, RError: hc.rerror, AIO: hc.aio}, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,4 +45,12 @@ type Stats struct {
 	Held          uint64 `json:"held"`
 	ErrorStops    uint64 `json:"error_stops"`
 	ErrorsIgnored uint64 `json:"errors_ignored"`
+
+	// AIO is the I/O engine serving the disk (aio=; "threads" where
+	// io_uring was asked for and the kernel or the disk's layers refused
+	// it, AIOFallback then saying why); RingRequests counts the reads and
+	// writes io_uring completed.
+	AIO          AIOEngine `json:"aio"`
+	AIOFallback  string    `json:"aio_fallback,omitempty"`
+	RingRequests uint64    `json:"ring_requests"`
 }

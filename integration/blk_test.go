@@ -25,6 +25,9 @@ type diskStats struct {
 	WCEChanges   uint64 `json:"wce_changes"`
 	HostSyncs    uint64 `json:"host_syncs"`
 	Errors       uint64 `json:"errors"`
+	AIO          string `json:"aio"`
+	AIOFallback  string `json:"aio_fallback"`
+	RingRequests uint64 `json:"ring_requests"`
 }
 
 // modes are flushvm's cache modes with the write cache Linux must report.
@@ -47,8 +50,9 @@ func pattern(d byte) []byte {
 // session. Boot 1 has one disk per cache mode (vda..vde): the guest reports
 // each disk's write_cache, writes a pattern with fsync to each, then
 // switches vda to write through; the host checks the bytes in each file
-// and the --stats counters. Boot 2 is `make run-disk`: fsyncstress on a
-// fresh sparse ext4 disk.
+// and the --stats counters; vda has a queue per vCPU, vdb the one its
+// queues=1 asks for. Boot 2 is `make run-disk`: fsyncstress on a fresh
+// sparse ext4 disk, on aio=io_uring.
 func TestDebianLinuxVirtioBlk(t *testing.T) {
 	a := prepare(t)
 	dir := t.TempDir()
@@ -65,10 +69,21 @@ func TestDebianLinuxVirtioBlk(t *testing.T) {
 			t.Fatal(err)
 		}
 		disks = append(disks, p)
-		args = append(args, "--disk", "path="+p+",cache="+m.cache)
+		spec := "path=" + p + ",cache=" + m.cache
+		if i == 1 {
+			spec += ",queues=1" // vda has the default: one queue per vCPU
+		}
+		args = append(args, "--disk", spec)
 		fmt.Fprintf(&script, "echo \"vd%c write_cache: $(cat /sys/block/vd%c/queue/write_cache)\"\n", d, d)
 		fmt.Fprintf(&script, "yes flushvm-%c | head -c 65536 > /tmp/p && dd if=/tmp/p of=/dev/vd%c bs=4096 seek=1 conv=fsync,notrunc 2>/dev/null\n", d, d)
 	}
+	// Multiqueue: the guest's blk-mq sees vda's two queues (one per vCPU)
+	// and vdb's one; a write synced from each vCPU goes down that vCPU's
+	// queue and completes on that queue's own MSI-X vector.
+	script.WriteString("for d in vda vdb; do echo \"$d queues: $(ls /sys/block/$d/mq | tr '\\n' ' ')\"; done\n")
+	script.WriteString("for c in 0 1; do taskset -c $c dd if=/tmp/p of=/dev/vda bs=4096 seek=$((32+c*16)) conv=fsync,notrunc 2>/dev/null; done\n")
+	script.WriteString("v=$(basename $(readlink /sys/block/vda/device))\n")
+	script.WriteString("grep \"$v-req\" /proc/interrupts | awk '{s=0; for (i=2; i<=NF; i++) if ($i ~ /^[0-9]+$/) s+=$i; print \"vda irq\", $NF, s}'\n")
 	// Linux 6.1's queue/write_cache only flips the block layer's flag;
 	// virtio_blk's cache_type attribute is what writes the device's
 	// writeback field (and updates queue/write_cache too).
@@ -91,8 +106,9 @@ func TestDebianLinuxVirtioBlk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	stressStats := filepath.Join(dir, "stress-stats.json")
 	stressArgs := []string{"--kernel", a.Kernel.BzImage, "--initrd", stressImg, "--cpus", "2",
-		"--disk", "path=" + ext4, "--append", cmdline("script")}
+		"--disk", "path=" + ext4 + ",aio=io_uring", "--stats", stressStats, "--append", cmdline("script")}
 
 	session(t, []boot{
 		{
@@ -108,6 +124,7 @@ func TestDebianLinuxVirtioBlk(t *testing.T) {
 						t.Errorf("cache=%s: guest lacks %q", m.cache, strings.TrimSpace(want))
 					}
 				}
+				checkQueues(t, r.Output)
 				if !bytes.Contains(r.Output, []byte("vda after toggle: write through")) {
 					t.Errorf("guest could not switch vda to write through")
 				}
@@ -130,6 +147,21 @@ func TestDebianLinuxVirtioBlk(t *testing.T) {
 				if r.Status != 0 || !bytes.Contains(r.Output, []byte("400 of 400 records intact")) {
 					t.Errorf("fsyncstress status %d; console:\n%s", r.Status, r.Output)
 				}
+				// aio=io_uring: the guest's reads and writes went through
+				// the ring (flushvm runs in L1's Linux when nested).
+				var doc struct {
+					Disks []diskStats `json:"disks"`
+				}
+				if b, err := os.ReadFile(stressStats); err != nil || json.Unmarshal(b, &doc) != nil || len(doc.Disks) != 1 {
+					t.Fatalf("--stats: %v: %s", err, b)
+				}
+				if d := doc.Disks[0]; d.AIO != "io_uring" || d.RingRequests == 0 || d.Errors != 0 || d.HostSyncs == 0 {
+					t.Errorf("aio=io_uring disk: aio %q (fallback %q) ring_requests %d errors %d host_syncs %d",
+						d.AIO, d.AIOFallback, d.RingRequests, d.Errors, d.HostSyncs)
+				} else {
+					t.Logf("aio=io_uring: %d requests through the ring, %d writes, %d flushes, %d host syncs",
+						d.RingRequests, d.Writes, d.Flushes, d.HostSyncs)
+				}
 				for _, l := range nonEmptyLines(r.Output) {
 					if strings.HasPrefix(l, "fsyncstress:") {
 						t.Log(l)
@@ -138,6 +170,30 @@ func TestDebianLinuxVirtioBlk(t *testing.T) {
 			},
 		},
 	})
+}
+
+// checkQueues wants vda with one queue per vCPU (2), each of which
+// completed requests on its own interrupt vector, and vdb with the one
+// its queues=1 asked for.
+func checkQueues(t *testing.T, out []byte) {
+	t.Helper()
+	for _, want := range []string{"vda queues: 0 1 \n", "vdb queues: 0 \n"} {
+		if !bytes.Contains(out, []byte(want)) {
+			t.Errorf("guest lacks %q", strings.TrimSpace(want))
+		}
+	}
+	irqs := map[string]int{}
+	for _, l := range nonEmptyLines(out) {
+		var name string
+		var n int
+		if _, err := fmt.Sscanf(strings.TrimSpace(l), "vda irq %s %d", &name, &n); err == nil {
+			irqs[name[strings.LastIndexByte(name, '.')+1:]] = n
+		}
+	}
+	if len(irqs) != 2 || irqs["0"] == 0 || irqs["1"] == 0 {
+		t.Errorf("vda's queue interrupts %v: want queues 0 and 1, each with interrupts", irqs)
+	}
+	t.Logf("vda's queue interrupts (queue: count) %v", irqs)
 }
 
 func checkStats(t *testing.T, path string, disks []string) {

@@ -329,13 +329,28 @@ type vhuCase struct {
 	queues int
 	wc     string // the write cache the guest sees first
 	full   bool   // fsyncstress, fio and large O_DIRECT read-back too
+	uring  bool   // aio=io_uring
 }
 
 func (c vhuCase) name() string {
+	// The name is the disk's serial too: at most 20 bytes.
+	n := string(c.mode)
 	if c.queues > 1 {
-		return string(c.mode) + "-" + strconv.Itoa(c.queues) + "queues"
+		n += "-" + strconv.Itoa(c.queues) + "q"
 	}
-	return string(c.mode)
+	if c.uring {
+		n += "-uring"
+	}
+	return n
+}
+
+// spec is the case's SPEC options.
+func (c vhuCase) spec() string {
+	s := ",cache=" + string(c.mode)
+	if c.uring {
+		s += ",aio=io_uring"
+	}
+	return s
 }
 
 // TestVhostUserBlkQEMU boots one Linux guest under QEMU TCG with a disk
@@ -348,12 +363,12 @@ func (c vhuCase) name() string {
 func TestVhostUserBlkQEMU(t *testing.T) {
 	a := vhuPrepare(t)
 	cases := []vhuCase{
-		{blk.CacheWriteback, 1, "write back", true},
-		{blk.CacheWriteback, 2, "write back", true},
-		{blk.CacheNone, 1, "write back", true},
-		{blk.CacheWritethrough, 1, "write through", false},
-		{blk.CacheDirectSync, 1, "write through", false},
-		{blk.CacheUnsafe, 1, "write back", false},
+		{blk.CacheWriteback, 1, "write back", true, false},
+		{blk.CacheWriteback, 2, "write back", true, true},
+		{blk.CacheNone, 1, "write back", true, true},
+		{blk.CacheWritethrough, 1, "write through", false, false},
+		{blk.CacheDirectSync, 1, "write through", false, false},
+		{blk.CacheUnsafe, 1, "write back", false, false},
 	}
 	pattern := make([]byte, 1<<20)
 	rand.Read(pattern)
@@ -362,7 +377,7 @@ func TestVhostUserBlkQEMU(t *testing.T) {
 	script := vhuScript
 	disks := make([]*vhuDisk, len(cases))
 	for i, tc := range cases {
-		disks[i] = &vhuDisk{name: tc.name(), spec: ",cache=" + string(tc.mode), queues: tc.queues}
+		disks[i] = &vhuDisk{name: tc.name(), spec: tc.spec(), queues: tc.queues}
 		full := 0
 		if tc.full {
 			full = 1
@@ -405,6 +420,12 @@ func checkVhuCase(t *testing.T, tc vhuCase, d *vhuDisk, console string, pattern 
 	}
 	if s.Cache != tc.mode || s.Writes == 0 || s.GetIDs == 0 || s.Errors != 0 || s.InvalidRequests != 0 {
 		t.Errorf("stats: cache %s writes %d get_ids %d errors %d invalid requests %d", s.Cache, s.Writes, s.GetIDs, s.Errors, s.InvalidRequests)
+	}
+	// aio=io_uring: the guest's reads and writes went through the ring
+	// (vhost-user guest memory, two queues, O_DIRECT with cache=none).
+	if want := map[bool]blk.AIOEngine{false: blk.AIOThreads, true: blk.AIOIOUring}[tc.uring]; s.AIO != want ||
+		tc.uring != (s.RingRequests > 0) {
+		t.Errorf("stats: aio %q (fallback %q) ring_requests %d, want %s", s.AIO, s.AIOFallback, s.RingRequests, want)
 	}
 	switch tc.mode {
 	case blk.CacheWriteback:

@@ -16,7 +16,7 @@ const DiskSpecSyntax = "path=FILE[,cache=MODE][,readonly=on|off][,serial=STRING]
 // DiskSpecKeys are the keys a --disk SPEC may have. Unknown keys are
 // errors, never ignored, so a typo cannot silently change a disk's
 // semantics.
-var DiskSpecKeys = []string{"path", "cache", "readonly", "serial", "powercut", "locking", "discard", "crashstates", "faults", "werror", "rerror"}
+var DiskSpecKeys = []string{"path", "cache", "readonly", "serial", "powercut", "locking", "discard", "crashstates", "faults", "werror", "rerror", "queues", "aio"}
 
 // diskSpecAliases are QEMU's names for SPEC keys.
 var diskSpecAliases = map[string]string{"file": "path"}

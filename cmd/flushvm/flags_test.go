@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/flushvm/flushvm/blk"
 	"github.com/flushvm/flushvm/crashtest"
 	"github.com/flushvm/flushvm/protocol"
 )
@@ -33,6 +34,29 @@ func TestValueFlagsContract(t *testing.T) {
 		want := slices.Sorted(slices.Values(tc.want))
 		if !slices.Equal(got, want) {
 			t.Errorf("flushvm %s value flags %v, protocol lists %v", tc.name, got, want)
+		}
+	}
+}
+
+func TestDiskQueues(t *testing.T) {
+	tests := []struct {
+		spec       string
+		cpus, want int
+	}{
+		{"path=d.img", 1, 1},
+		{"path=d.img", 2, 2},
+		{"path=d.img", 0, 1},
+		{"path=d.img", 100, blk.MaxQueues},
+		{"path=d.img,queues=1", 4, 1},
+		{"path=d.img,queues=3", 1, 3},
+	}
+	for _, tc := range tests {
+		sp, err := blk.ParseSpec(tc.spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := diskQueues(sp, tc.cpus); got != tc.want {
+			t.Errorf("diskQueues(%q, %d cpus) = %d, want %d", tc.spec, tc.cpus, got, tc.want)
 		}
 	}
 }

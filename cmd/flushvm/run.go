@@ -71,7 +71,10 @@ func newRunFlags() *runFlags {
 	fs.StringArrayVar(&f.disks, "disk", nil, "virtio-blk disk, repeatable: the guest sees vda, vdb, ... in order\n"+
 		"  SPEC = path=FILE[,cache=writeback|writethrough|none|directsync|unsafe][,readonly=on|off][,serial=STRING]\n"+
 		"         [,powercut=lose-all|keep-all|random-subset|random-sectors[:512|:4k]|prefix][,crashstates=FILE]\n"+
-		"         [,faults=FILE][,werror=report|ignore|enospc|stop][,rerror=report|ignore|stop]\n"+
+		"         [,faults=FILE][,werror=report|ignore|enospc|stop][,rerror=report|ignore|stop][,queues=N]\n"+
+		"         [,aio=threads|io_uring]\n"+
+		"  (queues=: request queues, each with its own interrupt vector; default one per vCPU;\n"+
+		"  aio=io_uring: reads and writes batched through an io_uring per queue, threads the fallback)\n"+
 		"  (faults=: fault-injection rules, one per line, e.g. \"write sectors=2048-2055 eio once\";\n"+
 		"  werror=/rerror=stop pause the VM on a failed request until POST /resume: needs --api)\n"+
 		"  e.g. --disk path=disk.img,cache=none --disk path=ro.img,readonly=on,serial=data1")
@@ -174,6 +177,16 @@ func runCommand(args []string, stdout, stderr io.Writer) int {
 	return status
 }
 
+// diskQueues is the number of request queues of a disk: its queues=, else
+// one per vCPU (as QEMU's virtio-blk-pci does), so each vCPU's blk-mq
+// context has a queue, an interrupt vector and a device loop of its own.
+func diskQueues(sp blk.Spec, cpus int) int {
+	if sp.Queues > 0 {
+		return sp.Queues
+	}
+	return min(max(cpus, 1), blk.MaxQueues)
+}
+
 // run boots the machine and returns its exit status. Errors are user errors
 // (userError) or failures of the VMM.
 func (f *runFlags) run(stdout, stderr io.Writer) (status int, err error) {
@@ -191,7 +204,7 @@ func (f *runFlags) run(stdout, stderr io.Writer) (status int, err error) {
 			logPath = f.writeLog
 		}
 		d, err := disk.Open(sp, disk.Options{WriteLog: logPath, CacheBound: pc.bound, Supply: pc.supply, Diag: stderr,
-			Seed: f.seed, Device: blk.Options{Stopped: s.errorStopped(i, stderr)}})
+			Seed: f.seed, Device: blk.Options{Queues: diskQueues(sp, f.cpus), Stopped: s.errorStopped(i, stderr)}})
 		if err != nil {
 			return 0, userErrorf("--disk %s: %v", f.disks[i], err)
 		}

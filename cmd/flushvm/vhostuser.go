@@ -48,7 +48,7 @@ func newVhostUserFlags() *vhostUserFlags {
 	fs.StringVar(&f.socket, "socket", "", "unix socket PATH to listen on (required)\n  e.g. --socket /tmp/vhu.sock")
 	fs.StringArrayVar(&f.disks, "disk", nil, "disk SPEC, as in flushvm run: path=FILE[,cache=MODE][,readonly=on|off][,serial=S]\n"+
 		"  (required)\n  e.g. --disk path=disk.img,cache=writeback")
-	fs.IntVar(&f.queues, "queues", 1, fmt.Sprintf("number of request queues (1..%d)\n  e.g. --queues 2", blk.MaxQueues))
+	fs.IntVar(&f.queues, "queues", 1, fmt.Sprintf("number of request queues (1..%d; the SPEC's queues=N says the same)\n  e.g. --queues 2", blk.MaxQueues))
 	fs.IntVar(&f.queueSize, "queue-size", 128, "ring size of every queue; must equal the frontend's (QEMU vhost-user-blk-pci\n"+
 		"  queue-size): the device tells the guest how long a request may be from it\n  e.g. --queue-size 256")
 	fs.StringVar(&f.stats, "stats", "", "write the statistics JSON document to FILE at exit\n  e.g. --stats stats.json")
@@ -136,6 +136,12 @@ func (f *vhostUserFlags) check() (blk.Spec, error) {
 	spec, err := blk.ParseSpec(f.disks[0])
 	if err != nil {
 		return spec, userErrorf("--disk: %v", err)
+	}
+	if spec.Queues != 0 {
+		if f.fs.Changed("queues") && f.queues != spec.Queues {
+			return spec, userErrorf("--queues %d and the SPEC's queues=%d disagree: give one", f.queues, spec.Queues)
+		}
+		f.queues = spec.Queues
 	}
 	if disk.HasStopPolicy(spec) && f.api == "" {
 		return spec, userErrorf("--disk: an error policy of stop holds failed requests until POST /resume: give --api SOCKET")

@@ -37,6 +37,8 @@ func TestVhostUserBlkUsage(t *testing.T) {
 		{"power cut without powercut=", []string{"--socket", sock, "--disk", "path=" + img, "--power-cut", "writes=3"}, "needs powercut=POLICY"},
 		{"missing file", []string{"--socket", sock, "--disk", "path=" + dir + "/nope"}, "no such file"},
 		{"queues", []string{"--socket", sock, "--disk", "path=" + img, "--queues", "0"}, "--queues 0"},
+		{"queues twice", []string{"--socket", sock, "--disk", "path=" + img + ",queues=2", "--queues", "3"}, "--queues 3 and the SPEC's queues=2 disagree"},
+		{"queues in spec", []string{"--socket", sock, "--disk", "path=" + img + ",queues=99"}, `queues="99"`},
 		{"queue size", []string{"--socket", sock, "--disk", "path=" + img, "--queue-size", "100"}, "--queue-size 100"},
 		{"queue size past uint16", []string{"--socket", sock, "--disk", "path=" + img, "--queue-size", "70000"}, "--queue-size 70000: want a power of two"},
 		{"two disks", []string{"--socket", sock, "--disk", "path=" + img, "--disk", "path=" + img}, "--disk given 2 times"},
