@@ -77,6 +77,7 @@ type counters struct {
 	hostSyncs, flushesElided, flushesMerged                            atomic.Uint64
 	held, errorStops, errorsIgnored                                    atomic.Uint64
 	ringRequests                                                       atomic.Uint64
+	usedBatches, interrupts                                            atomic.Uint64
 }
 
 // aioState is the engine an activation runs on, and why it is not the
@@ -397,6 +398,8 @@ func (d *Device) Stats() Stats {
 		ErrorsIgnored:   c.errorsIgnored.Load(),
 		AIO:             d.aio,
 		RingRequests:    c.ringRequests.Load(),
+		UsedBatches:     c.usedBatches.Load(),
+		Interrupts:      c.interrupts.Load(),
 	}
 	if a := d.lastAIO.Load(); a != nil {
 		st.AIO, st.AIOFallback = a.engine, a.fallback

@@ -75,7 +75,8 @@ func testRequestTypes(t *testing.T, aio AIOEngine) {
 	st := h.dev.Stats()
 	want := Stats{Path: h.path, Cache: CacheWriteback, WCE: true, Reads: 2, Writes: 1, Flushes: 1,
 		Discards: 1, WriteZeroes: 2, GetIDs: 1, Unsupported: 1, BytesRead: 16384, BytesWritten: 8192,
-		Errors: 2, InvalidRequests: 2, HostSyncs: 1, AIO: aio}
+		Errors: 2, InvalidRequests: 2, HostSyncs: 1, AIO: aio,
+		UsedBatches: 11, Interrupts: 11} // 11 requests, one at a time
 	if aio == AIOIOUring {
 		want.RingRequests = 3 // the reads and the write; the rest are not for the ring
 	}

@@ -457,7 +457,11 @@ func (q *queueRunner) pushUsed() {
 			q.queue.AddUsed(s.chain.Head, s.written)
 		}
 		notify, err := q.queue.PublishUsed()
+		if err == nil {
+			q.d.c.usedBatches.Add(1)
+		}
 		if err == nil && notify {
+			q.d.c.interrupts.Add(1)
 			q.irq.Notify()
 		}
 		return err

@@ -53,4 +53,13 @@ type Stats struct {
 	AIO          AIOEngine `json:"aio"`
 	AIOFallback  string    `json:"aio_fallback,omitempty"`
 	RingRequests uint64    `json:"ring_requests"`
+
+	// UsedBatches counts used-ring publications (one used->idx update
+	// each, for every completion that was ready together); Interrupts
+	// counts the notifications among them that the driver asked for
+	// (EVENT_IDX or the no-interrupt flag) and got: MSI-X messages on PCI,
+	// call eventfd writes on vhost-user. Interrupts over completed
+	// requests is the interrupt rate the guest sees.
+	UsedBatches uint64 `json:"used_batches"`
+	Interrupts  uint64 `json:"interrupts"`
 }

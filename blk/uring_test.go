@@ -134,3 +134,65 @@ func TestRingBatch(t *testing.T) {
 		}
 	})
 }
+
+// TestInterruptCounters checks used_batches and interrupts against the
+// notifications the driver received, on both engines, with and without
+// EVENT_IDX: at QD1 every completion is its own batch and interrupt; a
+// driver that turned interrupts off gets none, though its requests still
+// complete; a burst is published in at most as many batches as requests.
+func TestInterruptCounters(t *testing.T) {
+	cases := []struct {
+		name     string
+		eventIdx bool
+		disable  bool
+	}{
+		{"event-idx", true, false},
+		{"event-idx-disabled", true, true},
+		{"flags", false, false},
+		{"flags-disabled", false, true},
+	}
+	forEngines(t, func(t *testing.T, aio AIOEngine) {
+		for _, c := range cases {
+			t.Run(c.name, func(t *testing.T) { testInterruptCounters(t, aio, c.eventIdx, c.disable) })
+		}
+	})
+}
+
+func testInterruptCounters(t *testing.T, aio AIOEngine, eventIdx, disable bool) {
+	h := newHarness(t, harnessConfig{aio: aio, diskSize: 4 << 20})
+	if !eventIdx {
+		h.dev.Reset()
+		h.activate(harnessConfig{features: h.dev.Features() &^ virtio.FeatureEventIdx})
+	}
+	if disable {
+		if err := h.drv.DisableInterrupts(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const qd1, burst = 5, 32
+	for i := range qd1 {
+		mustStatus(t, "read", h.do(readReq(uint64(i*8), 4096)), StatusOK)
+	}
+	st := h.dev.Stats()
+	wantIRQ := uint64(qd1)
+	if disable {
+		wantIRQ = 0
+	}
+	if st.UsedBatches != qd1 || st.Interrupts != wantIRQ || h.irq.Count() != wantIRQ {
+		t.Fatalf("QD1: used_batches %d interrupts %d notifications %d, want %d %d %d",
+			st.UsedBatches, st.Interrupts, h.irq.Count(), qd1, wantIRQ, wantIRQ)
+	}
+	for i := range burst {
+		h.submit(readReq(uint64(i*8), 4096))
+	}
+	h.kick()
+	h.waitUsed(burst)
+	st = h.dev.Stats()
+	batches := st.UsedBatches - qd1
+	if batches < 1 || batches > burst || st.Interrupts > st.UsedBatches || st.Interrupts != h.irq.Count() ||
+		(disable && st.Interrupts != 0) {
+		t.Fatalf("burst of %d: used_batches %d interrupts %d notifications %d (disabled %v)",
+			burst, batches, st.Interrupts, h.irq.Count(), disable)
+	}
+	t.Logf("burst of %d reads: %d used-ring batches, %d interrupts", burst, batches, st.Interrupts-wantIRQ)
+}

@@ -4,11 +4,14 @@
 // the same jobs (fio, and the crash tests' fsyncstress workload), one
 // backend after another, repeated:
 //
-//  1. flushvm vhost-user-blk (cache=writeback)
-//  2. qemu-storage-daemon's vhost-user-blk export (file driver, page cache)
-//  3. QEMU's built-in virtio-blk (-drive cache=writeback, aio=threads)
+//  1. flushvm vhost-user-blk (cache=writeback), on the worker pool
+//  2. the same with aio=io_uring
+//  3. qemu-storage-daemon's vhost-user-blk export (file driver, page cache)
+//  4. QEMU's built-in virtio-blk (-drive cache=writeback, aio=threads)
 //
-// It prints one table of medians with min/max and the ratios flushvm/peer,
+// It prints one table of medians with min/max and the ratios of each
+// flushvm engine to each peer, flushvm's interrupts per request (from its
+// --stats),
 // and writes it as CSV and as an SVG bar chart. A separate boot per backend
 // runs the fdatasync jobs with the backend under `strace -c -f
 // --seccomp-bpf -e trace=fdatasync,fsync`, to count host syncs against the
@@ -39,6 +42,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/flushvm/flushvm/blk"
+	"github.com/flushvm/flushvm/disk"
 	"github.com/flushvm/flushvm/host"
 	"github.com/flushvm/flushvm/host/harness"
 	"github.com/flushvm/flushvm/host/initramfs"
@@ -82,6 +87,7 @@ type backend struct {
 
 var backends = []backend{
 	{"flushvm vhost-user-blk", "flushvm"},
+	{"flushvm vhost-user-blk aio=io_uring", "flushvm-uring"},
 	{"qemu-storage-daemon vhost-user-blk", "qsd"},
 	{"QEMU virtio-blk cache=writeback", "qemu"},
 }
@@ -103,7 +109,7 @@ func main() {
 	flag.IntVar(&c.diskMiB, "disk", 256, "host file size in MiB")
 	flag.StringVar(&c.out, "out", "build/bench-vhost", "output directory (CSV, SVG, logs)")
 	flag.StringVar(&c.flushvm, "flushvm", "", "flushvm binary (default: go build ./cmd/flushvm)")
-	flag.StringVar(&c.only, "backends", "flushvm,qsd,qemu", "backends to run, comma separated")
+	flag.StringVar(&c.only, "backends", "flushvm,flushvm-uring,qsd,qemu", "backends to run, comma separated")
 	flag.BoolVar(&c.noStrace, "no-strace", false, "skip the host sync counting boots")
 	flag.Parse()
 	if err := run(c); err != nil {
@@ -161,7 +167,7 @@ func run(c config) error {
 		}
 	}
 	res := results{iops: map[string]map[string][]float64{}, wc: map[string]string{},
-		syncs: map[string]map[string]syncCount{}, cpu: map[string][]float64{}}
+		syncs: map[string]map[string]syncCount{}, cpu: map[string][]float64{}, irq: map[string][][3]uint64{}}
 	for rep := 1; rep <= c.reps; rep++ {
 		for _, b := range selected {
 			fmt.Fprintf(os.Stderr, "rep %d/%d: %s ...", rep, c.reps, b.Name)
@@ -303,6 +309,8 @@ type bootResult struct {
 	// cpu is the host CPU time of the backend process (for QEMU's
 	// built-in device, of QEMU itself, vCPUs included).
 	cpu time.Duration
+	// stats is flushvm's --stats entry for the disk (nil for the peers).
+	stats *blk.Stats
 }
 
 // syncCount compares the guest's flushes with the backend's host syncs
@@ -386,7 +394,34 @@ func (e *env) boot(ctx context.Context, b backend, syncJob string) (bootResult, 
 	if daemon != nil {
 		served = daemon
 	}
-	return resultOf(b, console.String(), straceOut, syncCounting, served)
+	r, err := resultOf(b, console.String(), straceOut, syncCounting, served)
+	if err == nil && strings.HasPrefix(b.Short, "flushvm") {
+		r.stats, err = flushvmStats(filepath.Join(dir, "stats.json"), b)
+	}
+	return r, err
+}
+
+// flushvmStats reads the disk's entry of flushvm's --stats file and checks
+// that the engine b names served it: a fallback to threads would make the
+// io_uring column measure the worker pool.
+func flushvmStats(path string, b backend) (*blk.Stats, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", b.Name, err)
+	}
+	var doc disk.Stats
+	if err := json.Unmarshal(data, &doc); err != nil || len(doc.Disks) != 1 {
+		return nil, fmt.Errorf("%s: %s: not a one-disk stats document (%v)", b.Name, path, err)
+	}
+	st := doc.Disks[0].Stats
+	want := blk.AIOThreads
+	if b.Short == "flushvm-uring" {
+		want = blk.AIOIOUring
+	}
+	if st.AIO != want {
+		return nil, fmt.Errorf("%s: the disk ran on %s, not %s (%s)", b.Name, st.AIO, want, st.AIOFallback)
+	}
+	return &st, nil
 }
 
 // resultOf reads a finished boot of backend b: fio's numbers from the
@@ -415,9 +450,13 @@ func resultOf(b backend, console, straceOut string, syncCounting bool, served *e
 // host syncs are counted.
 func (e *env) daemon(ctx context.Context, b backend, sock, dir string, wrap func(...string) []string) *exec.Cmd {
 	switch b.Short {
-	case "flushvm":
+	case "flushvm", "flushvm-uring":
+		spec := "path=" + e.disk + ",cache=writeback"
+		if b.Short == "flushvm-uring" {
+			spec += ",aio=io_uring"
+		}
 		return exec.CommandContext(ctx, "nice", wrap(e.flushvm, "vhost-user-blk", "--socket", sock,
-			"--disk", "path="+e.disk+",cache=writeback", "--stats", filepath.Join(dir, "stats.json"))...)
+			"--disk", spec, "--stats", filepath.Join(dir, "stats.json"))...)
 	case "qsd":
 		return exec.CommandContext(ctx, "nice", wrap("qemu-storage-daemon",
 			"--blockdev", "driver=file,node-name=f0,filename="+e.disk,
@@ -574,6 +613,9 @@ type results struct {
 	wc    map[string]string
 	syncs map[string]map[string]syncCount // backend -> job -> counts
 	cpu   map[string][]float64            // backend -> CPU seconds per timed boot
+	// irq holds flushvm's counters per timed boot: completed requests,
+	// used-ring batches and interrupts.
+	irq map[string][][3]uint64
 }
 
 func (r *results) add(b backend, br bootResult) {
@@ -585,6 +627,10 @@ func (r *results) add(b backend, br bootResult) {
 	}
 	r.wc[b.Short] = br.writeCache
 	r.cpu[b.Short] = append(r.cpu[b.Short], br.cpu.Seconds())
+	if st := br.stats; st != nil {
+		reqs := st.Reads + st.Writes + st.Flushes + st.Discards + st.WriteZeroes + st.GetIDs + st.Unsupported + st.Errors
+		r.irq[b.Short] = append(r.irq[b.Short], [3]uint64{reqs, st.UsedBatches, st.Interrupts})
+	}
 }
 
 // stat is a median with its range.
@@ -609,11 +655,10 @@ func (r *results) report(w io.Writer, c config, sel []backend) error {
 	for _, b := range sel {
 		header = append(header, b.Short+" median", b.Short+" min", b.Short+" max")
 	}
+	ratios := ratioPairs(sel)
 	ratioCols := []string{}
-	for _, b := range sel[1:] {
-		if sel[0].Short == "flushvm" {
-			ratioCols = append(ratioCols, "flushvm/"+b.Short)
-		}
+	for _, p := range ratios {
+		ratioCols = append(ratioCols, p[0]+"/"+p[1])
 	}
 	header = append(header, ratioCols...)
 	var rows [][]string
@@ -645,13 +690,10 @@ func (r *results) report(w io.Writer, c config, sel []backend) error {
 			fmt.Fprintf(w, " %24s", fmt.Sprintf("%.0f [%.0f-%.0f]", s.med, s.min, s.max))
 			row = append(row, f1(s.med), f1(s.min), f1(s.max))
 		}
-		for _, b := range sel[1:] {
-			if sel[0].Short != "flushvm" {
-				break
-			}
+		for _, p := range ratios {
 			ratio := ""
-			if meds[b.Short] > 0 && meds["flushvm"] > 0 {
-				ratio = fmt.Sprintf("%.2f", meds["flushvm"]/meds[b.Short])
+			if meds[p[0]] > 0 && meds[p[1]] > 0 {
+				ratio = fmt.Sprintf("%.2f", meds[p[0]]/meds[p[1]])
 			}
 			fmt.Fprintf(w, " %13s", ratio)
 			row = append(row, ratio)
@@ -660,6 +702,7 @@ func (r *results) report(w io.Writer, c config, sel []backend) error {
 		rows = append(rows, row)
 	}
 	r.syncTable(w, sel)
+	r.irqTable(w, sel)
 	if err := writeCSV(filepath.Join(c.out, "bench-vhost.csv"), header, rows, r, sel); err != nil {
 		return err
 	}
@@ -690,6 +733,45 @@ func (r *results) syncTable(w io.Writer, sel []backend) {
 			}
 			fmt.Fprintf(w, "%-36s %-13s %-10.1f %-26s %-14d %-11s %s\n", b.Name, r.wc[b.Short], cpu.med, j.Name, sc.GuestFlushes[j.Name], host, per)
 		}
+	}
+}
+
+// ratioPairs are the ratio columns: each flushvm engine over each peer.
+func ratioPairs(sel []backend) [][2]string {
+	var pairs [][2]string
+	for _, own := range sel {
+		if !strings.HasPrefix(own.Short, "flushvm") {
+			continue
+		}
+		for _, peer := range sel {
+			if !strings.HasPrefix(peer.Short, "flushvm") {
+				pairs = append(pairs, [2]string{own.Short, peer.Short})
+			}
+		}
+	}
+	return pairs
+}
+
+// irqTable prints, per flushvm engine, the requests, used-ring batches and
+// interrupts of its timed boots (medians over the repetitions, all jobs of
+// a boot together): interrupts per request is what completion batching
+// saved the guest.
+func (r *results) irqTable(w io.Writer, sel []backend) {
+	fmt.Fprintf(w, "\n%-36s %-12s %-14s %-12s %-15s %s\n", "backend", "requests", "used batches", "interrupts", "batches/request", "interrupts/request")
+	for _, b := range sel {
+		var col [3][]float64
+		for _, c := range r.irq[b.Short] {
+			for i := range col {
+				col[i] = append(col[i], float64(c[i]))
+			}
+		}
+		reqs, ok := summarize(col[0])
+		if !ok || reqs.med == 0 {
+			continue
+		}
+		batches, _ := summarize(col[1])
+		irqs, _ := summarize(col[2])
+		fmt.Fprintf(w, "%-36s %-12.0f %-14.0f %-12.0f %-15.2f %.2f\n", b.Name, reqs.med, batches.med, irqs.med, batches.med/reqs.med, irqs.med/reqs.med)
 	}
 }
 
@@ -728,10 +810,10 @@ func writeCSV(path string, header []string, rows [][]string, r *results, sel []b
 // relative to QEMU's built-in virtio-blk (or the last backend), with the
 // min-max range as a whisker and the absolute median printed above.
 func writeSVG(path string, chart map[string]map[string]stat, sel []backend, c config) error {
-	colors := map[string]string{"flushvm": "#2b7bba", "qsd": "#e08a2c", "qemu": "#6a9f4a"}
+	colors := map[string]string{"flushvm": "#2b7bba", "flushvm-uring": "#7b3fb0", "qsd": "#e08a2c", "qemu": "#6a9f4a"}
 	ref := sel[len(sel)-1].Short
 	const (
-		left, top, groupW, barW, plotH = 60, 50, 150, 38, 300
+		left, top, groupW, barW, plotH = 60, 50, 150, 30, 300
 	)
 	width := left + groupW*len(jobs) + 20
 	height := top + plotH + 110

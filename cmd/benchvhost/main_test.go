@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -47,6 +49,67 @@ func TestParseConsole(t *testing.T) {
 		}
 		if got := r.syncs.GuestFlushes["fsyncstress-4writers"]; got != tc.flushes {
 			t.Errorf("%s: guest flushes %d, want %d", tc.name, got, tc.flushes)
+		}
+	}
+}
+
+// TestRatioPairs gives a column per flushvm engine and peer, and none
+// without a flushvm backend or without a peer.
+func TestRatioPairs(t *testing.T) {
+	tests := []struct {
+		sel  string
+		want string
+	}{
+		{"flushvm,flushvm-uring,qsd,qemu", "flushvm/qsd flushvm/qemu flushvm-uring/qsd flushvm-uring/qemu"},
+		{"flushvm-uring,qemu", "flushvm-uring/qemu"},
+		{"qsd,qemu", ""},
+		{"flushvm,flushvm-uring", ""},
+	}
+	for _, tc := range tests {
+		var sel []backend
+		for _, s := range strings.Split(tc.sel, ",") {
+			sel = append(sel, backend{Short: s})
+		}
+		var got []string
+		for _, p := range ratioPairs(sel) {
+			got = append(got, p[0]+"/"+p[1])
+		}
+		if strings.Join(got, " ") != tc.want {
+			t.Errorf("%s: %q, want %q", tc.sel, got, tc.want)
+		}
+	}
+}
+
+// TestFlushvmStats reads the disk's counters and refuses a run whose disk
+// was not served by the engine the column names.
+func TestFlushvmStats(t *testing.T) {
+	doc := func(aio, fallback string) string {
+		return `{"schema":1,"flushvm_version":"x","disks":[{"path":"d","aio":"` + aio + `","aio_fallback":"` + fallback +
+			`","reads":10,"used_batches":4,"interrupts":3}]}`
+	}
+	tests := []struct {
+		name, short, doc, err string
+	}{
+		{"threads", "flushvm", doc("threads", ""), ""},
+		{"io_uring", "flushvm-uring", doc("io_uring", ""), ""},
+		{"fell back", "flushvm-uring", doc("threads", "io_uring_setup: operation not permitted"), "not io_uring (io_uring_setup"},
+		{"two disks", "flushvm", `{"disks":[{},{}]}`, "not a one-disk stats document"},
+		{"not json", "flushvm", `{`, "not a one-disk stats document"},
+	}
+	for _, tc := range tests {
+		path := filepath.Join(t.TempDir(), "stats.json")
+		if err := os.WriteFile(path, []byte(tc.doc), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		st, err := flushvmStats(path, backend{Name: tc.name, Short: tc.short})
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%s: error %v, want %q", tc.name, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || st.Reads != 10 || st.UsedBatches != 4 || st.Interrupts != 3 {
+			t.Errorf("%s: %+v, %v", tc.name, st, err)
 		}
 	}
 }
