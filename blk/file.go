@@ -229,12 +229,10 @@ func (b *FileBackend) WriteAt(v *Vec, off int64) error {
 	return b.vecIO(b.fd, v, off, true)
 }
 
-// maxIov is IOV_MAX on Linux: the most iovecs one preadv/pwritev takes.
-const maxIov = 1024
-
-// vecIO does the whole transfer of v at off, resuming after short transfers
-// and EINTR. It uses v's preallocated iovec array, so it allocates nothing.
-func (b *FileBackend) vecIO(fd int, v *Vec, off int64, write bool) error {
+// iovecs fills v's preallocated iovec array with v's buffers and returns
+// it; the caller clears it once the transfer is done, so that no pointer
+// into guest memory stays behind.
+func (v *Vec) iovecs() []unix.Iovec {
 	iov := v.iov[:0]
 	for _, buf := range v.Bufs {
 		var e unix.Iovec
@@ -242,6 +240,16 @@ func (b *FileBackend) vecIO(fd int, v *Vec, off int64, write bool) error {
 		e.SetLen(len(buf))
 		iov = append(iov, e)
 	}
+	return iov
+}
+
+// maxIov is IOV_MAX on Linux: the most iovecs one preadv/pwritev takes.
+const maxIov = 1024
+
+// vecIO does the whole transfer of v at off, resuming after short transfers
+// and EINTR. It uses v's preallocated iovec array, so it allocates nothing.
+func (b *FileBackend) vecIO(fd int, v *Vec, off int64, write bool) error {
+	iov := v.iovecs()
 	// Do not keep pointers into guest memory in the scratch array.
 	defer clear(v.iov[:len(v.Bufs)])
 	for len(iov) > 0 {
@@ -483,12 +491,6 @@ func (b *FileBackend) ringFD(v *Vec, off int64) (int, []unix.Iovec, bool) {
 	case pathBuffered:
 		fd = b.bufFd
 	}
-	iov := v.iov[:0]
-	for _, buf := range v.Bufs {
-		var e unix.Iovec
-		e.Base = &buf[0]
-		e.SetLen(len(buf))
-		iov = append(iov, e)
-	}
+	iov := v.iovecs()
 	return fd, iov, true
 }
