@@ -84,9 +84,11 @@ type qdDriver struct {
 	byHead []int // request index by chain head
 	offs   []uint64
 	next   int
+	// typ is the request type run submits (TypeIn or TypeOut).
+	typ uint32
 }
 
-func newQDDriver(tb testing.TB, indirect bool) (*qdDriver, *virtio.Queue) {
+func newQDDriver(tb testing.TB, indirect, write bool) (*qdDriver, *virtio.Queue) {
 	drv, err := virtio.NewMockDriver(virtio.MockConfig{Size: 128, EventIdx: true, IndirectDesc: indirect, MemorySize: 8 << 20})
 	if err != nil {
 		tb.Fatal(err)
@@ -96,7 +98,10 @@ func newQDDriver(tb testing.TB, indirect bool) (*qdDriver, *virtio.Queue) {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	d := &qdDriver{drv: drv, irq: virtio.NewMockNotifier(), byHead: make([]int, 128), offs: benchOffsets(1 << 14)}
+	d := &qdDriver{drv: drv, irq: virtio.NewMockNotifier(), byHead: make([]int, 128), offs: benchOffsets(1 << 14), typ: TypeIn}
+	if write {
+		d.typ = TypeOut
+	}
 	for range benchQD {
 		h, _ := drv.Alloc(16, 16)
 		data, _ := drv.Alloc(benchBlock, benchBlock)
@@ -106,7 +111,7 @@ func newQDDriver(tb testing.TB, indirect bool) (*qdDriver, *virtio.Queue) {
 			tb.Fatal(err)
 		}
 		d.reqs = append(d.reqs, benchReq{hdr: hb, bufs: []virtio.MockBuffer{
-			{Addr: h, Len: 16}, {Addr: data, Len: benchBlock, Writable: true}, {Addr: st, Len: 1, Writable: true},
+			{Addr: h, Len: 16}, {Addr: data, Len: benchBlock, Writable: !write}, {Addr: st, Len: 1, Writable: true},
 		}})
 	}
 	return d, q
@@ -115,7 +120,7 @@ func newQDDriver(tb testing.TB, indirect bool) (*qdDriver, *virtio.Queue) {
 // submit makes request i available with the next random sector.
 func (d *qdDriver) submit(tb testing.TB, i int) {
 	r := &d.reqs[i]
-	binary.LittleEndian.PutUint32(r.hdr[0:], TypeIn)
+	binary.LittleEndian.PutUint32(r.hdr[0:], d.typ)
 	binary.LittleEndian.PutUint64(r.hdr[8:], d.offs[d.next&(len(d.offs)-1)])
 	d.next++
 	head, err := d.drv.AddChain(r.bufs, false)
@@ -169,7 +174,17 @@ func (d *qdDriver) run(tb testing.TB, n int) {
 func BenchmarkDeviceRandRead4K(b *testing.B) {
 	for _, aio := range engines {
 		b.Run(string(aio), func(b *testing.B) {
-			runBench(b, func(tb testing.TB) (func(int), func()) { return deviceRandRead(tb, aio) })
+			runBench(b, func(tb testing.TB) (func(int), func()) { return deviceRandIO(tb, aio, false) })
+		})
+	}
+}
+
+// BenchmarkDeviceRandWrite4K: 4 KiB random write-back writes at queue
+// depth 32 through the whole device path (buffered pwritev, no flushes).
+func BenchmarkDeviceRandWrite4K(b *testing.B) {
+	for _, aio := range engines {
+		b.Run(string(aio), func(b *testing.B) {
+			runBench(b, func(tb testing.TB) (func(int), func()) { return deviceRandIO(tb, aio, true) })
 		})
 	}
 }
@@ -199,7 +214,7 @@ func randRead4KRatio(b *testing.B, aio AIOEngine) {
 		skipWithoutRing(b)
 	}
 	const rounds, reads = 7, 100_000
-	runDev, stopDev := deviceRandRead(b, aio)
+	runDev, stopDev := deviceRandIO(b, aio, false)
 	defer stopDev()
 	runRaw, stopRaw := rawPreadv(b)
 	defer stopRaw()
@@ -252,7 +267,7 @@ func runBench(b *testing.B, setup func(testing.TB) (run func(int), stop func()))
 
 // deviceRandRead sets up a device on the page-cached disk and a QD32
 // driver; run(n) completes n random 4 KiB reads.
-func deviceRandRead(tb testing.TB, aio AIOEngine) (func(int), func()) {
+func deviceRandIO(tb testing.TB, aio AIOEngine, write bool) (func(int), func()) {
 	if aio == AIOIOUring {
 		skipWithoutRing(tb)
 	}
@@ -264,7 +279,7 @@ func deviceRandRead(tb testing.TB, aio AIOEngine) (func(int), func()) {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	d, q := newQDDriver(tb, false)
+	d, q := newQDDriver(tb, false, write)
 	err = dev.Activate(virtio.Activation{Memory: d.drv.Mem, Features: dev.Features(),
 		Queues: []virtio.QueueBinding{{Queue: q, Kick: d.drv.KickFD(), Interrupt: d.irq}}})
 	if err != nil {
@@ -402,6 +417,7 @@ func testNoAllocsPerRequest(t *testing.T, aio AIOEngine) {
 		{"read, indirect chain", true, CacheWriteback, false},
 		{"read, O_DIRECT", false, CacheNone, false},
 		{"write and flush", false, CacheWriteback, true},
+		{"O_DIRECT write and flush", false, CacheNone, true},
 		{"write-through write and flush", false, CacheWritethrough, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -411,7 +427,7 @@ func testNoAllocsPerRequest(t *testing.T, aio AIOEngine) {
 				t.Fatal(err)
 			}
 			defer dev.Close()
-			d, q := newQDDriver(t, tc.indirect)
+			d, q := newQDDriver(t, tc.indirect, false)
 			err = dev.Activate(virtio.Activation{Memory: d.drv.Mem, Features: dev.Features(),
 				Queues: []virtio.QueueBinding{{Queue: q, Kick: d.drv.KickFD(), Interrupt: d.irq}}})
 			if err != nil {
@@ -462,9 +478,10 @@ func testNoAllocsPerRequest(t *testing.T, aio AIOEngine) {
 			if s.Reads+s.Writes != 401 || s.Errors != 0 || (tc.write && (s.Flushes != 401 || s.HostSyncs < 401)) {
 				t.Fatalf("stats %+v", s)
 			}
-			// On io_uring every read and write-back write took the ring
-			// (write-through writes sync on the workers).
-			if ring := aio == AIOIOUring && tc.cache != CacheWritethrough; ring != (s.RingRequests == 401) {
+			// On io_uring every read and O_DIRECT write took the ring
+			// (buffered writes and write-through writes run on the
+			// workers).
+			if ring := aio == AIOIOUring && (!tc.write || tc.cache == CacheNone); ring != (s.RingRequests == 401) {
 				t.Fatalf("%d of 401 requests through io_uring (aio=%s, cache=%s)", s.RingRequests, aio, tc.cache)
 			}
 		})

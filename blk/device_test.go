@@ -78,7 +78,7 @@ func testRequestTypes(t *testing.T, aio AIOEngine) {
 		Errors: 2, InvalidRequests: 2, HostSyncs: 1, AIO: aio,
 		UsedBatches: 11, Interrupts: 11} // 11 requests, one at a time
 	if aio == AIOIOUring {
-		want.RingRequests = 3 // the reads and the write; the rest are not for the ring
+		want.RingRequests = 2 // the reads; a buffered write and the rest are not for the ring
 	}
 	if st != want {
 		t.Fatalf("stats\n got %+v\nwant %+v", st, want)
@@ -141,10 +141,13 @@ func testCacheMode(t *testing.T, aio AIOEngine, tc cacheModeCase) {
 		!bytes.Equal(r.in[0][1024:], data[1024:]) {
 		t.Fatal("read back differs")
 	}
-	// Write-through writes stay on the workers (they sync before they
-	// complete); the rest of a writeback disk's writes go to the ring.
-	if aio == AIOIOUring && tc.mode == CacheWriteback && st.RingRequests != 3 {
-		t.Fatalf("ring_requests %d, want 3 (the writes)", st.RingRequests)
+	// None of these writes is for the ring: write-through writes sync on
+	// the workers before they complete, buffered writes are the workers'
+	// (see FileBackend.ringFD), and the harness's guest buffers are not
+	// aligned for O_DIRECT. TestNoAllocsPerRequest covers aligned O_DIRECT
+	// writes, which take the ring.
+	if st.RingRequests != 0 {
+		t.Fatalf("ring_requests %d, want 0", st.RingRequests)
 	}
 }
 
@@ -548,7 +551,7 @@ func testMultiQueue(t *testing.T, aio AIOEngine) {
 		}
 	}
 	dev.Reset()
-	if s := dev.Stats(); s.Reads != 2 || s.Writes != 2 || (aio == AIOIOUring) != (s.RingRequests == 4) {
+	if s := dev.Stats(); s.Reads != 2 || s.Writes != 2 || (aio == AIOIOUring) != (s.RingRequests == 2) {
 		t.Fatalf("stats %+v", s)
 	}
 }

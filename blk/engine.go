@@ -176,7 +176,7 @@ func (d *Device) start(a virtio.Activation, loops bool) (*activeState, error) {
 	st.flushBatch = make([]*slot, 0, total)
 	st.held = make([]*slot, 0, total)
 	st.aio = AIOThreads
-	if st.aioFallback = d.newRings(st); d.aio == AIOIOUring && st.aioFallback == "" {
+	if st.aioFallback = d.newRings(st, loops); d.aio == AIOIOUring && st.aioFallback == "" {
 		st.aio = AIOIOUring
 	}
 	d.lastAIO.Store(&aioState{engine: st.aio, fallback: st.aioFallback})
@@ -213,8 +213,9 @@ func (st *activeState) stopAll() {
 	st.requestStop()
 	st.loops.Wait()
 	st.closeHeld()
-	st.inflight.Wait()
 	st.stopRings()
+	st.inflight.Wait()
+	st.closeRings()
 	close(st.work)
 	close(st.flushes)
 	st.workers.Wait()
@@ -229,6 +230,7 @@ func (q *queueRunner) loop() {
 		if !q.broken && !q.pass() {
 			return
 		}
+		q.settleRing()
 		_, err := unix.Poll(q.pfds, -1)
 		for err == unix.EINTR {
 			_, err = unix.Poll(q.pfds, -1)
@@ -277,6 +279,7 @@ func (q *queueRunner) drain() bool {
 		if q.broken {
 			return true
 		}
+		q.reapRing()
 		q.publish()
 		if n > 0 {
 			idleSince = time.Time{}

@@ -395,12 +395,12 @@ func (b *FaultBackend) ReadAt(v *Vec, off int64) error {
 // track, the layer passes every call through, so a request may go straight
 // to the file under it. Rules set while the request is in the ring apply
 // from the next request on, as they do for requests already executing.
-func (b *FaultBackend) ringFD(v *Vec, off int64) (int, []unix.Iovec, bool) {
+func (b *FaultBackend) ringFD(v *Vec, off int64, write bool) (int, []unix.Iovec, bool) {
 	if b.active.Load() {
 		return 0, nil, false
 	}
 	if rf, ok := b.lower.(ringFile); ok {
-		return rf.ringFD(v, off)
+		return rf.ringFD(v, off, write)
 	}
 	return 0, nil, false
 }

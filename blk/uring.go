@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -12,15 +11,17 @@ import (
 	"github.com/flushvm/flushvm/internal/uring"
 )
 
-// The io_uring engine (aio=io_uring). Each queue owns a ring: its loop
-// prepares one submission per read or write it pops and submits them all
-// with one io_uring_enter when the pass over the virtqueue ends, and a
-// reaper goroutine of the queue waits for completions, completes every
-// request of a batch and publishes the batch once (one used->idx update,
-// at most one interrupt). Only the loop submits, so the submission side
-// needs no lock; the completion side is the reaper's, except that the
-// loop reaps right after it submitted what the kernel finished meanwhile
-// (reapInline), under a mutex the two share.
+// The io_uring engine (aio=io_uring). Each queue owns a ring, and its
+// loop is the ring's only user: it prepares one submission per read or
+// write it pops, submits them all with one io_uring_enter when the pass
+// over the virtqueue ends, and reaps right away what the kernel finished
+// within that call (a page-cached read, a buffered write on a file system
+// that takes it without blocking): those complete with no hand-off at all.
+// What the kernel finishes later (its io-wq workers, a device, a page that
+// had to be read in) signals an eventfd registered with the ring, which
+// the loop polls beside the queue's kick: it wakes, reaps and publishes
+// the batch once (one used->idx update, at most one interrupt). No thread
+// sits blocked waiting for completions, and no lock is needed.
 //
 // What the ring does not take runs on the worker pool, unchanged:
 // FLUSHes (the flusher and the syncer keep their merging and elision, and
@@ -38,57 +39,74 @@ type ringFile interface {
 	// ringFD returns the descriptor and the iovecs (in v's scratch array)
 	// for v at off, or false when the request must go through the
 	// Backend's methods.
-	ringFD(v *Vec, off int64) (fd int, iov []unix.Iovec, ok bool)
+	ringFD(v *Vec, off int64, write bool) (fd int, iov []unix.Iovec, ok bool)
 	// ringFile reports whether a file is under the layer at all.
 	ringFile() bool
 }
 
-// ringStop is the user data of the no-op that tells a reaper to return.
-const ringStop = ^uint64(0)
-
-// ringEngine is a queue's io_uring and its bookkeeping.
+// ringEngine is a queue's io_uring and its bookkeeping, all the loop's
+// (and, once the loop returned, stopAll's).
 type ringEngine struct {
 	ring *uring.Ring
+	// efd is the eventfd the kernel signals for every completion.
+	efd int
 	// slots maps user data (a slot's index in its queue) back to the slot.
 	slots []*slot
 	cqes  []uring.CQE
 	// queued counts submissions prepared since the last Submit; entries
-	// is the submission queue's size.
-	queued, entries int
-	// cq is held by whoever reaps: the reaper, or the loop right after
-	// it submitted.
-	cq   sync.Mutex
-	done chan struct{}
+	// is the submission queue's size; inflight counts requests prepared
+	// and not yet reaped.
+	queued, entries, inflight int
+	efdBuf                    [8]byte
 }
 
 // newRings gives each queue of st a ring when the device asked for
-// io_uring and its backend can take requests on a descriptor. It returns
-// why the activation runs on threads only ("" when it does not).
-func (d *Device) newRings(st *activeState) string {
-	if d.aio != AIOIOUring {
+// io_uring, its backend can take requests on a descriptor and loops serve
+// the queues (a test driving them by hand gets threads). It returns why
+// the activation runs on threads only ("" when it does not).
+func (d *Device) newRings(st *activeState, loops bool) string {
+	switch {
+	case d.aio != AIOIOUring:
 		return ""
-	}
-	if d.ringIO == nil || !d.ringIO.ringFile() {
+	case d.ringIO == nil || !d.ringIO.ringFile():
 		return "a layer (power-cut model, write log, crash states) sits between the device and the file"
+	case !loops:
+		return "no queue loops"
 	}
 	for _, q := range st.queues {
 		if q == nil {
 			continue
 		}
-		n := uint32(cap(q.free))
-		r, err := uring.New(1 << bits.Len32(n-1)) // a power of two ≥ the queue size
+		re, err := newRingEngine(q)
 		if err != nil {
 			st.closeRings()
 			return err.Error()
 		}
-		q.ring = &ringEngine{ring: r, slots: q.all, entries: r.SQSpace(), cqes: make([]uring.CQE, n), done: make(chan struct{})}
-	}
-	for _, q := range st.queues {
-		if q != nil {
-			go q.reap()
-		}
+		q.ring = re
+		q.pfds = append(q.pfds, unix.PollFd{Fd: int32(re.efd), Events: unix.POLLIN})
 	}
 	return ""
+}
+
+// newRingEngine makes q's ring, a power of two at least the queue's size,
+// and its eventfd.
+func newRingEngine(q *queueRunner) (*ringEngine, error) {
+	n := uint32(cap(q.free))
+	r, err := uring.New(1 << bits.Len32(n-1))
+	if err != nil {
+		return nil, err
+	}
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		r.Close()
+		return nil, fmt.Errorf("io_uring eventfd: %w", err)
+	}
+	if err := r.RegisterEventfd(efd); err != nil {
+		r.Close()
+		unix.Close(efd)
+		return nil, err
+	}
+	return &ringEngine{ring: r, efd: efd, slots: q.all, entries: r.SQSpace(), cqes: make([]uring.CQE, n)}, nil
 }
 
 // toRing prepares s's read or write on the queue's ring and reports
@@ -101,7 +119,7 @@ func (q *queueRunner) toRing(s *slot) bool {
 		return false
 	}
 	off := int64(r.sector * SectorSize)
-	fd, iov, ok := d.ringIO.ringFD(r.data, off)
+	fd, iov, ok := d.ringIO.ringFD(r.data, off, r.typ == TypeOut)
 	if !ok {
 		return false
 	}
@@ -114,6 +132,7 @@ func (q *queueRunner) toRing(s *slot) bool {
 		if ok {
 			s.inRing.Store(true)
 			re.queued++
+			re.inflight++
 			return true
 		}
 		q.submitRing() // the ring is full of prepared requests: send them
@@ -123,10 +142,11 @@ func (q *queueRunner) toRing(s *slot) bool {
 }
 
 // submitRing submits what the loop prepared, until the kernel took it
-// all. A refusal (EAGAIN, EBUSY: the kernel short of memory) is retried
-// after a pause that doubles up to 10 ms: the requests are counted in
-// flight, and no later pass may be coming to submit them (the guest may be
-// waiting for exactly these).
+// all, and completes what the kernel finished within the call. A refusal
+// (EAGAIN, EBUSY: the kernel short of memory) is retried after a pause
+// that doubles up to 10 ms: the requests are counted in flight, and no
+// later pass may be coming to submit them (the guest may be waiting for
+// exactly these).
 func (q *queueRunner) submitRing() {
 	re := q.ring
 	if re == nil || re.queued == 0 {
@@ -137,7 +157,7 @@ func (q *queueRunner) submitRing() {
 		_, err := re.ring.Submit()
 		if re.ring.SQSpace() == re.entries || errors.Is(err, uring.ErrClosed) {
 			re.queued = 0
-			q.reapInline()
+			q.reapRing()
 			return
 		}
 		pause = min(max(2*pause, 50*time.Microsecond), 10*time.Millisecond)
@@ -145,55 +165,33 @@ func (q *queueRunner) submitRing() {
 	}
 }
 
-// reap is a queue's reaper goroutine: it completes what the ring finished,
-// a batch at a time, and returns at the ringStop no-op.
-func (q *queueRunner) reap() {
+// settleRing is the loop's last step before it sleeps: it consumes the
+// eventfd's count, then completes what is ready, so that the poll sleeps
+// until a completion posted after this point (or a kick) and a completion
+// already reaped does not wake it again.
+func (q *queueRunner) settleRing() {
 	re := q.ring
-	defer close(re.done)
-	for {
-		if err := re.ring.Wait(); err != nil {
-			// Wait fails only on a closed or broken ring, which
-			// stopAll never leaves a reaper with; do not spin.
-			time.Sleep(time.Millisecond)
-			continue
-		}
-		re.cq.Lock()
-		stop := q.completeRing()
-		re.cq.Unlock()
-		q.publish()
-		if stop {
-			return
-		}
+	if re == nil {
+		return
 	}
+	unix.Read(re.efd, re.efdBuf[:]) // EAGAIN when nothing was signalled
+	q.reapRing()
+	q.publish()
 }
 
-// reapInline completes, on the loop, what the ring finished by the time
-// Submit returned: the kernel serves a page-cached read or a buffered
-// write within io_uring_enter, so most requests complete here, with no
-// hand-off to the reaper. The reaper keeps the rest.
-func (q *queueRunner) reapInline() {
+// reapRing completes every request whose completion is ready.
+func (q *queueRunner) reapRing() {
 	re := q.ring
-	if re.cq.TryLock() {
-		q.completeRing()
-		re.cq.Unlock()
+	if re == nil || re.inflight == 0 {
+		return
 	}
-}
-
-// completeRing completes every request whose completion is ready (the
-// caller holds the completion side) and reports whether the ringStop
-// no-op was among them.
-func (q *queueRunner) completeRing() (stop bool) {
-	re := q.ring
 	for {
 		n := re.ring.Reap(re.cqes)
 		if n == 0 {
-			return stop
+			return
 		}
+		re.inflight -= n
 		for _, c := range re.cqes[:n] {
-			if c.UserData == ringStop {
-				stop = true
-				continue
-			}
 			if c.UserData >= uint64(len(re.slots)) || !re.slots[c.UserData].inRing.Swap(false) {
 				panic(fmt.Sprintf("blk: io_uring completed request %d, which is not in the ring", c.UserData))
 			}
@@ -249,34 +247,34 @@ func (d *Device) ringComplete(s *slot) (held bool) {
 	return false
 }
 
-// stopRings ends the reapers, once nothing is in flight, and closes the
-// rings. The loops have returned, so nothing else submits.
+// stopRings completes what the rings still hold, once the loops returned
+// (nothing submits any more and the rings are stopAll's), and closes them.
+// The kernel ends every request it took; a read or write of a file never
+// waits for anything the device is to do.
 func (st *activeState) stopRings() {
 	for _, q := range st.queues {
 		if q == nil || q.ring == nil {
 			continue
 		}
-		re := q.ring
-		for !re.ring.PrepNop(ringStop) {
-			re.ring.Submit()
-		}
-		for {
-			if _, err := re.ring.Submit(); err == nil || errors.Is(err, uring.ErrClosed) {
-				break
+		for q.ring.inflight > 0 {
+			if err := q.ring.ring.Wait(); err != nil {
+				// Wait fails only on a closed or broken ring, which
+				// nothing closes before this returns; do not spin.
+				time.Sleep(time.Millisecond)
 			}
-			time.Sleep(time.Millisecond)
+			q.reapRing()
+			q.publish()
 		}
-		<-re.done
 	}
-	st.closeRings()
 }
 
-// closeRings closes every ring (after their reapers returned, or before
-// any started).
+// closeRings closes every ring and its eventfd (after stopRings, or
+// before any loop started).
 func (st *activeState) closeRings() {
 	for _, q := range st.queues {
 		if q != nil && q.ring != nil {
 			q.ring.ring.Close()
+			unix.Close(q.ring.efd)
 			q.ring = nil
 		}
 	}

@@ -129,7 +129,7 @@ func TestRingBatch(t *testing.T) {
 		h.activate(harnessConfig{})
 		mustStatus(t, "read after re-activation", h.do(readReq(0, 512)), StatusOK)
 		st := h.dev.Stats()
-		if st.Errors != 0 || (aio == AIOIOUring) != (st.RingRequests == 2*n+popped+1) {
+		if st.Errors != 0 || (aio == AIOIOUring) != (st.RingRequests == n+popped+1) {
 			t.Fatalf("errors %d ring_requests %d (aio=%s)", st.Errors, st.RingRequests, aio)
 		}
 	})

@@ -276,6 +276,26 @@ func (r *Ring) Close() error {
 	return nil
 }
 
+// registerEventfd is IORING_REGISTER_EVENTFD (Linux 5.2).
+const registerEventfd = 4
+
+// RegisterEventfd makes the kernel signal the eventfd efd whenever it
+// posts a completion, so a caller's poll loop can wait for its own work
+// and for the ring at once, with no thread blocked in Wait. Completions
+// the kernel posts inline, within the Submit that sent the request, are
+// signalled too: reading efd before reaping keeps such a signal from
+// waking the loop once more for nothing, and reaping after the read
+// misses nothing (a completion posted after it signals again).
+func (r *Ring) RegisterEventfd(efd int) error {
+	if r.closed.Load() {
+		return ErrClosed
+	}
+	if err := registerFD(r.fd, registerEventfd, efd); err != nil {
+		return fmt.Errorf("uring: register eventfd: %w", err)
+	}
+	return nil
+}
+
 // SQSpace returns how many SQEs can be prepared now: the ring size minus
 // the SQEs prepared but not yet consumed by the kernel. It is 0 after
 // Close.

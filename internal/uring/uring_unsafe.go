@@ -33,6 +33,17 @@ func setup(entries uint32, p *params) (int, error) {
 	return int(fd), nil
 }
 
+// registerFD calls io_uring_register(ringFD, op, &fd, 1): the operations
+// that take one int32 argument.
+func registerFD(ringFD int, op uintptr, fd int) error {
+	arg := int32(fd)
+	_, _, errno := unix.Syscall6(unix.SYS_IO_URING_REGISTER, uintptr(ringFD), op, uintptr(unsafe.Pointer(&arg)), 1, 0, 0)
+	if errno != 0 {
+		return errno
+	}
+	return nil
+}
+
 // u32At returns a pointer to the uint32 at byte offset off of m.
 func u32At(m []byte, off uint32) *uint32 {
 	return (*uint32)(unsafe.Pointer(&m[off]))
