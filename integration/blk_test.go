@@ -19,6 +19,7 @@ type diskStats struct {
 	Path         string `json:"path"`
 	Cache        string `json:"cache"`
 	WCE          bool   `json:"wce"`
+	Reads        uint64 `json:"reads"`
 	Writes       uint64 `json:"writes"`
 	Flushes      uint64 `json:"flushes"`
 	BytesWritten uint64 `json:"bytes_written"`
@@ -157,12 +158,13 @@ func TestDebianLinuxVirtioBlk(t *testing.T) {
 				if b, err := os.ReadFile(stressStats); err != nil || json.Unmarshal(b, &doc) != nil || len(doc.Disks) != 1 {
 					t.Fatalf("--stats: %v: %s", err, b)
 				}
-				if d := doc.Disks[0]; d.AIO != "io_uring" || d.RingRequests == 0 || d.Errors != 0 || d.HostSyncs == 0 {
-					t.Errorf("aio=io_uring disk: aio %q (fallback %q) ring_requests %d errors %d host_syncs %d",
-						d.AIO, d.AIOFallback, d.RingRequests, d.Errors, d.HostSyncs)
+				d := doc.Disks[0]
+				if d.AIO != "io_uring" || d.RingRequests != d.Reads+d.Writes || d.Writes == 0 || d.Errors != 0 || d.HostSyncs == 0 {
+					t.Errorf("aio=io_uring disk: aio %q (fallback %q) ring_requests %d (want reads %d + writes %d) errors %d host_syncs %d",
+						d.AIO, d.AIOFallback, d.RingRequests, d.Reads, d.Writes, d.Errors, d.HostSyncs)
 				} else {
-					t.Logf("aio=io_uring: %d requests through the ring, %d writes, %d flushes, %d host syncs",
-						d.RingRequests, d.Writes, d.Flushes, d.HostSyncs)
+					t.Logf("aio=io_uring: %d requests through the ring (%d reads, %d writes), %d flushes, %d host syncs",
+						d.RingRequests, d.Reads, d.Writes, d.Flushes, d.HostSyncs)
 				}
 				for _, l := range nonEmptyLines(r.Output) {
 					if strings.HasPrefix(l, "fsyncstress:") {
