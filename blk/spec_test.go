@@ -19,16 +19,23 @@ func TestParseSpecCrashStates(t *testing.T) {
 		{in: "path=base.img,crashstates=s.json,serial=x", bad: "crashstates= and serial="},
 	}
 	for _, tc := range tests {
-		sp, err := ParseSpec(tc.in)
-		if tc.bad != "" {
-			if !errors.Is(err, ErrBadSpec) || !strings.Contains(err.Error(), tc.bad) {
-				t.Errorf("ParseSpec(%q) = %v; want ErrBadSpec saying %q", tc.in, err, tc.bad)
-			}
-			continue
+		checkSpecField(t, tc.in, tc.bad, "crashstates", func(sp Spec) string { return sp.CrashStates }, tc.want)
+	}
+}
+
+// checkSpecField parses in and checks that it fails with ErrBadSpec saying
+// bad, or, when bad is "", that field of the result is want.
+func checkSpecField[T comparable](t *testing.T, in, bad, name string, field func(Spec) T, want T) {
+	t.Helper()
+	sp, err := ParseSpec(in)
+	if bad != "" {
+		if !errors.Is(err, ErrBadSpec) || !strings.Contains(err.Error(), bad) {
+			t.Errorf("ParseSpec(%q) = %v; want ErrBadSpec saying %q", in, err, bad)
 		}
-		if err != nil || sp.CrashStates != tc.want {
-			t.Errorf("ParseSpec(%q) = %q, %v; want crashstates %q", tc.in, sp.CrashStates, err, tc.want)
-		}
+		return
+	}
+	if got := field(sp); err != nil || got != want {
+		t.Errorf("ParseSpec(%q) = %s %v, %v; want %v", in, name, got, err, want)
 	}
 }
 
@@ -48,15 +55,23 @@ func TestParseSpecQueues(t *testing.T) {
 		{in: "path=d.img,queues=", bad: `queues=""`},
 	}
 	for _, tc := range tests {
-		sp, err := ParseSpec(tc.in)
-		if tc.bad != "" {
-			if !errors.Is(err, ErrBadSpec) || !strings.Contains(err.Error(), tc.bad) {
-				t.Errorf("ParseSpec(%q) = %v; want ErrBadSpec saying %q", tc.in, err, tc.bad)
-			}
-			continue
-		}
-		if err != nil || sp.Queues != tc.want {
-			t.Errorf("ParseSpec(%q) = queues %d, %v; want %d", tc.in, sp.Queues, err, tc.want)
-		}
+		checkSpecField(t, tc.in, tc.bad, "queues", func(sp Spec) int { return sp.Queues }, tc.want)
+	}
+}
+
+func TestParseSpecAIO(t *testing.T) {
+	tests := []struct {
+		in   string
+		want AIOEngine
+		bad  string
+	}{
+		{in: "path=d.img", want: AIOThreads},
+		{in: "path=d.img,aio=threads", want: AIOThreads},
+		{in: "path=d.img,aio=io_uring,cache=none", want: AIOIOUring},
+		{in: "path=d.img,aio=native", bad: `aio="native"`},
+		{in: "path=d.img,aio=", bad: `aio=""`},
+	}
+	for _, tc := range tests {
+		checkSpecField(t, tc.in, tc.bad, "aio", func(sp Spec) AIOEngine { return sp.AIO }, tc.want)
 	}
 }
