@@ -108,13 +108,15 @@ const (
 	// AIOThreads: a pool of worker goroutines, each doing blocking
 	// preadv/pwritev. The default, and the fallback of AIOIOUring.
 	AIOThreads AIOEngine = "threads"
-	// AIOIOUring: each queue submits its reads and writes to an io_uring
-	// of its own, one io_uring_enter per pass over the ring, and a reaper
-	// goroutine completes them in batches. Requests the ring cannot take
-	// as they are (a layer in the way: power-cut model, write log, active
-	// fault rules; an O_DIRECT bounce; write-through writes, which need a
-	// sync before they complete) run on the worker pool, and so does the
-	// whole disk where the kernel refuses io_uring.
+	// AIOIOUring: each queue submits its reads and O_DIRECT writes to an
+	// io_uring of its own, one io_uring_enter per pass over the ring, and
+	// its loop completes them in batches (inline ones at once, later ones
+	// when the ring's eventfd wakes it). Requests the ring cannot take as
+	// they are (a layer in the way: power-cut model, write log, active
+	// fault rules; an O_DIRECT bounce; buffered writes, which Linux hands
+	// to a kernel worker on most file systems; write-through writes, which
+	// need a sync before they complete) run on the worker pool, and so
+	// does the whole disk where the kernel refuses io_uring.
 	AIOIOUring AIOEngine = "io_uring"
 )
 

@@ -1,8 +1,10 @@
 // Package uring is a minimal io_uring ring built directly on the raw
 // io_uring_setup and io_uring_enter system calls. It supports the
 // vectored read and write, fsync and no-op operations, a single
-// submitter and a single completion reaper, and nothing else (no SQPOLL,
-// no registered files or buffers, no linked requests).
+// submitter and a single completion reaper (which may be the same
+// goroutine, woken by an eventfd registered with RegisterEventfd), and
+// nothing else (no SQPOLL, no registered files or buffers, no linked
+// requests).
 //
 // Buffers and iovec arrays: the kernel reads an iovec array when the
 // request is submitted (the ring requires IORING_FEAT_SUBMIT_STABLE), but
