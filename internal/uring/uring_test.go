@@ -394,3 +394,52 @@ func TestClose(t *testing.T) {
 		t.Errorf("Reap after Close = %d, want 0", n)
 	}
 }
+
+// TestRegisterEventfd: a read of an empty pipe completes out of line once
+// data arrives, and the registered eventfd is signalled for it, so a poll
+// loop wakes without a thread in Wait; a closed ring refuses registration.
+func TestRegisterEventfd(t *testing.T) {
+	r := mustNew(t, 4)
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(efd)
+	if err := r.RegisterEventfd(efd); err != nil {
+		t.Fatal(err)
+	}
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(p[0])
+	defer unix.Close(p[1])
+	buf := make([]byte, 16)
+	if !r.PrepReadv(p[0], iovec(buf), -1, 7) {
+		t.Fatal("PrepReadv: SQ full")
+	}
+	submit(t, r, 1)
+	var out [1]CQE
+	var cnt [8]byte
+	if n := r.Reap(out[:]); n != 0 {
+		t.Fatalf("a read of an empty pipe completed at once: %+v", out[0])
+	}
+	if _, err := unix.Read(efd, cnt[:]); err != unix.EAGAIN {
+		t.Fatalf("eventfd signalled before any completion (read: %v)", err)
+	}
+	if _, err := unix.Write(p[1], []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	pfd := []unix.PollFd{{Fd: int32(efd), Events: unix.POLLIN}}
+	if n, err := unix.Poll(pfd, 5000); n != 1 || err != nil {
+		t.Fatalf("eventfd not signalled within 5 s of the completion: poll %d, %v", n, err)
+	}
+	if n := r.Reap(out[:]); n != 1 || out[0].UserData != 7 || out[0].Res != 5 || string(buf[:5]) != "hello" {
+		t.Fatalf("reaped %d: %+v %q", n, out[0], buf[:5])
+	}
+	closed := mustNew(t, 1)
+	closed.Close()
+	if err := closed.RegisterEventfd(efd); !errors.Is(err, ErrClosed) {
+		t.Fatalf("RegisterEventfd on a closed ring: %v, want ErrClosed", err)
+	}
+}
