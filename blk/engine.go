@@ -123,10 +123,6 @@ type activeState struct {
 	// requests still in flight are accounted without being executed or
 	// published.
 	faulted atomic.Bool
-	// aio is the engine serving this activation; aioFallback says why it
-	// is threads where the device asked for io_uring.
-	aio         AIOEngine
-	aioFallback string
 }
 
 // start builds the runners and starts the workers and, with loops, one
@@ -175,11 +171,7 @@ func (d *Device) start(a virtio.Activation, loops bool) (*activeState, error) {
 	st.flushes = make(chan *slot, total)
 	st.flushBatch = make([]*slot, 0, total)
 	st.held = make([]*slot, 0, total)
-	st.aio = AIOThreads
-	if st.aioFallback = d.newRings(st, loops); d.aio == AIOIOUring && st.aioFallback == "" {
-		st.aio = AIOIOUring
-	}
-	d.lastAIO.Store(&aioState{engine: st.aio, fallback: st.aioFallback})
+	d.lastAIO.Store(d.newRings(st, loops))
 	st.flusherWG.Add(1)
 	go st.flusher()
 	for range d.workers {
@@ -681,10 +673,7 @@ func (d *Device) execute(s *slot) (held bool) {
 	switch r.typ {
 	case TypeIn:
 		if err = d.backend.ReadAt(r.data, off); err == nil {
-			d.c.reads.Add(1)
-			d.c.bytesRead.Add(uint64(r.data.Len()))
-			d.complete(s, StatusOK, uint32(r.data.Len())+1)
-			return false
+			return d.transferred(s)
 		}
 	case TypeOut:
 		err = d.backend.WriteAt(r.data, off)
@@ -692,12 +681,7 @@ func (d *Device) execute(s *slot) (held bool) {
 		// fault layer's drop): the next FLUSH must sync, not be elided.
 		d.syncer.wrote()
 		if err == nil {
-			if err = d.durable(); err == nil {
-				d.c.writes.Add(1)
-				d.c.bytesWritten.Add(uint64(r.data.Len()))
-				d.complete(s, StatusOK, 1)
-				return false
-			}
+			return d.transferred(s)
 		}
 	case TypeDiscard, TypeWriteZeroes:
 		for _, sg := range r.segs {
@@ -734,6 +718,29 @@ func (d *Device) execute(s *slot) (held bool) {
 	// Host I/O error: the error policy decides (by default the guest sees
 	// IOERR and the device goes on).
 	return d.hostError(s, err)
+}
+
+// transferred completes a read or write whose data moved in full, on
+// either engine: it counts it and writes its status. A write is made
+// durable first when the cache semantics are write-through (the guest may
+// have turned its write cache off while the write was in flight); a
+// failed sync goes to the error policy, which reports whether it held
+// the request.
+func (d *Device) transferred(s *slot) (held bool) {
+	r := s.req
+	if r.typ == TypeIn {
+		d.c.reads.Add(1)
+		d.c.bytesRead.Add(uint64(r.data.Len()))
+		d.complete(s, StatusOK, uint32(r.data.Len())+1)
+		return false
+	}
+	if err := d.durable(); err != nil {
+		return d.hostError(s, err)
+	}
+	d.c.writes.Add(1)
+	d.c.bytesWritten.Add(uint64(r.data.Len()))
+	d.complete(s, StatusOK, 1)
+	return false
 }
 
 // durable makes the writes completed so far durable when the current cache

@@ -62,16 +62,18 @@ type ringEngine struct {
 
 // newRings gives each queue of st a ring when the device asked for
 // io_uring, its backend can take requests on a descriptor and loops serve
-// the queues (a test driving them by hand gets threads). It returns why
-// the activation runs on threads only ("" when it does not).
-func (d *Device) newRings(st *activeState, loops bool) string {
+// the queues (a test driving them by hand gets threads). It returns the
+// engine the activation runs on and, where that is threads though the
+// device asked for io_uring, why.
+func (d *Device) newRings(st *activeState, loops bool) *aioState {
+	threads := func(why string) *aioState { return &aioState{engine: AIOThreads, fallback: why} }
 	switch {
 	case d.aio != AIOIOUring:
-		return ""
+		return threads("")
 	case d.ringIO == nil || !d.ringIO.ringFile():
-		return "a layer (power-cut model, write log, crash states) sits between the device and the file"
+		return threads("a layer (power-cut model, write log, crash states) sits between the device and the file")
 	case !loops:
-		return "no queue loops"
+		return threads("no queue loops")
 	}
 	for _, q := range st.queues {
 		if q == nil {
@@ -80,12 +82,12 @@ func (d *Device) newRings(st *activeState, loops bool) string {
 		re, err := newRingEngine(q)
 		if err != nil {
 			st.closeRings()
-			return err.Error()
+			return threads(err.Error())
 		}
 		q.ring = re
 		q.pfds = append(q.pfds, unix.PollFd{Fd: int32(re.efd), Events: unix.POLLIN})
 	}
-	return ""
+	return &aioState{engine: AIOIOUring}
 }
 
 // newRingEngine makes q's ring, a power of two at least the queue's size,
@@ -220,31 +222,10 @@ func (q *queueRunner) ringDone(s *slot, res int32) {
 	}
 	d.c.ringRequests.Add(1)
 	held := false
-	st.guard(func() error { held = d.ringComplete(s); return nil })
+	st.guard(func() error { held = d.transferred(s); return nil })
 	if !held {
 		q.addDone(s)
 	}
-}
-
-// ringComplete writes the status of a read or write the ring completed in
-// full; it reports whether an error policy held the request.
-func (d *Device) ringComplete(s *slot) (held bool) {
-	r := s.req
-	if r.typ == TypeIn {
-		d.c.reads.Add(1)
-		d.c.bytesRead.Add(uint64(r.data.Len()))
-		d.complete(s, StatusOK, uint32(r.data.Len())+1)
-		return false
-	}
-	// The guest may have turned its write cache off after the write was
-	// submitted: then it is durable before it completes, as on threads.
-	if err := d.durable(); err != nil {
-		return d.hostError(s, err)
-	}
-	d.c.writes.Add(1)
-	d.c.bytesWritten.Add(uint64(r.data.Len()))
-	d.complete(s, StatusOK, 1)
-	return false
 }
 
 // stopRings completes what the rings still hold, once the loops returned
