@@ -11,7 +11,7 @@ import (
 var ErrBadSpec = errors.New("bad disk spec")
 
 // DiskSpecSyntax is the form of a --disk SPEC, for messages.
-const DiskSpecSyntax = "path=FILE[,cache=MODE][,readonly=on|off][,serial=STRING][,powercut=POLICY][,locking=on|off][,discard=unmap|ignore][,crashstates=FILE][,faults=FILE][,werror=POLICY][,rerror=POLICY]"
+const DiskSpecSyntax = "path=FILE[,cache=MODE][,readonly=on|off][,serial=STRING][,powercut=POLICY][,locking=on|off][,discard=unmap|ignore][,crashstates=FILE][,faults=FILE][,werror=POLICY][,rerror=POLICY][,queues=N][,aio=threads|io_uring]"
 
 // DiskSpecKeys are the keys a --disk SPEC may have. Unknown keys are
 // errors, never ignored, so a typo cannot silently change a disk's
