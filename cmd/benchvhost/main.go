@@ -83,13 +83,18 @@ type backend struct {
 	Name string
 	// Short is the column name.
 	Short string
+	// AIO is the engine of a flushvm backend ("" for the peers).
+	AIO blk.AIOEngine
 }
 
+// flushvm reports whether b is flushvm's own backend.
+func (b backend) flushvm() bool { return b.AIO != "" }
+
 var backends = []backend{
-	{"flushvm vhost-user-blk", "flushvm"},
-	{"flushvm vhost-user-blk aio=io_uring", "flushvm-uring"},
-	{"qemu-storage-daemon vhost-user-blk", "qsd"},
-	{"QEMU virtio-blk cache=writeback", "qemu"},
+	{"flushvm vhost-user-blk", "flushvm", blk.AIOThreads},
+	{"flushvm vhost-user-blk aio=io_uring", "flushvm-uring", blk.AIOIOUring},
+	{"qemu-storage-daemon vhost-user-blk", "qsd", ""},
+	{"QEMU virtio-blk cache=writeback", "qemu", ""},
 }
 
 type config struct {
@@ -395,7 +400,7 @@ func (e *env) boot(ctx context.Context, b backend, syncJob string) (bootResult, 
 		served = daemon
 	}
 	r, err := resultOf(b, console.String(), straceOut, syncCounting, served)
-	if err == nil && strings.HasPrefix(b.Short, "flushvm") {
+	if err == nil && b.flushvm() {
 		r.stats, err = flushvmStats(filepath.Join(dir, "stats.json"), b)
 	}
 	return r, err
@@ -414,12 +419,8 @@ func flushvmStats(path string, b backend) (*blk.Stats, error) {
 		return nil, fmt.Errorf("%s: %s: not a one-disk stats document (%v)", b.Name, path, err)
 	}
 	st := doc.Disks[0].Stats
-	want := blk.AIOThreads
-	if b.Short == "flushvm-uring" {
-		want = blk.AIOIOUring
-	}
-	if st.AIO != want {
-		return nil, fmt.Errorf("%s: the disk ran on %s, not %s (%s)", b.Name, st.AIO, want, st.AIOFallback)
+	if st.AIO != b.AIO {
+		return nil, fmt.Errorf("%s: the disk ran on %s, not %s (%s)", b.Name, st.AIO, b.AIO, st.AIOFallback)
 	}
 	return &st, nil
 }
@@ -449,15 +450,11 @@ func resultOf(b backend, console, straceOut string, syncCounting bool, served *e
 // disk on sock (nil: b is QEMU's own virtio-blk); wrap adds strace when
 // host syncs are counted.
 func (e *env) daemon(ctx context.Context, b backend, sock, dir string, wrap func(...string) []string) *exec.Cmd {
-	switch b.Short {
-	case "flushvm", "flushvm-uring":
-		spec := "path=" + e.disk + ",cache=writeback"
-		if b.Short == "flushvm-uring" {
-			spec += ",aio=io_uring"
-		}
+	switch {
+	case b.flushvm():
 		return exec.CommandContext(ctx, "nice", wrap(e.flushvm, "vhost-user-blk", "--socket", sock,
-			"--disk", spec, "--stats", filepath.Join(dir, "stats.json"))...)
-	case "qsd":
+			"--disk", "path="+e.disk+",cache=writeback,aio="+string(b.AIO), "--stats", filepath.Join(dir, "stats.json"))...)
+	case b.Short == "qsd":
 		return exec.CommandContext(ctx, "nice", wrap("qemu-storage-daemon",
 			"--blockdev", "driver=file,node-name=f0,filename="+e.disk,
 			"--blockdev", "driver=raw,node-name=d0,file=f0",
@@ -740,11 +737,11 @@ func (r *results) syncTable(w io.Writer, sel []backend) {
 func ratioPairs(sel []backend) [][2]string {
 	var pairs [][2]string
 	for _, own := range sel {
-		if !strings.HasPrefix(own.Short, "flushvm") {
+		if !own.flushvm() {
 			continue
 		}
 		for _, peer := range sel {
-			if !strings.HasPrefix(peer.Short, "flushvm") {
+			if !peer.flushvm() {
 				pairs = append(pairs, [2]string{own.Short, peer.Short})
 			}
 		}

@@ -68,7 +68,7 @@ func TestRatioPairs(t *testing.T) {
 	for _, tc := range tests {
 		var sel []backend
 		for _, s := range strings.Split(tc.sel, ",") {
-			sel = append(sel, backend{Short: s})
+			sel = append(sel, backendNamed(t, s))
 		}
 		var got []string
 		for _, p := range ratioPairs(sel) {
@@ -101,7 +101,7 @@ func TestFlushvmStats(t *testing.T) {
 		if err := os.WriteFile(path, []byte(tc.doc), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		st, err := flushvmStats(path, backend{Name: tc.name, Short: tc.short})
+		st, err := flushvmStats(path, backendNamed(t, tc.short))
 		if tc.err != "" {
 			if err == nil || !strings.Contains(err.Error(), tc.err) {
 				t.Errorf("%s: error %v, want %q", tc.name, err, tc.err)
@@ -112,4 +112,16 @@ func TestFlushvmStats(t *testing.T) {
 			t.Errorf("%s: %+v, %v", tc.name, st, err)
 		}
 	}
+}
+
+// backendNamed is the entry of the backends table with column name short.
+func backendNamed(t *testing.T, short string) backend {
+	t.Helper()
+	for _, b := range backends {
+		if b.Short == short {
+			return b
+		}
+	}
+	t.Fatalf("no backend %q", short)
+	return backend{}
 }
