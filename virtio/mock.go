@@ -62,6 +62,9 @@ type MockDriver struct {
 	numAdded    uint16 // chains added since the last Kick
 	lastUsed    uint16 // next used entry to read
 	irqDisabled bool
+	// held is set between HoldAvail and ReleaseAvail: chains go into the
+	// avail ring, but avail->idx does not move.
+	held bool
 
 	kick    int
 	kickBuf [8]byte
@@ -417,6 +420,22 @@ func (d *MockDriver) publish(head uint16) error {
 	}
 	d.availIdx++
 	d.numAdded++
+	if d.held {
+		return nil
+	}
+	return d.Mem.StoreUint16Release(d.avail+2, d.availIdx)
+}
+
+// HoldAvail keeps the chains added from now on from the device: they are
+// written, descriptors and avail entries, but avail->idx stays where it
+// is until ReleaseAvail, so the device cannot have seen them. A test can
+// then change guest memory under a chain before the device may read it.
+func (d *MockDriver) HoldAvail() { d.held = true }
+
+// ReleaseAvail publishes the chains added since HoldAvail (avail->idx is
+// release-stored at once; the device is told by a kick).
+func (d *MockDriver) ReleaseAvail() error {
+	d.held = false
 	return d.Mem.StoreUint16Release(d.avail+2, d.availIdx)
 }
 
