@@ -201,9 +201,14 @@ func (f *vhostUserFlags) serve(logger *log.Logger) (status int, err error) {
 		return 0, userErrorf("--socket: %v", err)
 	}
 	defer l.Release()
+	// Before "serving": a SIGTERM sent by whoever waited for that line
+	// must end the session, not kill the process with the socket left.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
 	logger.Printf("serving %s (cache=%s, %d queue(s) of %d) on %s", spec.Path, spec.Cache, f.queues, f.queueSize, f.socket)
 	done := make(chan error, 1)
-	go func() { done <- serveOne(l, d.Dev, logger) }()
+	go func() { done <- serveOne(l, d.Dev, logger, sigs) }()
 	select {
 	case sessionErr := <-done:
 		return 0, f.endSession(d, sessionErr, logger)
@@ -281,18 +286,15 @@ func (f *vhostUserFlags) writeStats(d *disk.Disk) error {
 }
 
 // serveOne accepts one frontend on l and serves dev to it until it
-// disconnects. SIGINT/SIGTERM stop accepting and shut the frontend's
-// connection down, so Serve returns after resetting the device (requests in
-// flight complete first).
-func serveOne(l *vhostuser.Listener, dev *blk.Device, logger *log.Logger) error {
+// disconnects. A signal on sigs (SIGINT/SIGTERM) stops accepting and shuts
+// the frontend's connection down, so Serve returns after resetting the
+// device (requests in flight complete first).
+func serveOne(l *vhostuser.Listener, dev *blk.Device, logger *log.Logger, sigs <-chan os.Signal) error {
 	var (
 		mu       sync.Mutex
 		conn     = -1
 		stopping bool
 	)
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigs)
 	go func() {
 		for s := range sigs {
 			logger.Printf("%v: ending the session", s)
