@@ -123,7 +123,13 @@ func (k *checker) record(s protocol.CrashtestState) {
 	s.CheckerDeaths = k.deaths[s.Index]
 	k.rep.addState(s)
 	k.prog.state(s, k.rep)
-	if err := appendExplored(filepath.Join(k.dir, exploredFile), []protocol.CrashtestState{s}); err != nil && k.err == nil {
+	e := exploredEntry{CrashtestState: s, Elapsed: k.rep.elapsed().Seconds()}
+	if err := appendExplored(filepath.Join(k.dir, exploredFile), []exploredEntry{e}); err != nil && k.err == nil {
+		k.err = err
+	}
+	// After the explored-state file: a resumed run never checks again a
+	// state that a snapshot reports.
+	if err := k.rep.snapshot(k.c.report, false); err != nil && k.err == nil {
 		k.err = err
 	}
 }

@@ -299,7 +299,10 @@ type Campaign struct {
 	shardIndex int // 1-based
 	shardCount int
 	// dir is --dir: when given, failing cuts' files are kept there.
-	dir         string
+	dir string
+	// report is --report: a systematic campaign rewrites it as it runs
+	// (Report.snapshot); the caller writes the final one.
+	report      string
 	diskSizeArg string // --disk-size as given, for reproduce commands
 	mem         string
 	cpus        int
@@ -447,6 +450,7 @@ func (f *Flags) Campaign() (*Campaign, error) {
 	if err := cli.OutputDir("report", f.Report); err != nil {
 		return nil, UsageError{err}
 	}
+	c.report = f.Report
 	if c.mode == protocol.CrashtestRandom && len(c.ShardCuts()) == 0 {
 		return nil, usageErrorf("--shard %s owns none of the %d cuts (shard i of n runs the cuts K with K mod n = i-1)", f.shard, c.cuts)
 	}

@@ -120,6 +120,36 @@ func judge(r *protocol.CrashtestCheck, workload string, status int, out []byte) 
 type Report struct {
 	protocol.CrashtestReport
 	start time.Time
+	// before is the time the runs this one resumed spent (resume).
+	before time.Duration
+	// snapshotAt is when snapshot last wrote the report.
+	snapshotAt time.Time
+}
+
+// snapshotEvery is how often a running systematic campaign rewrites its
+// --report with what it has judged so far.
+const snapshotEvery = 10 * time.Second
+
+// snapshot writes the report as it stands to path ("": none), as finish
+// would leave it if the campaign ended now (so incomplete, with the
+// states not judged yet counted as skipped), at most every snapshotEvery
+// unless force. A campaign that dies with its machine (a nested L1 that
+// QEMU TCG loses) then leaves a report of the states it judged, which
+// its resumed run (same --dir) does not check again.
+func (r *Report) snapshot(path string, force bool) error {
+	now := time.Now()
+	if path == "" || !force && now.Sub(r.snapshotAt) < snapshotEvery {
+		return nil
+	}
+	r.snapshotAt = now
+	snap := *r
+	if r.Coverage != nil {
+		cov := *r.Coverage
+		cov.Skipped = max(0, r.Summary.Planned-len(r.States))
+		snap.Coverage = &cov
+	}
+	snap.finish(now.Sub(r.start))
+	return snap.Write(path)
 }
 
 func newReport(c *Campaign) *Report {
@@ -135,15 +165,40 @@ func newReport(c *Campaign) *Report {
 	return r
 }
 
-// addState records a judged state of the systematic mode.
+// elapsed is the campaign's time so far, over every run of it.
+func (r *Report) elapsed() time.Duration { return r.before + time.Since(r.start) }
+
+// resume makes the report cover the campaign so far: the states earlier
+// runs judged (explored, in their order), when this shard owns them (a
+// run with other --k or --torn explores other states), as planned and
+// judged, and the time those runs spent.
+func (r *Report) resume(owned map[string]bool, explored []exploredEntry) {
+	seen := map[string]bool{}
+	for _, e := range explored {
+		if !owned[e.ID] || seen[e.ID] || e.Kind == "" {
+			continue
+		}
+		seen[e.ID] = true
+		r.Summary.Planned++
+		r.judged(e.CrashtestState)
+		r.before = max(r.before, time.Duration(e.Elapsed*float64(time.Second)))
+	}
+}
+
+// addState records a state this run judged (systematic mode).
 func (r *Report) addState(st protocol.CrashtestState) {
+	if r.Coverage != nil && st.Error == "" {
+		r.Coverage.Checked++
+	}
+	r.judged(st)
+}
+
+// judged adds a judged state to the states and the totals.
+func (r *Report) judged(st protocol.CrashtestState) {
 	r.States = append(r.States, st)
 	s := totals{&r.Summary}
 	if st.Error != "" {
 		s.Errors++
-	}
-	if r.Coverage != nil && st.Error == "" {
-		r.Coverage.Checked++
 	}
 	s.addCheck(st.CrashtestCheck)
 	if st.Violation {
@@ -195,9 +250,11 @@ func (r *Report) add(res protocol.CrashtestCut) {
 	}
 }
 
-// finish records the campaign's time and its verdict: passed only when
+// finish records the campaign's time (d, this run's; the runs it resumed
+// add theirs) and its verdict: passed only when
 // every planned cut was checked.
 func (r *Report) finish(d time.Duration) {
+	d += r.before
 	s := &r.Summary
 	s.Seconds = d.Seconds()
 	if d > 0 {

@@ -65,14 +65,19 @@ func (c *Campaign) runSystematic(ctx context.Context, b Booter, prog *Progress, 
 		return err
 	}
 	rep.Coverage = cov
-	done, err := readExplored(filepath.Join(dir, exploredFile))
+	explored, err := readExplored(filepath.Join(dir, exploredFile))
 	if err != nil {
 		return err
 	}
+	done := map[string]bool{}
+	for _, e := range explored {
+		done[e.ID] = true
+	}
 	todo := c.select_(states, done, cov)
+	rep.resume(c.owned(states), explored)
 	prog.note("explore: %s states in the space, %d generated, %d distinct (%d duplicates); this shard: %d to check, %d checked before",
 		formatSpace(cov.Space), cov.Generated, cov.Distinct, cov.Deduplicated, len(todo), cov.Explored)
-	rep.Summary.Planned = len(todo)
+	rep.Summary.Planned += len(todo)
 	prog.total = len(todo)
 	return c.checkAll(ctx, b, prog, rep, dir, model, todo)
 }
@@ -112,6 +117,13 @@ func (c *Campaign) recording(ctx context.Context, b Booter, prog *Progress, dir 
 	fillRecord(&info.Record, model, logPath, template)
 	if !info.Record.Reused {
 		info.Fingerprint = c.fingerprint()
+		// record.json names a recording that must outlive a crash of the
+		// machine running the campaign (the write log synced itself when
+		// flushvm closed it; the template was written by the format
+		// boot's flushvm, which need not have synced it).
+		if err := atomicfile.SyncFile(template); err != nil {
+			return nil, nil, fmt.Errorf("record: %w", err)
+		}
 		// Atomic: a campaign killed here must not leave a half record.json
 		// that the next run refuses as another campaign's.
 		if err := atomicfile.WriteJSON(filepath.Join(dir, recordMeta), info); err != nil {
@@ -194,6 +206,17 @@ func (c *Campaign) explore(m *LogModel) ([]distinctState, *protocol.CrashtestCov
 	return out, cov, nil
 }
 
+// owned returns the IDs of this shard's states.
+func (c *Campaign) owned(states []distinctState) map[string]bool {
+	ids := map[string]bool{}
+	for _, s := range states {
+		if s.index%c.shardCount == c.shardIndex-1 {
+			ids[s.State.ID] = true
+		}
+	}
+	return ids
+}
+
 // select_ returns this shard's states not explored before, at most
 // --max-states of them, and counts the rest in cov.
 func (c *Campaign) select_(states []distinctState, done map[string]bool, cov *protocol.CrashtestCoverage) []distinctState {
@@ -215,31 +238,35 @@ func (c *Campaign) select_(states []distinctState, done map[string]bool, cov *pr
 	return todo
 }
 
-// exploredEntry is one line of the explored-state file.
+// exploredEntry is one line of the explored-state file: a judged state's
+// whole verdict and Elapsed, the campaign's seconds (over all its runs)
+// when it was judged, so a resumed run reports the campaign so far. Files
+// of older flushvm builds hold only id, hash and violation: their states
+// are skipped as checked but cannot be reported again.
 type exploredEntry struct {
-	ID        string `json:"id"`
-	Hash      string `json:"hash"`
-	Violation bool   `json:"violation"`
+	protocol.CrashtestState
+	Elapsed float64 `json:"elapsed"`
 }
 
-// readExplored reads the IDs of the explored-state file (none when it does
-// not exist). A torn last line (a campaign killed while appending) is
-// ignored.
-func readExplored(path string) (map[string]bool, error) {
-	done := map[string]bool{}
+// readExplored reads the explored-state file, in the order it was
+// written (none when it does not exist). A torn last line (a campaign
+// killed while appending) is ignored.
+func readExplored(path string) ([]exploredEntry, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return done, nil
+		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("explored states: %w", err)
 	}
 	defer f.Close()
+	var done []exploredEntry
 	sc := bufio.NewScanner(f)
+	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
 		var e exploredEntry
 		if json.Unmarshal(sc.Bytes(), &e) == nil && e.ID != "" {
-			done[e.ID] = true
+			done = append(done, e)
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -248,18 +275,30 @@ func readExplored(path string) (map[string]bool, error) {
 	return done, nil
 }
 
-// appendExplored adds checked states to the explored-state file.
-func appendExplored(path string, states []protocol.CrashtestState) error {
+// ExploredStates is how many judged states the explored-state file of a
+// systematic campaign's work directory lists (0 when there is none yet).
+func ExploredStates(dir string) (int, error) {
+	e, err := readExplored(filepath.Join(dir, exploredFile))
+	return len(e), err
+}
+
+// appendExplored adds judged states to the explored-state file, and syncs
+// it: a campaign whose machine dies (a nested L1) resumes after the last
+// state it judged.
+func appendExplored(path string, states []exploredEntry) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return fmt.Errorf("explored states: %w", err)
 	}
 	w := bufio.NewWriter(f)
 	for _, s := range states {
-		b, _ := json.Marshal(exploredEntry{ID: s.ID, Hash: s.Hash, Violation: s.Violation})
+		b, _ := json.Marshal(s)
 		w.Write(append(b, '\n'))
 	}
 	err = w.Flush()
+	if err == nil {
+		err = f.Sync()
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

@@ -3,6 +3,7 @@ package crashtest
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -312,14 +313,79 @@ func TestSystematicResume(t *testing.T) {
 			break
 		}
 	}
+	// A resumed run reports the campaign so far: the first run's states
+	// (in their order, verdicts kept) and its own, and both runs' time.
+	if len(second.States) != c.Distinct || second.Summary.Planned != c.Distinct || second.Status != protocol.CrashtestPassed ||
+		second.States[0].ID != first.States[0].ID || second.Summary.Seconds < first.Summary.Seconds {
+		t.Errorf("second run's report: %d states, summary %+v, status %s: want the campaign's %d states",
+			len(second.States), second.Summary, second.Status, c.Distinct)
+	}
 	third, _ := sysCampaign(t, dir).Run(context.Background(), g, NewProgress(io.Discard, nil), nil)
-	if third.Coverage.Explored != c.Distinct || third.Status != protocol.CrashtestIncomplete {
-		t.Errorf("an exhausted space: coverage %+v status %s", third.Coverage, third.Status)
+	if tc := third.Coverage; tc.Explored != c.Distinct || tc.Checked != 0 || !tc.Exhausted || third.Status != protocol.CrashtestPassed ||
+		len(third.States) != c.Distinct {
+		t.Errorf("an exhausted space: coverage %+v, %d states, status %s", tc, len(third.States), third.Status)
 	}
 	// Another campaign's recording is refused.
 	if _, err := sysCampaign(t, dir, "--records", "4").Run(context.Background(), g, NewProgress(io.Discard, nil), nil); err == nil ||
 		!strings.Contains(err.Error(), "another campaign") {
 		t.Errorf("a --dir of another campaign: %v", err)
+	}
+}
+
+// killGuest is sysGuest on a machine that dies when its campaign starts
+// checker boot number kill: the campaign's context ends there.
+type killGuest struct {
+	*sysGuest
+	kill, checks int
+	cancel       func()
+}
+
+func (g *killGuest) Boot(ctx context.Context, args []string) (int, []byte, error) {
+	if strings.Contains(strings.Join(args, " "), "flushvm.run=checkstates") {
+		if g.checks++; g.checks == g.kill {
+			g.cancel()
+			return 0, nil, ctx.Err()
+		}
+	}
+	return g.sysGuest.Boot(ctx, args)
+}
+
+// TestSystematicMachineDies: a campaign whose machine dies between two
+// checker boots leaves its report as it stood (rewritten as it runs) and
+// an explored-state file that lists every state it judged, and the run
+// that resumes it checks the others and reports all of them once.
+func TestSystematicMachineDies(t *testing.T) {
+	dir := t.TempDir()
+	report := filepath.Join(dir, "report.json")
+	ctx, cancel := context.WithCancel(context.Background())
+	g := &killGuest{sysGuest: &sysGuest{dieAt: -1}, kill: 3, cancel: cancel}
+	if _, err := sysCampaign(t, dir, "--report", report).Run(ctx, g, NewProgress(io.Discard, nil), nil); err == nil {
+		t.Fatal("a campaign whose machine died ended without an error")
+	}
+	var snap protocol.CrashtestReport
+	if b, err := os.ReadFile(report); err != nil || json.Unmarshal(b, &snap) != nil {
+		t.Fatalf("no report left by the dead campaign: %v", err)
+	}
+	if len(snap.States) == 0 || snap.Status != protocol.CrashtestIncomplete || snap.Coverage.Skipped == 0 {
+		t.Errorf("the dead campaign's report: %d states, status %s, coverage %+v: want the states judged so far, incomplete",
+			len(snap.States), snap.Status, snap.Coverage)
+	}
+	explored, err := readExplored(filepath.Join(dir, "work", exploredFile))
+	if err != nil || len(explored) != 8 || explored[7].Elapsed <= 0 {
+		t.Fatalf("explored-state file: %d entries (%v): want the 2 batches of 4 judged before the death", len(explored), err)
+	}
+	resumed, err := sysCampaign(t, dir, "--report", report).Run(context.Background(), g.sysGuest, NewProgress(io.Discard, nil), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]bool{}
+	for _, st := range resumed.States {
+		ids[st.ID] = true
+	}
+	c := resumed.Coverage
+	if c.Explored != 8 || c.Checked != c.Distinct-8 || len(ids) != c.Distinct || len(resumed.States) != c.Distinct ||
+		resumed.Status != protocol.CrashtestPassed {
+		t.Errorf("resumed: coverage %+v, %d states (%d distinct IDs), status %s", c, len(resumed.States), len(ids), resumed.Status)
 	}
 }
 

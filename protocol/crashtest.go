@@ -72,7 +72,10 @@ type CrashtestReport struct {
 	Calibration CrashtestCalibration `json:"calibration"`
 	Results     []CrashtestCut       `json:"results"`
 	// Record, Coverage and States are the systematic mode's: the record
-	// boot, the state space and the states this run checked.
+	// boot, the state space and the states the campaign judged. A run
+	// that resumes a campaign (the same --dir) reports the campaign so
+	// far: States and Summary count the states earlier runs judged too,
+	// and Summary.Seconds their time; Coverage.Checked is this run's.
 	Record   *CrashtestRecord   `json:"record,omitempty"`
 	Coverage *CrashtestCoverage `json:"coverage,omitempty"`
 	States   []CrashtestState   `json:"states,omitempty"`

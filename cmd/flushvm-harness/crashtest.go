@@ -179,7 +179,10 @@ const defaultModes = "writeback:20,writethrough:20,none:20,directsync:20,unsafe:
 
 // campaignRuns builds one crashtest run per mode: the shared flags, the
 // mode's --cache and --cuts (random) or --max-states (systematic), and
-// --report OUT/MODE.json.
+// --report OUT/MODE.json. A systematic campaign also gets its own --dir
+// (DIR/MODE under a --dir given, else workDir(OUT, MODE)), where it keeps
+// its recording and explored states: a campaign whose L1 dies resumes
+// there, and its violations' reproduce commands find the recording.
 func campaignRuns(modes []campaignMode, out string, shared []string) ([]harness.Run, []string, error) {
 	for _, f := range []string{"cache", "cuts", "max-states", "report"} {
 		if hasFlag(shared, f) {
@@ -187,6 +190,13 @@ func campaignRuns(modes []campaignMode, out string, shared []string) ([]harness.
 		}
 	}
 	random := isRandom(shared)
+	dir, rest, ownDir, err := takeFlag(shared, "dir")
+	if err != nil {
+		return nil, nil, err
+	}
+	if !random {
+		shared = rest
+	}
 	var runs []harness.Run
 	var reports []string
 	for _, m := range modes {
@@ -201,12 +211,23 @@ func campaignRuns(modes []campaignMode, out string, shared []string) ([]harness.
 		case m.cuts > 0:
 			a = append(a, "--max-states", strconv.Itoa(m.cuts))
 		}
+		switch {
+		case random:
+		case ownDir:
+			a = append(a, "--dir", filepath.Join(dir, m.cache))
+		default:
+			a = append(a, "--dir", workDir(out, m.cache))
+		}
 		a = append(a, "--report", rep)
 		runs = append(runs, harness.Run{Subcommand: harness.SubCrashtest, Args: a})
 		reports = append(reports, rep)
 	}
 	return runs, reports, nil
 }
+
+// workDir is the work directory campaign gives a systematic mode when no
+// --dir was given; each campaign starts it afresh.
+func workDir(out, mode string) string { return filepath.Join(out, mode+".work") }
 
 // campaign runs a crashtest per cache mode in one session (one L1 boot
 // when nested), then prints the per-mode table from their reports.
@@ -239,10 +260,16 @@ func campaign(ctx context.Context, opts harness.Options, timeoutSet bool, args [
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return fail(err)
 	}
-	for _, r := range reports {
-		// A stale report must not stand in for a campaign that failed.
+	for i, r := range reports {
+		// A stale report must not stand in for a campaign that failed,
+		// nor a stale work directory resume one.
 		if err := os.Remove(r); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fail(err)
+		}
+		if d, _ := harness.FlagValue(runs[i].Args, "dir"); d == workDir(out, modes[i].cache) {
+			if err := os.RemoveAll(d); err != nil {
+				return fail(err)
+			}
 		}
 	}
 	for i := range runs {
@@ -294,11 +321,19 @@ func campaign(ctx context.Context, opts harness.Options, timeoutSet bool, args [
 // making progress under a campaign (a nested guest takes the whole TCG L1
 // down with it and QEMU ends without a word, or an L1 CPU is lost), the
 // campaigns that finished keep their reports and the rest run again in a
-// fresh session, up to harness.L0Retries times.
+// fresh session. A systematic campaign with a --dir resumes there after
+// the last state it judged (the harness copies its directory back from
+// the dead L1's scratch disk), and its --max-states shrinks by the states
+// judged. Sessions run again as long as they make progress (a campaign
+// finished, or more states judged), and at most harness.L0Retries times
+// in a row without.
 func executeCampaigns(ctx context.Context, opts harness.Options, runs []harness.Run) ([]harness.Result, error) {
 	var results []harness.Result
-	for attempt := 1; ; attempt++ {
-		s, err := harness.Execute(ctx, opts, runs[len(results):]...)
+	runs = slices.Clone(runs)
+	for fruitless := 0; ; {
+		next := len(results)
+		before := judgedStates(runs[next])
+		s, err := harness.Execute(ctx, opts, runs[next:]...)
 		if s != nil {
 			results = append(results, s.Results...)
 			if s.Mode == harness.Nested {
@@ -309,12 +344,47 @@ func executeCampaigns(ctx context.Context, opts harness.Options, runs []harness.
 		if err == nil {
 			return results, nil
 		}
-		if !harness.L1Failed(s, err) || attempt > harness.L0Retries || ctx.Err() != nil {
+		judged := 0
+		if len(results) == next {
+			judged = judgedStates(runs[next]) - before
+			runs[next].Args = shrinkMaxStates(runs[next].Args, judged)
+		}
+		if len(results) > next || judged > 0 {
+			fruitless = 0
+		} else {
+			fruitless++
+		}
+		if !harness.L1Failed(s, err) || fruitless > harness.L0Retries || ctx.Err() != nil {
 			return results, err
 		}
-		fmt.Fprintf(os.Stderr, "flushvm-harness: L1 ended under campaign %d of %d (%v); running the %d left in a new L1 session\n",
-			len(results)+1, len(runs), err, len(runs)-len(results))
+		fmt.Fprintf(os.Stderr, "flushvm-harness: L1 ended under campaign %d of %d (%v), which had judged %d more states; running the %d left in a new L1 session\n",
+			len(results)+1, len(runs), err, judged, len(runs)-len(results))
 	}
+}
+
+// judgedStates is how many states a systematic campaign's --dir lists as
+// judged (0 without one).
+func judgedStates(r harness.Run) int {
+	dir, ok := harness.FlagValue(r.Args, "dir")
+	if !ok || isRandom(r.Args) {
+		return 0
+	}
+	n, err := crashtestlib.ExploredStates(dir)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "flushvm-harness: %v\n", err)
+	}
+	return n
+}
+
+// shrinkMaxStates lowers --max-states by judged (at least 1 stays: the
+// campaign then ends at once, its report covering what was judged).
+func shrinkMaxStates(args []string, judged int) []string {
+	v, rest, ok, err := takeFlag(args, "max-states")
+	n, aerr := strconv.Atoi(v)
+	if !ok || err != nil || aerr != nil || judged <= 0 {
+		return args
+	}
+	return append(rest, "--max-states", strconv.Itoa(max(1, n-judged)))
 }
 
 // judgeCampaign states what the campaign proved and returns its exit

@@ -47,9 +47,14 @@ func TestParseModes(t *testing.T) {
 
 func TestCampaignRuns(t *testing.T) {
 	sys, _, err := campaignRuns([]campaignMode{{"none", 0}, {"unsafe", 30}}, "out", []string{"--seed", "7"})
-	if err != nil || !slices.Equal(sys[0].Args, []string{"--seed", "7", "--cache", "none", "--report", "out/none.json"}) ||
-		!slices.Equal(sys[1].Args, []string{"--seed", "7", "--cache", "unsafe", "--max-states", "30", "--report", "out/unsafe.json"}) {
+	if err != nil || !slices.Equal(sys[0].Args, []string{"--seed", "7", "--cache", "none", "--dir", "out/none.work", "--report", "out/none.json"}) ||
+		!slices.Equal(sys[1].Args, []string{"--seed", "7", "--cache", "unsafe", "--max-states", "30", "--dir", "out/unsafe.work", "--report", "out/unsafe.json"}) {
 		t.Errorf("systematic campaignRuns = %+v, %v", sys, err)
+	}
+	// A --dir given holds a directory per mode.
+	own, _, err := campaignRuns([]campaignMode{{"none", 0}}, "out", []string{"--dir=keep", "--seed", "7"})
+	if err != nil || !slices.Equal(own[0].Args, []string{"--seed", "7", "--cache", "none", "--dir", "keep/none", "--report", "out/none.json"}) {
+		t.Errorf("systematic campaignRuns with --dir = %+v, %v", own, err)
 	}
 	if _, _, err := campaignRuns([]campaignMode{{"none", 0}}, "out", []string{"--mode", "random"}); !errors.Is(err, errUsage) {
 		t.Errorf("a random campaign with every state: %v", err)
@@ -70,6 +75,24 @@ func TestCampaignRuns(t *testing.T) {
 	for _, f := range []string{"--cache=none", "--cuts", "--report"} {
 		if _, _, err := campaignRuns([]campaignMode{{"none", 1}}, "out", []string{f, "x"}); !errors.Is(err, errUsage) {
 			t.Errorf("campaignRuns accepted %s: %v", f, err)
+		}
+	}
+}
+
+func TestShrinkMaxStates(t *testing.T) {
+	tests := []struct {
+		args   []string
+		judged int
+		want   []string
+	}{
+		{[]string{"--seed", "1", "--max-states", "100", "--report", "r"}, 30, []string{"--seed", "1", "--report", "r", "--max-states", "70"}},
+		{[]string{"--max-states=100"}, 100, []string{"--max-states", "1"}},
+		{[]string{"--max-states", "100"}, 0, []string{"--max-states", "100"}},
+		{[]string{"--seed", "1"}, 30, []string{"--seed", "1"}},
+	}
+	for _, tc := range tests {
+		if got := shrinkMaxStates(tc.args, tc.judged); !slices.Equal(got, tc.want) {
+			t.Errorf("shrinkMaxStates(%q, %d) = %q, want %q", tc.args, tc.judged, got, tc.want)
 		}
 	}
 }

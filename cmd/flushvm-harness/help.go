@@ -46,6 +46,8 @@ func passThroughHelp(name string, args []string) bool {
 		fmt.Println("campaign adds --modes MODE:N,... (default " + defaultModes + ")")
 		fmt.Println("and --out DIR (default build/crashtest), and sets --cache, --report and N per mode:")
 		fmt.Println("--max-states N (systematic; MODE:all checks every state) or --cuts N (--mode random).")
+		fmt.Println("A systematic mode works in --dir DIR/MODE (default OUT/MODE.work, emptied first): when")
+		fmt.Println("L1 dies under it, the next L1 session resumes it after the last state it judged.")
 	}
 	return true
 }

@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 
+	"github.com/flushvm/flushvm/internal/lines"
 	"github.com/flushvm/flushvm/protocol"
 )
 
@@ -193,6 +195,36 @@ func copyKeptDirs(ctx context.Context, scratch string, dirs []keptDir) error {
 		}
 	}
 	return nil
+}
+
+// recoverKeptDirs copies the kept directories out of the scratch disk of
+// an L1 that died with it mounted, so that the campaigns resume from what
+// they had made durable (crashtest syncs its recording and each judged
+// state): e2fsck first replays the disk's journal, which is safe because
+// the image is the harness's own and QEMU has exited. It logs what it did,
+// or why it could not; the campaigns then start afresh.
+func recoverKeptDirs(ctx context.Context, log io.Writer, scratch string, dirs []keptDir) {
+	out, err := exec.CommandContext(ctx, "e2fsck", "-y", scratch).CombinedOutput()
+	var exit *exec.ExitError
+	if errors.As(err, &exit) && exit.ExitCode() < 4 {
+		err = nil // 1, 2: errors corrected
+	}
+	if err == nil {
+		err = copyKeptDirs(ctx, scratch, dirs)
+	} else {
+		err = fmt.Errorf("e2fsck: %w: %s", err, lines.Last(out, 3))
+	}
+	var hosts []string
+	for _, d := range dirs {
+		hosts = append(hosts, d.host)
+	}
+	if err != nil {
+		fmt.Fprintf(log, "flushvm-harness: L1 failed with the scratch disk mounted, and its kept directories (%s) could not be copied back: %v\n",
+			strings.Join(hosts, ", "), err)
+		return
+	}
+	fmt.Fprintf(log, "flushvm-harness: L1 failed with the scratch disk mounted: replayed its journal and copied the kept directories back (%s)\n",
+		strings.Join(hosts, ", "))
 }
 
 // hostLine rewrites the L1 paths of the session's inputs and kept --dirs

@@ -239,3 +239,62 @@ func TestRewriteWorkloadDir(t *testing.T) {
 		t.Errorf("missing dir mapped to %q", got)
 	}
 }
+
+// TestRecoverKeptDirs reads a campaign's kept files out of a scratch disk
+// that L1 left mounted (its journal marked for recovery), and says why it
+// cannot when the disk holds no file system.
+func TestRecoverKeptDirs(t *testing.T) {
+	for _, tool := range []string{"mkfs.ext4", "debugfs", "e2fsck"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed (e2fsprogs)", tool)
+		}
+	}
+	tests := []struct {
+		name    string
+		mkfs    bool
+		wantLog string
+		copied  bool
+	}{
+		{"journal to replay", true, "replayed its journal and copied the kept directories back", true},
+		{"no file system", false, "could not be copied back", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			src := filepath.Join(t.TempDir(), "run-0")
+			if err := os.MkdirAll(src, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			const explored = `{"id":"w1.s1","elapsed":3}` + "\n"
+			if err := os.WriteFile(filepath.Join(src, "explored.jsonl"), []byte(explored), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			img := filepath.Join(t.TempDir(), "scratch.img")
+			if err := os.WriteFile(img, make([]byte, 1<<20), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Truncate(img, 16<<20); err != nil {
+				t.Fatal(err)
+			}
+			if tc.mkfs {
+				for _, c := range [][]string{{"mkfs.ext4", "-q", "-F", "-d", filepath.Dir(src), img},
+					{"debugfs", "-w", "-R", "feature needs_recovery", img}} {
+					if out, err := exec.CommandContext(ctx, c[0], c[1:]...).CombinedOutput(); err != nil {
+						t.Fatalf("%v: %v: %s", c, err, out)
+					}
+				}
+			}
+			host := filepath.Join(t.TempDir(), "kept")
+			var log strings.Builder
+			recoverKeptDirs(ctx, &log, img, []keptDir{{run: 0, host: host}})
+			if !strings.Contains(log.String(), tc.wantLog) {
+				t.Errorf("logged %q, want %q", log.String(), tc.wantLog)
+			}
+			b, err := os.ReadFile(filepath.Join(host, "explored.jsonl"))
+			if got := err == nil && string(b) == explored; got != tc.copied {
+				t.Errorf("explored.jsonl copied back: %q, %v; want copied %v", b, err, tc.copied)
+			}
+		})
+	}
+}

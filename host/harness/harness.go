@@ -353,8 +353,9 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 		return err
 	}
 	if failure != nil {
-		// The scratch disk was not unmounted: its kept directories are
-		// not worth reading.
+		if scratch != "" && len(m.kept) > 0 && ctx.Err() == nil {
+			recoverKeptDirs(ctx, opts.Log, scratch, m.kept)
+		}
 		return failure
 	}
 	if scratch != "" && len(m.kept) > 0 {
