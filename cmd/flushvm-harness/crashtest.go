@@ -131,7 +131,7 @@ func crashtest(ctx context.Context, opts harness.Options, timeoutSet bool, args 
 	if !timeoutSet {
 		opts.Timeout = crashtestTimeout([]harness.Run{r})
 	}
-	results, err := executeCampaigns(ctx, opts, []harness.Run{r})
+	results, err := executeCampaigns(ctx, opts, []harness.Run{r}, harness.Execute)
 	if err != nil {
 		return fail(err)
 	}
@@ -280,7 +280,7 @@ func campaign(ctx context.Context, opts harness.Options, timeoutSet bool, args [
 	if !timeoutSet {
 		opts.Timeout = crashtestTimeout(runs)
 	}
-	results, err := executeCampaigns(ctx, opts, runs)
+	results, err := executeCampaigns(ctx, opts, runs, harness.Execute)
 	if err != nil {
 		// The campaigns that finished still make their rows.
 		fmt.Fprintf(os.Stderr, "flushvm-harness: %v\n", err)
@@ -317,6 +317,9 @@ func campaign(ctx context.Context, opts harness.Options, timeoutSet bool, args [
 	return status
 }
 
+// executor runs a session of runs: harness.Execute (tests: a stand-in).
+type executor func(ctx context.Context, opts harness.Options, runs ...harness.Run) (*harness.Session, error)
+
 // executeCampaigns runs the campaigns in one session. If L1 dies or stops
 // making progress under a campaign (a nested guest takes the whole TCG L1
 // down with it and QEMU ends without a word, or an L1 CPU is lost), the
@@ -327,13 +330,16 @@ func campaign(ctx context.Context, opts harness.Options, timeoutSet bool, args [
 // judged. Sessions run again as long as they make progress (a campaign
 // finished, or more states judged), and at most harness.L0Retries times
 // in a row without.
-func executeCampaigns(ctx context.Context, opts harness.Options, runs []harness.Run) ([]harness.Result, error) {
+func executeCampaigns(ctx context.Context, opts harness.Options, runs []harness.Run, execute executor) ([]harness.Result, error) {
 	var results []harness.Result
 	runs = slices.Clone(runs)
 	for fruitless := 0; ; {
 		next := len(results)
-		before := judgedStates(runs[next])
-		s, err := harness.Execute(ctx, opts, runs[next:]...)
+		before := make([]int, len(runs))
+		for i := next; i < len(runs); i++ {
+			before[i] = judgedStates(runs[i])
+		}
+		s, err := execute(ctx, opts, runs[next:]...)
 		if s != nil {
 			results = append(results, s.Results...)
 			if s.Mode == harness.Nested {
@@ -345,9 +351,9 @@ func executeCampaigns(ctx context.Context, opts harness.Options, runs []harness.
 			return results, nil
 		}
 		judged := 0
-		if len(results) == next {
-			judged = judgedStates(runs[next]) - before
-			runs[next].Args = shrinkMaxStates(runs[next].Args, judged)
+		if dead := len(results); dead < len(runs) {
+			judged = judgedStates(runs[dead]) - before[dead]
+			runs[dead].Args = shrinkMaxStates(runs[dead].Args, judged)
 		}
 		if len(results) > next || judged > 0 {
 			fruitless = 0
