@@ -188,7 +188,7 @@ func NewFlags() *Flags {
 	fs.StringVar(&f.cache, "cache", "writeback", "cache mode of the disk under test: writeback, writethrough, none, directsync\n"+
 		"  or unsafe (none and directsync need O_DIRECT in --dir)\n  e.g. --cache none")
 	fs.StringVar(&f.shard, "shard", "1/1", "run only shard i of n: the cuts K with K mod n = i-1\n  e.g. --shard 2/8")
-	fs.StringVar(&f.Report, "report", "", "write the campaign's JSON report to FILE\n  e.g. --report crashtest.json")
+	fs.StringVar(&f.Report, "report", "", "write the campaign's JSON report to FILE (a systematic campaign\n  also rewrites it every 10 s as it runs)\n  e.g. --report crashtest.json")
 	fs.StringVar(&f.dir, "dir", "", "work directory: systematic: the template image, the record log and the\n"+
 		"  explored-state file (a second run with the same --dir resumes); random: the\n"+
 		"  failing cuts' images and logs (default: a temporary directory, removed\n"+
