@@ -123,8 +123,8 @@ func (k *checker) record(s protocol.CrashtestState) {
 	s.CheckerDeaths = k.deaths[s.Index]
 	k.rep.addState(s)
 	k.prog.state(s, k.rep)
-	e := exploredEntry{CrashtestState: s, Elapsed: k.rep.elapsed().Seconds()}
-	if err := appendExplored(filepath.Join(k.dir, exploredFile), []exploredEntry{e}); err != nil && k.err == nil {
+	e := protocol.CrashtestExplored{CrashtestState: s, Elapsed: k.rep.elapsed().Seconds()}
+	if err := appendExplored(filepath.Join(k.dir, exploredFile), []protocol.CrashtestExplored{e}); err != nil && k.err == nil {
 		k.err = err
 	}
 	// After the explored-state file: a resumed run never checks again a

@@ -172,7 +172,7 @@ func (r *Report) elapsed() time.Duration { return r.before + time.Since(r.start)
 // runs judged (explored, in their order), when this shard owns them (a
 // run with other --k or --torn explores other states), as planned and
 // judged, and the time those runs spent.
-func (r *Report) resume(owned map[string]bool, explored []exploredEntry) {
+func (r *Report) resume(owned map[string]bool, explored []protocol.CrashtestExplored) {
 	seen := map[string]bool{}
 	for _, e := range explored {
 		if !owned[e.ID] || seen[e.ID] || e.Kind == "" {

@@ -26,7 +26,7 @@ const (
 	templateFile = "template.img"
 	recordLog    = "record.wlog"
 	recordMeta   = "record.json"
-	exploredFile = "explored.jsonl"
+	exploredFile = protocol.CrashtestExploredFile
 )
 
 // recordInfo is record.json: what was recorded, to refuse a --dir that
@@ -65,7 +65,7 @@ func (c *Campaign) runSystematic(ctx context.Context, b Booter, prog *Progress, 
 		return err
 	}
 	rep.Coverage = cov
-	explored, err := readExplored(filepath.Join(dir, exploredFile))
+	explored, err := protocol.ReadCrashtestExplored(dir)
 	if err != nil {
 		return err
 	}
@@ -238,54 +238,10 @@ func (c *Campaign) select_(states []distinctState, done map[string]bool, cov *pr
 	return todo
 }
 
-// exploredEntry is one line of the explored-state file: a judged state's
-// whole verdict and Elapsed, the campaign's seconds (over all its runs)
-// when it was judged, so a resumed run reports the campaign so far. Files
-// of older flushvm builds hold only id, hash and violation: their states
-// are skipped as checked but cannot be reported again.
-type exploredEntry struct {
-	protocol.CrashtestState
-	Elapsed float64 `json:"elapsed"`
-}
-
-// readExplored reads the explored-state file, in the order it was
-// written (none when it does not exist). A torn last line (a campaign
-// killed while appending) is ignored.
-func readExplored(path string) ([]exploredEntry, error) {
-	f, err := os.Open(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("explored states: %w", err)
-	}
-	defer f.Close()
-	var done []exploredEntry
-	sc := bufio.NewScanner(f)
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		var e exploredEntry
-		if json.Unmarshal(sc.Bytes(), &e) == nil && e.ID != "" {
-			done = append(done, e)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("explored states %s: %w", path, err)
-	}
-	return done, nil
-}
-
-// ExploredStates is how many judged states the explored-state file of a
-// systematic campaign's work directory lists (0 when there is none yet).
-func ExploredStates(dir string) (int, error) {
-	e, err := readExplored(filepath.Join(dir, exploredFile))
-	return len(e), err
-}
-
 // appendExplored adds judged states to the explored-state file, and syncs
 // it: a campaign whose machine dies (a nested L1) resumes after the last
 // state it judged.
-func appendExplored(path string, states []exploredEntry) error {
+func appendExplored(path string, states []protocol.CrashtestExplored) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return fmt.Errorf("explored states: %w", err)

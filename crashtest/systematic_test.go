@@ -370,7 +370,7 @@ func TestSystematicMachineDies(t *testing.T) {
 		t.Errorf("the dead campaign's report: %d states, status %s, coverage %+v: want the states judged so far, incomplete",
 			len(snap.States), snap.Status, snap.Coverage)
 	}
-	explored, err := readExplored(filepath.Join(dir, "work", exploredFile))
+	explored, err := protocol.ReadCrashtestExplored(filepath.Join(dir, "work"))
 	if err != nil || len(explored) != 8 || explored[7].Elapsed <= 0 {
 		t.Fatalf("explored-state file: %d entries (%v): want the 2 batches of 4 judged before the death", len(explored), err)
 	}

@@ -158,6 +158,10 @@ func keptBytes(dir string) int64 {
 	return n
 }
 
+// errNoKeptDir marks a kept directory the scratch disk does not hold: its
+// campaign never made it.
+var errNoKeptDir = errors.New("no such directory")
+
 // copyKeptDirs copies each run's --dir out of the (unmounted) scratch
 // image with debugfs, which reads ext4 without mounting it.
 func copyKeptDirs(ctx context.Context, scratch string, dirs []keptDir) error {
@@ -182,7 +186,7 @@ func copyKeptDirs(ctx context.Context, scratch string, dirs []keptDir) error {
 			os.RemoveAll(tmp)
 			// debugfs says "File not found" and still exits 0: the
 			// campaign never created its directory.
-			return fmt.Errorf("copy %s out of the scratch disk: %w (debugfs: %s)", src, err, strings.TrimSpace(string(out)))
+			return fmt.Errorf("copy %s out of the scratch disk: %w: %w (debugfs: %s)", src, errNoKeptDir, err, strings.TrimSpace(string(out)))
 		}
 		for _, e := range entries {
 			if err := os.Rename(filepath.Join(got, e.Name()), filepath.Join(d.host, e.Name())); err != nil {
@@ -204,27 +208,37 @@ func copyKeptDirs(ctx context.Context, scratch string, dirs []keptDir) error {
 // the image is the harness's own and QEMU has exited. It logs what it did,
 // or why it could not; the campaigns then start afresh.
 func recoverKeptDirs(ctx context.Context, log io.Writer, scratch string, dirs []keptDir) {
+	copied, err := replayAndCopy(ctx, scratch, dirs)
+	if err != nil {
+		fmt.Fprintf(log, "flushvm-harness: L1 failed with the scratch disk mounted, and the kept directories could not be copied back: %v\n", err)
+		return
+	}
+	fmt.Fprintf(log, "flushvm-harness: L1 failed with the scratch disk mounted: replayed its journal and copied back the kept directories its campaigns had made (%s)\n",
+		strings.Join(copied, ", "))
+}
+
+// replayAndCopy replays the scratch disk's journal and copies out each
+// kept directory the disk holds, returning their host paths.
+func replayAndCopy(ctx context.Context, scratch string, dirs []keptDir) ([]string, error) {
 	out, err := exec.CommandContext(ctx, "e2fsck", "-y", scratch).CombinedOutput()
 	var exit *exec.ExitError
 	if errors.As(err, &exit) && exit.ExitCode() < 4 {
 		err = nil // 1, 2: errors corrected
 	}
-	if err == nil {
-		err = copyKeptDirs(ctx, scratch, dirs)
-	} else {
-		err = fmt.Errorf("e2fsck: %w: %s", err, lines.Last(out, 3))
-	}
-	var hosts []string
-	for _, d := range dirs {
-		hosts = append(hosts, d.host)
-	}
 	if err != nil {
-		fmt.Fprintf(log, "flushvm-harness: L1 failed with the scratch disk mounted, and its kept directories (%s) could not be copied back: %v\n",
-			strings.Join(hosts, ", "), err)
-		return
+		return nil, fmt.Errorf("e2fsck: %w: %s", err, lines.Last(out, 3))
 	}
-	fmt.Fprintf(log, "flushvm-harness: L1 failed with the scratch disk mounted: replayed its journal and copied the kept directories back (%s)\n",
-		strings.Join(hosts, ", "))
+	var copied []string
+	for _, d := range dirs {
+		// The campaigns after the one L1 died under never started.
+		if err := copyKeptDirs(ctx, scratch, []keptDir{d}); errors.Is(err, errNoKeptDir) {
+			continue
+		} else if err != nil {
+			return copied, err
+		}
+		copied = append(copied, d.host)
+	}
+	return copied, nil
 }
 
 // hostLine rewrites the L1 paths of the session's inputs and kept --dirs

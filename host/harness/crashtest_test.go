@@ -241,8 +241,9 @@ func TestRewriteWorkloadDir(t *testing.T) {
 }
 
 // TestRecoverKeptDirs reads a campaign's kept files out of a scratch disk
-// that L1 left mounted (its journal marked for recovery), and says why it
-// cannot when the disk holds no file system.
+// that L1 left mounted (its journal marked for recovery), past a campaign
+// that never started, and says why it cannot when the disk holds no file
+// system.
 func TestRecoverKeptDirs(t *testing.T) {
 	for _, tool := range []string{"mkfs.ext4", "debugfs", "e2fsck"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -255,7 +256,7 @@ func TestRecoverKeptDirs(t *testing.T) {
 		wantLog string
 		copied  bool
 	}{
-		{"journal to replay", true, "replayed its journal and copied the kept directories back", true},
+		{"journal to replay", true, "replayed its journal and copied back the kept directories its campaigns had made", true},
 		{"no file system", false, "could not be copied back", false},
 	}
 	for _, tc := range tests {
@@ -287,7 +288,8 @@ func TestRecoverKeptDirs(t *testing.T) {
 			}
 			host := filepath.Join(t.TempDir(), "kept")
 			var log strings.Builder
-			recoverKeptDirs(ctx, &log, img, []keptDir{{run: 0, host: host}})
+			// Run 1's campaign never started: it made no directory.
+			recoverKeptDirs(ctx, &log, img, []keptDir{{run: 0, host: host}, {run: 1, host: host + "-1"}})
 			if !strings.Contains(log.String(), tc.wantLog) {
 				t.Errorf("logged %q, want %q", log.String(), tc.wantLog)
 			}
