@@ -375,11 +375,11 @@ func judgedStates(r harness.Run) int {
 	if !ok || isRandom(r.Args) {
 		return 0
 	}
-	n, err := crashtestlib.ExploredStates(dir)
+	e, err := protocol.ReadCrashtestExplored(dir)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "flushvm-harness: %v\n", err)
 	}
-	return n
+	return len(e)
 }
 
 // shrinkMaxStates lowers --max-states by judged (at least 1 stays: the
