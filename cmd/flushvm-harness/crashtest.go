@@ -131,7 +131,7 @@ func crashtest(ctx context.Context, opts harness.Options, timeoutSet bool, args 
 	if !timeoutSet {
 		opts.Timeout = crashtestTimeout([]harness.Run{r})
 	}
-	results, err := executeCampaigns(ctx, opts, []harness.Run{r}, harness.Execute)
+	results, err := harness.ExecuteCampaigns(ctx, opts, []harness.Run{r})
 	if err != nil {
 		return fail(err)
 	}
@@ -280,7 +280,7 @@ func campaign(ctx context.Context, opts harness.Options, timeoutSet bool, args [
 	if !timeoutSet {
 		opts.Timeout = crashtestTimeout(runs)
 	}
-	results, err := executeCampaigns(ctx, opts, runs, harness.Execute)
+	results, err := harness.ExecuteCampaigns(ctx, opts, runs)
 	if err != nil {
 		// The campaigns that finished still make their rows.
 		fmt.Fprintf(os.Stderr, "flushvm-harness: %v\n", err)
@@ -315,82 +315,6 @@ func campaign(ctx context.Context, opts harness.Options, timeoutSet bool, args [
 		fmt.Fprintf(os.Stderr, "flushvm-harness: reports and table.md in %s\n", out)
 	}
 	return status
-}
-
-// executor runs a session of runs: harness.Execute (tests: a stand-in).
-type executor func(ctx context.Context, opts harness.Options, runs ...harness.Run) (*harness.Session, error)
-
-// executeCampaigns runs the campaigns in one session. If L1 dies or stops
-// making progress under a campaign (a nested guest takes the whole TCG L1
-// down with it and QEMU ends without a word, or an L1 CPU is lost), the
-// campaigns that finished keep their reports and the rest run again in a
-// fresh session. A systematic campaign with a --dir resumes there after
-// the last state it judged (the harness copies its directory back from
-// the dead L1's scratch disk), and its --max-states shrinks by the states
-// judged. Sessions run again as long as they make progress (a campaign
-// finished, or more states judged), and at most harness.L0Retries times
-// in a row without.
-func executeCampaigns(ctx context.Context, opts harness.Options, runs []harness.Run, execute executor) ([]harness.Result, error) {
-	var results []harness.Result
-	runs = slices.Clone(runs)
-	for fruitless := 0; ; {
-		next := len(results)
-		before := make([]int, len(runs))
-		for i := next; i < len(runs); i++ {
-			before[i] = judgedStates(runs[i])
-		}
-		s, err := execute(ctx, opts, runs[next:]...)
-		if s != nil {
-			results = append(results, s.Results...)
-			if s.Mode == harness.Nested {
-				fmt.Fprintf(os.Stderr, "flushvm-harness: %d campaigns in one L1 session: L1 reached /init after %.1f s wall; session %.1f s\n",
-					len(s.Results), s.L1Boot.Seconds(), s.Wall.Seconds())
-			}
-		}
-		if err == nil {
-			return results, nil
-		}
-		judged := 0
-		if dead := len(results); dead < len(runs) {
-			judged = judgedStates(runs[dead]) - before[dead]
-			runs[dead].Args = shrinkMaxStates(runs[dead].Args, judged)
-		}
-		if len(results) > next || judged > 0 {
-			fruitless = 0
-		} else {
-			fruitless++
-		}
-		if !harness.L1Failed(s, err) || fruitless > harness.L0Retries || ctx.Err() != nil {
-			return results, err
-		}
-		fmt.Fprintf(os.Stderr, "flushvm-harness: L1 ended under campaign %d of %d (%v), which had judged %d more states; running the %d left in a new L1 session\n",
-			len(results)+1, len(runs), err, judged, len(runs)-len(results))
-	}
-}
-
-// judgedStates is how many states a systematic campaign's --dir lists as
-// judged (0 without one).
-func judgedStates(r harness.Run) int {
-	dir, ok := harness.FlagValue(r.Args, "dir")
-	if !ok || isRandom(r.Args) {
-		return 0
-	}
-	e, err := protocol.ReadCrashtestExplored(dir)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "flushvm-harness: %v\n", err)
-	}
-	return len(e)
-}
-
-// shrinkMaxStates lowers --max-states by judged (at least 1 stays: the
-// campaign then ends at once, its report covering what was judged).
-func shrinkMaxStates(args []string, judged int) []string {
-	v, rest, ok, err := takeFlag(args, "max-states")
-	n, aerr := strconv.Atoi(v)
-	if !ok || err != nil || aerr != nil || judged <= 0 {
-		return args
-	}
-	return append(rest, "--max-states", strconv.Itoa(max(1, n-judged)))
 }
 
 // judgeCampaign states what the campaign proved and returns its exit
