@@ -3,9 +3,12 @@ package crashtest
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -36,10 +39,34 @@ type recordInfo struct {
 	Record      protocol.CrashtestRecord `json:"record"`
 }
 
-// fingerprint names what a recording depends on.
-func (c *Campaign) fingerprint() string {
+// fingerprint names what a recording depends on. The kernel and initrd
+// count by content, not path: the nested harness maps them to other paths
+// in each L1 session, and a campaign resumes across sessions.
+func (c *Campaign) fingerprint() (string, error) {
+	kernel, err := fileDigest(c.kernel)
+	if err != nil {
+		return "", fmt.Errorf("--kernel: %w", err)
+	}
+	initrd, err := fileDigest(c.initrd)
+	if err != nil {
+		return "", fmt.Errorf("--initrd: %w", err)
+	}
 	return strings.Join([]string{c.workload, c.runCmd, c.checkCmd, c.workloadDir, c.fs, string(c.cache),
-		strconv.FormatInt(c.diskSize, 10), c.kernel, c.initrd}, "|")
+		strconv.FormatInt(c.diskSize, 10), "kernel sha256 " + kernel, "initrd sha256 " + initrd}, "|"), nil
+}
+
+// fileDigest is the SHA-256 of a file's content (hex, the first 128 bits).
+func fileDigest(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16]), nil
 }
 
 // distinctState is a generated state with a new image.
@@ -93,8 +120,12 @@ func (c *Campaign) recording(ctx context.Context, b Booter, prog *Progress, dir 
 		if jerr := json.Unmarshal(data, &info); jerr != nil {
 			return nil, nil, fmt.Errorf("%s: %w", recordMeta, jerr)
 		}
-		if info.Fingerprint != c.fingerprint() {
-			return nil, nil, usageErrorf("--dir %s holds the recording of another campaign (%s); use another --dir", dir, info.Fingerprint)
+		fp, err := c.fingerprint()
+		if err != nil {
+			return nil, nil, err
+		}
+		if info.Fingerprint != fp {
+			return nil, nil, usageErrorf("--dir %s holds the recording of another campaign (%s; this one is %s); use another --dir", dir, info.Fingerprint, fp)
 		}
 		prog.note("resuming: the recording in %s", dir)
 		info.Record.Reused = true
@@ -116,7 +147,9 @@ func (c *Campaign) recording(ctx context.Context, b Booter, prog *Progress, dir 
 	}
 	fillRecord(&info.Record, model, logPath, template)
 	if !info.Record.Reused {
-		info.Fingerprint = c.fingerprint()
+		if info.Fingerprint, err = c.fingerprint(); err != nil {
+			return nil, nil, err
+		}
 		// record.json names a recording that must outlive a crash of the
 		// machine running the campaign (the write log synced itself when
 		// flushvm closed it; the template was written by the format

@@ -332,6 +332,40 @@ func TestSystematicResume(t *testing.T) {
 	}
 }
 
+// TestSystematicResumeMovedInputs: the recording belongs to the kernel
+// and initrd by content, so a campaign resumes when they are at other
+// paths (the nested harness maps them anew in each L1 session), and
+// refuses a --dir recorded with another initrd.
+func TestSystematicResumeMovedInputs(t *testing.T) {
+	dir := t.TempDir()
+	g := &sysGuest{dieAt: -1}
+	if _, err := sysCampaign(t, dir, "--max-states", "2").Run(context.Background(), g, NewProgress(io.Discard, nil), nil); err != nil {
+		t.Fatal(err)
+	}
+	moved := filepath.Join(dir, "moved")
+	os.MkdirAll(moved, 0o755)
+	same, other := filepath.Join(moved, "same"), filepath.Join(moved, "other")
+	os.WriteFile(same, []byte("k"), 0o644)
+	os.WriteFile(other, []byte("another initrd"), 0o644)
+	tests := []struct {
+		name, initrd string
+		resumes      bool
+	}{
+		{"same content elsewhere", same, true},
+		{"other content", other, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			rep, err := sysCampaign(t, dir, "--max-states", "2", "--kernel", same, "--initrd", tc.initrd).
+				Run(context.Background(), g, NewProgress(io.Discard, nil), nil)
+			resumed := err == nil && rep.Record != nil && rep.Record.Reused
+			if resumed != tc.resumes || !tc.resumes && (err == nil || !strings.Contains(err.Error(), "another campaign")) {
+				t.Errorf("resumed %v (error %v), want %v", resumed, err, tc.resumes)
+			}
+		})
+	}
+}
+
 // killGuest is sysGuest on a machine that dies when its campaign starts
 // checker boot number kill: the campaign's context ends there.
 type killGuest struct {
