@@ -3,10 +3,12 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,7 +23,11 @@ import (
 //
 //   - systematic, fsyncstress, cache=writeback: one record boot, a few
 //     twenty crash states checked in one checker boot; every state keeps
-//     every acknowledged record and passes fsck (exit status 0);
+//     every acknowledged record and passes fsck (exit status 0). Nested,
+//     the harness kills L1 (QEMU quits through its monitor, as a dying TCG
+//     L1 ends) when this campaign has judged 10 states: the harness
+//     recovers its --dir from the dead L1's scratch disk and a new session
+//     resumes it, and its report covers all 20 states;
 //   - systematic, fsyncstress-ack-early (a workload that acknowledges
 //     before its fdatasync): caught (exit status 1) within its first 8
 //     states, with the first violating state's image hash and reproduce
@@ -46,12 +52,12 @@ func TestDebianLinuxCrashtestCampaignsNested(t *testing.T) {
 	// records, cost the time (and a 1-vCPU guest boots faster nested).
 	common := []string{"--kernel", vmlinux, "--initrd", a.Initramfs, "--disk-size", "32M",
 		"--records", "6", "--cpus", "1", "--boot-timeout", "2m"}
-	kept, bugDir := filepath.Join(dir, "kept"), filepath.Join(dir, "bug")
+	kept, bugDir, wbDir := filepath.Join(dir, "kept"), filepath.Join(dir, "bug"), filepath.Join(dir, "wb")
 	wbReport, bugReport, unsafeReport := filepath.Join(dir, "writeback.json"), filepath.Join(dir, "bug.json"), filepath.Join(dir, "unsafe.json")
 	with := func(extra ...string) []string { return append(append([]string{}, common...), extra...) }
 	runs := []harness.Run{
 		{Subcommand: harness.SubCrashtest, Args: with("--workload", "fsyncstress", "--cache", "writeback",
-			"--seed", "11", "--max-states", "20", "--report", wbReport)},
+			"--seed", "11", "--max-states", "20", "--dir", wbDir, "--report", wbReport)},
 		{Subcommand: harness.SubCrashtest, Args: with("--workload", "fsyncstress-ack-early", "--cache", "writeback",
 			"--seed", "5", "--max-states", "8", "--dir", bugDir, "--report", bugReport)},
 		// cache=unsafe acknowledges FLUSHes it never performs, so with
@@ -62,14 +68,21 @@ func TestDebianLinuxCrashtestCampaignsNested(t *testing.T) {
 			"--cache", "unsafe", "--policy", "lose-all", "--cuts", "1", "--seed", "3",
 			"--at", "writes="+strconv.Itoa(unsafeCutWrites), "--report", unsafeReport, "--dir", kept)},
 	}
-	s := crashtestSession(t, runs)
+	var killed atomic.Bool
+	var log syncBuffer
+	results := campaignSession(t, runs, &log, func(line string) bool {
+		return strings.Contains(line, "crashtest: state 10/20 ") && !killed.Swap(true)
+	})
 	t.Run("systematic_writeback_keeps_every_acknowledged_record", func(t *testing.T) {
-		r := s.Results[0]
+		r := results[0]
 		rep := readCrashReport(t, wbReport, r)
 		sum, cov := rep.Summary, rep.Coverage
-		if r.Status != 0 || cov == nil || cov.Checked != 20 || sum.Errors != 0 || sum.Violations != 0 || sum.LostAcked != 0 ||
-			sum.FsckErrors != 0 || sum.MountFailures != 0 {
-			t.Fatalf("exit status %d, summary %+v, coverage %+v: want status 0, 20 states checked, no violation; output:\n%s", r.Status, sum, cov, r.Output)
+		if r.Status != 0 || cov == nil || len(rep.States) != 20 || cov.Checked+cov.Explored != 20 || sum.Errors != 0 ||
+			sum.Violations != 0 || sum.LostAcked != 0 || sum.FsckErrors != 0 || sum.MountFailures != 0 {
+			t.Fatalf("exit status %d, summary %+v, coverage %+v: want status 0, 20 states judged, no violation; output:\n%s", r.Status, sum, cov, r.Output)
+		}
+		if killed.Load() && (cov.Explored < 10 || !strings.Contains(log.String(), "replayed its journal and copied back the kept directories")) {
+			t.Errorf("L1 was killed at state 10: want the campaign resumed after the states it judged, coverage %+v; harness log:\n%s", cov, log.String())
 		}
 		if sum.Acked == 0 {
 			t.Errorf("no state expected an acknowledged record: nothing was tested")
@@ -78,7 +91,7 @@ func TestDebianLinuxCrashtestCampaignsNested(t *testing.T) {
 	})
 	var first *protocol.CrashtestState
 	t.Run("systematic_ack_early_is_caught", func(t *testing.T) {
-		r := s.Results[1]
+		r := results[1]
 		rep := readCrashReport(t, bugReport, r)
 		first = rep.Summary.FirstViolation
 		if r.Status != 1 || first == nil || first.Index >= 8 || first.LostAcked == 0 || first.Hash == "" {
@@ -90,7 +103,7 @@ func TestDebianLinuxCrashtestCampaignsNested(t *testing.T) {
 		t.Logf("first violating state %s (#%d): %s; image hash %s", first.ID, first.Index, first.Reason, first.Hash)
 	})
 	t.Run("random_unsafe_lose-all_loses_acknowledged_records", func(t *testing.T) {
-		checkUnsafeRandom(t, s.Results[2], unsafeReport, kept)
+		checkUnsafeRandom(t, results[2], unsafeReport, kept)
 	})
 	t.Run("reproduce_rebuilds_the_same_image", func(t *testing.T) {
 		if first == nil {
@@ -208,6 +221,23 @@ func TestDebianLinuxCrashtestWorkloadsNested(t *testing.T) {
 			t.Logf("states left unchecked: each killed two checker guests: %q", killers)
 		}
 	})
+}
+
+// campaignSession runs crashtest campaigns as flushvm-harness campaign
+// does (harness.ExecuteCampaigns: a campaign whose L1 dies resumes in a new
+// session), with fault as the harness's L1 fault (nil: none); the
+// harness's log goes to the test log and to log.
+func campaignSession(t *testing.T, runs []harness.Run, log io.Writer, fault func(string) bool) []harness.Result {
+	t.Helper()
+	const bound = 35 * time.Minute
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
+	defer cancel()
+	opts := harness.Options{Stdout: consoleWriter{}, Log: io.MultiWriter(testLog{t}, log), Timeout: bound, L1Fault: fault}
+	results, err := harness.ExecuteCampaigns(ctx, opts, runs)
+	if err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	return results
 }
 
 // crashtestSession runs crashtest runs in one harness session. The TCG L1

@@ -131,6 +131,12 @@ type Options struct {
 	// running into the session's timeout. Zero means DefaultWatchdog; a
 	// negative value adds none.
 	Watchdog time.Duration
+	// L1Fault, when set, sees each line of L1's console; the first time
+	// it returns true the harness ends L1 the way a dying TCG L1 ends
+	// (QEMU quits at once, through its monitor, with nothing flushed or
+	// unmounted in L1): fault injection, to test what survives an L1
+	// death (nested sessions only).
+	L1Fault func(line string) bool
 	// JobFiles are host files linked into the nested job directory,
 	// keyed by their path under it (L1 sees them under /job), for
 	// Run.Command runs that need more than flushvm.
@@ -321,6 +327,7 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 	}
 	defer mon.close()
 	l1.Extra = append(l1.Extra, mon.args()...)
+	watch.fault = l1Fault(opts, mon)
 	qctx, stopL1 := context.WithCancel(ctx)
 	defer stopL1()
 	cmd := exec.CommandContext(qctx, "nice", append([]string{"-n", "5"}, l1.Args()...)...)
@@ -362,6 +369,27 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 		return copyKeptDirs(ctx, scratch, m.kept)
 	}
 	return nil
+}
+
+// l1Fault turns Options.L1Fault into the console's per-line hook: once
+// it fires, L1's QEMU is told to quit (in its own goroutine: the console
+// must not wait for the monitor). Nil when no fault is asked for.
+func l1Fault(opts Options, mon *l1Monitor) func(string) {
+	if opts.L1Fault == nil {
+		return nil
+	}
+	var once sync.Once
+	return func(line string) {
+		if opts.L1Fault(line) {
+			once.Do(func() {
+				go func() {
+					if err := mon.quit(); err != nil {
+						fmt.Fprintf(opts.Log, "flushvm-harness: the L1 fault could not quit QEMU: %v\n", err)
+					}
+				}()
+			})
+		}
+	}
 }
 
 // newJobDir makes the job directory L1 mounts over 9p: a static flushvm
@@ -674,6 +702,8 @@ type console struct {
 	starts  []time.Duration
 	ends    []time.Duration
 	rss     []int64
+	// fault, when set, sees each whole line (Options.L1Fault).
+	fault func(line string)
 	// silences bound each run's console silence (zero: none; see
 	// runSilences); lastLine is when the last whole line came.
 	silences []time.Duration
@@ -768,6 +798,9 @@ func (c *console) keep(line string) {
 }
 
 func (c *console) observe(line string) {
+	if c.fault != nil {
+		c.fault(line)
+	}
 	if strings.TrimSpace(line) != "" {
 		c.last = line
 	}

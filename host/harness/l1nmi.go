@@ -2,11 +2,13 @@ package harness
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 )
 
@@ -58,6 +60,16 @@ func (m *l1Monitor) command(cmd string) error {
 		return fmt.Errorf("%s: %w", cmd, err)
 	}
 	return nil
+}
+
+// quit tells QEMU to quit at once; the monitor then closes without a
+// prompt, which is success.
+func (m *l1Monitor) quit() error {
+	err := m.command("quit")
+	if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
+		return nil
+	}
+	return err
 }
 
 // readPrompt reads until the monitor's prompt (at most 64 KiB).

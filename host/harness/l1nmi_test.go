@@ -58,3 +58,40 @@ func TestL1MonitorBacktrace(t *testing.T) {
 		t.Errorf("backtrace took %v, said %q", time.Since(start), out.String())
 	}
 }
+
+// TestL1MonitorQuit plays QEMU's monitor for the L1 fault: "quit" ends
+// QEMU, which closes the monitor without a prompt, and that is success;
+// with no monitor it is an error.
+func TestL1MonitorQuit(t *testing.T) {
+	m, err := newL1Monitor()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.close()
+	if err := m.quit(); err == nil {
+		t.Error("quit without a monitor succeeded")
+	}
+	l, err := net.Listen("unix", m.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	got := make(chan string, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		c.Write([]byte("QEMU 10.0.2 monitor - type 'help' for more information\r\n" + monitorPrompt))
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		c.Close() // QEMU has gone
+		got <- line
+	}()
+	if err := m.quit(); err != nil {
+		t.Errorf("quit: %v", err)
+	}
+	if line := <-got; line != "quit\n" {
+		t.Errorf("monitor got %q, want quit", line)
+	}
+}
