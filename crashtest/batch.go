@@ -129,7 +129,7 @@ func (k *checker) record(s protocol.CrashtestState) {
 	}
 	// After the explored-state file: a resumed run never checks again a
 	// state that a snapshot reports.
-	if err := k.rep.snapshot(k.c.report, false); err != nil && k.err == nil {
+	if err := k.rep.snapshot(k.c.report); err != nil && k.err == nil {
 		k.err = err
 	}
 }

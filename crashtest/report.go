@@ -132,13 +132,13 @@ const snapshotEvery = 10 * time.Second
 
 // snapshot writes the report as it stands to path ("": none), as finish
 // would leave it if the campaign ended now (so incomplete, with the
-// states not judged yet counted as skipped), at most every snapshotEvery
-// unless force. A campaign that dies with its machine (a nested L1 that
+// states not judged yet counted as skipped), at most every snapshotEvery.
+// A campaign that dies with its machine (a nested L1 that
 // QEMU TCG loses) then leaves a report of the states it judged, which
 // its resumed run (same --dir) does not check again.
-func (r *Report) snapshot(path string, force bool) error {
+func (r *Report) snapshot(path string) error {
 	now := time.Now()
-	if path == "" || !force && now.Sub(r.snapshotAt) < snapshotEvery {
+	if path == "" || now.Sub(r.snapshotAt) < snapshotEvery {
 		return nil
 	}
 	r.snapshotAt = now

@@ -32,3 +32,28 @@ func TestWriteJSON(t *testing.T) {
 		t.Errorf("temporary files left: %v", left)
 	}
 }
+
+func TestSync(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "f")
+	if err := os.WriteFile(file, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	missing := filepath.Join(dir, "missing")
+	tests := []struct {
+		name    string
+		sync    func(string) error
+		path    string
+		wantErr bool
+	}{
+		{"file", SyncFile, file, false},
+		{"missing file", SyncFile, missing, true},
+		{"directory", SyncDir, dir, false},
+		{"missing directory", SyncDir, missing, true},
+	}
+	for _, tc := range tests {
+		if err := tc.sync(tc.path); (err != nil) != tc.wantErr {
+			t.Errorf("%s: %v, want error %v", tc.name, err, tc.wantErr)
+		}
+	}
+}
