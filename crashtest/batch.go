@@ -122,11 +122,13 @@ func (k *checker) record(s protocol.CrashtestState) {
 	defer k.mu.Unlock()
 	s.CheckerDeaths = k.deaths[s.Index]
 	k.rep.addState(s)
-	k.prog.state(s, k.rep)
+	// Synced before the progress line: a state shown as judged is one a
+	// resumed run does not check again, whenever the machine dies.
 	e := protocol.CrashtestExplored{CrashtestState: s, Elapsed: k.rep.elapsed().Seconds()}
 	if err := appendExplored(filepath.Join(k.dir, exploredFile), []protocol.CrashtestExplored{e}); err != nil && k.err == nil {
 		k.err = err
 	}
+	k.prog.state(s, k.rep)
 	// After the explored-state file: a resumed run never checks again a
 	// state that a snapshot reports.
 	if err := k.rep.snapshot(k.c.report); err != nil && k.err == nil {
