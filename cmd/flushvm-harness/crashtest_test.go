@@ -213,4 +213,3 @@ func TestParseSlurmFlags(t *testing.T) {
 		}
 	}
 }
-
