@@ -496,11 +496,15 @@ func parseShard(s string) (int, int, error) {
 	return i, n, nil
 }
 
+// owns reports whether cut or distinct state number k belongs to this
+// shard (K mod n = i-1 for --shard i/n).
+func (c *Campaign) owns(k int) bool { return k%c.shardCount == c.shardIndex-1 }
+
 // ShardCuts returns the campaign's cut numbers that belong to this shard.
 func (c *Campaign) ShardCuts() []int {
 	var ks []int
 	for k := 0; k < c.cuts; k++ {
-		if k%c.shardCount == c.shardIndex-1 {
+		if c.owns(k) {
 			ks = append(ks, k)
 		}
 	}

@@ -243,7 +243,7 @@ func (c *Campaign) explore(m *LogModel) ([]distinctState, *protocol.CrashtestCov
 func (c *Campaign) owned(states []distinctState) map[string]bool {
 	ids := map[string]bool{}
 	for _, s := range states {
-		if s.index%c.shardCount == c.shardIndex-1 {
+		if c.owns(s.index) {
 			ids[s.State.ID] = true
 		}
 	}
@@ -256,7 +256,7 @@ func (c *Campaign) select_(states []distinctState, done map[string]bool, cov *pr
 	var todo []distinctState
 	for _, s := range states {
 		switch {
-		case s.index%c.shardCount != c.shardIndex-1:
+		case !c.owns(s.index):
 			cov.OtherShards++
 		case done[s.State.ID]:
 			cov.Explored++
