@@ -58,7 +58,7 @@ func TestDebianLinuxVirtioBlk(t *testing.T) {
 	a := prepare(t)
 	dir := t.TempDir()
 	var script strings.Builder
-	args := []string{"--kernel", a.Kernel.BzImage, "--cpus", "2"}
+	args := []string{"--kernel", a.Vmlinux, "--cpus", "2"}
 	var disks []string
 	for i, m := range modes {
 		d := byte('a' + i)
@@ -108,7 +108,7 @@ func TestDebianLinuxVirtioBlk(t *testing.T) {
 		t.Fatal(err)
 	}
 	stressStats := filepath.Join(dir, "stress-stats.json")
-	stressArgs := []string{"--kernel", a.Kernel.BzImage, "--initrd", stressImg, "--cpus", "2",
+	stressArgs := []string{"--kernel", a.Vmlinux, "--initrd", stressImg, "--cpus", "2",
 		"--disk", "path=" + ext4 + ",cache=none,aio=io_uring", "--stats", stressStats, "--append", cmdline("script")}
 
 	session(t, []boot{

@@ -18,7 +18,9 @@ import (
 // on purpose (status protocol.ExitGuestCrash with its report line),
 // panicking with panic=-1 (status protocol.ExitGuestCrash through pvpanic,
 // not the reboot panic= asks for), and with a bad --kernel file that
-// flushvm must reject in one clear line with status 2.
+// flushvm must reject in one clear line with status 2. The first boot
+// loads the bzImage; the others the ELF vmlinux inside it (both loaders
+// tested, and the ELF one skips seconds of nested decompression).
 func TestDebianLinuxBoot(t *testing.T) {
 	a := prepare(t)
 	poweroff, err := harness.WithScript(a.Cache, a.Initramfs, "#!/bin/sh\necho about to power off\npoweroff -f\n")
@@ -67,7 +69,7 @@ func TestDebianLinuxBoot(t *testing.T) {
 		},
 		{
 			name: "two_cpus_poweroff",
-			args: []string{"--kernel", a.Kernel.BzImage, "--initrd", poweroff, "--cpus", "2", "--append", cmdline("script")},
+			args: []string{"--kernel", a.Vmlinux, "--initrd", poweroff, "--cpus", "2", "--append", cmdline("script")},
 			check: func(t *testing.T, r harness.Result) {
 				if !bytes.Contains(r.Output, []byte("about to power off")) {
 					t.Fatalf("the script never ran; console:\n%s", r.Output)
@@ -82,7 +84,7 @@ func TestDebianLinuxBoot(t *testing.T) {
 		},
 		{
 			name: "triple_fault",
-			args: []string{"--kernel", a.Kernel.BzImage, "--initrd", tripleFault, "--append", cmdline("script") + " reboot=t"},
+			args: []string{"--kernel", a.Vmlinux, "--initrd", tripleFault, "--append", cmdline("script") + " reboot=t"},
 			check: func(t *testing.T, r harness.Result) {
 				if !bytes.Contains(r.Output, []byte("about to triple-fault")) {
 					t.Fatalf("the script never ran; console:\n%s", r.Output)
@@ -95,7 +97,7 @@ func TestDebianLinuxBoot(t *testing.T) {
 		},
 		{
 			name: "kernel_panic",
-			args: []string{"--kernel", a.Kernel.BzImage, "--initrd", kernelPanic, "--append", cmdline("script")},
+			args: []string{"--kernel", a.Vmlinux, "--initrd", kernelPanic, "--append", cmdline("script")},
 			check: func(t *testing.T, r harness.Result) {
 				if !bytes.Contains(r.Output, []byte("about to panic")) {
 					t.Fatalf("the script never ran; console:\n%s", r.Output)

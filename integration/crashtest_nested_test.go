@@ -43,10 +43,7 @@ func TestDebianLinuxCrashtestCampaignsNested(t *testing.T) {
 	a := prepare(t)
 	// The ELF kernel skips the bzImage's self-decompression in each of
 	// the session's boots.
-	vmlinux, err := a.Kernel.Vmlinux(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	vmlinux := a.Vmlinux
 	dir := t.TempDir()
 	// 4 writers x 6 records keep each workload short: the boots, not the
 	// records, cost the time (and a 1-vCPU guest boots faster nested).
@@ -138,10 +135,7 @@ func TestDebianLinuxCrashtestCampaignsNested(t *testing.T) {
 //     some expect acknowledged records.
 func TestDebianLinuxCrashtestWorkloadsNested(t *testing.T) {
 	a := prepare(t)
-	vmlinux, err := a.Kernel.Vmlinux(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	vmlinux := a.Vmlinux
 	dir := t.TempDir()
 	mine, err := filepath.Abs(filepath.Join("..", "examples", "crashtest-workload"))
 	if err != nil {

@@ -156,7 +156,7 @@ func faultRunArgs(t *testing.T, a *harness.Artifacts, script, spec, stats string
 	if err != nil {
 		t.Fatal(err)
 	}
-	return []string{"--kernel", a.Kernel.BzImage, "--initrd", img, "--append", cmdline("script"),
+	return []string{"--kernel", a.Vmlinux, "--initrd", img, "--append", cmdline("script"),
 		"--disk", spec + ",cache=writeback", "--stats", stats, "--seed", "3"}
 }
 
@@ -205,7 +205,7 @@ func stopRun(ctx context.Context, t *testing.T, a *harness.Artifacts, dir string
 		job := protocol.L1JobMount + "/stop/"
 		return stopScenario{
 			command: stopCommand(protocol.L1JobMount+"/flushvm", job+"bzImage", job+"initrd", job+"apiresume", "/tmp/stop"),
-			files:   map[string]string{"stop/bzImage": a.Kernel.BzImage, "stop/initrd": initrd, "stop/apiresume": helper},
+			files:   map[string]string{"stop/bzImage": a.Vmlinux, "stop/initrd": initrd, "stop/apiresume": helper},
 		}
 	}
 	flushvm, err := initramfs.BuildGo(ctx, "./cmd/flushvm")
@@ -213,7 +213,7 @@ func stopRun(ctx context.Context, t *testing.T, a *harness.Artifacts, dir string
 		t.Fatal(err)
 	}
 	out, _ := exec.CommandContext(ctx, "/bin/sh", "-c",
-		stopCommand(flushvm, a.Kernel.BzImage, initrd, helper, filepath.Join(dir, "stop"))).CombinedOutput()
+		stopCommand(flushvm, a.Vmlinux, initrd, helper, filepath.Join(dir, "stop"))).CombinedOutput()
 	return stopScenario{direct: out}
 }
 

@@ -85,7 +85,7 @@ func TestDebianLinuxPowerCutNested(t *testing.T) {
 	safe, unsafe := fresh("writeback.img"), fresh("unsafe.img")
 	stats := filepath.Join(dir, "stats.json")
 	run := func(disk, cache, when string) []string {
-		return []string{"--kernel", a.Kernel.BzImage, "--initrd", img, "--append", cmdline("script"),
+		return []string{"--kernel", a.Vmlinux, "--initrd", img, "--append", cmdline("script"),
 			"--disk", "path=" + disk + ",cache=" + cache + ",powercut=lose-all",
 			"--power-cut", when, "--seed", "1"}
 	}

@@ -314,7 +314,14 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 	if err != nil {
 		return err
 	}
-	l1 := l1Command(opts, q, k.BzImage, l1img, dir, m, scratch)
+	// L1 boots the ELF kernel through its PVH entry, which QEMU loads
+	// directly: TCG then skips the bzImage's xz decompression, about 5 s
+	// of every session.
+	l1kernel, err := k.Vmlinux(ctx)
+	if err != nil {
+		return err
+	}
+	l1 := l1Command(opts, q, l1kernel, l1img, dir, m, scratch)
 	watch := newConsole(opts.Stdout, time.Now())
 	if scratch != "" {
 		// Campaigns print reproduce commands and kept images with L1
@@ -544,9 +551,10 @@ func findL1QEMU(ctx context.Context, opts Options, cache string, s *Session) (*l
 	return q, nil
 }
 
-// l1Command is L1's QEMU command line: the job directory over 9p, the
-// runs' disks, then the scratch disk.
-func l1Command(opts Options, q *l1qemu.QEMU, bzImage, l1img, dir string, m *mapper, scratch string) QEMUCommand {
+// l1Command is L1's QEMU command line booting kern (a bzImage, or an ELF
+// kernel with a PVH entry): the job directory over 9p, the runs' disks,
+// then the scratch disk.
+func l1Command(opts Options, q *l1qemu.QEMU, kern, l1img, dir string, m *mapper, scratch string) QEMUCommand {
 	mem, cpus := opts.L1Mem, opts.L1CPUs
 	if mem == 0 {
 		mem = 2048
@@ -555,7 +563,7 @@ func l1Command(opts Options, q *l1qemu.QEMU, bzImage, l1img, dir string, m *mapp
 		cpus = 2
 	}
 	l1 := QEMUCommand{Exec: q.Exec, Accel: orDefault(opts.L1Accel, DefaultL1Accel), CPU: orDefault(opts.L1CPU, DefaultL1CPU),
-		Mem: strconv.Itoa(mem), SMP: cpus, BIOS: orDefault(q.Firmware("qboot.rom"), firmware()), Kernel: bzImage, Initrd: l1img,
+		Mem: strconv.Itoa(mem), SMP: cpus, BIOS: orDefault(q.Firmware("qboot.rom"), firmware()), Kernel: kern, Initrd: l1img,
 		Append: l1Append(opts.L1Append, os.Getenv(L1AppendEnv)),
 		Extra:  []string{"-virtfs", "local,path=" + qemuEscape(dir) + ",mount_tag=" + protocol.L1JobTag + ",security_model=none,id=" + protocol.L1JobTag},
 	}

@@ -19,6 +19,10 @@ type Artifacts struct {
 	Cache string
 	// Kernel is the unpacked Debian kernel package (L1 and L2 boot it).
 	Kernel *kernel.Kernel
+	// Vmlinux is the ELF kernel inside Kernel's bzImage (Kernel.Vmlinux).
+	// Nested tests boot it: it skips the bzImage's self-decompression,
+	// seconds of every L2 boot under TCG.
+	Vmlinux string
 	// Initramfs is the L2 test guest's image: guest/cmd/init as /init,
 	// busybox, guest/fsyncstress as /bin/fsyncstress, guest/rename as
 	// /bin/rename, xfsprogs' and btrfs-progs' mkfs and check programs in
@@ -46,7 +50,11 @@ func Prepare(ctx context.Context) (*Artifacts, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Artifacts{Cache: cache, Kernel: k, Initramfs: img}, nil
+	vmlinux, err := k.Vmlinux(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &Artifacts{Cache: cache, Kernel: k, Vmlinux: vmlinux, Initramfs: img}, nil
 }
 
 // GuestInitramfs builds the L2 test guest's image.

@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+
+	"github.com/flushvm/flushvm/internal/atomicfile"
 )
 
 // ErrNoPayload reports a bzImage whose compressed kernel cannot be found or
@@ -32,11 +34,9 @@ func (k *Kernel) Vmlinux(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("vmlinux from %s: %w", k.BzImage, err)
 	}
-	tmp := out + ".tmp"
-	if err := os.WriteFile(tmp, elf, 0o644); err != nil {
-		return "", fmt.Errorf("vmlinux: %w", err)
-	}
-	if err := os.Rename(tmp, out); err != nil {
+	// Atomic, so processes sharing the cache (Slurm tasks, parallel
+	// harness runs) never boot a half-written kernel.
+	if err := atomicfile.Write(out, elf); err != nil {
 		return "", fmt.Errorf("vmlinux: %w", err)
 	}
 	return out, nil

@@ -14,16 +14,32 @@ import (
 )
 
 // WriteJSON writes v, indented, with a final newline, to path atomically
-// and durably. Errors are the encoder's or the file system's, unwrapped,
-// for the caller to name its flag; on failure the temporary file is
-// removed and path is left as it was.
+// and durably, as Write does.
 func WriteJSON(path string, v any) error {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := writeSynced(tmp, append(b, '\n')); err != nil {
+	return Write(path, append(b, '\n'))
+}
+
+// Write writes b to path atomically and durably: to a temporary file of
+// its own in path's directory (so writers racing for one path never mix
+// their bytes), synced, renamed over path, and the directory synced.
+// Errors are the file system's, unwrapped, for the caller to name its
+// flag; on failure the temporary file is removed and path is left as it
+// was.
+func Write(path string, b []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	if err := writeSynced(f, b); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	if err := os.Chmod(tmp, 0o644); err != nil {
 		os.Remove(tmp)
 		return err
 	}
@@ -36,13 +52,9 @@ func WriteJSON(path string, v any) error {
 	return SyncDir(filepath.Dir(path))
 }
 
-// writeSynced writes b to a new file at path and syncs it before closing.
-func writeSynced(path string, b []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(b)
+// writeSynced writes b to f and syncs it before closing it.
+func writeSynced(f *os.File, b []byte) error {
+	_, err := f.Write(b)
 	if err == nil {
 		err = f.Sync()
 	}

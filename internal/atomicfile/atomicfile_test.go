@@ -1,8 +1,10 @@
 package atomicfile
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 )
 
@@ -30,6 +32,38 @@ func TestWriteJSON(t *testing.T) {
 	}
 	if left, _ := filepath.Glob(filepath.Join(dir, "*.tmp")); len(left) > 0 {
 		t.Errorf("temporary files left: %v", left)
+	}
+}
+
+// TestWriteRacing has writers race for one path: the file ends as one of
+// them wrote it, whole, with no temporary left and mode 0644.
+func TestWriteRacing(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "vmlinux")
+	const writers = 8
+	var wg sync.WaitGroup
+	for i := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := Write(path, bytes.Repeat([]byte{byte('a' + i)}, 1<<20)); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) != 1<<20 || bytes.Count(b, b[:1]) != len(b) {
+		t.Errorf("the file mixes writers: %d bytes, first %q", len(b), b[0])
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o644 {
+		t.Errorf("mode %v (%v), want 0644", fi.Mode(), err)
+	}
+	if names, _ := os.ReadDir(dir); len(names) != 1 {
+		t.Errorf("directory holds %d names, want only the file", len(names))
 	}
 }
 
