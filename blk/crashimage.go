@@ -281,11 +281,7 @@ func (cl *CrashLog) BaseImage() *CrashImage {
 func applyEntry(m map[int64]int64, e WriteLogEntry, off, n int64) {
 	s0 := (e.Offset + off) / SectorSize
 	for k := range n / SectorSize {
-		if e.IsDiscard() {
-			m[s0+k] = zeroRef
-		} else {
-			m[s0+k] = e.dataPos + off + k*SectorSize
-		}
+		m[s0+k] = entryRef(e, off+k*SectorSize)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -200,6 +201,9 @@ func TestCrashImageContent(t *testing.T) {
 				if err != nil || h != hashOf(base, want) {
 					t.Fatalf("Hash = %s, %v; want %s", h, err, hashOf(base, want))
 				}
+				if h, err := fx.cl.StateHash(st); err != nil || h != hashOf(base, want) {
+					t.Fatalf("StateHash = %s, %v; want %s", h, err, hashOf(base, want))
+				}
 			})
 		}
 	}
@@ -253,11 +257,15 @@ func crashHash(t *testing.T, cl *CrashLog, st CrashState) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The running hash agrees, whatever prefix it was at before.
+	if sh, err := cl.StateHash(st); err != nil || sh != h {
+		t.Fatalf("StateHash = %s, %v; Image().Hash() = %s", sh, err, h)
+	}
 	return h
 }
 
 // TestCrashLogRefusesBadStates: states the log cannot build are errors
-// (ErrBadCrashState), from Check and from Image, never panics.
+// (ErrBadCrashState), from Check, Image and StateHash, never panics.
 func TestCrashLogRefusesBadStates(t *testing.T) {
 	fx := newCrashFixture(t, make([]byte, 64<<10), standardOps)
 	cases := []struct {
@@ -282,6 +290,9 @@ func TestCrashLogRefusesBadStates(t *testing.T) {
 			img, err := fx.cl.Image(tc.st)
 			if img != nil || !errors.Is(err, ErrBadCrashState) || !strings.Contains(err.Error(), tc.msg) {
 				t.Fatalf("Image = %v, %v; want ErrBadCrashState saying %q", img, err, tc.msg)
+			}
+			if h, err := fx.cl.StateHash(tc.st); h != "" || !errors.Is(err, ErrBadCrashState) || !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("StateHash = %q, %v; want ErrBadCrashState saying %q", h, err, tc.msg)
 			}
 		})
 	}
@@ -347,5 +358,29 @@ func TestCrashStateSetFile(t *testing.T) {
 				t.Fatalf("ReadCrashStateSet: %v, want ErrBadCrashState saying %q", err, tc.msg)
 			}
 		})
+	}
+}
+
+// TestStateHashSeeks: StateHash agrees with Image().Hash() whichever
+// prefix it was at before, stepping forward, back through its undo
+// records, or starting over when they were dropped.
+func TestStateHashSeeks(t *testing.T) {
+	fx := newCrashFixture(t, newPCDisk(64<<10, 9).image(), standardOps)
+	var states []CrashState
+	for prefix := range uint64(10) {
+		states = append(states, CrashState{Prefix: prefix},
+			CrashState{Prefix: prefix, Pieces: []CrashPiece{{Entry: 8}, {Entry: 0, Offset: 512, Length: 1024}}},
+			CrashState{Prefix: prefix, Pieces: []CrashPiece{{Entry: 4}, {Entry: 6, Length: 512}}})
+	}
+	defer func(n int) { maxUndo = n }(maxUndo)
+	for _, undo := range []int{0, 3, 1 << 16} {
+		maxUndo = undo
+		r := rand.New(rand.NewPCG(uint64(undo), 1))
+		for range 3 {
+			r.Shuffle(len(states), func(i, j int) { states[i], states[j] = states[j], states[i] })
+			for _, st := range states {
+				crashHash(t, fx.cl, st)
+			}
+		}
 	}
 }

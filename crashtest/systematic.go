@@ -15,7 +15,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/flushvm/flushvm/blk"
 	"github.com/flushvm/flushvm/internal/atomicfile"
 	"github.com/flushvm/flushvm/internal/lines"
 	"github.com/flushvm/flushvm/internal/sparse"
@@ -213,12 +212,10 @@ func (c *Campaign) explore(m *LogModel) ([]distinctState, *protocol.CrashtestCov
 	var err error
 	m.Generate(o, func(cand Candidate) bool {
 		cov.Generated++
-		var img *blk.CrashImage
-		if img, err = m.Log.Image(cand.State); err != nil {
-			return false
-		}
+		// Generate yields states in increasing prefix order, the order
+		// StateHash keeps cheap.
 		var h string
-		if h, err = img.Hash(); err != nil {
+		if h, err = m.Log.StateHash(cand.State); err != nil {
 			return false
 		}
 		if i, ok := seen[h]; ok {
