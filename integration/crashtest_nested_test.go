@@ -107,8 +107,7 @@ func TestDebianLinuxCrashtestCampaignsNested(t *testing.T) {
 			t.Skip("no violation to reproduce")
 		}
 		args := strings.Fields(first.Repro)[2:]
-		rs := crashtestSession(t, []harness.Run{{Subcommand: harness.SubCrashtest, Args: args}})
-		r := rs.Results[0]
+		r := campaignSession(t, []harness.Run{{Subcommand: harness.SubCrashtest, Args: args}}, io.Discard, nil)[0]
 		out := string(r.Output)
 		if r.Status != 1 || !strings.Contains(out, "hash "+first.Hash) || !strings.Contains(out, "FAIL: lost") {
 			t.Fatalf("exit status %d: want 1, the image hash %s and the violation again; output:\n%s", r.Status, first.Hash, out)
@@ -164,9 +163,9 @@ func TestDebianLinuxCrashtestWorkloadsNested(t *testing.T) {
 		{Subcommand: harness.SubCrashtest, Args: append(with("--workload", "fsyncstress", "--records", "6", "--shard", "1/7", "--max-states", "10",
 			"--report", xfsReport), "--fs", "xfs", "--disk-size", "300M")},
 	}
-	s := crashtestSession(t, runs)
+	results := campaignSession(t, runs, io.Discard, nil)
 	t.Run("own_workload_without_dir_fsync_is_caught", func(t *testing.T) {
-		r := s.Results[0]
+		r := results[0]
 		rep := readCrashReport(t, mineReport, r)
 		v := rep.Summary.FirstViolation
 		// check.sh prints no CHECK line: LostAcked counts its LOST lines.
@@ -179,7 +178,7 @@ func TestDebianLinuxCrashtestWorkloadsNested(t *testing.T) {
 		t.Logf("first violating state %s (#%d): %s", v.ID, v.Index, v.Reason)
 	})
 	t.Run("sqlite_wal_keeps_every_acknowledged_row", func(t *testing.T) {
-		r := s.Results[1]
+		r := results[1]
 		rep := readCrashReport(t, sqliteReport, r)
 		sum := rep.Summary
 		if r.Status != 0 || sum.Checked == 0 || sum.Violations != 0 || sum.LostAcked != 0 || sum.FsckErrors != 0 || sum.Errors != 0 {
@@ -190,7 +189,7 @@ func TestDebianLinuxCrashtestWorkloadsNested(t *testing.T) {
 		}
 	})
 	t.Run("xfs_keeps_every_acknowledged_record", func(t *testing.T) {
-		r := s.Results[2]
+		r := results[2]
 		rep := readCrashReport(t, xfsReport, r)
 		sum := rep.Summary
 		// A state that killed two checker guests stays unchecked (the
@@ -232,39 +231,6 @@ func campaignSession(t *testing.T, runs []harness.Run, log io.Writer, fault func
 		t.Fatalf("harness: %v", err)
 	}
 	return results
-}
-
-// crashtestSession runs crashtest runs in one harness session. The TCG L1
-// itself sometimes dies under a nested guest (its kernel crashed with
-// recursive page faults on its GS base after a nested VM exit, or QEMU
-// just ended) or loses a CPU: that is logged and the session runs again,
-// up to harness.L0Retries times, as the harness does for flushvm runs (a
-// campaign's session is not retried by the harness: its campaigns retry
-// their own boots).
-func crashtestSession(t *testing.T, runs []harness.Run) *harness.Session {
-	t.Helper()
-	const bound = 35 * time.Minute
-	ctx, cancel := context.WithTimeout(context.Background(), bound)
-	defer cancel()
-	s, err := harness.Execute(ctx, harness.Options{Stdout: consoleWriter{}, Log: testLog{t}, Timeout: bound}, runs...)
-	for try := 1; try <= harness.L0Retries && harness.L1Failed(s, err); try++ {
-		t.Logf("L1 failed (%v) after %.1f s; console (end):\n%s\nrunning the session again (retry %d of %d)",
-			err, s.Wall.Seconds(), s.Console, try, harness.L0Retries)
-		s, err = harness.Execute(ctx, harness.Options{Stdout: consoleWriter{}, Log: testLog{t}, Timeout: bound}, runs...)
-	}
-	if s != nil {
-		t.Logf("session: flushvm crashtest ran %s (%s); wall %.1f s", s.Mode, s.Reason, s.Wall.Seconds())
-		if s.Mode == harness.Nested {
-			t.Logf("session: one QEMU TCG L1 boot reached /init after %.1f s wall (L1 uptime %s)", s.L1Boot.Seconds(), s.L1Uptime)
-		}
-	}
-	if err != nil {
-		if s != nil && s.Console != "" {
-			t.Logf("L1 console (end):\n%s", s.Console)
-		}
-		t.Fatalf("harness: %v", err)
-	}
-	return s
 }
 
 // readCrashReport reads a campaign's --report, which must name host
