@@ -199,14 +199,8 @@ func guestCrash(status int, out []byte) (string, bool) {
 
 // bootWatchdog is the --watchdog of campaign boots: a guest stuck with an
 // interrupt pending ends its boot with a report (protocol.ExitGuestHang)
-// long before --boot-timeout. The watchdog samples every bound/4 and
-// reports a vCPU only when one vector stayed requested at five samples
-// with no exit in between: a nested hang then costs its boot about 40 s,
-// not the 75 s a one-minute bound took (three or four hangs come in 1,000
-// states). Shorter bounds are not safe: with samples a second apart, a
-// busy nested guest under I/O was judged hung in 5 of 32 boots that went
-// on to finish (docs/nested.md).
-const bootWatchdog = 30 * time.Second
+// long before --boot-timeout.
+const bootWatchdog = time.Minute
 
 // bootAttempts bounds the attempts of one boot whose guest crashes.
 const bootAttempts = 3
