@@ -212,8 +212,9 @@ func (c *Campaign) explore(m *LogModel) ([]distinctState, *protocol.CrashtestCov
 	var err error
 	m.Generate(o, func(cand Candidate) bool {
 		cov.Generated++
-		// Generate yields states in increasing prefix order, the order
-		// StateHash keeps cheap.
+		// Generate yields states window by window, the order StateHash
+		// keeps cheap (inside a window prefixes go back and forth, and it
+		// steps back through its undo records).
 		var h string
 		if h, err = m.Log.StateHash(cand.State); err != nil {
 			return false

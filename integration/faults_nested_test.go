@@ -204,8 +204,8 @@ func stopRun(ctx context.Context, t *testing.T, a *harness.Artifacts, dir string
 	if mode, _ := harness.Detect(); mode == harness.Nested {
 		job := protocol.L1JobMount + "/stop/"
 		return stopScenario{
-			command: stopCommand(protocol.L1JobMount+"/flushvm", job+"bzImage", job+"initrd", job+"apiresume", "/tmp/stop"),
-			files:   map[string]string{"stop/bzImage": a.Vmlinux, "stop/initrd": initrd, "stop/apiresume": helper},
+			command: stopCommand(protocol.L1JobMount+"/flushvm", job+"kernel", job+"initrd", job+"apiresume", "/tmp/stop"),
+			files:   map[string]string{"stop/kernel": a.Vmlinux, "stop/initrd": initrd, "stop/apiresume": helper},
 		}
 	}
 	flushvm, err := initramfs.BuildGo(ctx, "./cmd/flushvm")

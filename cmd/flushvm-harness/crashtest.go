@@ -67,11 +67,7 @@ func withGuestDefaults(ctx context.Context, args []string) ([]string, error) {
 	if !hasFlag(args, "kernel") {
 		// The ELF kernel skips the bzImage's self-decompression: seconds
 		// of every nested boot, and a campaign boots twice per cut.
-		vmlinux, err := a.Kernel.Vmlinux(ctx)
-		if err != nil {
-			return nil, err
-		}
-		add = append(add, "--kernel", vmlinux)
+		add = append(add, "--kernel", a.Vmlinux)
 	}
 	if !hasFlag(args, "initrd") {
 		add = append(add, "--initrd", a.Initramfs)

@@ -547,10 +547,9 @@ func findL1QEMU(ctx context.Context, opts Options, cache string, s *Session) (*l
 	return q, nil
 }
 
-// l1Command is L1's QEMU command line booting kern (a bzImage, or an ELF
-// kernel with a PVH entry): the job directory over 9p, the runs' disks,
-// then the scratch disk.
-func l1Command(opts Options, q *l1qemu.QEMU, kern, l1img, dir string, m *mapper, scratch string) QEMUCommand {
+// l1Command is L1's QEMU command line: the job directory over 9p, the
+// runs' disks, then the scratch disk.
+func l1Command(opts Options, q *l1qemu.QEMU, bzImage, l1img, dir string, m *mapper, scratch string) QEMUCommand {
 	mem, cpus := opts.L1Mem, opts.L1CPUs
 	if mem == 0 {
 		mem = 2048
@@ -559,7 +558,7 @@ func l1Command(opts Options, q *l1qemu.QEMU, kern, l1img, dir string, m *mapper,
 		cpus = 2
 	}
 	l1 := QEMUCommand{Exec: q.Exec, Accel: orDefault(opts.L1Accel, DefaultL1Accel), CPU: orDefault(opts.L1CPU, DefaultL1CPU),
-		Mem: strconv.Itoa(mem), SMP: cpus, BIOS: orDefault(q.Firmware("qboot.rom"), firmware()), Kernel: kern, Initrd: l1img,
+		Mem: strconv.Itoa(mem), SMP: cpus, BIOS: orDefault(q.Firmware("qboot.rom"), firmware()), Kernel: bzImage, Initrd: l1img,
 		Append: l1Append(opts.L1Append, os.Getenv(L1AppendEnv)),
 		Extra:  []string{"-virtfs", "local,path=" + qemuEscape(dir) + ",mount_tag=" + protocol.L1JobTag + ",security_model=none,id=" + protocol.L1JobTag},
 	}
