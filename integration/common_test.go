@@ -63,7 +63,13 @@ func session(t *testing.T, boots []boot) {
 	if s != nil {
 		t.Logf("session: flushvm ran %s (%s); wall %.1f s", s.Mode, s.Reason, s.Wall.Seconds())
 		if s.Mode == harness.Nested {
-			t.Logf("session: one QEMU TCG L1 boot reached /init after %.1f s wall (L1 uptime %s)", s.L1Boot.Seconds(), s.L1Uptime)
+			t.Logf("session: one QEMU TCG L1 boot reached /init after %.1f s wall (L1 uptime %s); L1's kvm_amd resumes after VMRUN at %s",
+				s.L1Boot.Seconds(), s.L1Uptime, s.L1VMRunReturn)
+			// The retry of a guest reported holding L1's registers needs
+			// this address; without it such a hang would fail the run.
+			if s.L1VMRunReturn.Addr == 0 {
+				t.Errorf("L1 recorded no address for kvm_amd's return from VMRUN; L1 console:\n%s", s.Console)
+			}
 		}
 	}
 	if err != nil {

@@ -149,3 +149,18 @@ var RunExitStatuses = []ExitStatusRow{
 	{"KVM cannot run the guest (diagnostic on stderr)", strconv.Itoa(ExitFailure)},
 	{"usage or host-setup error: missing kernel, unreadable or locked disk, bad SPEC, no /dev/kvm (one line on stderr)", strconv.Itoa(ExitUsage)},
 }
+
+// Register returns the value of the register name ("RIP", "CR3", ...) in
+// the report's register dump ("... RIP 0xffffffff81000000 RSP ..."), and
+// whether the dump has it.
+func (r CrashReport) Register(name string) (uint64, bool) {
+	f := strings.Fields(r.Detail)
+	for i := 0; i+1 < len(f); i++ {
+		if f[i] != name || !strings.HasPrefix(f[i+1], "0x") {
+			continue
+		}
+		v, err := strconv.ParseUint(strings.TrimRight(f[i+1][2:], ",;:"), 16, 64)
+		return v, err == nil
+	}
+	return 0, false
+}

@@ -68,3 +68,32 @@ func TestCrashed(t *testing.T) {
 		})
 	}
 }
+
+func TestReportRegister(t *testing.T) {
+	// The hang report of a fresh-clone CI run (stop 27), cut short.
+	hang := CrashReport{Status: ExitGuestHang, Detail: "vCPU 1 made no progress for 1m14.997s (no exit to flushvm; " +
+		"vectors [251 253] requested at every sample): RIP 0xffffffffc052c20c RSP 0xff62fc300044fbc0 RFLAGS 0x10246 (IF 1) " +
+		"CS 0x10 CR0 0x80050033 CR2 0xffffffffc052c20c CR3 0x27358000 CR4 0x750ee0 EFER 0xd01; code at RIP: unreadable"}
+	tests := []struct {
+		name string
+		want uint64
+		ok   bool
+	}{
+		{"RIP", 0xffffffffc052c20c, true},
+		{"CR3", 0x27358000, true},
+		{"EFER", 0xd01, true},
+		{"CS", 0x10, true},
+		{"RAX", 0, false},
+		{"vCPU", 0, false}, // followed by a number, not a register value
+		{"rip", 0, false},
+	}
+	for _, tt := range tests {
+		got, ok := hang.Register(tt.name)
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("Register(%q) = %#x, %v; want %#x, %v", tt.name, got, ok, tt.want, tt.ok)
+		}
+	}
+	if v, ok := (CrashReport{Detail: "RIP 0xzz"}).Register("RIP"); ok {
+		t.Errorf("Register of a bad value = %#x, true", v)
+	}
+}

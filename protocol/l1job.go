@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -119,3 +120,40 @@ func WriteL1Job(dir string, j *L1Job) error {
 // VMs never patches kernel code while the other CPU runs it: QEMU TCG has
 // been seen to run such code stale and loop on a breakpoint for ever.
 const L1HoldVMParam = "flushvm.l1_hold_vm"
+
+// L1VMRunReturnFile is where L1's init records the address at which L1's
+// own KVM (kvm_amd) resumes after its VMRUN instruction, as
+// FormatL1VMRunReturn writes it. An L2 vCPU whose RIP is that address holds
+// L1's host state instead of its own: proof that the emulated CPU below L1
+// (QEMU TCG, L0) wrote the wrong state into the L2 guest's VMCB at a
+// #VMEXIT, since nothing flushvm does through /dev/kvm can put L1's
+// registers into its guest.
+func L1VMRunReturnFile(dir string) string {
+	return filepath.Join(dir, L1JobOutDir, "vmrun-return")
+}
+
+// L1VMRunReturn is where L1's KVM resumes after VMRUN: Addr, the
+// address in L1's kernel, and Symbol, the same place as symbol+offset.
+type L1VMRunReturn struct {
+	Addr   uint64
+	Symbol string
+}
+
+// String formats r as the one line L1VMRunReturnFile holds (without the
+// newline): "0xffffffffc052c20c __svm_vcpu_run+0x9c".
+func (r L1VMRunReturn) String() string {
+	return fmt.Sprintf("%#x %s", r.Addr, r.Symbol)
+}
+
+// ParseL1VMRunReturn parses what String formats.
+func ParseL1VMRunReturn(s string) (L1VMRunReturn, error) {
+	a, sym, ok := strings.Cut(strings.TrimSpace(s), " ")
+	if !ok || sym == "" {
+		return L1VMRunReturn{}, fmt.Errorf("vmrun return %q: want ADDRESS SYMBOL+OFFSET", s)
+	}
+	addr, err := strconv.ParseUint(strings.TrimPrefix(a, "0x"), 16, 64)
+	if err != nil || !strings.HasPrefix(a, "0x") || addr == 0 {
+		return L1VMRunReturn{}, fmt.Errorf("vmrun return %q: bad address", s)
+	}
+	return L1VMRunReturn{Addr: addr, Symbol: sym}, nil
+}

@@ -57,3 +57,19 @@ func TestL1JobWriteRead(t *testing.T) {
 		t.Error("ReadL1Job of a directory without a job file succeeded")
 	}
 }
+
+func TestL1VMRunReturn(t *testing.T) {
+	r := L1VMRunReturn{Addr: 0xffffffffc052c20c, Symbol: "__svm_vcpu_run+0x9c"}
+	if s := r.String(); s != "0xffffffffc052c20c __svm_vcpu_run+0x9c" {
+		t.Fatalf("String() = %q", s)
+	}
+	got, err := ParseL1VMRunReturn(r.String() + "\n")
+	if err != nil || got != r {
+		t.Fatalf("ParseL1VMRunReturn(String()) = %+v, %v", got, err)
+	}
+	for _, bad := range []string{"", "0xffffffffc052c20c", "ffffffffc052c20c f+0x1", "0x0 f+0x1", "0xzz f+0x1", "0x1 "} {
+		if r, err := ParseL1VMRunReturn(bad); err == nil {
+			t.Errorf("ParseL1VMRunReturn(%q) = %+v, want an error", bad, r)
+		}
+	}
+}

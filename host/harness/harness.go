@@ -191,6 +191,10 @@ type Session struct {
 	// (nested; protocol.L1HeartbeatFile): its uptime and load, the run
 	// under way, and what each thread of that run was doing.
 	L1Heartbeat string
+	// L1VMRunReturn is where L1's KVM resumes after VMRUN (nested; zero
+	// when L1 could not tell): an L2 vCPU reported at that address holds
+	// L1's state, written into its VMCB by L0 (protocol.L1VMRunReturnFile).
+	L1VMRunReturn protocol.L1VMRunReturn
 }
 
 // Execute runs the runs in one session: one L1 boot when nested.
@@ -350,6 +354,9 @@ func nested(ctx context.Context, opts Options, s *Session, runs []Run) error {
 	watch.readBeat(time.Since(watch.t0))
 	s.Console, s.L1Heartbeat = watch.recent(), watch.lastBeat()
 	s.L1Boot, s.L1Uptime = watch.l1Boot()
+	if b, err := os.ReadFile(protocol.L1VMRunReturnFile(dir)); err == nil {
+		s.L1VMRunReturn, _ = protocol.ParseL1VMRunReturn(string(b))
+	}
 	var failure error
 	switch why := <-stuck; {
 	case why != "":

@@ -8,10 +8,17 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/flushvm/flushvm/protocol"
 )
 
 func TestL0Failure(t *testing.T) {
 	const tf = "flushvm: guest crashed (exit status 101): vCPU 0 triple fault (KVM_EXIT_SHUTDOWN): RIP 0xfff0\n"
+	ret := protocol.L1VMRunReturn{Addr: 0xffffffffc052c20c, Symbol: "__svm_vcpu_run+0x9c"}
+	hang := func(rip uint64) string {
+		return fmt.Sprintf("flushvm: guest hung (exit status 102): vCPU 1 made no progress for 1m15s: RIP %#x RSP 0xff62fc300044fbc0 "+
+			"CR3 0x27358000; code at RIP: unreadable\n", rip)
+	}
 	tests := []struct {
 		name string
 		s    *Session
@@ -28,6 +35,10 @@ func TestL0Failure(t *testing.T) {
 		{"no status from L1", &Session{}, ErrNoStatus, true},
 		{"L1 stuck", &Session{}, fmt.Errorf("QEMU L1: %w: run 3 started 6m0s ago", ErrL1Stuck), true},
 		{"other harness error", &Session{}, errors.New("job dir: no space"), false},
+		{"hang holding L1's registers", &Session{L1VMRunReturn: ret, Results: []Result{{Status: 102, Output: []byte(hang(ret.Addr))}}}, nil, true},
+		{"hang elsewhere", &Session{L1VMRunReturn: ret, Results: []Result{{Status: 102, Output: []byte(hang(ret.Addr + 3))}}}, nil, false},
+		{"hang, L1 address unknown", &Session{Results: []Result{{Status: 102, Output: []byte(hang(ret.Addr))}}}, nil, false},
+		{"report without status 102", &Session{L1VMRunReturn: ret, Results: []Result{{Status: 0, Output: []byte(hang(ret.Addr))}}}, nil, false},
 	}
 	for _, tc := range tests {
 		if _, got := l0Failure(context.Background(), tc.s, tc.err); got != tc.want {

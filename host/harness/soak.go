@@ -185,7 +185,7 @@ func (rep *SoakReport) session(ctx context.Context, exec executeFunc, hopts Opti
 	if s != nil {
 		rep.Sessions = append(rep.Sessions, s)
 		for k, r := range s.Results {
-			rep.Boots = append(rep.Boots, classifySoak(first+k, r, o.vmm(first+k)))
+			rep.Boots = append(rep.Boots, classifySoak(first+k, r, o.vmm(first+k), s.L1VMRunReturn))
 		}
 	}
 	done := 0
@@ -350,8 +350,9 @@ func qemuBundle(files map[string]string) error {
 	return nil
 }
 
-// classifySoak decides how boot i ended from its run result.
-func classifySoak(i int, r Result, vmm string) SoakBoot {
+// classifySoak decides how boot i ended from its run result; ret (where L1
+// resumes after VMRUN) names the hangs and crashes that hold L1's registers.
+func classifySoak(i int, r Result, vmm string, ret protocol.L1VMRunReturn) SoakBoot {
 	b := SoakBoot{Index: i, VMM: vmm, Status: r.Status, Duration: r.Duration,
 		Stalls: protocol.CountWatchdogKicks(r.Output)}
 	_, ended := protocol.FindInitExit(r.Output)
@@ -382,6 +383,9 @@ func classifySoak(i int, r Result, vmm string) SoakBoot {
 			msg = r.Err.Error() + "; "
 		}
 		if reported {
+			if why, ok := l1StateInL2(ret, report); ok {
+				msg += why + "; "
+			}
 			msg += report.String() + "; "
 		}
 		b.Detail = msg + "last output: " + lines.Last(r.Output, 8)

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flushvm/flushvm/protocol"
 )
 
 func TestClassifySoak(t *testing.T) {
@@ -34,7 +36,7 @@ func TestClassifySoak(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			b := classifySoak(3, tc.r, tc.vmm)
+			b := classifySoak(3, tc.r, tc.vmm, protocol.L1VMRunReturn{})
 			if b.Outcome != tc.want || b.Stalls != tc.stalls {
 				t.Errorf("outcome %s, %d stalls; want %s, %d (detail %q)", b.Outcome, b.Stalls, tc.want, tc.stalls, b.Detail)
 			}
@@ -42,6 +44,19 @@ func TestClassifySoak(t *testing.T) {
 				t.Errorf("detail %q for outcome %s", b.Detail, b.Outcome)
 			}
 		})
+	}
+}
+
+func TestClassifySoakNamesL1State(t *testing.T) {
+	ret := protocol.L1VMRunReturn{Addr: 0xffffffffc04b320c, Symbol: "__svm_vcpu_run+0x9c"}
+	r := Result{Status: 102, Output: []byte("flushvm: guest hung (exit status 102): vCPU 0 made no progress for 1m0s: " +
+		"RIP 0xffffffffc04b320c RSP 0xff564bbac0583a00 CR3 0x5e42c000\n")}
+	b := classifySoak(3, r, "flushvm", ret)
+	if b.Outcome != SoakHang || !strings.Contains(b.Detail, "holds L1's own registers") {
+		t.Errorf("outcome %s, detail %q: want a hang named as L1's registers", b.Outcome, b.Detail)
+	}
+	if b := classifySoak(3, r, "flushvm", protocol.L1VMRunReturn{Addr: ret.Addr + 1}); strings.Contains(b.Detail, "L1's own") {
+		t.Errorf("a hang elsewhere named as L1's registers: %q", b.Detail)
 	}
 }
 

@@ -15,7 +15,8 @@
 // Every few seconds it rewrites a heartbeat file in the job directory
 // (protocol.L1HeartbeatFile), by which the host tells a slow L1 from one
 // that stopped. For the whole session it keeps one idle KVM VM open
-// (holdVM says why).
+// (holdVM says why), and it records where L1's KVM resumes after VMRUN
+// (recordVMRunReturn says why).
 package main
 
 import (
@@ -77,8 +78,13 @@ func run() error {
 	go beats.beat(beatCtx)
 	if _, err := os.Stat("/dev/kvm"); err != nil {
 		pid1.Logf(prefix, "no /dev/kvm in L1 (%v): KVM will fail", err)
-	} else if err := holdVM(); err != nil {
-		pid1.Logf(prefix, "%v", err)
+	} else {
+		if err := holdVM(); err != nil {
+			pid1.Logf(prefix, "%v", err)
+		}
+		if err := recordVMRunReturn(protocol.L1JobMount); err != nil {
+			pid1.Logf(prefix, "%v", err)
+		}
 	}
 	if err := pid1.WaitForFiles(j.WaitFor, 10*time.Second); err != nil {
 		return err
