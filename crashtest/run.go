@@ -184,11 +184,15 @@ func guestEnded(out []byte) bool {
 // lost its guest, and how: flushvm reported a triple fault or a --watchdog
 // hang (protocol.ExitGuestCrash, ExitGuestHang, with their report line), or the
 // guest rebooted or powered off without its /init's exit status (a kernel
-// panic reboots: panic=-1). Any other status is the guest's own or
+// panic reboots: panic=-1); a report that shows L1's registers, when
+// flushvm runs nested (protocol.L1VMRunReturnEnv), says so first. Any other status is the guest's own or
 // flushvm's (a power cut, a failure) and is the caller's to judge.
 func guestCrash(status int, out []byte) (string, bool) {
 	if protocol.Crashed(status, out) {
 		r, _ := protocol.FindCrashReport(out)
+		if why, ok := protocol.L1VMRunReturnFromEnv().Holds(r); ok {
+			return why + ": " + r.String(), true
+		}
 		return r.String(), true
 	}
 	if status == protocol.ExitOK && !guestEnded(out) {

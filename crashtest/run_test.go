@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/flushvm/flushvm/protocol"
 )
 
 // TestExecBooterCutLine boots a stand-in flushvm that does what a power
@@ -70,6 +72,27 @@ func TestLineMerger(t *testing.T) {
 			m.finish(s[1], s[0])
 			if got := m.out.String(); got != tt.want {
 				t.Errorf("merged %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestGuestCrashNamesL1State(t *testing.T) {
+	const hang = "flushvm: guest hung (exit status 102): vCPU 0 made no progress for 1m0s: RIP 0xffffffffc04b320c RSP 0xff564bbac0583a00\n"
+	tests := []struct {
+		name, env string
+		l1state   bool
+	}{
+		{"nested, L1's resume point", "0xffffffffc04b320c __svm_vcpu_run+0x9c", true},
+		{"nested, elsewhere", "0xffffffffc04b3209 __svm_vcpu_run+0x99", false},
+		{"direct", "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv(protocol.L1VMRunReturnEnv, tt.env)
+			what, crashed := guestCrash(protocol.ExitGuestHang, []byte(hang))
+			if !crashed || strings.Contains(what, "L1's own registers") != tt.l1state || !strings.Contains(what, "guest hung") {
+				t.Errorf("guestCrash = %q, %v; want a crash, naming L1's registers: %v", what, crashed, tt.l1state)
 			}
 		})
 	}

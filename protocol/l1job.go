@@ -145,6 +145,30 @@ func (r L1VMRunReturn) String() string {
 	return fmt.Sprintf("%#x %s", r.Addr, r.Symbol)
 }
 
+// Holds reports whether rep, a crash or hang report of a guest nested in
+// L1, shows L1's own state instead of the guest's: its RIP is r.Addr. If
+// so, it also returns the cause in words, for logs. A zero r (L1 could not
+// tell) holds nothing.
+func (r L1VMRunReturn) Holds(rep CrashReport) (string, bool) {
+	rip, ok := rep.Register("RIP")
+	if !ok || r.Addr == 0 || rip != r.Addr {
+		return "", false
+	}
+	return fmt.Sprintf("the L2 vCPU holds L1's own registers (RIP %#x is %s in L1's kvm_amd, "+
+		"where L1 resumes after VMRUN): L0 wrote L1's state into the L2 VMCB", rip, r.Symbol), true
+}
+
+// L1VMRunReturnEnv is the environment variable by which L1's init passes
+// the L1VMRunReturn line (String) to every command it runs, so that
+// crash-test campaigns run in L1 can name the boots that fail so.
+const L1VMRunReturnEnv = "FLUSHVM_L1_VMRUN_RETURN"
+
+// L1VMRunReturnFromEnv reads L1VMRunReturnEnv; zero when unset or bad.
+func L1VMRunReturnFromEnv() L1VMRunReturn {
+	r, _ := ParseL1VMRunReturn(os.Getenv(L1VMRunReturnEnv))
+	return r
+}
+
 // ParseL1VMRunReturn parses what String formats.
 func ParseL1VMRunReturn(s string) (L1VMRunReturn, error) {
 	a, sym, ok := strings.Cut(strings.TrimSpace(s), " ")

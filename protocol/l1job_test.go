@@ -73,3 +73,36 @@ func TestL1VMRunReturn(t *testing.T) {
 		}
 	}
 }
+
+func TestL1VMRunReturnHolds(t *testing.T) {
+	ret := L1VMRunReturn{Addr: 0xffffffffc052c20c, Symbol: "__svm_vcpu_run+0x9c"}
+	report := func(rip string) CrashReport {
+		return CrashReport{Status: ExitGuestHang, Detail: "vCPU 1 made no progress for 1m15s: RIP " + rip + " RSP 0xff62fc300044fbc0 CR3 0x27358000"}
+	}
+	tests := []struct {
+		name string
+		ret  L1VMRunReturn
+		rep  CrashReport
+		want bool
+	}{
+		{"L1's resume point", ret, report("0xffffffffc052c20c"), true},
+		{"the VMRUN itself", ret, report("0xffffffffc052c209"), false},
+		{"guest code", ret, report("0xffffffff81a0b2c4"), false},
+		{"unknown in L1", L1VMRunReturn{}, report("0xffffffffc052c20c"), false},
+		{"no RIP in the report", ret, CrashReport{Status: ExitGuestHang, Detail: "vCPU 0 made no progress"}, false},
+	}
+	for _, tt := range tests {
+		why, got := tt.ret.Holds(tt.rep)
+		if got != tt.want || got != strings.Contains(why, "L1's own registers") {
+			t.Errorf("%s: Holds = %q, %v; want %v", tt.name, why, got, tt.want)
+		}
+	}
+	t.Setenv(L1VMRunReturnEnv, ret.String())
+	if got := L1VMRunReturnFromEnv(); got != ret {
+		t.Errorf("L1VMRunReturnFromEnv() = %+v, want %+v", got, ret)
+	}
+	t.Setenv(L1VMRunReturnEnv, "garbage")
+	if got := L1VMRunReturnFromEnv(); got != (L1VMRunReturn{}) {
+		t.Errorf("L1VMRunReturnFromEnv() of garbage = %+v, want zero", got)
+	}
+}

@@ -38,7 +38,7 @@ func l0Failure(ctx context.Context, s *Session, err error) (string, bool) {
 			if !ok || !protocol.Crashed(r.Status, r.Output) {
 				continue
 			}
-			if why, ok := l1StateInL2(s.L1VMRunReturn, rep); ok {
+			if why, ok := s.L1VMRunReturn.Holds(rep); ok {
 				return fmt.Sprintf("run %d: %s: %s", i, why, rep), true
 			}
 			if strings.Contains(rep.Detail, tripleFaultEvent) && !strings.Contains(string(r.Output), kernelRestart) {
@@ -53,21 +53,6 @@ func l0Failure(ctx context.Context, s *Session, err error) (string, bool) {
 		return "L1 died: " + err.Error(), true
 	}
 	return "", false
-}
-
-// l1StateInL2 reports whether rep (a crash or hang report of an L2 vCPU)
-// shows L1's own state instead of the guest's: its RIP is where L1's KVM
-// resumes after VMRUN (ret, recorded by L1's init). L0 (QEMU TCG) wrote L1's
-// host state into the L2 guest's VMCB at a #VMEXIT; nothing flushvm does
-// through /dev/kvm can put L1's registers into its guest, and no L2 code
-// lives at that L1 address.
-func l1StateInL2(ret protocol.L1VMRunReturn, rep protocol.CrashReport) (string, bool) {
-	rip, ok := rep.Register("RIP")
-	if !ok || ret.Addr == 0 || rip != ret.Addr {
-		return "", false
-	}
-	return fmt.Sprintf("the L2 vCPU holds L1's own registers (RIP %#x is %s in L1's kvm_amd, "+
-		"where L1 resumes after VMRUN): L0 wrote L1's state into the L2 VMCB", rip, ret.Symbol), true
 }
 
 // L1Failed reports whether a nested session failed because L1 died

@@ -383,7 +383,7 @@ func classifySoak(i int, r Result, vmm string, ret protocol.L1VMRunReturn) SoakB
 			msg = r.Err.Error() + "; "
 		}
 		if reported {
-			if why, ok := l1StateInL2(ret, report); ok {
+			if why, ok := ret.Holds(report); ok {
 				msg += why + "; "
 			}
 			msg += report.String() + "; "

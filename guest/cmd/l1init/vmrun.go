@@ -33,8 +33,9 @@ const vmrunFunc = "__svm_vcpu_run"
 // vmrunInsn is the encoding of VMRUN (with its rAX operand).
 var vmrunInsn = []byte{0x0f, 0x01, 0xd8}
 
-// recordVMRunReturn finds where kvm_amd resumes after VMRUN, logs it and
-// writes it into the job directory (protocol.L1VMRunReturnFile).
+// recordVMRunReturn finds where kvm_amd resumes after VMRUN, logs it,
+// writes it into the job directory (protocol.L1VMRunReturnFile) and puts
+// it in the environment of every run (protocol.L1VMRunReturnEnv).
 func recordVMRunReturn(jobDir string) error {
 	list, err := os.ReadFile(pid1.ModuleList)
 	if err != nil {
@@ -64,6 +65,9 @@ func recordVMRunReturn(jobDir string) error {
 	}
 	r := protocol.L1VMRunReturn{Addr: base + off, Symbol: fmt.Sprintf("%s+%#x", vmrunFunc, off)}
 	pid1.Logf(prefix, "kvm_amd resumes after VMRUN at %s", r)
+	if err := os.Setenv(protocol.L1VMRunReturnEnv, r.String()); err != nil {
+		return fmt.Errorf("vmrun return: %w", err)
+	}
 	if err := os.WriteFile(protocol.L1VMRunReturnFile(jobDir), []byte(r.String()+"\n"), 0o644); err != nil {
 		return fmt.Errorf("vmrun return: %w", err)
 	}
