@@ -171,8 +171,12 @@ func (r *Report) elapsed() time.Duration { return r.before + time.Since(r.start)
 // resume makes the report cover the campaign so far: the states earlier
 // runs judged (explored, in their order), when this shard owns them (a
 // run with other --k or --torn explores other states), as planned and
-// judged, and the time those runs spent.
-func (r *Report) resume(owned map[string]bool, explored []protocol.CrashtestExplored) {
+// judged, and the time those runs spent. repro gives each state's
+// reproduce command as this run would write it: an earlier run may have
+// seen the campaign's directory under another path (a nested campaign
+// resumed in a new L1 session runs on another scratch directory), and a
+// command naming that path would reproduce nothing.
+func (r *Report) resume(owned map[string]bool, explored []protocol.CrashtestExplored, repro func(id string) string) {
 	seen := map[string]bool{}
 	for _, e := range explored {
 		if !owned[e.ID] || seen[e.ID] || e.Kind == "" {
@@ -180,7 +184,11 @@ func (r *Report) resume(owned map[string]bool, explored []protocol.CrashtestExpl
 		}
 		seen[e.ID] = true
 		r.Summary.Planned++
-		r.judged(e.CrashtestState)
+		st := e.CrashtestState
+		if st.Repro != "" {
+			st.Repro = repro(st.ID)
+		}
+		r.judged(st)
 		r.before = max(r.before, time.Duration(e.Elapsed*float64(time.Second)))
 	}
 }

@@ -100,7 +100,7 @@ func (c *Campaign) runSystematic(ctx context.Context, b Booter, prog *Progress, 
 		done[e.ID] = true
 	}
 	todo := c.select_(states, done, cov)
-	rep.resume(c.owned(states), explored)
+	rep.resume(c.owned(states), explored, c.reproduceCommand)
 	prog.note("explore: %s states in the space, %d generated, %d distinct (%d duplicates); this shard: %d to check, %d checked before",
 		formatSpace(cov.Space), cov.Generated, cov.Distinct, cov.Deduplicated, len(todo), cov.Explored)
 	rep.Summary.Planned += len(todo)

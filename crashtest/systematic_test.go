@@ -366,6 +366,34 @@ func TestSystematicResumeMovedInputs(t *testing.T) {
 	}
 }
 
+// TestSystematicResumeMovedDir: a campaign resumed from its --dir at
+// another path (a nested campaign resumed in a new L1 session, on another
+// scratch directory) reports every state's reproduce command with the
+// path it runs on now, the earlier run's states included.
+func TestSystematicResumeMovedDir(t *testing.T) {
+	dir := t.TempDir()
+	g := &sysGuest{dieAt: -1}
+	if _, err := sysCampaign(t, dir, "--max-states", "3").Run(context.Background(), g, NewProgress(io.Discard, nil), nil); err != nil {
+		t.Fatal(err)
+	}
+	old, moved := filepath.Join(dir, "work"), filepath.Join(dir, "moved")
+	if err := os.Rename(old, moved); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := sysCampaign(t, dir, "--max-states", "3", "--dir", moved).Run(context.Background(), g, NewProgress(io.Discard, nil), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.States) != 6 || !rep.Record.Reused {
+		t.Fatalf("resumed report: %d states, record %+v: want the 3 states before and 3 new, on the reused recording", len(rep.States), rep.Record)
+	}
+	for _, st := range rep.States {
+		if !strings.Contains(st.Repro, filepath.Join(moved, "record.wlog")+" "+st.ID) || strings.Contains(st.Repro, old+"/") {
+			t.Errorf("state %s: reproduce command %q: want the log under %s", st.ID, st.Repro, moved)
+		}
+	}
+}
+
 // killGuest is sysGuest on a machine that dies when its campaign starts
 // checker boot number kill: the campaign's context ends there.
 type killGuest struct {
