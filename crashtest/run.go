@@ -190,15 +190,26 @@ func guestEnded(out []byte) bool {
 func guestCrash(status int, out []byte) (string, bool) {
 	if protocol.Crashed(status, out) {
 		r, _ := protocol.FindCrashReport(out)
-		if why, ok := protocol.L1VMRunReturnFromEnv().Holds(r); ok {
-			return why + ": " + r.String(), true
-		}
-		return r.String(), true
+		return l1StateCause(out) + r.String(), true
 	}
 	if status == protocol.ExitOK && !guestEnded(out) {
 		return "the guest rebooted without its /init's exit status (a kernel panic?)", true
 	}
 	return "", false
+}
+
+// l1StateCause returns, followed by ": ", why a boot that printed out
+// failed when flushvm's last crash or hang report shows L1's own registers
+// (flushvm runs nested: protocol.L1VMRunReturnEnv), and "" otherwise.
+func l1StateCause(out []byte) string {
+	r, ok := protocol.FindCrashReport(out)
+	if !ok {
+		return ""
+	}
+	if why, ok := protocol.L1VMRunReturnFromEnv().Holds(r); ok {
+		return why + ": "
+	}
+	return ""
 }
 
 // bootWatchdog is the --watchdog of campaign boots: a guest stuck with an

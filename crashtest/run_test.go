@@ -77,6 +77,8 @@ func TestLineMerger(t *testing.T) {
 	}
 }
 
+// TestGuestCrashNamesL1State: a failed boot whose report shows L1's own
+// registers (its RIP is where L1 resumes after VMRUN) says so.
 func TestGuestCrashNamesL1State(t *testing.T) {
 	const hang = "flushvm: guest hung (exit status 102): vCPU 0 made no progress for 1m0s: RIP 0xffffffffc04b320c RSP 0xff564bbac0583a00\n"
 	tests := []struct {
@@ -93,6 +95,10 @@ func TestGuestCrashNamesL1State(t *testing.T) {
 			what, crashed := guestCrash(protocol.ExitGuestHang, []byte(hang))
 			if !crashed || strings.Contains(what, "L1's own registers") != tt.l1state || !strings.Contains(what, "guest hung") {
 				t.Errorf("guestCrash = %q, %v; want a crash, naming L1's registers: %v", what, crashed, tt.l1state)
+			}
+			// A checker boot that dies names the cause the same way.
+			if cause := l1StateCause([]byte("CHECK x\n" + hang)); strings.HasSuffix(cause, ": ") != tt.l1state {
+				t.Errorf("l1StateCause = %q, want a cause: %v", cause, tt.l1state)
 			}
 		})
 	}
