@@ -185,8 +185,9 @@ func guestEnded(out []byte) bool {
 // hang (protocol.ExitGuestCrash, ExitGuestHang, with their report line), or the
 // guest rebooted or powered off without its /init's exit status (a kernel
 // panic reboots: panic=-1); a report that shows L1's registers, when
-// flushvm runs nested (protocol.L1VMRunReturnEnv), says so first. Any other status is the guest's own or
-// flushvm's (a power cut, a failure) and is the caller's to judge.
+// flushvm runs nested (protocol.L1VMRunReturnEnv), says so first. Any
+// other status is the guest's own or flushvm's (a power cut, a failure)
+// and is the caller's to judge.
 func guestCrash(status int, out []byte) (string, bool) {
 	if protocol.Crashed(status, out) {
 		r, _ := protocol.FindCrashReport(out)

@@ -19,15 +19,19 @@ import (
 // nested SVM (L0). The control experiment of issue 8 (`make soak
 // SOAK_ARGS="--vmm both"`) shows it: QEMU's own KVM monitor, run in the
 // same L1 with the same guest and load, loses its guests the same way, and
-// an L1 that runs no guest of its own has reset too. Such a session runs
+// an L1 that runs no guest of its own has reset too. A guest that crashed
+// or hung holding L1's own registers (its report's RIP is where L1's KVM
+// resumes after VMRUN, protocol.L1VMRunReturn.Holds) fails below flushvm
+// by proof: L0 wrote L1's state into its VMCB. Such a session runs
 // again (up to L0Retries times), on the disks as they were before it, and
 // each retry is logged with its cause. Nothing else is retried, and never
 // on a host where flushvm runs directly: there a triple fault is the
 // guest's or flushvm's.
 
 // l0Failure reports whether a nested session failed in the way the retry
-// covers, and why: a run whose guest triple-faulted (flushvm's report
-// line), or an L1 that died before every run reported.
+// covers, and why: a run whose guest crashed or hung holding L1's
+// registers, a run whose guest triple-faulted (flushvm's report line), or
+// an L1 that died before every run reported.
 func l0Failure(ctx context.Context, s *Session, err error) (string, bool) {
 	if ctx.Err() != nil {
 		return "", false
