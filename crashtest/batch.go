@@ -153,8 +153,9 @@ func (k *checker) settle(rest []distinctState, n int, dying bool, out []byte, er
 	if dying {
 		d := rest[0]
 		k.deaths[d.index]++
+		rep, _ := protocol.FindCrashReport(out)
 		k.prog.note("a checker boot ended while checking state %s (death %d of %d allowed): %s%s",
-			d.State.ID, k.deaths[d.index], maxDeaths, l1StateCause(out), lines.Last(out, 3))
+			d.State.ID, k.deaths[d.index], maxDeaths, l1StateCause(rep), lines.Last(out, 3))
 		if k.deaths[d.index] >= maxDeaths {
 			dead, rest = append(dead, k.c.deadState(d, out)), rest[1:]
 		}

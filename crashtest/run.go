@@ -191,7 +191,7 @@ func guestEnded(out []byte) bool {
 func guestCrash(status int, out []byte) (string, bool) {
 	if protocol.Crashed(status, out) {
 		r, _ := protocol.FindCrashReport(out)
-		return l1StateCause(out) + r.String(), true
+		return l1StateCause(r) + r.String(), true
 	}
 	if status == protocol.ExitOK && !guestEnded(out) {
 		return "the guest rebooted without its /init's exit status (a kernel panic?)", true
@@ -199,14 +199,10 @@ func guestCrash(status int, out []byte) (string, bool) {
 	return "", false
 }
 
-// l1StateCause returns, followed by ": ", why a boot that printed out
-// failed when flushvm's last crash or hang report shows L1's own registers
-// (flushvm runs nested: protocol.L1VMRunReturnEnv), and "" otherwise.
-func l1StateCause(out []byte) string {
-	r, ok := protocol.FindCrashReport(out)
-	if !ok {
-		return ""
-	}
+// l1StateCause returns, followed by ": ", why a boot failed when its crash
+// or hang report r (zero: none) shows L1's own registers (flushvm runs
+// nested: protocol.L1VMRunReturnEnv), and "" otherwise.
+func l1StateCause(r protocol.CrashReport) string {
 	if why, ok := protocol.L1VMRunReturnFromEnv().Holds(r); ok {
 		return why + ": "
 	}

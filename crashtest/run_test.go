@@ -97,7 +97,8 @@ func TestGuestCrashNamesL1State(t *testing.T) {
 				t.Errorf("guestCrash = %q, %v; want a crash, naming L1's registers: %v", what, crashed, tt.l1state)
 			}
 			// A checker boot that dies names the cause the same way.
-			if cause := l1StateCause([]byte("CHECK x\n" + hang)); strings.HasSuffix(cause, ": ") != tt.l1state {
+			rep, _ := protocol.FindCrashReport([]byte("CHECK x\n" + hang))
+			if cause := l1StateCause(rep); strings.HasSuffix(cause, ": ") != tt.l1state {
 				t.Errorf("l1StateCause = %q, want a cause: %v", cause, tt.l1state)
 			}
 		})

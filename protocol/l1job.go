@@ -123,7 +123,7 @@ const L1HoldVMParam = "flushvm.l1_hold_vm"
 
 // L1VMRunReturnFile is where L1's init records the address at which L1's
 // own KVM (kvm_amd) resumes after its VMRUN instruction, as
-// FormatL1VMRunReturn writes it. An L2 vCPU whose RIP is that address holds
+// L1VMRunReturn.String formats it. An L2 vCPU whose RIP is that address holds
 // L1's host state instead of its own: proof that the emulated CPU below L1
 // (QEMU TCG, L0) wrote the wrong state into the L2 guest's VMCB at a
 // #VMEXIT, since nothing flushvm does through /dev/kvm can put L1's
