@@ -39,7 +39,10 @@ CRASHTEST_MODES       ?= writeback:all,writethrough:all,none:all,directsync:all,
 # create-no-dirsync is left out: ext4 commits a new file's directory entry
 # with the file's own fsync (the same journal transaction), so on ext4 that
 # bug loses nothing (issue 10's note); run it with CRASHTEST_BUGS to see.
-CRASHTEST_BUGS        ?= fsyncstress-ack-early rename-no-dirsync sqlite-sync-off
+# create-tmpfile-no-dirsync is the same bug made visible: the file is
+# created unnamed (O_TMPFILE), fsynced, then linked in without a directory
+# fsync, so only the name is not durable.
+CRASHTEST_BUGS        ?= fsyncstress-ack-early rename-no-dirsync create-tmpfile-no-dirsync sqlite-sync-off
 CRASHTEST_BUG_STATES  ?= 200
 # The other file systems (--fs): CRASHTEST_WORKLOAD and the buggy workloads on
 # cache=writeback, CRASHTEST_FS_STATES states each, on a disk of

@@ -81,6 +81,8 @@ var Workloads = map[string]Workload{
 	"fsyncstress": fsyncstress("", false, "4 writers append records, each acknowledged after its fdatasync"),
 	"rename":      rename("", false, "atomic replace: write a temporary file, fsync, rename it over, fsync the dir"),
 	"create":      rename(" -create", false, "each version a new file: write, fsync the file, fsync the directory"),
+	"create-tmpfile": rename(" -create -tmpfile", false,
+		"each version a new file made unnamed (O_TMPFILE): write, fsync, link it in, fsync the directory"),
 	"sqlite-rollback": sqlite("delete", "full", false,
 		"SQLite, rollback journal, synchronous=FULL: a row per transaction, acknowledged after COMMIT"),
 	"sqlite-wal": sqlite("wal", "full", false,
@@ -93,6 +95,8 @@ var Workloads = map[string]Workload{
 		"BUGGY: atomic replace without the directory fsync after the rename"),
 	"create-no-dirsync": rename(" -create -bug no-dir-fsync", true,
 		"BUGGY: create, fsync the new file but not its directory"),
+	"create-tmpfile-no-dirsync": rename(" -create -tmpfile -bug no-dir-fsync", true,
+		"BUGGY: O_TMPFILE create: fsync the new file, link it in, no directory fsync"),
 }
 
 // WorkloadNames lists the workloads, sorted.

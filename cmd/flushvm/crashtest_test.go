@@ -34,7 +34,7 @@ func TestCrashtestCommandUsageErrors(t *testing.T) {
 		{"no kernel", base[2:], "--kernel is required"},
 		{"missing initrd", with("--initrd", filepath.Join(dir, "nope")), "--initrd"},
 		{"no seed", base[:len(base)-2], "--seed is required"},
-		{"bad workload", with("--workload", "dd"), "want one of create, create-no-dirsync, fsyncstress"},
+		{"bad workload", with("--workload", "dd"), "want one of create, create-no-dirsync, create-tmpfile, create-tmpfile-no-dirsync, fsyncstress"},
 		{"random flag in systematic mode", with("--mode", "systematic"), "--cuts is a --mode random flag"},
 		{"systematic flag in random mode", append(with(), "--k", "2"), "--k is a --mode systematic flag"},
 		{"unknown mode", with("--mode", "fuzzy"), "--mode \"fuzzy\""},

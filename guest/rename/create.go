@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+
+	"golang.org/x/sys/unix"
 )
 
 // Create mode (-create): each version is a new file in the directory (create
@@ -19,6 +21,34 @@ import (
 func (c config) createVersion(dir *os.File, v int) error {
 	if err := c.writeSynced(filepath.Join(c.dir, versionName(v)), content(v, c.size)); err != nil {
 		return err
+	}
+	return c.syncDir(dir)
+}
+
+// linkVersion writes version v the O_TMPFILE way: an unnamed file in the
+// directory, written and fsynced, then linked in as v-V, then the
+// directory fsynced. Without that last fsync (-bug no-dir-fsync) the name
+// is not durable when the version is acknowledged, on every file system:
+// the file's fsync came before the link existed. (A file created by name
+// is different: ext4, xfs and btrfs make a new file's directory entry
+// durable with the file's own fsync, so -create without -tmpfile cannot
+// show the bug on them.)
+func (c config) linkVersion(dir *os.File, v int) error {
+	fd, err := unix.Open(c.dir, unix.O_TMPFILE|unix.O_WRONLY|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return fmt.Errorf("open O_TMPFILE in %s: %w", c.dir, err)
+	}
+	path := filepath.Join(c.dir, versionName(v))
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	if _, err := f.Write(content(v, c.size)); err != nil {
+		return fmt.Errorf("write %s (unnamed): %w", path, err)
+	}
+	if err := c.sync(f); err != nil {
+		return fmt.Errorf("fsync %s (unnamed): %w", path, err)
+	}
+	if err := unix.Linkat(fd, "", unix.AT_FDCWD, path, unix.AT_EMPTY_PATH); err != nil {
+		return fmt.Errorf("link %s: %w", path, err)
 	}
 	return c.syncDir(dir)
 }

@@ -19,15 +19,17 @@
 // With -create it checks create semantics instead: version V is written
 // to a new file "v-V" in the directory, which is fsynced, then the
 // directory is fsynced, then "ACK rename V" is printed (the same line, so
-// the host reads both modes alike). Its checker (-check -create) wants
+// the host reads both modes alike). With -create -tmpfile each file is
+// created unnamed (O_TMPFILE), written and fsynced, then linked in as
+// "v-V" before the directory fsync. Its checker (-check -create) wants
 // every acknowledged version's file, v-1 to v-V, whole (L counts those
 // missing or not whole), and counts as E the unacknowledged ones found
 // whole.
 //
 // Usage:
 //
-//	rename -dir /mnt/disk [-create] [-bug NAME] [-versions 200] [-size 16384]
-//	rename -check -dir /mnt/disk [-create] [-acked N | -acked-file FILE]
+//	rename -dir /mnt/disk [-create [-tmpfile]] [-bug NAME] [-versions 200] [-size 16384]
+//	rename -check -dir /mnt/disk [-create [-tmpfile]] [-acked N | -acked-file FILE]
 //
 // -acked-file gives the acknowledged versions as the crash-test checker
 // protocol does (protocol/workload.go): a file of keys, "rename V" per
@@ -42,11 +44,12 @@
 // names are refused):
 //
 //	no-dir-fsync  skip the directory fsync: acknowledge right after the
-//	              rename (with -create: right after the file's fsync), so
-//	              a power cut can lose an acknowledged version
+//	              rename (with -create: right after the file's fsync;
+//	              with -tmpfile: right after the link), so a power cut
+//	              can lose an acknowledged version
 //
-// -check accepts and ignores -bug, -versions and -size, so one argument
-// list serves the workload and its checker.
+// -check accepts and ignores -bug, -tmpfile, -versions and -size, so one
+// argument list serves the workload and its checker.
 //
 // Exit status: 0 done (workload) or the file is a valid version at least
 // as new as -acked (check; with -create: no acknowledged version lost), 1
@@ -98,6 +101,9 @@ type config struct {
 	// create writes each version to a new file instead of replacing the
 	// target.
 	create bool
+	// tmpfile (with create) creates each file unnamed (O_TMPFILE) and
+	// links it in after its fsync.
+	tmpfile bool
 	// bug is the -bug the workload commits ("": none; see bugs).
 	bug string
 	// sync fsyncs a file or directory; (*os.File).Sync except in tests.
@@ -122,6 +128,7 @@ func run(args []string, out io.Writer) int {
 	var ackedFile string
 	fl.StringVar(&ackedFile, "acked-file", "", `with -check: a file of acknowledged keys, one "rename V" per line (the crash-test checker protocol's $FLUSHVM_ACKED)`)
 	fl.BoolVar(&c.create, "create", false, "write each version to a new file v-V instead of replacing the target")
+	fl.BoolVar(&c.tmpfile, "tmpfile", false, "with -create: create each file unnamed (O_TMPFILE), fsync it, then link it in as v-V (the checker ignores it)")
 	fl.StringVar(&c.bug, "bug", "", "break the durability protocol on purpose: no-dir-fsync (acknowledge without fsyncing the directory)")
 	if err := fl.Parse(args); err != nil {
 		return exitError
@@ -135,6 +142,9 @@ func run(args []string, out io.Writer) int {
 		return exitError
 	case fl.NArg() > 0:
 		fmt.Fprintf(out, "rename: unexpected argument %q\n", fl.Arg(0))
+		return exitError
+	case c.tmpfile && !c.create:
+		fmt.Fprintln(out, "rename: -tmpfile needs -create")
 		return exitError
 	case c.bug != "" && !slices.Contains(bugs, c.bug):
 		fmt.Fprintf(out, "rename: unknown -bug %q (want one of %s)\n", c.bug, strings.Join(bugs, ", "))
@@ -202,7 +212,10 @@ func workload(c config, out io.Writer) error {
 	}
 	defer dir.Close()
 	step, done := c.replace, "replaced"
-	if c.create {
+	switch {
+	case c.tmpfile:
+		step, done = c.linkVersion, "created and linked"
+	case c.create:
 		step, done = c.createVersion, "created"
 	}
 	for v := 1; v <= c.versions; v++ {

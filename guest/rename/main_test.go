@@ -89,7 +89,7 @@ func TestCheckIOError(t *testing.T) {
 }
 
 func TestUsage(t *testing.T) {
-	for _, args := range [][]string{{}, {"-dir", "x", "-versions", "0"}, {"-dir", "x", "extra"}, {"-bogus"}, {"-dir", "x", "-bug", "no-fsync"}} {
+	for _, args := range [][]string{{}, {"-dir", "x", "-versions", "0"}, {"-dir", "x", "extra"}, {"-bogus"}, {"-dir", "x", "-bug", "no-fsync"}, {"-dir", "x", "-tmpfile"}} {
 		var out bytes.Buffer
 		if st := run(args, &out); st != exitError {
 			t.Errorf("%q: status %d, want %d", args, st, exitError)
@@ -98,7 +98,8 @@ func TestUsage(t *testing.T) {
 }
 
 // syncLog records what a workload fsyncs ("dir" for the directory, the
-// file's base name otherwise) and prints, in order.
+// file's base name otherwise, marked "(unnamed)" while no directory entry
+// names it yet) and prints, in order.
 type syncLog struct {
 	dir    string
 	events []string
@@ -109,6 +110,8 @@ func (l *syncLog) sync(f *os.File) error {
 	name := filepath.Base(f.Name())
 	if f.Name() == l.dir {
 		name = "dir"
+	} else if _, err := os.Lstat(f.Name()); os.IsNotExist(err) {
+		name += " (unnamed)"
 	}
 	l.events = append(l.events, "fsync "+name)
 	return f.Sync()
@@ -122,21 +125,24 @@ func (l *syncLog) Write(p []byte) (int, error) {
 
 func TestWorkloadSyncOrder(t *testing.T) {
 	tests := []struct {
-		name   string
-		create bool
-		bug    string
-		want   []string
+		name    string
+		create  bool
+		tmpfile bool
+		bug     string
+		want    []string
 	}{
-		{"replace", false, "", []string{"fsync " + tmpName, "fsync dir", "ACK rename 1", "fsync " + tmpName, "fsync dir", "ACK rename 2", "rename: 2 versions replaced"}},
-		{"replace, no-dir-fsync", false, bugNoDirFsync, []string{"fsync " + tmpName, "ACK rename 1", "fsync " + tmpName, "ACK rename 2", "rename: 2 versions replaced"}},
-		{"create", true, "", []string{"fsync v-1", "fsync dir", "ACK rename 1", "fsync v-2", "fsync dir", "ACK rename 2", "rename: 2 versions created"}},
-		{"create, no-dir-fsync", true, bugNoDirFsync, []string{"fsync v-1", "ACK rename 1", "fsync v-2", "ACK rename 2", "rename: 2 versions created"}},
+		{"replace", false, false, "", []string{"fsync " + tmpName, "fsync dir", "ACK rename 1", "fsync " + tmpName, "fsync dir", "ACK rename 2", "rename: 2 versions replaced"}},
+		{"replace, no-dir-fsync", false, false, bugNoDirFsync, []string{"fsync " + tmpName, "ACK rename 1", "fsync " + tmpName, "ACK rename 2", "rename: 2 versions replaced"}},
+		{"create", true, false, "", []string{"fsync v-1", "fsync dir", "ACK rename 1", "fsync v-2", "fsync dir", "ACK rename 2", "rename: 2 versions created"}},
+		{"create, no-dir-fsync", true, false, bugNoDirFsync, []string{"fsync v-1", "ACK rename 1", "fsync v-2", "ACK rename 2", "rename: 2 versions created"}},
+		{"tmpfile", true, true, "", []string{"fsync v-1 (unnamed)", "fsync dir", "ACK rename 1", "fsync v-2 (unnamed)", "fsync dir", "ACK rename 2", "rename: 2 versions created and linked"}},
+		{"tmpfile, no-dir-fsync", true, true, bugNoDirFsync, []string{"fsync v-1 (unnamed)", "ACK rename 1", "fsync v-2 (unnamed)", "ACK rename 2", "rename: 2 versions created and linked"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
 			log := &syncLog{dir: dir}
-			c := config{dir: dir, versions: 2, size: 100, create: tt.create, bug: tt.bug, sync: log.sync}
+			c := config{dir: dir, versions: 2, size: 100, create: tt.create, tmpfile: tt.tmpfile, bug: tt.bug, sync: log.sync}
 			if err := workload(c, log); err != nil {
 				t.Fatal(err)
 			}
@@ -148,9 +154,15 @@ func TestWorkloadSyncOrder(t *testing.T) {
 }
 
 func TestCreateWorkloadAndCheck(t *testing.T) {
+	for _, mode := range [][]string{{"-create"}, {"-create", "-tmpfile"}} {
+		t.Run(strings.Join(mode, " "), func(t *testing.T) { testCreateWorkloadAndCheck(t, mode) })
+	}
+}
+
+func testCreateWorkloadAndCheck(t *testing.T, mode []string) {
 	dir := t.TempDir()
 	var out bytes.Buffer
-	if st := run([]string{"-create", "-dir", dir, "-versions", "4", "-size", "3000"}, &out); st != exitOK {
+	if st := run(append(mode, "-dir", dir, "-versions", "4", "-size", "3000"), &out); st != exitOK {
 		t.Fatalf("status %d: %s", st, out.String())
 	}
 	for v := 1; v <= 4; v++ {
@@ -164,7 +176,8 @@ func TestCreateWorkloadAndCheck(t *testing.T) {
 	}
 	out.Reset()
 	// The checker takes the workload's argument list, -bug included.
-	args := []string{"-check", "-create", "-dir", dir, "-versions", "4", "-size", "3000", "-bug", bugNoDirFsync, "-acked", "3"}
+	args := append([]string{"-check"}, mode...)
+	args = append(args, "-dir", dir, "-versions", "4", "-size", "3000", "-bug", bugNoDirFsync, "-acked", "3")
 	if st := run(args, &out); st != exitOK || !strings.HasSuffix(out.String(), "CHECK rename acked=3 lost=0 extra=1\n") {
 		t.Errorf("check: status %d: %s", st, out.String())
 	}
