@@ -121,6 +121,15 @@ func WriteL1Job(dir string, j *L1Job) error {
 // been seen to run such code stale and loop on a breakpoint for ever.
 const L1HoldVMParam = "flushvm.l1_hold_vm"
 
+// L1SpareCPU0Param is the L1 kernel command-line word by which the harness
+// lets runs share L1's CPU 0 (L1SpareCPU0Param=0), for the control
+// experiment. By default L1's init starts every run on the other CPUs, so
+// no KVM vCPU enters a guest on CPU 0: QEMU TCG rewrites CPU 0's flags
+// from the other CPUs' threads without a lock, and a VMRUN or #VMEXIT on
+// CPU 0 at that instant loses its own change (docs/nested.md, "The
+// first-CPU race").
+const L1SpareCPU0Param = "flushvm.l1_spare_cpu0"
+
 // L1VMRunReturnFile is where L1's init records the address at which L1's
 // own KVM (kvm_amd) resumes after its VMRUN instruction, as
 // L1VMRunReturn.String formats it. An L2 vCPU whose RIP is that address holds

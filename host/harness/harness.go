@@ -114,7 +114,8 @@ type Options struct {
 	// Flushvm is the flushvm binary to run; empty builds ./cmd/flushvm
 	// (static) from the repository.
 	Flushvm string
-	// L1Mem and L1CPUs size the nested L1 guest (2048 MiB and 2 if zero).
+	// L1Mem and L1CPUs size the nested L1 guest (2048 MiB and 3 if zero:
+	// l1init keeps runs off CPU 0, so 3 leaves two CPUs for them).
 	L1Mem, L1CPUs int
 	// ScratchSize is the size in bytes of the nested session's scratch
 	// disk; zero sizes it with ScratchSize (none unless a run is a
@@ -554,6 +555,12 @@ func findL1QEMU(ctx context.Context, opts Options, cache string, s *Session) (*l
 	return q, nil
 }
 
+// defaultL1CPUs is L1's CPU count: CPU 0 for L1's own work and two for
+// the runs, which l1init keeps off CPU 0 (QEMU TCG rewrites CPU 0's
+// flags from other CPUs' threads; guest/cmd/l1init/firstcpu.go). CPU 0
+// is mostly idle, so on a 2-core host this costs little over 2 CPUs.
+const defaultL1CPUs = 3
+
 // l1Command is L1's QEMU command line: the job directory over 9p, the
 // runs' disks, then the scratch disk.
 func l1Command(opts Options, q *l1qemu.QEMU, bzImage, l1img, dir string, m *mapper, scratch string) QEMUCommand {
@@ -562,7 +569,7 @@ func l1Command(opts Options, q *l1qemu.QEMU, bzImage, l1img, dir string, m *mapp
 		mem = 2048
 	}
 	if cpus == 0 {
-		cpus = 2
+		cpus = defaultL1CPUs
 	}
 	l1 := QEMUCommand{Exec: q.Exec, Accel: orDefault(opts.L1Accel, DefaultL1Accel), CPU: orDefault(opts.L1CPU, DefaultL1CPU),
 		Mem: strconv.Itoa(mem), SMP: cpus, BIOS: orDefault(q.Firmware("qboot.rom"), firmware()), Kernel: bzImage, Initrd: l1img,

@@ -16,7 +16,8 @@
 // (protocol.L1HeartbeatFile), by which the host tells a slow L1 from one
 // that stopped. For the whole session it keeps one idle KVM VM open
 // (holdVM says why), and it records where L1's KVM resumes after VMRUN
-// (recordVMRunReturn says why).
+// (recordVMRunReturn says why). Its runs start on every CPU but CPU 0
+// (firstcpu.go says why).
 package main
 
 import (
@@ -85,6 +86,9 @@ func run() error {
 		if err := recordVMRunReturn(protocol.L1JobMount); err != nil {
 			pid1.Logf(prefix, "%v", err)
 		}
+	}
+	if err := chooseRunCPUs(); err != nil {
+		pid1.Logf(prefix, "%v", err)
 	}
 	if err := pid1.WaitForFiles(j.WaitFor, 10*time.Second); err != nil {
 		return err
@@ -189,7 +193,7 @@ func runOne(i int, r protocol.L1Run) (status int, maxRSS int64, err error) {
 	// After the timeout's SIGKILL, stop waiting for output pipes held open
 	// by anything the command left behind.
 	cmd.WaitDelay = 5 * time.Second
-	if err := cmd.Start(); err != nil {
+	if err := startOn(cmd, runCPUs); err != nil {
 		return 0, 0, fmt.Errorf("start %s: %w", r.Argv[0], err)
 	}
 	done := make(chan error, 1)
